@@ -1,0 +1,199 @@
+//! The four ways to get shared memory, behind one shape.
+//!
+//! Each backend creates or opens its object and returns a [`Backing`]: the mapping, and
+//! the file whose byte-range locks track participants. Creation is exclusive and
+//! leaves nothing behind on failure; opening never creates, checks what it found
+//! (`fstat` or `IPC_STAT`) before mapping it, and waits up to a timeout for a creator
+//! that is still initialising. Header initialisation and validation are the same for
+//! every backend and live in [`crate::segment`].
+
+pub(crate) mod anon;
+pub(crate) mod file;
+pub(crate) mod posix;
+pub(crate) mod sysv;
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, SFlag};
+
+use crate::error::{CreateError, OpenError, io_err};
+use crate::layout::{HEADER_SIZE, Header, MAGIC};
+use crate::mapping::Mapping;
+use crate::name::Location;
+use crate::sync::Ordering;
+
+/// A created or opened segment's memory and lock file.
+pub(crate) struct Backing {
+    pub(crate) mapping: Mapping,
+    /// The file participants lock bytes of (`None`: liveness unknown).
+    pub(crate) lock_fd: Option<OwnedFd>,
+    /// The SysV id, for `IPC_STAT`.
+    pub(crate) sysv_id: Option<i32>,
+}
+
+/// What a creator asks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CreateSpec {
+    pub(crate) size: u64,
+    pub(crate) mode: u32,
+    pub(crate) group: Option<u32>,
+}
+
+/// What an opener accepts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpenSpec {
+    pub(crate) writable: bool,
+    /// `None` accepts any owner (read-only inspection by an operator).
+    pub(crate) expected_owner: Option<u32>,
+    pub(crate) init_timeout: Duration,
+}
+
+/// Finishes creating an fd-backed segment (posix, file, anon): group, exact mode, size,
+/// reserved memory, mapping. The caller removes the name if this fails.
+pub(crate) fn finish_create(fd: OwnedFd, location: &Location, spec: CreateSpec) -> Result<Backing, CreateError> {
+    let io = |op| move |e| CreateError::Io { location: location.clone(), op, source: io_err(e) };
+    if let Some(gid) = spec.group {
+        nix::unistd::fchown(&fd, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| match e {
+            nix::errno::Errno::EPERM => CreateError::Permission { location: location.clone(), source: io_err(e) },
+            e => io("fchown")(e),
+        })?;
+    }
+    // fchmod after creation: the mode passed to open is filtered by the umask, this is not.
+    nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(spec.mode)).map_err(io("fchmod"))?;
+    let size = i64::try_from(spec.size).map_err(|_| CreateError::InvalidOptions {
+        location: location.clone(),
+        reason: format!("size {} is too large", spec.size),
+    })?;
+    nix::unistd::ftruncate(&fd, size).map_err(|e| no_space_or(location, spec.size, e, "ftruncate"))?;
+    // Reserve every page now, so a full /dev/shm is ENOSPC here and never SIGBUS later.
+    nix::fcntl::posix_fallocate(&fd, 0, size).map_err(|e| no_space_or(location, spec.size, e, "posix_fallocate"))?;
+    let len = usize::try_from(spec.size).map_err(|_| CreateError::InvalidOptions {
+        location: location.clone(),
+        reason: "size does not fit this address space".into(),
+    })?;
+    let mapping = Mapping::map_fd(&fd, len, true).map_err(|e| no_space_or(location, spec.size, e, "mmap"))?;
+    Ok(Backing { mapping, lock_fd: Some(fd), sysv_id: None })
+}
+
+fn no_space_or(location: &Location, size: u64, e: nix::errno::Errno, op: &'static str) -> CreateError {
+    match e {
+        nix::errno::Errno::ENOSPC | nix::errno::Errno::ENOMEM | nix::errno::Errno::EFBIG => {
+            CreateError::NoSpace { location: location.clone(), size, source: io_err(e) }
+        }
+        e => CreateError::Io { location: location.clone(), op, source: io_err(e) },
+    }
+}
+
+/// Flags for opening an existing segment file: never create, never follow a symlink,
+/// never block on a FIFO.
+pub(crate) fn open_flags(writable: bool) -> OFlag {
+    let access = if writable { OFlag::O_RDWR } else { OFlag::O_RDONLY };
+    access | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK
+}
+
+/// Maps an `open`/`shm_open` failure to an [`OpenError`].
+pub(crate) fn open_error(location: &Location, e: nix::errno::Errno) -> OpenError {
+    use nix::errno::Errno;
+    match e {
+        Errno::ENOENT => OpenError::NotFound { location: location.clone() },
+        Errno::EACCES | Errno::EPERM => OpenError::Permission { location: location.clone(), source: io_err(e) },
+        Errno::ELOOP => OpenError::NotRegular { location: location.clone(), what: "symbolic link" },
+        Errno::EISDIR => OpenError::NotRegular { location: location.clone(), what: "directory" },
+        Errno::ENXIO => OpenError::NotRegular { location: location.clone(), what: "special file" },
+        e => OpenError::Io { location: location.clone(), op: "open", source: io_err(e) },
+    }
+}
+
+/// Checks an opened file before mapping it: a regular file, the expected owner, not
+/// world-writable. Returns its size.
+pub(crate) fn check_fd(fd: &OwnedFd, location: &Location, spec: OpenSpec) -> Result<u64, OpenError> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| OpenError::Io {
+        location: location.clone(),
+        op: "fstat",
+        source: io_err(e),
+    })?;
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFREG {
+        let what = match kind {
+            SFlag::S_IFDIR => "directory",
+            SFlag::S_IFIFO => "FIFO",
+            SFlag::S_IFSOCK => "socket",
+            SFlag::S_IFLNK => "symbolic link",
+            _ => "device or special file",
+        };
+        return Err(OpenError::NotRegular { location: location.clone(), what });
+    }
+    check_owner_mode(location, st.st_uid, st.st_mode, spec)?;
+    Ok(u64::try_from(st.st_size).unwrap_or(0))
+}
+
+/// The owner and mode checks shared by files and SysV segments.
+pub(crate) fn check_owner_mode(location: &Location, uid: u32, mode: u32, spec: OpenSpec) -> Result<(), OpenError> {
+    if let Some(expected) = spec.expected_owner
+        && uid != expected
+    {
+        return Err(OpenError::WrongOwner { location: location.clone(), found: uid, expected });
+    }
+    if mode & 0o002 != 0 {
+        return Err(OpenError::WorldWritable { location: location.clone(), mode: mode & 0o7777 });
+    }
+    Ok(())
+}
+
+/// Opens an fd-backed segment (posix, file): checks, maps, waits for initialisation.
+pub(crate) fn finish_open(fd: OwnedFd, location: &Location, spec: OpenSpec) -> Result<Backing, OpenError> {
+    let mapping = wait_initialised(location, spec.init_timeout, || {
+        let size = check_fd(&fd, location, spec)?;
+        if size < HEADER_SIZE as u64 {
+            return Ok(None);
+        }
+        let len = usize::try_from(size).map_err(|_| OpenError::Io {
+            location: location.clone(),
+            op: "mmap",
+            source: std::io::Error::from_raw_os_error(libc::EFBIG),
+        })?;
+        Mapping::map_fd(&fd, len, spec.writable).map(Some).map_err(|e| OpenError::Io {
+            location: location.clone(),
+            op: "mmap",
+            source: io_err(e),
+        })
+    })?;
+    Ok(Backing { mapping, lock_fd: Some(fd), sysv_id: None })
+}
+
+/// Calls `probe` until it maps a segment whose creator has finished (magic and version
+/// set) or that is clearly not ours (another magic), or until `timeout` passes.
+pub(crate) fn wait_initialised(
+    location: &Location,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<Option<Mapping>, OpenError>,
+) -> Result<Mapping, OpenError> {
+    let started = Instant::now();
+    loop {
+        if let Some(mapping) = probe()? {
+            // SAFETY: the mapping is at least HEADER_SIZE bytes (the probe checked) and
+            // page-aligned, and `Header` is all atomics, valid for any bytes.
+            let header = unsafe { mapping.ptr().cast::<Header>().as_ref() };
+            // Acquire: pairs with the creator's Release store of the version.
+            let version = header.identity.0.layout_version.load(Ordering::Acquire);
+            let magic = header.identity.0.magic.load(Ordering::Relaxed);
+            if magic != 0 && (version != 0 || magic != MAGIC) {
+                return Ok(mapping);
+            }
+        }
+        if started.elapsed() >= timeout {
+            return Err(OpenError::NotInitialised { location: location.clone(), waited: timeout });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Opens a new open file description of `fd` (through `/proc/self/fd`), so that its
+/// byte-range locks are its own.
+pub(crate) fn reopen(fd: &OwnedFd, writable: bool) -> nix::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
+    let access = if writable { OFlag::O_RDWR } else { OFlag::O_RDONLY };
+    nix::fcntl::open(path.as_str(), access | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, Mode::empty())
+}

@@ -1,0 +1,235 @@
+//! One error type per operation, each naming the segment and keeping the OS error as
+//! its source.
+
+use std::io;
+use std::time::Duration;
+
+use crate::layout::HeaderError;
+use crate::name::Location;
+use crate::ring::Corruption;
+
+/// Why [`crate::SegmentBuilder::create`] failed. Nothing is left behind on failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The options cannot make a segment.
+    #[error("{location}: {reason}")]
+    InvalidOptions {
+        /// The segment.
+        location: Location,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Something already exists at that name.
+    #[error("{location}: already exists{}; open it instead, or remove it first (shmctl unlink)", owner_suffix(*.owner))]
+    Exists {
+        /// The segment.
+        location: Location,
+        /// Uid of the owner of what is there, when it could be read.
+        owner: Option<u32>,
+    },
+    /// The OS refused.
+    #[error("{location}: permission denied ({source})")]
+    Permission {
+        /// The segment.
+        location: Location,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The memory could not be reserved (a full `/dev/shm` or filesystem, or SysV limits).
+    #[error("{location}: cannot reserve {size} bytes: {source} (is /dev/shm or the filesystem full?)")]
+    NoSpace {
+        /// The segment.
+        location: Location,
+        /// Bytes requested.
+        size: u64,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The directory of a file segment is writable by other users.
+    #[error(
+        "{location}: directory {dir} is writable by other users; put file segments in a directory only trusted users can write (for example /var/lib/shmring)"
+    )]
+    UnsafeDirectory {
+        /// The segment.
+        location: Location,
+        /// The directory.
+        dir: String,
+    },
+    /// Another system call failed.
+    #[error("{location}: {op} failed: {source}")]
+    Io {
+        /// The segment.
+        location: Location,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Why [`crate::SegmentBuilder::open`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Nothing exists at that name.
+    #[error("{location}: no such segment")]
+    NotFound {
+        /// The segment.
+        location: Location,
+    },
+    /// The OS refused.
+    #[error("{location}: permission denied ({source})")]
+    Permission {
+        /// The segment.
+        location: Location,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// What is there is not a regular file or shared-memory object.
+    #[error("{location}: is a {what}, not a segment")]
+    NotRegular {
+        /// The segment.
+        location: Location,
+        /// What it is (symlink, directory, FIFO, ...).
+        what: &'static str,
+    },
+    /// It belongs to a user the caller did not expect.
+    #[error("{location}: owned by uid {found}, expected uid {expected}; refusing to trust it")]
+    WrongOwner {
+        /// The segment.
+        location: Location,
+        /// The owner found.
+        found: u32,
+        /// The owner expected.
+        expected: u32,
+    },
+    /// Every user may write it.
+    #[error("{location}: mode {mode:04o} lets every user write it; refusing to trust it")]
+    WorldWritable {
+        /// The segment.
+        location: Location,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// The creator did not finish initialising it in time.
+    #[error(
+        "{location}: not initialised after waiting {waited:?} (a creator died half-way, or it is not a shmring segment)"
+    )]
+    NotInitialised {
+        /// The segment.
+        location: Location,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The header is not one this build can use.
+    #[error("{location}: {source}")]
+    Header {
+        /// The segment.
+        location: Location,
+        /// What is wrong with it.
+        source: HeaderError,
+    },
+    /// Another system call failed.
+    #[error("{location}: {op} failed: {source}")]
+    Io {
+        /// The segment.
+        location: Location,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Why [`crate::SegmentBuilder::open_or_create`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenOrCreateError {
+    /// Opening an existing segment failed.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// Creating a new one failed.
+    #[error(transparent)]
+    Create(#[from] CreateError),
+}
+
+/// Why a producer or consumer could not attach.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// A live process already holds the role.
+    #[error("{location}: a {role} is already attached{}", pid_suffix(*.pid))]
+    RoleTaken {
+        /// The segment.
+        location: Location,
+        /// The role.
+        role: crate::participant::Role,
+        /// Its pid as recorded in the segment.
+        pid: Option<u32>,
+    },
+    /// The segment was opened read-only.
+    #[error("{location}: opened read-only; cannot attach a {role}")]
+    ReadOnly {
+        /// The segment.
+        location: Location,
+        /// The role.
+        role: crate::participant::Role,
+    },
+    /// The ring's cursors are impossible.
+    #[error("{location}: {source}")]
+    Corrupt {
+        /// The segment.
+        location: Location,
+        /// What is wrong.
+        source: Corruption,
+    },
+    /// A system call failed.
+    #[error("{location}: {op} failed: {source}")]
+    Io {
+        /// The segment.
+        location: Location,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Why [`crate::Segment::unlink`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UnlinkError {
+    /// Nothing exists at that name.
+    #[error("{location}: no such segment")]
+    NotFound {
+        /// The segment.
+        location: Location,
+    },
+    /// The OS refused.
+    #[error("{location}: permission denied ({source}); only its owner or root can remove it (/dev/shm is sticky)")]
+    Permission {
+        /// The segment.
+        location: Location,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Another system call failed.
+    #[error("{location}: {op} failed: {source}")]
+    Io {
+        /// The segment.
+        location: Location,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn owner_suffix(owner: Option<u32>) -> String {
+    owner.map(|uid| format!(" (owned by uid {uid})")).unwrap_or_default()
+}
+
+fn pid_suffix(pid: Option<u32>) -> String {
+    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+}
+
+/// Converts a `nix` error into the `io::Error` our error types carry.
+pub(crate) fn io_err(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}

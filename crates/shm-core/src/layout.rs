@@ -1,0 +1,483 @@
+//! The segment layout: one `#[repr(C)]` header of atomics, then the ring's data.
+//!
+//! ```text
+//! offset  size   what                                   written by
+//! 0       128    Identity: magic, version, geometry     creator, once (version last)
+//! 128     128    ProducerLine: write cursor, last frames producer
+//! 256     128    data wake word (consumer sleeps on it) consumer announces, producer clears
+//! 384     128    space wake word (producer sleeps)      producer announces, consumer clears
+//! 512     2048   16 statistics slots, 128 bytes each    one writer per slot
+//! 2560    2048   32 participant slots, 64 bytes each    each participant its own slot
+//! 4608    3584   reserved (zero)
+//! 8192    8192   64 read-cursor slots, 128 bytes each   each consumer its own slot
+//! 16384   cap    ring data (power of two, 4 KiB ..= 1 TiB)
+//! ```
+//!
+//! Everything another process can write is an atomic integer: no pointers, no `bool`,
+//! no enums. A zeroed page is a valid initial state for every field, so a fresh
+//! mapping needs no constructor; the creator fills in the [`Identity`] and publishes
+//! the segment by storing [`Identity::layout_version`] last, with `Release`.
+//!
+//! Hot fields each own a 128-byte line (two 64-byte lines, because the adjacent-line
+//! prefetcher moves pairs), so the producer and the consumer never write the same line.
+//!
+//! The identity names the ring kind and where the cursor table is, so the kinds still to
+//! come (multi-producer, broadcast with one named cursor per consumer, work queue) are
+//! new files under `ring/`, not a new layout: they use more cursor and participant slots.
+
+pub use crate::sync::WakeWord;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// `b"SHMRING\0"` read as a little-endian `u64`: the first eight bytes of every segment.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMRING\0");
+/// Layout major version: a reader refuses any other.
+pub const LAYOUT_MAJOR: u16 = 1;
+/// Layout minor version: additions a version-1 reader may ignore.
+pub const LAYOUT_MINOR: u16 = 0;
+/// Bytes from the start of the segment to the ring data.
+pub const HEADER_SIZE: usize = 16384;
+/// The smallest ring capacity in bytes.
+pub const MIN_CAPACITY: u64 = 4096;
+/// The largest ring capacity in bytes (1 TiB).
+pub const MAX_CAPACITY: u64 = 1 << 40;
+/// Size of one hot line.
+pub const LINE: usize = 128;
+/// Number of statistics slots.
+pub const STAT_SLOTS: usize = 16;
+/// Number of participant slots.
+pub const PARTICIPANT_SLOTS: usize = 32;
+/// Number of read-cursor slots.
+pub const CURSOR_SLOTS: usize = 64;
+/// Offset of the statistics table.
+pub const STATS_OFFSET: usize = 512;
+/// Offset of the participant table.
+pub const PARTICIPANTS_OFFSET: usize = 2560;
+/// Offset of the read-cursor table.
+pub const CURSORS_OFFSET: usize = 8192;
+
+/// Largest payload any ring accepts: a frame's length field is 32 bits.
+pub const MAX_RECORD_LIMIT: u64 = u32::MAX as u64 - 15;
+
+/// Largest payload a ring of `capacity` bytes accepts: half the ring less the 8-byte
+/// frame header (so a record always fits in an empty ring even when it must wrap),
+/// and at most [`MAX_RECORD_LIMIT`].
+pub const fn max_payload_for(capacity: u64) -> u64 {
+    let half = (capacity / 2).saturating_sub(8);
+    if half < MAX_RECORD_LIMIT { half } else { MAX_RECORD_LIMIT }
+}
+
+/// Packs a major and minor version into the `layout_version` word.
+pub const fn pack_version(major: u16, minor: u16) -> u32 {
+    ((major as u32) << 16) | minor as u32
+}
+
+/// Pads `T` to its own 128-byte line.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct Line<T>(pub T);
+
+/// Which ring algorithm a segment holds (`Identity::ring_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RingKind {
+    /// One producer, one consumer.
+    Spsc,
+}
+
+impl RingKind {
+    /// The value stored in the segment.
+    pub const fn code(self) -> u32 {
+        match self {
+            RingKind::Spsc => 1,
+        }
+    }
+
+    /// The kind for a stored value, if it is one this build knows.
+    pub const fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(RingKind::Spsc),
+            _ => None,
+        }
+    }
+
+    /// Its name as the CLI and config spell it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RingKind::Spsc => "spsc",
+        }
+    }
+}
+
+/// The first line: what the segment is. Written once by the creator.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Identity {
+    /// [`MAGIC`].
+    pub magic: AtomicU64,
+    /// `major << 16 | minor`; `0` until the creator has finished initialising.
+    pub layout_version: AtomicU32,
+    /// [`RingKind::code`].
+    pub ring_kind: AtomicU32,
+    /// [`HEADER_SIZE`] for layout 1.
+    pub header_size: AtomicU32,
+    /// The creator's suggested wait strategy ([`crate::WaitStrategy::code`]).
+    pub wait_hint: AtomicU32,
+    /// Ring data bytes, a power of two.
+    pub capacity: AtomicU64,
+    /// Largest payload a producer may publish.
+    pub max_record: AtomicU64,
+    /// Offset of the ring data from the start of the segment.
+    pub data_offset: AtomicU64,
+    /// `data_offset + capacity`.
+    pub segment_size: AtomicU64,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_unix_ns: AtomicU64,
+    /// Pid of the creator (for display only: pids are reused).
+    pub creator_pid: AtomicU32,
+    /// Uid of the creator.
+    pub creator_uid: AtomicU32,
+    /// Reserved flags (lossy rings, ...); `0` in layout 1.0.
+    pub flags: AtomicU32,
+    /// [`PARTICIPANT_SLOTS`].
+    pub participant_slots: AtomicU32,
+    /// [`PARTICIPANTS_OFFSET`].
+    pub participants_offset: AtomicU64,
+    /// Number of read-cursor slots in use by this ring kind (1 for spsc).
+    pub cursor_slots: AtomicU32,
+    /// [`STAT_SLOTS`].
+    pub stat_slots: AtomicU32,
+    /// [`CURSORS_OFFSET`].
+    pub cursors_offset: AtomicU64,
+    /// [`STATS_OFFSET`].
+    pub stats_offset: AtomicU64,
+}
+
+/// The producer's line. Only the producer writes it.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ProducerLine {
+    /// Byte position one past the last committed frame; only grows. Stored with
+    /// `Release` after the frames it covers.
+    pub write_cursor: AtomicU64,
+    /// Start positions of the last frame of the two most recent publishes, written
+    /// alternately before `write_cursor`, so that a restarted producer finds the last
+    /// committed record (the slot whose frame ends exactly at `write_cursor`).
+    pub last_frame: [AtomicU64; 2],
+}
+
+/// One statistics slot: a labelled counter with a single writer.
+#[repr(C)]
+#[derive(Debug)]
+pub struct StatSlot {
+    /// The counter.
+    pub value: AtomicU64,
+    /// The label, NUL-padded ASCII, 32 bytes read as four little-endian words.
+    pub label: [AtomicU64; 4],
+    /// `1` when the slot holds a counter, `0` when unused.
+    pub in_use: AtomicU32,
+}
+
+/// One participant slot: who holds the lock of the same index (see [`crate::Participant`]).
+#[repr(C)]
+#[derive(Debug)]
+pub struct ParticipantSlot {
+    /// `0` never used, `1` attached, `2` detached cleanly.
+    pub state: AtomicU32,
+    /// [`crate::Role::code`].
+    pub role: AtomicU32,
+    /// Pid of the holder (display only).
+    pub pid: AtomicU32,
+    /// Uid of the holder.
+    pub uid: AtomicU32,
+    /// When it attached, nanoseconds since the Unix epoch.
+    pub attached_unix_ns: AtomicU64,
+    /// Reserved.
+    pub reserved: [AtomicU64; 5],
+}
+
+/// One read cursor. Only its consumer writes it.
+#[repr(C)]
+#[derive(Debug)]
+pub struct CursorSlot {
+    /// Byte position one past the last released frame; only grows. Stored with `Release`
+    /// after the consumer is done with the bytes it covers.
+    pub read_cursor: AtomicU64,
+}
+
+/// The whole header, as it lies at offset 0 of a segment.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Header {
+    /// What the segment is.
+    pub identity: Line<Identity>,
+    /// The producer's cursor.
+    pub producer: Line<ProducerLine>,
+    /// The consumer sleeps here waiting for data.
+    pub data_wake: Line<WakeWord>,
+    /// The producer sleeps here waiting for space.
+    pub space_wake: Line<WakeWord>,
+    /// Labelled counters.
+    pub stats: [Line<StatSlot>; STAT_SLOTS],
+    /// Who is attached.
+    pub participants: [ParticipantSlot; PARTICIPANT_SLOTS],
+    reserved: [u8; CURSORS_OFFSET - PARTICIPANTS_OFFSET - PARTICIPANT_SLOTS * 64],
+    /// Read cursors; spsc uses slot 0.
+    pub cursors: [Line<CursorSlot>; CURSOR_SLOTS],
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<Header>() == HEADER_SIZE);
+    assert!(align_of::<Header>() == LINE);
+    assert!(size_of::<Identity>() <= LINE);
+    assert!(size_of::<ProducerLine>() <= LINE);
+    assert!(size_of::<StatSlot>() <= LINE);
+    assert!(size_of::<ParticipantSlot>() == 64);
+    assert!(offset_of!(Header, identity) == 0);
+    assert!(offset_of!(Header, producer) == 128);
+    assert!(offset_of!(Header, data_wake) == 256);
+    assert!(offset_of!(Header, space_wake) == 384);
+    assert!(offset_of!(Header, stats) == STATS_OFFSET);
+    assert!(offset_of!(Header, participants) == PARTICIPANTS_OFFSET);
+    assert!(offset_of!(Header, cursors) == CURSORS_OFFSET);
+    assert!(HEADER_SIZE % 4096 == 0);
+};
+
+/// The identity fields, read once into locals (see [`Geometry::read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawIdentity {
+    /// As stored.
+    pub magic: u64,
+    /// As stored.
+    pub layout_version: u32,
+    /// As stored.
+    pub ring_kind: u32,
+    /// As stored.
+    pub header_size: u32,
+    /// As stored.
+    pub wait_hint: u32,
+    /// As stored.
+    pub capacity: u64,
+    /// As stored.
+    pub max_record: u64,
+    /// As stored.
+    pub data_offset: u64,
+    /// As stored.
+    pub segment_size: u64,
+    /// As stored.
+    pub created_unix_ns: u64,
+    /// As stored.
+    pub creator_pid: u32,
+    /// As stored.
+    pub creator_uid: u32,
+    /// As stored.
+    pub flags: u32,
+    /// As stored.
+    pub participant_slots: u32,
+    /// As stored.
+    pub participants_offset: u64,
+    /// As stored.
+    pub cursor_slots: u32,
+    /// As stored.
+    pub stat_slots: u32,
+    /// As stored.
+    pub cursors_offset: u64,
+    /// As stored.
+    pub stats_offset: u64,
+}
+
+impl RawIdentity {
+    /// Reads every identity field once. `layout_version` is read first with `Acquire`
+    /// (pairs with the creator's `Release` store of it in [`Identity::publish`]), so a
+    /// non-zero version guarantees the other fields are the creator's.
+    pub fn read(id: &Identity) -> Self {
+        let layout_version = id.layout_version.load(Ordering::Acquire);
+        // Relaxed: ordered after the Acquire load above.
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let r32 = |a: &AtomicU32| a.load(Ordering::Relaxed);
+        RawIdentity {
+            magic: r(&id.magic),
+            layout_version,
+            ring_kind: r32(&id.ring_kind),
+            header_size: r32(&id.header_size),
+            wait_hint: r32(&id.wait_hint),
+            capacity: r(&id.capacity),
+            max_record: r(&id.max_record),
+            data_offset: r(&id.data_offset),
+            segment_size: r(&id.segment_size),
+            created_unix_ns: r(&id.created_unix_ns),
+            creator_pid: r32(&id.creator_pid),
+            creator_uid: r32(&id.creator_uid),
+            flags: r32(&id.flags),
+            participant_slots: r32(&id.participant_slots),
+            participants_offset: r(&id.participants_offset),
+            cursor_slots: r32(&id.cursor_slots),
+            stat_slots: r32(&id.stat_slots),
+            cursors_offset: r(&id.cursors_offset),
+            stats_offset: r(&id.stats_offset),
+        }
+    }
+
+    /// Checks every field against what this build can use, and against the size of
+    /// the memory actually mapped. Never panics, whatever the bytes.
+    pub fn validate(&self, mapped_len: u64) -> Result<Geometry, HeaderError> {
+        if self.magic != MAGIC {
+            return Err(HeaderError::BadMagic { found: self.magic });
+        }
+        if self.layout_version == 0 {
+            return Err(HeaderError::NotInitialised);
+        }
+        let (major, minor) = ((self.layout_version >> 16) as u16, self.layout_version as u16);
+        if major != LAYOUT_MAJOR {
+            return Err(HeaderError::Version { major, minor });
+        }
+        let kind = RingKind::from_code(self.ring_kind).ok_or(HeaderError::Field {
+            field: "ring_kind",
+            value: u64::from(self.ring_kind),
+            expected: "1 (spsc)",
+        })?;
+        let expect = |field: &'static str, value: u64, want: u64, expected: &'static str| {
+            if value == want { Ok(()) } else { Err(HeaderError::Field { field, value, expected }) }
+        };
+        expect("header_size", self.header_size.into(), HEADER_SIZE as u64, "16384")?;
+        expect("data_offset", self.data_offset, HEADER_SIZE as u64, "16384")?;
+        expect("stats_offset", self.stats_offset, STATS_OFFSET as u64, "512")?;
+        expect("stat_slots", self.stat_slots.into(), STAT_SLOTS as u64, "16")?;
+        expect("participants_offset", self.participants_offset, PARTICIPANTS_OFFSET as u64, "2560")?;
+        expect("participant_slots", self.participant_slots.into(), PARTICIPANT_SLOTS as u64, "32")?;
+        expect("cursors_offset", self.cursors_offset, CURSORS_OFFSET as u64, "8192")?;
+        expect("cursor_slots", self.cursor_slots.into(), 1, "1 for spsc")?;
+        let cap = self.capacity;
+        if !cap.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&cap) {
+            return Err(HeaderError::Field {
+                field: "capacity",
+                value: cap,
+                expected: "a power of two from 4 KiB to 1 TiB",
+            });
+        }
+        if self.max_record == 0 || self.max_record > max_payload_for(cap) {
+            return Err(HeaderError::Field {
+                field: "max_record",
+                value: self.max_record,
+                expected: "1 ..= min(capacity/2 - 8, 4 GiB - 16)",
+            });
+        }
+        expect("segment_size", self.segment_size, HEADER_SIZE as u64 + cap, "header + capacity")?;
+        if self.segment_size > mapped_len {
+            return Err(HeaderError::Truncated { claimed: self.segment_size, actual: mapped_len });
+        }
+        Ok(Geometry { kind, capacity: cap, max_record: self.max_record, minor })
+    }
+}
+
+/// What a validated header says about the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// The ring algorithm.
+    pub kind: RingKind,
+    /// Ring data bytes (a power of two).
+    pub capacity: u64,
+    /// Largest payload.
+    pub max_record: u64,
+    /// Layout minor version found.
+    pub minor: u16,
+}
+
+/// Why a header was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// The first eight bytes are not [`MAGIC`]: not a shmring segment.
+    #[error("not a shmring segment (magic {found:#018x}, expected {MAGIC:#018x})")]
+    BadMagic {
+        /// What was found.
+        found: u64,
+    },
+    /// The creator has not finished initialising it.
+    #[error("not initialised (layout version is 0)")]
+    NotInitialised,
+    /// A layout this build cannot read.
+    #[error("layout version {major}.{minor} is not supported (this build reads {LAYOUT_MAJOR}.x)")]
+    Version {
+        /// Found major.
+        major: u16,
+        /// Found minor.
+        minor: u16,
+    },
+    /// A field holds a value this layout does not allow.
+    #[error("corrupt header: {field} is {value}, expected {expected}")]
+    Field {
+        /// Which field.
+        field: &'static str,
+        /// What it holds.
+        value: u64,
+        /// What it may hold.
+        expected: &'static str,
+    },
+    /// The header claims more bytes than the segment has.
+    #[error("corrupt header: claims {claimed} bytes but the segment has {actual}")]
+    Truncated {
+        /// Bytes the header claims.
+        claimed: u64,
+        /// Bytes the segment has.
+        actual: u64,
+    },
+}
+
+impl Identity {
+    /// Fills in every field, then publishes the segment by storing the version last.
+    pub(crate) fn publish(&self, init: &RawIdentity) {
+        // Relaxed: nobody may read these before the Release store of the version below.
+        let w = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        let w32 = |a: &AtomicU32, v: u32| a.store(v, Ordering::Relaxed);
+        w(&self.magic, init.magic);
+        w32(&self.ring_kind, init.ring_kind);
+        w32(&self.header_size, init.header_size);
+        w32(&self.wait_hint, init.wait_hint);
+        w(&self.capacity, init.capacity);
+        w(&self.max_record, init.max_record);
+        w(&self.data_offset, init.data_offset);
+        w(&self.segment_size, init.segment_size);
+        w(&self.created_unix_ns, init.created_unix_ns);
+        w32(&self.creator_pid, init.creator_pid);
+        w32(&self.creator_uid, init.creator_uid);
+        w32(&self.flags, init.flags);
+        w32(&self.participant_slots, init.participant_slots);
+        w(&self.participants_offset, init.participants_offset);
+        w32(&self.cursor_slots, init.cursor_slots);
+        w32(&self.stat_slots, init.stat_slots);
+        w(&self.cursors_offset, init.cursors_offset);
+        w(&self.stats_offset, init.stats_offset);
+        // Release: pairs with the Acquire load in `RawIdentity::read`; everything above
+        // (and the statistics labels written before this call) is visible to a reader
+        // that sees the version.
+        self.layout_version.store(init.layout_version, Ordering::Release);
+    }
+}
+
+impl RawIdentity {
+    /// The identity a creator writes for a new ring.
+    pub(crate) fn new(kind: RingKind, capacity: u64, max_record: u64, wait_hint: u32) -> Self {
+        RawIdentity {
+            magic: MAGIC,
+            layout_version: pack_version(LAYOUT_MAJOR, LAYOUT_MINOR),
+            ring_kind: kind.code(),
+            header_size: HEADER_SIZE as u32,
+            wait_hint,
+            capacity,
+            max_record,
+            data_offset: HEADER_SIZE as u64,
+            segment_size: HEADER_SIZE as u64 + capacity,
+            created_unix_ns: crate::clock::unix_ns(),
+            creator_pid: std::process::id(),
+            creator_uid: nix::unistd::geteuid().as_raw(),
+            flags: 0,
+            participant_slots: PARTICIPANT_SLOTS as u32,
+            participants_offset: PARTICIPANTS_OFFSET as u64,
+            cursor_slots: 1,
+            stat_slots: STAT_SLOTS as u32,
+            cursors_offset: CURSORS_OFFSET as u64,
+            stats_offset: STATS_OFFSET as u64,
+        }
+    }
+}

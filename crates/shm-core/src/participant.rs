@@ -1,0 +1,211 @@
+//! Who is attached to a segment, and whether they are still alive.
+//!
+//! Each producer and consumer holds an open-file-description (OFD) write lock on one
+//! byte of the segment's lock file, at `LOCK_BASE + slot`; the kernel drops the lock when
+//! the process dies, however it dies. The slot in the segment records the pid and uid
+//! for display only (pids are reused, and differ between PID namespaces). A role is taken
+//! by taking its lock, so two live producers on one spsc ring are impossible, and a
+//! producer that was killed is replaced as soon as its lock is gone, never earlier.
+//!
+//! The lock file is the segment itself for posix, file and anon segments (byte-range
+//! locks need no file of their own, and vanish with it), and
+//! `/dev/shm/.shmring-sysv-<key>.lock` for SysV segments, which have no file descriptor.
+//! OFD locks belong to an open file description, so each attachment re-opens the file
+//! (through `/proc/self/fd`) and two handles in one process conflict like two processes.
+//! See [fcntl(2)](https://man7.org/linux/man-pages/man2/fcntl.2.html), "Open file description locks".
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::fcntl::{FcntlArg, fcntl};
+
+use crate::layout::{Header, ParticipantSlot};
+use crate::sync::Ordering;
+
+/// Byte offset of slot 0's lock; far beyond any segment's data, so locks never cover it.
+const LOCK_BASE: i64 = 1 << 50;
+
+/// Slot states stored in [`ParticipantSlot::state`].
+const STATE_ATTACHED: u32 = 1;
+const STATE_DETACHED: u32 = 2;
+
+/// What a participant does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Writes records.
+    Producer,
+    /// Reads records.
+    Consumer,
+}
+
+impl Role {
+    /// The value stored in the segment.
+    pub const fn code(self) -> u32 {
+        match self {
+            Role::Producer => 1,
+            Role::Consumer => 2,
+        }
+    }
+
+    /// The role for a stored value.
+    pub const fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(Role::Producer),
+            2 => Some(Role::Consumer),
+            _ => None,
+        }
+    }
+
+    /// The slot a spsc ring reserves for this role.
+    pub(crate) const fn spsc_slot(self) -> usize {
+        match self {
+            Role::Producer => 0,
+            Role::Consumer => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Producer => "producer",
+            Role::Consumer => "consumer",
+        })
+    }
+}
+
+/// Whether a participant is alive, by its kernel lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    /// Its lock is held: the process is alive.
+    Alive,
+    /// It never detached and its lock is gone: the process died.
+    Dead,
+    /// It detached cleanly.
+    Detached,
+    /// The lock cannot be checked (a SysV segment without its lock file).
+    Unknown,
+}
+
+/// One participant as recorded in the segment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Participant {
+    /// Its slot.
+    pub slot: usize,
+    /// Its role, `None` if the slot holds an unknown value.
+    pub role: Option<Role>,
+    /// Its pid when it attached (display only).
+    pub pid: u32,
+    /// Its uid.
+    pub uid: u32,
+    /// When it attached, nanoseconds since the Unix epoch.
+    pub attached_unix_ns: u64,
+    /// Alive, dead or detached.
+    pub liveness: Liveness,
+}
+
+fn flock(kind: libc::c_short, slot: usize) -> libc::flock {
+    // SAFETY: `flock` is a plain C struct for which all-zero bytes are valid.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = LOCK_BASE + slot as i64;
+    fl.l_len = 1;
+    fl
+}
+
+/// Takes the write lock of `slot` on `fd`'s open file description without waiting.
+/// `Ok(false)` when another description holds it.
+pub(crate) fn try_lock(fd: impl AsFd, slot: usize) -> nix::Result<bool> {
+    match fcntl(fd, FcntlArg::F_OFD_SETLK(&flock(libc::F_WRLCK as libc::c_short, slot))) {
+        Ok(_) => Ok(true),
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether an open file description other than `fd`'s holds the lock of `slot`.
+pub(crate) fn is_locked(fd: impl AsFd, slot: usize) -> nix::Result<bool> {
+    let mut fl = flock(libc::F_WRLCK as libc::c_short, slot);
+    fcntl(fd, FcntlArg::F_OFD_GETLK(&mut fl))?;
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Reads the participant table, checking each recorded slot's lock through `lock_fd`.
+pub(crate) fn read_table(header: &Header, lock_fd: Option<&OwnedFd>) -> Vec<Participant> {
+    header
+        .participants
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, p)| {
+            // Acquire: pairs with the Release store of `state` in `Attachment::record`.
+            let state = p.state.load(Ordering::Acquire);
+            if state == 0 {
+                return None;
+            }
+            let locked = lock_fd.map(|fd| is_locked(fd, slot));
+            let liveness = match (state, locked) {
+                (_, Some(Ok(true))) => Liveness::Alive,
+                (STATE_DETACHED, _) => Liveness::Detached,
+                (_, Some(Ok(false))) => Liveness::Dead,
+                _ => Liveness::Unknown,
+            };
+            Some(Participant {
+                slot,
+                role: Role::from_code(p.role.load(Ordering::Relaxed)),
+                pid: p.pid.load(Ordering::Relaxed),
+                uid: p.uid.load(Ordering::Relaxed),
+                attached_unix_ns: p.attached_unix_ns.load(Ordering::Relaxed),
+                liveness,
+            })
+        })
+        .collect()
+}
+
+/// A held participant lock and its slot; marks the slot detached and drops the lock
+/// when dropped.
+pub(crate) struct Attachment {
+    _lock: OwnedFd,
+    slot: std::ptr::NonNull<ParticipantSlot>,
+    _keep: Arc<dyn Send + Sync>,
+}
+
+// SAFETY: `slot` points into shared memory kept alive by `_keep`, accessed only through
+// atomics; nothing about it is tied to a thread.
+unsafe impl Send for Attachment {}
+
+impl Attachment {
+    /// Records the caller in `slot`, whose lock `lock` already holds.
+    ///
+    /// # Safety
+    /// `slot` must point to a participant slot inside memory that `keep` keeps mapped.
+    pub(crate) unsafe fn record(
+        lock: OwnedFd,
+        slot: std::ptr::NonNull<ParticipantSlot>,
+        role: Role,
+        keep: Arc<dyn Send + Sync>,
+    ) -> Self {
+        // SAFETY: valid by the caller's contract.
+        let s = unsafe { slot.as_ref() };
+        // Relaxed: published by the Release store of `state` below.
+        s.role.store(role.code(), Ordering::Relaxed);
+        s.pid.store(std::process::id(), Ordering::Relaxed);
+        s.uid.store(nix::unistd::geteuid().as_raw(), Ordering::Relaxed);
+        s.attached_unix_ns.store(crate::clock::unix_ns(), Ordering::Relaxed);
+        // Release: pairs with the Acquire load in `read_table`.
+        s.state.store(STATE_ATTACHED, Ordering::Release);
+        Attachment { _lock: lock, slot, _keep: keep }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        // SAFETY: `_keep` is still alive (fields drop after this), so the slot is mapped.
+        let s = unsafe { self.slot.as_ref() };
+        // Release: pairs with the Acquire load in `read_table`. The lock is released
+        // after this, when `_lock` drops.
+        s.state.store(STATE_DETACHED, Ordering::Release);
+    }
+}

@@ -1,0 +1,157 @@
+//! The spsc ring over heap memory, for threads of one process, unit tests, benchmarks
+//! and loom models: the same ring code as in a segment, with no segment around it.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use super::spsc::{Consumer, Producer};
+use super::{Region, RingRefs, WaitStrategy};
+use crate::layout::max_payload_for;
+
+/// Why [`spsc_pair`] refused its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "heap ring: capacity must be a power of two of at least 16 bytes and max_record from 1 to capacity/2 - 8 (got {capacity}, {max_record})"
+)]
+pub struct HeapRingError {
+    /// Requested capacity.
+    pub capacity: u64,
+    /// Requested max record.
+    pub max_record: u64,
+}
+
+/// A producer and a consumer of one spsc ring on the heap (no liveness, no flush).
+/// Capacity may be as small as 16 bytes here, for tests and models.
+pub fn spsc_pair(capacity: u64, max_record: u64, wait: WaitStrategy) -> Result<(Producer, Consumer), HeapRingError> {
+    if !capacity.is_power_of_two() || capacity < 16 || max_record == 0 || max_record > max_payload_for(capacity) {
+        return Err(HeapRingError { capacity, max_record });
+    }
+    let producer = Producer::attach(memory::refs(capacity, max_record), wait, None, None)
+        .expect("a fresh ring has consistent cursors");
+    let consumer =
+        Consumer::attach(memory::refs_of(&producer), wait, None).expect("a fresh ring has consistent cursors");
+    Ok((producer, consumer))
+}
+
+#[cfg(not(loom))]
+mod memory {
+    use std::alloc::{Layout, alloc_zeroed, dealloc};
+
+    use super::*;
+    use crate::layout::{HEADER_SIZE, Header};
+
+    /// A zeroed, page-aligned header plus data, freed on drop: the layout of a segment.
+    pub(crate) struct HeapSegment {
+        ptr: NonNull<u8>,
+        layout: Layout,
+        pub(super) capacity: u64,
+        pub(super) max_record: u64,
+    }
+
+    // SAFETY: plain memory accessed through atomics and protocol-owned byte ranges.
+    unsafe impl Send for HeapSegment {}
+    // SAFETY: as above.
+    unsafe impl Sync for HeapSegment {}
+
+    impl Drop for HeapSegment {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `refs` with this layout; no handle outlives the Arc.
+            unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+        }
+    }
+
+    pub(super) fn refs(capacity: u64, max_record: u64) -> RingRefs {
+        let layout =
+            Layout::from_size_align(HEADER_SIZE + capacity as usize, 4096).expect("size checked by the caller");
+        // SAFETY: the layout has non-zero size.
+        let ptr =
+            NonNull::new(unsafe { alloc_zeroed(layout) }).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let seg = Arc::new(HeapSegment { ptr, layout, capacity, max_record });
+        build(seg)
+    }
+
+    pub(super) fn refs_of(producer: &Producer) -> RingRefs {
+        let seg = producer.heap_owner().expect("heap producers own a HeapSegment");
+        build(seg)
+    }
+
+    fn build(seg: Arc<HeapSegment>) -> RingRefs {
+        // SAFETY: zeroed memory of at least HEADER_SIZE bytes, page-aligned; all atomics.
+        let h = unsafe { seg.ptr.cast::<Header>().as_ref() };
+        RingRefs {
+            producer: NonNull::from(&h.producer.0),
+            cursor: NonNull::from(&h.cursors[0].0),
+            data_wake: NonNull::from(&h.data_wake.0),
+            space_wake: NonNull::from(&h.space_wake.0),
+            stats: Some(NonNull::from(&h.stats)),
+            // SAFETY: `capacity` bytes follow the header in the allocation, page-aligned.
+            data: unsafe { Region::new(seg.ptr.add(HEADER_SIZE), seg.capacity) },
+            capacity: seg.capacity,
+            max_record: seg.max_record,
+            heap: Some(seg.clone()),
+            _keep: seg,
+        }
+    }
+}
+
+#[cfg(loom)]
+mod memory {
+    use super::*;
+    use crate::layout::{CursorSlot, ProducerLine, WakeWord};
+    use crate::sync::AtomicU64;
+
+    /// The shared fields of one ring as separate loom objects (counters left out).
+    pub(crate) struct HeapSegment {
+        producer: ProducerLine,
+        cursor: CursorSlot,
+        data_wake: WakeWord,
+        space_wake: WakeWord,
+        data: Box<[std::cell::UnsafeCell<u64>]>,
+        pub(super) capacity: u64,
+        pub(super) max_record: u64,
+    }
+
+    // SAFETY: loom objects and protocol-owned bytes, as in a segment.
+    unsafe impl Send for HeapSegment {}
+    // SAFETY: as above.
+    unsafe impl Sync for HeapSegment {}
+
+    pub(super) fn refs(capacity: u64, max_record: u64) -> RingRefs {
+        let seg = Arc::new(HeapSegment {
+            producer: ProducerLine {
+                write_cursor: AtomicU64::new(0),
+                last_frame: [AtomicU64::new(0), AtomicU64::new(0)],
+            },
+            cursor: CursorSlot { read_cursor: AtomicU64::new(0) },
+            data_wake: WakeWord::new(),
+            space_wake: WakeWord::new(),
+            data: (0..capacity / 8).map(|_| std::cell::UnsafeCell::new(0)).collect(),
+            capacity,
+            max_record,
+        });
+        build(seg)
+    }
+
+    pub(super) fn refs_of(producer: &Producer) -> RingRefs {
+        build(producer.heap_owner().expect("heap producers own a HeapSegment"))
+    }
+
+    fn build(seg: Arc<HeapSegment>) -> RingRefs {
+        let data = NonNull::new(seg.data.as_ptr().cast_mut().cast::<u8>()).expect("boxed slice is non-null");
+        RingRefs {
+            producer: NonNull::from(&seg.producer),
+            cursor: NonNull::from(&seg.cursor),
+            data_wake: NonNull::from(&seg.data_wake),
+            space_wake: NonNull::from(&seg.space_wake),
+            stats: None,
+            // SAFETY: `capacity` bytes, 8-aligned, owned by `seg`, which the refs keep.
+            data: unsafe { Region::new(data, seg.capacity) },
+            capacity: seg.capacity,
+            max_record: seg.max_record,
+            heap: Some(seg.clone()),
+            _keep: seg,
+        }
+    }
+}
+
+pub(crate) use memory::HeapSegment;

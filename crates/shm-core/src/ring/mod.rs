@@ -1,0 +1,320 @@
+//! Rings: the algorithms that move records through a segment's data region.
+//!
+//! Each ring kind is one file, readable top to bottom; this module holds what they
+//! share: wait strategies, errors, and [`RingRefs`], the view of the shared fields a
+//! ring handle uses. The ring code runs over any memory with the [`crate::layout`]
+//! shape: a mapped segment in production, a heap buffer in unit tests and benches,
+//! loom-modelled cells under `--cfg loom`.
+
+pub mod frame;
+pub mod heap;
+pub mod spsc;
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::layout::{CursorSlot, Line, ProducerLine, STAT_SLOTS, StatSlot, WakeWord};
+
+/// How a blocked handle waits for the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WaitStrategy {
+    /// Busy-wait: lowest latency, burns a core while idle.
+    Spin,
+    /// Busy-wait with `sched_yield` between checks.
+    Yield,
+    /// Sleep on the futex at once: no CPU while idle, a wake-up costs a syscall on each side.
+    Futex,
+    /// Spin for a short while, then sleep on the futex (default).
+    #[default]
+    Hybrid,
+}
+
+impl WaitStrategy {
+    /// Every strategy, for help texts and benchmarks.
+    pub const ALL: [WaitStrategy; 4] =
+        [WaitStrategy::Spin, WaitStrategy::Yield, WaitStrategy::Futex, WaitStrategy::Hybrid];
+
+    /// The value stored as the segment's wait hint.
+    pub const fn code(self) -> u32 {
+        match self {
+            WaitStrategy::Spin => 1,
+            WaitStrategy::Yield => 2,
+            WaitStrategy::Futex => 3,
+            WaitStrategy::Hybrid => 4,
+        }
+    }
+
+    /// The strategy for a stored hint (unknown values give the default).
+    pub const fn from_code(code: u32) -> Self {
+        match code {
+            1 => WaitStrategy::Spin,
+            2 => WaitStrategy::Yield,
+            3 => WaitStrategy::Futex,
+            _ => WaitStrategy::Hybrid,
+        }
+    }
+
+    /// Its name as the CLI and config spell it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            WaitStrategy::Spin => "spin",
+            WaitStrategy::Yield => "yield",
+            WaitStrategy::Futex => "futex",
+            WaitStrategy::Hybrid => "hybrid",
+        }
+    }
+}
+
+impl std::str::FromStr for WaitStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        WaitStrategy::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| format!("unknown wait strategy {s:?} (expected spin, yield, futex or hybrid)"))
+    }
+}
+
+/// How long `hybrid` busy-waits before sleeping. Long enough that a steady stream never
+/// sleeps, short enough that an idle consumer costs nothing measurable.
+pub const HYBRID_SPIN: Duration = Duration::from_micros(50);
+
+/// The longest single futex sleep: every wait re-checks at least this often, so even a
+/// peer that died in the middle of the wake-up protocol costs latency, never a hang.
+pub const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// What the ring found wrong in memory another process can write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt ring: {what} (value {value}, at position {position})")]
+pub struct Corruption {
+    /// Which invariant failed.
+    pub what: &'static str,
+    /// The offending value.
+    pub value: u64,
+    /// The ring position where it was found.
+    pub position: u64,
+}
+
+/// Why [`spsc::Producer::try_claim`] gave no claim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TryClaimError {
+    /// Not enough free space now.
+    #[error("ring is full")]
+    Full,
+    /// The record is larger than the ring's maximum.
+    #[error("record of {len} bytes is larger than the ring's maximum of {max} bytes")]
+    TooLarge {
+        /// Requested payload bytes.
+        len: usize,
+        /// The ring's maximum.
+        max: u64,
+    },
+    /// The consumer's cursor is impossible.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+}
+
+/// Why a blocking claim or publish failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// Still no space when the timeout ran out.
+    #[error("ring stayed full for {0:?}")]
+    TimedOut(Duration),
+    /// The record is larger than the ring's maximum.
+    #[error("record of {len} bytes is larger than the ring's maximum of {max} bytes")]
+    TooLarge {
+        /// Requested payload bytes.
+        len: usize,
+        /// The ring's maximum.
+        max: u64,
+    },
+    /// The consumer's cursor is impossible.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+}
+
+/// Why [`spsc::Consumer::try_read`] gave no record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TryReadError {
+    /// No committed record now.
+    #[error("ring is empty")]
+    Empty,
+    /// A cursor or a frame is impossible.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+}
+
+/// Why a blocking read failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// Still no record when the timeout ran out.
+    #[error("ring stayed empty for {0:?}")]
+    TimedOut(Duration),
+    /// A cursor or a frame is impossible.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+}
+
+/// Why [`spsc::Consumer::read_batch`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError<E> {
+    /// The sink refused a record; the ones before it were released, it and the rest were not.
+    #[error("sink refused a record after {accepted} accepted: {error}")]
+    Sink {
+        /// Records accepted (and released) before the refusal.
+        accepted: usize,
+        /// What the sink said.
+        error: E,
+    },
+    /// A cursor or a frame is impossible; records accepted before it were released.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+}
+
+/// Called after each publish; file segments use it to `msync` per their flush policy.
+pub type PublishHook = Box<dyn FnMut() + Send>;
+
+/// Pointers to the shared fields of one ring, valid while `_keep` lives.
+pub(crate) struct RingRefs {
+    pub(crate) producer: NonNull<ProducerLine>,
+    pub(crate) cursor: NonNull<CursorSlot>,
+    pub(crate) data_wake: NonNull<WakeWord>,
+    pub(crate) space_wake: NonNull<WakeWord>,
+    /// `None` only in loom models, which leave counters out to keep the state space small.
+    pub(crate) stats: Option<NonNull<[Line<StatSlot>; STAT_SLOTS]>>,
+    pub(crate) data: Region,
+    pub(crate) capacity: u64,
+    pub(crate) max_record: u64,
+    /// The heap memory of an in-process ring, so its consumer can share it.
+    pub(crate) heap: Option<Arc<heap::HeapSegment>>,
+    pub(crate) _keep: Arc<dyn Send + Sync>,
+}
+
+impl RingRefs {
+    pub(crate) fn producer_line(&self) -> &ProducerLine {
+        // SAFETY: `producer` points into memory that `_keep` keeps mapped (the contract of
+        // every constructor), and shared memory is only ever accessed through atomics.
+        unsafe { self.producer.as_ref() }
+    }
+    pub(crate) fn cursor(&self) -> &CursorSlot {
+        // SAFETY: as in `producer_line`.
+        unsafe { self.cursor.as_ref() }
+    }
+    pub(crate) fn data_wake(&self) -> &WakeWord {
+        // SAFETY: as in `producer_line`.
+        unsafe { self.data_wake.as_ref() }
+    }
+    pub(crate) fn space_wake(&self) -> &WakeWord {
+        // SAFETY: as in `producer_line`.
+        unsafe { self.space_wake.as_ref() }
+    }
+    pub(crate) fn counters(&self) -> Option<crate::stats::CounterCells<'_>> {
+        // SAFETY: as in `producer_line`.
+        self.stats.map(|p| crate::stats::CounterCells::new(unsafe { p.as_ref() }))
+    }
+}
+
+/// The ring's data bytes: `capacity` bytes from `base`, valid while the owning
+/// `RingRefs::_keep` lives.
+///
+/// Who may touch which bytes when is the ring protocol's business; `Region` only turns
+/// positions into pointers. Under loom it also records every access to each 8-byte word
+/// in a loom cell, so a frame read that is not ordered after its write (a missing
+/// Release/Acquire pair) fails the model.
+pub(crate) struct Region {
+    base: NonNull<u8>,
+    mask: u64,
+    #[cfg(loom)]
+    cells: Arc<[loom::cell::UnsafeCell<()>]>,
+}
+
+impl Region {
+    /// # Safety
+    /// `base` must be valid for reads and writes of `capacity` bytes (a power of two,
+    /// at least 8) and 8-byte aligned, for as long as the `Region` is used.
+    pub(crate) unsafe fn new(base: NonNull<u8>, capacity: u64) -> Self {
+        debug_assert!(capacity.is_power_of_two() && capacity >= 8);
+        Region {
+            base,
+            mask: capacity - 1,
+            #[cfg(loom)]
+            cells: (0..capacity / 8).map(|_| loom::cell::UnsafeCell::new(())).collect(),
+        }
+    }
+
+    /// Index in the data region of ring position `pos`.
+    #[inline]
+    pub(crate) fn index(&self, pos: u64) -> u64 {
+        pos & self.mask
+    }
+
+    #[inline]
+    fn ptr(&self, index: u64) -> *mut u8 {
+        // SAFETY: callers pass `index <= capacity` (an index from `index()` plus a length
+        // checked against the space to the end), so the result stays within the region.
+        unsafe { self.base.as_ptr().add(index as usize) }
+    }
+
+    /// Reads the frame header word at `index` (8-aligned, `< capacity`).
+    ///
+    /// A volatile read: another process may be changing these bytes (a hostile one, or
+    /// a producer reusing space), so the value is read exactly once, into a local.
+    #[inline]
+    pub(crate) fn read_word(&self, index: u64) -> u64 {
+        self.track(index, 8, false);
+        debug_assert!(index % 8 == 0 && index <= self.mask);
+        // SAFETY: `index` is 8-aligned and below capacity, and `base` is 8-aligned, so
+        // the 8 bytes are inside the region and aligned.
+        u64::from_le(unsafe { self.ptr(index).cast::<u64>().read_volatile() })
+    }
+
+    /// Writes a frame header word at `index` (8-aligned, `< capacity`).
+    #[inline]
+    pub(crate) fn write_word(&self, index: u64, word: u64) {
+        self.track(index, 8, true);
+        debug_assert!(index % 8 == 0 && index <= self.mask);
+        // SAFETY: as in `read_word`. Only the producer writes the data region, and only
+        // at positions the protocol has handed to it.
+        unsafe { self.ptr(index).cast::<u64>().write_volatile(word.to_le()) }
+    }
+
+    /// The bytes `index .. index + len`.
+    ///
+    /// # Safety
+    /// `index + len <= capacity`, and no process writes these bytes while the slice lives
+    /// (the protocol guarantees this for a committed record until it is released).
+    #[inline]
+    pub(crate) unsafe fn slice(&self, index: u64, len: usize) -> &[u8] {
+        // SAFETY: in bounds by the caller's contract; not written concurrently by it.
+        unsafe { std::slice::from_raw_parts(self.ptr(index), len) }
+    }
+
+    /// The bytes `index .. index + len`, writable.
+    ///
+    /// # Safety
+    /// `index + len <= capacity`, and no other process reads or writes these bytes while
+    /// the slice lives (true of a claim until it is committed).
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice_mut(&self, index: u64, len: usize) -> &mut [u8] {
+        // SAFETY: in bounds and exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(index), len) }
+    }
+
+    /// Records an access to `index .. index + len` for loom's race detector (no-op otherwise).
+    #[inline]
+    pub(crate) fn track(&self, index: u64, len: u64, write: bool) {
+        #[cfg(loom)]
+        {
+            let first = (index / 8) as usize;
+            let last = ((index + len.max(1) - 1) / 8) as usize;
+            for cell in &self.cells[first..=last] {
+                if write { cell.with_mut(|_| ()) } else { cell.with(|_| ()) }
+            }
+        }
+        #[cfg(not(loom))]
+        let _ = (index, len, write);
+    }
+}

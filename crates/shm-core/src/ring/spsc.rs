@@ -1,0 +1,972 @@
+//! The single-producer, single-consumer ring.
+//!
+//! # Cursors
+//! Positions are byte counts since the ring was created; they only grow and never wrap
+//! in practice (2^64 bytes). The data index of position `p` is `p & (capacity - 1)`.
+//! - `write_cursor` (producer line): one past the last committed frame. The producer
+//!   writes frames at and beyond it, then stores it with `Release`.
+//! - `read_cursor` (cursor slot 0): one past the last frame the consumer released. The
+//!   consumer reads frames between it and `write_cursor`, then stores it with `Release`.
+//!
+//! Invariant: `read_cursor <= write_cursor <= read_cursor + capacity`. Each side keeps a
+//! cached copy of the other's cursor in its handle and reloads it (with `Acquire`) only
+//! when the cached value says "full" or "empty", so a busy ring touches no line it does
+//! not own except when it has to.
+//!
+//! # Frames
+//! See [`super::frame`]. A claim that would straddle the end of the ring first writes a
+//! padding frame to the end and starts at index 0, so a claim needs `framed` bytes, or
+//! `to_end + framed` when it wraps; with records at most `capacity/2 - 8` bytes an empty
+//! ring always has room.
+//!
+//! # Claim, commit, publish
+//! `try_claim` reserves space past `write_cursor` (local, nothing shared is written
+//! except a padding frame beyond the cursor). `commit` writes the frame header and
+//! advances the producer's local position; `publish` (immediately after `commit`, or
+//! once per [`Batch`]) stores the statistics, the last-frame slot, then `write_cursor`
+//! with `Release`. A producer killed before `publish` leaves nothing visible: its
+//! successor resumes from `write_cursor` and overwrites the abandoned bytes. A torn
+//! record can therefore never be read.
+//!
+//! # Waking (no lost wake-ups)
+//! Each direction has a wake word (`data_wake`: the consumer sleeps there for data;
+//! `space_wake`: the producer sleeps there for space). The sleeper stores `1` in the
+//! word, issues `fence(SeqCst)`, re-checks the other side's cursor, sleeps with
+//! `FUTEX_WAIT(word, 1)` only if nothing changed, and stores `0` when it wakes.
+//!
+//! The waker, after storing its cursor, issues `fence(SeqCst)` and loads the word; only
+//! if it is non-zero does it store `0` and `FUTEX_WAKE`. The two fences order "announce,
+//! then check" against "publish, then check": either the sleeper sees the new cursor, or
+//! the waker sees the announcement, and because the waker changes the word before
+//! waking, a sleeper that has not yet reached `FUTEX_WAIT` finds the word changed and
+//! does not sleep. A busy ring therefore makes no syscall at all. Every sleep is bounded
+//! by [`super::MAX_SLEEP`] and re-checks; a sleep that times out while data was already
+//! there is counted (`*_missed_wakes` would show a protocol bug; tests assert it is 0).
+
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+use super::frame::{self, FRAME_HEADER, PADDING, RESERVED_TYPES};
+use super::{
+    BatchError, ClaimError, Corruption, HYBRID_SPIN, MAX_SLEEP, PublishHook, ReadError, RingRefs, TryClaimError,
+    TryReadError, WaitStrategy,
+};
+use crate::stats::Counter;
+use crate::sync::{self, Ordering, fence};
+
+/// How many spins between two looks at the clock.
+const SPINS_PER_CLOCK_CHECK: u32 = 64;
+
+/// A deadline for a blocking call, and the strategy's spinning budget.
+struct Waiting {
+    deadline: Option<Instant>,
+    spin_until: Option<Instant>,
+    timeout: Duration,
+    spins: u32,
+}
+
+impl Waiting {
+    fn new(strategy: WaitStrategy, timeout: Option<Duration>) -> Self {
+        let now = Instant::now();
+        Waiting {
+            deadline: timeout.map(|t| now + t),
+            spin_until: (strategy == WaitStrategy::Hybrid).then(|| now + HYBRID_SPIN),
+            timeout: timeout.unwrap_or(Duration::MAX),
+            spins: 0,
+        }
+    }
+
+    /// Time left before the deadline; `None` when it has passed.
+    fn remaining(&self) -> Option<Duration> {
+        match self.deadline {
+            None => Some(MAX_SLEEP),
+            Some(d) => d.checked_duration_since(Instant::now()).filter(|r| !r.is_zero()),
+        }
+    }
+
+    /// One step of waiting that is not a futex sleep. Returns `false` when the caller
+    /// should sleep on the futex instead, `Err` when the deadline has passed.
+    fn spin_step(&mut self, strategy: WaitStrategy) -> Result<bool, Duration> {
+        self.spins = self.spins.wrapping_add(1);
+        let check_clock = self.spins % SPINS_PER_CLOCK_CHECK == 0;
+        match strategy {
+            WaitStrategy::Spin => sync::spin_loop(),
+            WaitStrategy::Yield => sync::yield_now(),
+            WaitStrategy::Futex => return Ok(false),
+            WaitStrategy::Hybrid => {
+                if check_clock && self.spin_until.is_some_and(|t| Instant::now() >= t) {
+                    self.spin_until = None;
+                }
+                if self.spin_until.is_none() {
+                    return Ok(false);
+                }
+                sync::spin_loop();
+            }
+        }
+        if (check_clock || strategy == WaitStrategy::Yield) && self.remaining().is_none() {
+            return Err(self.timeout);
+        }
+        Ok(true)
+    }
+}
+
+/// Running values of the counters a handle owns, stored to the segment once per
+/// publish or release.
+#[derive(Default)]
+struct LocalCounters {
+    records: u64,
+    bytes: u64,
+    blocks: u64,
+    sleeps: u64,
+    wakes: u64,
+    missed_wakes: u64,
+}
+
+/// The producing end of a spsc ring. One per ring at a time (the segment enforces it
+/// with a kernel lock), `Send` but not `Sync`.
+pub struct Producer {
+    ring: RingRefs,
+    strategy: WaitStrategy,
+    /// Next write position: committed frames end here (published or not).
+    pos: u64,
+    /// Last value stored in `write_cursor`.
+    published: u64,
+    /// Last `read_cursor` seen.
+    cached_head: u64,
+    /// Start of the last committed frame, `u64::MAX` when none.
+    last_start: u64,
+    /// Start of the last published frame, `u64::MAX` when none.
+    last_published_start: u64,
+    /// Which `last_frame` slot the next publish writes.
+    flip: usize,
+    counters: LocalCounters,
+    hook: Option<PublishHook>,
+    _attachment: Option<crate::participant::Attachment>,
+}
+
+// SAFETY: the handle owns its local state; the shared memory it points to is kept alive
+// by `ring._keep` (an `Arc` of `Send + Sync` owners) and is only accessed through atomics
+// and protocol-owned byte ranges, which do not depend on the accessing thread.
+unsafe impl Send for Producer {}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("position", &self.pos)
+            .field("published", &self.published)
+            .field("capacity", &self.ring.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// Resumes from the cursors in the segment. Fails if they are inconsistent.
+    pub(crate) fn attach(
+        ring: RingRefs,
+        strategy: WaitStrategy,
+        hook: Option<PublishHook>,
+        attachment: Option<crate::participant::Attachment>,
+    ) -> Result<Self, Corruption> {
+        // Acquire: pairs with the Release stores of a previous producer and of the consumer.
+        let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
+        let head = ring.cursor().read_cursor.load(Ordering::Acquire);
+        check_cursors(head, tail, ring.capacity)?;
+        let mut counters = LocalCounters::default();
+        if let Some(c) = ring.counters() {
+            counters.records = c.load(Counter::TotalProduced);
+            counters.bytes = c.load(Counter::BytesProduced);
+            counters.blocks = c.load(Counter::ProducerBlocks);
+            counters.sleeps = c.load(Counter::ProducerSleeps);
+            counters.wakes = c.load(Counter::ProducerWakes);
+            counters.missed_wakes = c.load(Counter::ProducerMissedWakes);
+        }
+        let mut p = Producer {
+            ring,
+            strategy,
+            pos: tail,
+            published: tail,
+            cached_head: head,
+            last_start: u64::MAX,
+            last_published_start: u64::MAX,
+            flip: 0,
+            counters,
+            hook,
+            _attachment: attachment,
+        };
+        if let Some((slot, start)) = p.find_last_frame() {
+            p.last_start = start;
+            p.last_published_start = start;
+            p.flip = slot ^ 1;
+        }
+        Ok(p)
+    }
+
+    /// The heap memory of an in-process ring.
+    pub(crate) fn heap_owner(&self) -> Option<std::sync::Arc<super::heap::HeapSegment>> {
+        self.ring.heap.clone()
+    }
+
+    /// Capacity of the ring's data region in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.ring.capacity
+    }
+
+    /// Largest payload this ring accepts.
+    pub fn max_record(&self) -> u64 {
+        self.ring.max_record
+    }
+
+    /// The wait strategy of the blocking calls.
+    pub fn wait_strategy(&self) -> WaitStrategy {
+        self.strategy
+    }
+
+    /// Changes the wait strategy of the blocking calls.
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy = strategy;
+    }
+
+    /// The last record the ring committed (by this producer or a predecessor), if it
+    /// can still be found: how a restarted producer learns where its stream stopped.
+    ///
+    /// Returns `None` on a new ring, or when the bytes no longer hold that frame (they
+    /// are validated, never trusted). Best effort: once the consumer has released that
+    /// record, a claim that wrapped all the way round may have reused its bytes, and an
+    /// application that must know its position for certain also keeps it in the records
+    /// themselves (a sequence number and a checksum, as the generator does).
+    pub fn last_committed(&self) -> Option<(u32, Vec<u8>)> {
+        let start = self.last_published_start;
+        if start == u64::MAX {
+            return None;
+        }
+        let index = self.ring.data.index(start);
+        let (len, ty) = frame::decode(self.ring.data.read_word(index));
+        let framed = frame::framed_len(u64::from(len))?;
+        if ty >= RESERVED_TYPES
+            || u64::from(len) > self.ring.max_record
+            || framed > self.ring.capacity - index
+            || start.checked_add(framed) != Some(self.published)
+        {
+            return None;
+        }
+        // SAFETY: `index + 8 + len <= capacity` (checked above), and only this producer
+        // writes the data region; it is not writing now (we hold `&self`).
+        let bytes = unsafe { self.ring.data.slice(index + FRAME_HEADER, len as usize) };
+        Some((ty, bytes.to_vec()))
+    }
+
+    /// Which `last_frame` slot holds a frame that ends exactly at `write_cursor`.
+    fn find_last_frame(&self) -> Option<(usize, u64)> {
+        let line = self.ring.producer_line();
+        (0..2).find_map(|slot| {
+            // Relaxed: ordered by the Acquire load of write_cursor in `attach`.
+            let start = line.last_frame[slot].load(Ordering::Relaxed);
+            if start >= self.published || self.published - start > self.ring.capacity / 2 {
+                return None;
+            }
+            let index = self.ring.data.index(start);
+            let (len, ty) = frame::decode(self.ring.data.read_word(index));
+            let framed = frame::framed_len(u64::from(len))?;
+            (ty != PADDING && framed <= self.ring.capacity - index && start + framed == self.published)
+                .then_some((slot, start))
+        })
+    }
+
+    /// Claims space for a record of `len` payload bytes, without waiting.
+    ///
+    /// Write the payload through the returned [`Claim`], then [`Claim::commit`] it;
+    /// dropping the claim abandons it and leaves the ring as it was.
+    pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, TryClaimError> {
+        self.claim_inner(len, false)
+    }
+
+    /// Claims space for `len` payload bytes, waiting up to `timeout` (forever when `None`)
+    /// with the handle's wait strategy.
+    pub fn claim(&mut self, len: usize, timeout: Option<Duration>) -> Result<Claim<'_>, ClaimError> {
+        self.wait_for_space(len, timeout)?;
+        self.claim_inner(len, false).map_err(|e| match e {
+            TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
+            TryClaimError::Corrupt(c) => ClaimError::Corrupt(c),
+            TryClaimError::Full => unreachable!("space was seen by this producer and only it consumes space"),
+        })
+    }
+
+    /// Copies `data` into the ring as one record of type 0, without waiting.
+    pub fn try_publish(&mut self, data: &[u8]) -> Result<(), TryClaimError> {
+        let mut claim = self.try_claim(data.len())?;
+        claim.copy_from_slice(data);
+        claim.commit();
+        Ok(())
+    }
+
+    /// Copies `data` into the ring as one record of type 0, waiting up to `timeout` for space.
+    pub fn publish(&mut self, data: &[u8], timeout: Option<Duration>) -> Result<(), ClaimError> {
+        let mut claim = self.claim(data.len(), timeout)?;
+        claim.copy_from_slice(data);
+        claim.commit();
+        Ok(())
+    }
+
+    /// Starts a batch: claims inside it are committed locally and published together,
+    /// with one cursor store and at most one wake-up, when the batch ends.
+    pub fn batch(&mut self) -> Batch<'_> {
+        Batch { producer: self }
+    }
+
+    /// Waits until a record of `len` payload bytes fits, up to `timeout`.
+    pub fn wait_for_space(&mut self, len: usize, timeout: Option<Duration>) -> Result<(), ClaimError> {
+        let need = self.need(len).map_err(|e| match e {
+            TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
+            other => unreachable!("need() only fails with TooLarge, got {other:?}"),
+        })?;
+        if self.fits(need)? {
+            return Ok(());
+        }
+        self.count_block();
+        // Whatever is committed must be visible before we wait for the consumer, or a
+        // batch could wait for space that only its own unpublished records would free.
+        self.publish_pending();
+        let mut waiting = Waiting::new(self.strategy, timeout);
+        loop {
+            match waiting.spin_step(self.strategy) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let Some(remaining) = waiting.remaining() else {
+                        return Err(ClaimError::TimedOut(waiting.timeout));
+                    };
+                    self.sleep_for_space(remaining.min(MAX_SLEEP));
+                }
+                Err(t) => return Err(ClaimError::TimedOut(t)),
+            }
+            if self.fits(need)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Bytes a claim of `len` needs from the current position, padding included.
+    fn need(&self, len: usize) -> Result<(u64, u64, u64), TryClaimError> {
+        let len64 = len as u64;
+        if len64 > self.ring.max_record {
+            return Err(TryClaimError::TooLarge { len, max: self.ring.max_record });
+        }
+        let framed = frame::framed_len_u32(len as u32);
+        let to_end = self.ring.capacity - self.ring.data.index(self.pos);
+        Ok(if framed <= to_end { (framed, framed, to_end) } else { (to_end + framed, framed, to_end) })
+    }
+
+    /// Whether `need` bytes fit past the current position, reloading the consumer's
+    /// cursor only when the cached copy says no.
+    fn fits(&mut self, (need, _, _): (u64, u64, u64)) -> Result<bool, Corruption> {
+        if self.free_space() >= need {
+            return Ok(true);
+        }
+        // Acquire: pairs with the consumer's Release store in `Consumer::release_to`; the
+        // consumer is done with every byte below `head` before we overwrite it.
+        let head = self.ring.cursor().read_cursor.load(Ordering::Acquire);
+        if head > self.published || self.pos - head > self.ring.capacity || head < self.cached_head {
+            return Err(Corruption {
+                what: "read cursor outside the committed range",
+                value: head,
+                position: self.pos,
+            });
+        }
+        self.cached_head = head;
+        Ok(self.free_space() >= need)
+    }
+
+    /// Free bytes past `pos`, by the cached read cursor.
+    fn free_space(&self) -> u64 {
+        (self.cached_head + self.ring.capacity).saturating_sub(self.pos)
+    }
+
+    fn claim_inner(&mut self, len: usize, batched: bool) -> Result<Claim<'_>, TryClaimError> {
+        let need = self.need(len)?;
+        if !self.fits(need)? {
+            self.count_block();
+            return Err(TryClaimError::Full);
+        }
+        let (_, framed, to_end) = need;
+        let mut start = self.pos;
+        if framed > to_end {
+            // Fill the space to the end with one padding frame; its length field counts
+            // the bytes after its header, so its framed size is exactly `to_end`.
+            let index = self.ring.data.index(start);
+            self.ring.data.write_word(index, frame::encode((to_end - FRAME_HEADER) as u32, PADDING));
+            start += to_end;
+        }
+        self.ring.data.track(self.ring.data.index(start), framed, true);
+        Ok(Claim { producer: self, start, len: len as u32, record_type: 0, batched })
+    }
+
+    fn count_block(&mut self) {
+        self.counters.blocks += 1;
+        if let Some(c) = self.ring.counters() {
+            // Relaxed: single writer; readers only need a monotonic value.
+            c.cell(Counter::ProducerBlocks).store(self.counters.blocks, Ordering::Relaxed);
+        }
+    }
+
+    /// Finishes a claim: writes its frame header and advances the local position.
+    fn commit_frame(&mut self, start: u64, len: u32, record_type: u32) {
+        let index = self.ring.data.index(start);
+        self.ring.data.write_word(index, frame::encode(len, record_type));
+        self.ring.data.track(index, u64::from(len) + FRAME_HEADER, true);
+        // Cannot overflow: the claim was checked against the free space.
+        self.pos = start + frame::framed_len_u32(len);
+        self.last_start = start;
+        self.counters.records += 1;
+        self.counters.bytes += u64::from(len);
+    }
+
+    /// Makes every committed frame visible to the consumer and wakes it if it sleeps.
+    fn publish_pending(&mut self) {
+        if self.pos == self.published {
+            return;
+        }
+        let line = self.ring.producer_line();
+        if let Some(c) = self.ring.counters() {
+            // Relaxed: single writer; stored before the cursor so that a reader never
+            // sees a record consumed before it is counted as produced.
+            c.cell(Counter::TotalProduced).store(self.counters.records, Ordering::Relaxed);
+            c.cell(Counter::BytesProduced).store(self.counters.bytes, Ordering::Relaxed);
+        }
+        // Relaxed: published by the Release store of write_cursor just below.
+        line.last_frame[self.flip].store(self.last_start, Ordering::Relaxed);
+        // Release: pairs with the consumer's Acquire load of write_cursor; every frame
+        // byte below `pos` is visible to a consumer that sees the new cursor.
+        line.write_cursor.store(self.pos, Ordering::Release);
+        self.flip ^= 1;
+        self.published = self.pos;
+        self.last_published_start = self.last_start;
+        // SeqCst fence: the waker half of the wake-up protocol (module docs).
+        fence(Ordering::SeqCst);
+        let word = self.ring.data_wake().word();
+        // Relaxed: ordered by the fence above.
+        if word.load(Ordering::Relaxed) != 0 {
+            word.store(0, Ordering::Relaxed);
+            self.ring.data_wake().wake();
+            self.counters.wakes += 1;
+            if let Some(c) = self.ring.counters() {
+                c.cell(Counter::ProducerWakes).store(self.counters.wakes, Ordering::Relaxed);
+            }
+        }
+        if let Some(hook) = self.hook.as_mut() {
+            hook();
+        }
+    }
+
+    /// The sleeper half of the wake-up protocol, waiting for the consumer to free space.
+    fn sleep_for_space(&mut self, timeout: Duration) {
+        let word = self.ring.space_wake().word();
+        word.store(1, Ordering::Relaxed);
+        // SeqCst fence: orders the announcement before the re-check (module docs).
+        fence(Ordering::SeqCst);
+        // Relaxed is enough to decide whether to sleep; `fits` reloads with Acquire.
+        if self.ring.cursor().read_cursor.load(Ordering::Relaxed) == self.cached_head {
+            self.counters.sleeps += 1;
+            if let Some(c) = self.ring.counters() {
+                c.cell(Counter::ProducerSleeps).store(self.counters.sleeps, Ordering::Relaxed);
+            }
+            let timed_out = self.ring.space_wake().wait(1, Some(timeout));
+            let head_moved = || self.ring.cursor().read_cursor.load(Ordering::Relaxed) != self.cached_head;
+            if timed_out && head_moved() && missed_wake(word) {
+                self.counters.missed_wakes += 1;
+                if let Some(c) = self.ring.counters() {
+                    c.cell(Counter::ProducerMissedWakes).store(self.counters.missed_wakes, Ordering::Relaxed);
+                }
+            }
+        }
+        word.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Space claimed in the ring for one record. Write the payload through `DerefMut`,
+/// then [`commit`](Claim::commit). Dropping it uncommitted abandons the space.
+#[must_use = "a claim is abandoned unless committed"]
+pub struct Claim<'a> {
+    producer: &'a mut Producer,
+    start: u64,
+    len: u32,
+    record_type: u32,
+    batched: bool,
+}
+
+impl std::fmt::Debug for Claim<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim").field("position", &self.start).field("len", &self.len).finish()
+    }
+}
+
+impl Claim<'_> {
+    /// Sets the record type (an application value below `0xFFFF_0000`; default 0).
+    ///
+    /// # Panics
+    /// If `record_type` is in the reserved range: that is a bug in the caller.
+    pub fn set_record_type(&mut self, record_type: u32) {
+        assert!(record_type < RESERVED_TYPES, "record types from 0xFFFF_0000 are reserved");
+        self.record_type = record_type;
+    }
+
+    /// The ring position of this record.
+    pub fn position(&self) -> u64 {
+        self.start
+    }
+
+    /// Commits the whole claimed length.
+    pub fn commit(self) {
+        let len = self.len;
+        self.commit_len(len as usize);
+    }
+
+    /// Commits only the first `len` bytes (for a claim sized for the largest possible
+    /// record, such as a datagram buffer).
+    ///
+    /// # Panics
+    /// If `len` is larger than the claim.
+    pub fn commit_len(self, len: usize) {
+        assert!(len <= self.len as usize, "commit_len({len}) exceeds the claim of {} bytes", self.len);
+        let (start, record_type, batched) = (self.start, self.record_type, self.batched);
+        let producer = self.producer;
+        producer.commit_frame(start, len as u32, record_type);
+        if !batched {
+            producer.publish_pending();
+        }
+    }
+}
+
+impl Deref for Claim<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let ring = &self.producer.ring;
+        // SAFETY: the claim owns `index + 8 .. index + 8 + len`, inside the region (the
+        // frame does not straddle the end); nobody else touches it until commit.
+        unsafe { ring.data.slice(ring.data.index(self.start) + FRAME_HEADER, self.len as usize) }
+    }
+}
+
+impl DerefMut for Claim<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let ring = &self.producer.ring;
+        // SAFETY: as in `deref`, and `&mut self` makes this the only live view.
+        unsafe { ring.data.slice_mut(ring.data.index(self.start) + FRAME_HEADER, self.len as usize) }
+    }
+}
+
+/// Several records published together: one cursor store, at most one wake-up.
+/// Publishes what was committed when dropped (or at [`Batch::publish`]).
+pub struct Batch<'a> {
+    producer: &'a mut Producer,
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("producer", &self.producer).finish()
+    }
+}
+
+impl Batch<'_> {
+    /// Claims space for one record in the batch, without waiting.
+    pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, TryClaimError> {
+        self.producer.claim_inner(len, true)
+    }
+
+    /// Copies `data` in as one record of type 0, without waiting.
+    pub fn try_push(&mut self, data: &[u8]) -> Result<(), TryClaimError> {
+        let mut claim = self.try_claim(data.len())?;
+        claim.copy_from_slice(data);
+        claim.commit();
+        Ok(())
+    }
+
+    /// Publishes the committed records now.
+    pub fn publish(self) {}
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.producer.publish_pending();
+    }
+}
+
+/// The consuming end of a spsc ring. One per ring at a time, `Send` but not `Sync`.
+pub struct Consumer {
+    ring: RingRefs,
+    strategy: WaitStrategy,
+    /// Next frame to read (padding already skipped locally).
+    pos: u64,
+    /// Last value stored in `read_cursor`.
+    released: u64,
+    /// Last `write_cursor` seen.
+    cached_tail: u64,
+    counters: LocalCounters,
+    _attachment: Option<crate::participant::Attachment>,
+}
+
+// SAFETY: as for `Producer`.
+unsafe impl Send for Consumer {}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("position", &self.pos)
+            .field("capacity", &self.ring.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One committed record, borrowed in place from the ring.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// The payload.
+    pub data: &'a [u8],
+    /// The record type.
+    pub record_type: u32,
+    /// The ring position of its frame.
+    pub position: u64,
+}
+
+impl Consumer {
+    /// Resumes from the cursors in the segment. Fails if they are inconsistent.
+    pub(crate) fn attach(
+        ring: RingRefs,
+        strategy: WaitStrategy,
+        attachment: Option<crate::participant::Attachment>,
+    ) -> Result<Self, Corruption> {
+        // Acquire: pairs with the Release stores of both sides.
+        let head = ring.cursor().read_cursor.load(Ordering::Acquire);
+        let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
+        check_cursors(head, tail, ring.capacity)?;
+        let mut counters = LocalCounters::default();
+        if let Some(c) = ring.counters() {
+            counters.records = c.load(Counter::TotalConsumed);
+            counters.bytes = c.load(Counter::BytesConsumed);
+            counters.blocks = c.load(Counter::ConsumerBlocks);
+            counters.sleeps = c.load(Counter::ConsumerSleeps);
+            counters.wakes = c.load(Counter::ConsumerWakes);
+            counters.missed_wakes = c.load(Counter::ConsumerMissedWakes);
+        }
+        Ok(Consumer { ring, strategy, pos: head, released: head, cached_tail: tail, counters, _attachment: attachment })
+    }
+
+    /// Capacity of the ring's data region in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.ring.capacity
+    }
+
+    /// The wait strategy of the blocking calls.
+    pub fn wait_strategy(&self) -> WaitStrategy {
+        self.strategy
+    }
+
+    /// Changes the wait strategy of the blocking calls.
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy = strategy;
+    }
+
+    /// The position of the next record to read.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Borrows the next committed record in place, without waiting. Dropping the guard
+    /// releases it (its space goes back to the producer); [`ReadGuard::unread`] keeps it.
+    pub fn try_read(&mut self) -> Result<ReadGuard<'_>, TryReadError> {
+        if !self.poll()? {
+            self.count_block();
+            return Err(TryReadError::Empty);
+        }
+        Ok(self.guard_at_pos()?)
+    }
+
+    /// Borrows the next committed record, waiting up to `timeout` (forever when `None`).
+    pub fn read(&mut self, timeout: Option<Duration>) -> Result<ReadGuard<'_>, ReadError> {
+        self.wait_for_data(timeout)?;
+        Ok(self.guard_at_pos()?)
+    }
+
+    /// Waits until a record is available, up to `timeout` (forever when `None`).
+    pub fn wait_for_data(&mut self, timeout: Option<Duration>) -> Result<(), ReadError> {
+        if self.poll()? {
+            return Ok(());
+        }
+        self.count_block();
+        let mut waiting = Waiting::new(self.strategy, timeout);
+        loop {
+            match waiting.spin_step(self.strategy) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let Some(remaining) = waiting.remaining() else {
+                        return Err(ReadError::TimedOut(waiting.timeout));
+                    };
+                    self.sleep_for_data(remaining.min(MAX_SLEEP))?;
+                }
+                Err(t) => return Err(ReadError::TimedOut(t)),
+            }
+            if self.poll()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Hands every available record (at most `max`) to `sink` in order, then releases
+    /// the accepted ones with one cursor store. A refused record and the ones after it
+    /// stay in the ring. Returns how many were accepted; `0` when the ring was empty.
+    pub fn read_batch<E>(
+        &mut self,
+        max: usize,
+        mut sink: impl FnMut(Record<'_>) -> Result<(), E>,
+    ) -> Result<usize, BatchError<E>> {
+        let mut accepted = 0;
+        let mut bytes = 0u64;
+        let outcome = loop {
+            if accepted == max {
+                break Ok(());
+            }
+            match self.poll() {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(c) => break Err(BatchError::Corrupt(c)),
+            }
+            let (index, len, record_type, next) = match self.frame_at_pos() {
+                Ok(f) => f,
+                Err(c) => break Err(BatchError::Corrupt(c)),
+            };
+            // SAFETY: `frame_at_pos` checked that the payload lies inside the region and
+            // below the published cursor; the producer does not write it until we release.
+            let data = unsafe { self.ring.data.slice(index + FRAME_HEADER, len as usize) };
+            if let Err(error) = sink(Record { data, record_type, position: self.pos }) {
+                break Err(BatchError::Sink { accepted, error });
+            }
+            self.ring.data.track(index, u64::from(len) + FRAME_HEADER, false);
+            accepted += 1;
+            bytes += u64::from(len);
+            self.pos = next;
+        };
+        if accepted == 0 && outcome.is_ok() {
+            self.count_block();
+        }
+        // `pos` is at the first record not accepted (padding before it already skipped,
+        // which is harmless to release with the rest).
+        if accepted > 0 {
+            self.release_to(self.pos, accepted as u64, bytes);
+        }
+        outcome.map(|()| accepted)
+    }
+
+    /// Whether a data frame is at `pos`, reloading `write_cursor` only when the cached
+    /// copy says empty, and skipping padding frames locally.
+    fn poll(&mut self) -> Result<bool, Corruption> {
+        loop {
+            if self.pos == self.cached_tail {
+                // Acquire: pairs with the producer's Release store in `publish_pending`;
+                // the frames below `tail` are fully written before we read them.
+                let tail = self.ring.producer_line().write_cursor.load(Ordering::Acquire);
+                if tail < self.cached_tail || tail - self.pos > self.ring.capacity {
+                    return Err(Corruption { what: "write cursor outside the ring", value: tail, position: self.pos });
+                }
+                self.cached_tail = tail;
+                if tail == self.pos {
+                    return Ok(false);
+                }
+            }
+            let index = self.ring.data.index(self.pos);
+            let (len, record_type) = frame::decode(self.ring.data.read_word(index));
+            if record_type != PADDING {
+                return Ok(true);
+            }
+            let to_end = self.ring.capacity - index;
+            if frame::framed_len(u64::from(len)) != Some(to_end) || self.pos + to_end > self.cached_tail {
+                return Err(Corruption {
+                    what: "padding frame does not end at the ring's end",
+                    value: u64::from(len),
+                    position: self.pos,
+                });
+            }
+            self.pos += to_end;
+        }
+    }
+
+    /// Validates the data frame at `pos` (which `poll` found): `(index, len, type, next)`.
+    fn frame_at_pos(&self) -> Result<(u64, u32, u32, u64), Corruption> {
+        let index = self.ring.data.index(self.pos);
+        let (len, record_type) = frame::decode(self.ring.data.read_word(index));
+        let bad = |what| Corruption { what, value: u64::from(len), position: self.pos };
+        if record_type >= RESERVED_TYPES {
+            return Err(Corruption { what: "reserved record type", value: u64::from(record_type), position: self.pos });
+        }
+        if u64::from(len) > self.ring.max_record {
+            return Err(bad("record longer than the ring's maximum"));
+        }
+        let framed = frame::framed_len_u32(len);
+        if framed > self.ring.capacity - index {
+            return Err(bad("record straddles the end of the ring"));
+        }
+        if self.pos + framed > self.cached_tail {
+            return Err(bad("record extends past the write cursor"));
+        }
+        Ok((index, len, record_type, self.pos + framed))
+    }
+
+    fn guard_at_pos(&mut self) -> Result<ReadGuard<'_>, Corruption> {
+        let (index, len, record_type, next) = self.frame_at_pos()?;
+        Ok(ReadGuard { consumer: self, index, len, record_type, next, keep: false })
+    }
+
+    fn count_block(&mut self) {
+        self.counters.blocks += 1;
+        if let Some(c) = self.ring.counters() {
+            // Relaxed: single writer; readers only need a monotonic value.
+            c.cell(Counter::ConsumerBlocks).store(self.counters.blocks, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives the bytes below `pos` back to the producer and wakes it if it sleeps.
+    fn release_to(&mut self, pos: u64, records: u64, bytes: u64) {
+        self.pos = pos;
+        self.counters.records += records;
+        self.counters.bytes += bytes;
+        // Release: pairs with the producer's Acquire load of read_cursor in `fits`; we
+        // are done reading every byte below `pos`.
+        self.ring.cursor().read_cursor.store(pos, Ordering::Release);
+        self.released = pos;
+        if let Some(c) = self.ring.counters() {
+            // Relaxed: single writer. Stored after the cursor, so a reader never sees a
+            // record counted as consumed before it is counted as produced.
+            c.cell(Counter::TotalConsumed).store(self.counters.records, Ordering::Relaxed);
+            c.cell(Counter::BytesConsumed).store(self.counters.bytes, Ordering::Relaxed);
+        }
+        // SeqCst fence: the waker half of the wake-up protocol (module docs).
+        fence(Ordering::SeqCst);
+        let word = self.ring.space_wake().word();
+        // Relaxed: ordered by the fence above.
+        if word.load(Ordering::Relaxed) != 0 {
+            word.store(0, Ordering::Relaxed);
+            self.ring.space_wake().wake();
+            self.counters.wakes += 1;
+            if let Some(c) = self.ring.counters() {
+                c.cell(Counter::ConsumerWakes).store(self.counters.wakes, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The sleeper half of the wake-up protocol, waiting for the producer to publish.
+    fn sleep_for_data(&mut self, timeout: Duration) -> Result<(), Corruption> {
+        let word = self.ring.data_wake().word();
+        word.store(1, Ordering::Relaxed);
+        // SeqCst fence: orders the announcement before the re-check (module docs).
+        fence(Ordering::SeqCst);
+        // Relaxed is enough to decide whether to sleep; `poll` reloads with Acquire.
+        if self.ring.producer_line().write_cursor.load(Ordering::Relaxed) == self.cached_tail {
+            self.counters.sleeps += 1;
+            if let Some(c) = self.ring.counters() {
+                c.cell(Counter::ConsumerSleeps).store(self.counters.sleeps, Ordering::Relaxed);
+            }
+            let timed_out = self.ring.data_wake().wait(1, Some(timeout));
+            let tail_moved = || self.ring.producer_line().write_cursor.load(Ordering::Relaxed) != self.cached_tail;
+            if timed_out && tail_moved() && missed_wake(word) {
+                self.counters.missed_wakes += 1;
+                if let Some(c) = self.ring.counters() {
+                    c.cell(Counter::ConsumerMissedWakes).store(self.counters.missed_wakes, Ordering::Relaxed);
+                }
+            }
+        }
+        word.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A committed record borrowed in place. Releases it when dropped, unless
+/// [`unread`](ReadGuard::unread) puts it back.
+pub struct ReadGuard<'a> {
+    consumer: &'a mut Consumer,
+    index: u64,
+    len: u32,
+    record_type: u32,
+    next: u64,
+    keep: bool,
+}
+
+impl std::fmt::Debug for ReadGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadGuard")
+            .field("position", &self.consumer.pos)
+            .field("len", &self.len)
+            .field("record_type", &self.record_type)
+            .finish()
+    }
+}
+
+impl ReadGuard<'_> {
+    /// The record type.
+    pub fn record_type(&self) -> u32 {
+        self.record_type
+    }
+
+    /// The ring position of this record's frame.
+    pub fn position(&self) -> u64 {
+        self.consumer.pos
+    }
+
+    /// Releases the record now (the same as dropping the guard).
+    pub fn release(self) {}
+
+    /// Leaves the record in the ring: the next read returns it again.
+    pub fn unread(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Deref for ReadGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `frame_at_pos` validated the frame inside the region and below the
+        // published cursor; the producer cannot reuse it until this guard releases it.
+        unsafe { self.consumer.ring.data.slice(self.index + FRAME_HEADER, self.len as usize) }
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.consumer.ring.data.track(self.index, u64::from(self.len) + FRAME_HEADER, false);
+            let next = self.next;
+            self.consumer.release_to(next, 1, u64::from(self.len));
+        }
+    }
+}
+
+/// Decides whether a sleep that timed out although the other side had moved was a
+/// missed wake-up. If the waker saw our announcement it clears the word before waking,
+/// so a word still `1` means it did not; the one legitimate exception is a waker caught
+/// between its cursor store and its word check just as our timeout expired, which a
+/// short grace period rules out.
+fn missed_wake(word: &crate::sync::AtomicU32) -> bool {
+    for _ in 0..1000 {
+        // Relaxed: only the value matters; the waker's store needs no ordering here.
+        if word.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        sync::spin_loop();
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    word.load(Ordering::Relaxed) != 0
+}
+
+/// Checks the cursors found in a segment at attach time.
+fn check_cursors(head: u64, tail: u64, capacity: u64) -> Result<(), Corruption> {
+    if head > tail {
+        return Err(Corruption { what: "read cursor ahead of write cursor", value: head, position: tail });
+    }
+    if tail - head > capacity {
+        return Err(Corruption {
+            what: "more bytes in flight than the ring holds",
+            value: tail - head,
+            position: head,
+        });
+    }
+    if head % 8 != 0 || tail % 8 != 0 {
+        return Err(Corruption { what: "cursor not 8-byte aligned", value: head | tail, position: head });
+    }
+    Ok(())
+}

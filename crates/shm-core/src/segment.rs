@@ -1,0 +1,492 @@
+//! [`Segment`]: one named piece of shared memory holding a ring, whatever its backend.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::{self, Backing, CreateSpec, OpenSpec};
+use crate::error::{AttachError, CreateError, OpenError, OpenOrCreateError, UnlinkError, io_err};
+use crate::layout::{
+    Geometry, HEADER_SIZE, Header, MAX_CAPACITY, MIN_CAPACITY, RawIdentity, RingKind, max_payload_for,
+};
+use crate::name::Location;
+use crate::participant::{self, Attachment, Participant, Role};
+use crate::ring::spsc::{Consumer, Producer};
+use crate::ring::{PublishHook, Region, RingRefs, WaitStrategy};
+use crate::stats::StatsSnapshot;
+
+pub use crate::backend::sysv::SysvStat;
+
+/// When a file-backed segment's producer writes its pages back to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushPolicy {
+    /// Leave it to the page cache (survives process crashes, not power loss).
+    #[default]
+    None,
+    /// `msync(MS_SYNC)` after a publish when this long has passed since the last one.
+    Interval(Duration),
+    /// `msync(MS_SYNC)` before every publish returns.
+    Sync,
+}
+
+/// Creates or opens a [`Segment`].
+///
+/// ```
+/// # use shm_core::{Location, Segment};
+/// let name = format!("/shmring-doc-builder-{}", std::process::id());
+/// let location = Location::posix(&name)?;
+/// let segment = Segment::builder(location.clone()).capacity(64 * 1024).create()?;
+/// assert_eq!(segment.geometry().capacity, 64 * 1024);
+/// let again = Segment::builder(location.clone()).open()?; // never re-initialises
+/// assert_eq!(again.geometry(), segment.geometry());
+/// Segment::unlink(&location)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SegmentBuilder {
+    location: Location,
+    capacity: u64,
+    max_record: Option<u64>,
+    mode: u32,
+    group: Option<u32>,
+    kind: RingKind,
+    wait: WaitStrategy,
+    flush: FlushPolicy,
+    writable: bool,
+    expected_owner: Option<u32>,
+    init_timeout: Duration,
+}
+
+impl SegmentBuilder {
+    /// Ring data bytes: a power of two from 4 KiB to 1 TiB (default 1 MiB).
+    pub fn capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// Largest payload (default and maximum: `capacity / 2 - 8`).
+    pub fn max_record(mut self, bytes: u64) -> Self {
+        self.max_record = Some(bytes);
+        self
+    }
+
+    /// Permission bits of a new segment (default `0o600`; never world-writable). The
+    /// umask does not change them.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Group of a new segment (default: the creator's).
+    pub fn group(mut self, gid: u32) -> Self {
+        self.group = Some(gid);
+        self
+    }
+
+    /// Ring kind of a new segment (default spsc).
+    pub fn kind(mut self, kind: RingKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Wait strategy stored as the segment's hint, and used by handles from it.
+    pub fn wait_strategy(mut self, wait: WaitStrategy) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Flush policy of a file-backed segment's producer.
+    pub fn flush(mut self, flush: FlushPolicy) -> Self {
+        self.flush = flush;
+        self
+    }
+
+    /// Open read-only: the kernel refuses any write, so inspecting never disturbs a ring.
+    pub fn read_only(mut self) -> Self {
+        self.writable = false;
+        self
+    }
+
+    /// Which owner `open` accepts: a uid, or `None` for any (default: the caller's euid).
+    pub fn expected_owner(mut self, uid: Option<u32>) -> Self {
+        self.expected_owner = uid;
+        self
+    }
+
+    /// How long `open` waits for a creator that is still initialising (default 2 s).
+    pub fn init_timeout(mut self, timeout: Duration) -> Self {
+        self.init_timeout = timeout;
+        self
+    }
+
+    /// Creates the segment exclusively: an existing name is an error, never reused.
+    pub fn create(&self) -> Result<Segment, CreateError> {
+        let location = &self.location;
+        let invalid = |reason: String| CreateError::InvalidOptions { location: location.clone(), reason };
+        let cap = self.capacity;
+        if !cap.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&cap) {
+            return Err(invalid(format!("capacity {cap} must be a power of two from 4 KiB to 1 TiB")));
+        }
+        let max_payload = max_payload_for(cap);
+        let max_record = self.max_record.unwrap_or(max_payload);
+        if max_record == 0 || max_record > max_payload {
+            return Err(invalid(format!(
+                "max record {max_record} must be from 1 to {max_payload} bytes for a {cap}-byte ring (half the ring less 8)"
+            )));
+        }
+        if self.mode & !0o777 != 0 || self.mode & 0o002 != 0 {
+            return Err(invalid(format!(
+                "mode {:04o} must be permission bits only, and not writable by others",
+                self.mode
+            )));
+        }
+        if self.flush != FlushPolicy::None && !matches!(location, Location::File(_)) {
+            return Err(invalid("a flush policy applies to file segments only".into()));
+        }
+        let spec = CreateSpec { size: HEADER_SIZE as u64 + cap, mode: self.mode, group: self.group };
+        let backing = match location {
+            Location::Posix(name) => backend::posix::create(name, location, spec)?,
+            Location::Sysv(key) => backend::sysv::create(*key, location, spec)?,
+            Location::File(path) => backend::file::create(path, location, spec)?,
+            Location::Anon => backend::anon::create(location, spec)?,
+        };
+        // SAFETY: the mapping is `HEADER_SIZE + cap` bytes, page-aligned, and `Header`
+        // is all atomics; the memory is freshly zeroed and nobody else has it initialised.
+        let header = unsafe { backing.mapping.ptr().cast::<Header>().as_ref() };
+        crate::stats::write_labels(header);
+        header.identity.0.publish(&RawIdentity::new(self.kind, cap, max_record, self.wait.code()));
+        let geometry = Geometry { kind: self.kind, capacity: cap, max_record, minor: crate::layout::LAYOUT_MINOR };
+        Ok(self.segment(backing, geometry))
+    }
+
+    /// Opens an existing segment: checks the object (`fstat`/`IPC_STAT`), waits for its
+    /// creator to finish, validates the header. Never creates, never re-initialises.
+    pub fn open(&self) -> Result<Segment, OpenError> {
+        let location = &self.location;
+        let spec =
+            OpenSpec { writable: self.writable, expected_owner: self.expected_owner, init_timeout: self.init_timeout };
+        let backing = match location {
+            Location::Posix(name) => backend::posix::open(name, location, spec)?,
+            Location::Sysv(key) => backend::sysv::open(*key, location, spec)?,
+            Location::File(path) => backend::file::open(path, location, spec)?,
+            Location::Anon => return Err(OpenError::NotFound { location: location.clone() }),
+        };
+        // SAFETY: `wait_initialised` returned a mapping of at least HEADER_SIZE bytes.
+        let header = unsafe { backing.mapping.ptr().cast::<Header>().as_ref() };
+        let geometry = RawIdentity::read(&header.identity.0)
+            .validate(backing.mapping.len() as u64)
+            .map_err(|source| OpenError::Header { location: location.clone(), source })?;
+        Ok(self.segment(backing, geometry))
+    }
+
+    /// Opens the segment if it exists, else creates it (and if another process creates
+    /// it first, opens theirs).
+    pub fn open_or_create(&self) -> Result<Segment, OpenOrCreateError> {
+        match self.open() {
+            Err(OpenError::NotFound { .. }) => match self.create() {
+                Err(CreateError::Exists { .. }) => Ok(self.open()?),
+                other => Ok(other?),
+            },
+            other => Ok(other?),
+        }
+    }
+
+    fn segment(&self, backing: Backing, geometry: Geometry) -> Segment {
+        Segment {
+            inner: Arc::new(Inner {
+                location: self.location.clone(),
+                backing,
+                geometry,
+                flush: self.flush,
+                wait: self.wait,
+            }),
+        }
+    }
+}
+
+/// A mapped segment holding one ring. Cheap to clone; the memory stays mapped while
+/// any clone, producer or consumer of it lives. Dropping it never removes it:
+/// [`Segment::unlink`] does, explicitly.
+///
+/// ```
+/// # use shm_core::{Location, Segment};
+/// let location = Location::posix(&format!("/shmring-doc-segment-{}", std::process::id()))?;
+/// let segment = Segment::builder(location.clone()).capacity(4096).create()?;
+/// let mut producer = segment.producer()?;
+/// let mut consumer = segment.consumer()?;
+/// producer.try_publish(b"hello")?;
+/// assert_eq!(&*consumer.try_read()?, b"hello");
+/// assert_eq!(segment.stats().total_consumed, 1);
+/// Segment::unlink(&location)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Segment {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    location: Location,
+    backing: Backing,
+    geometry: Geometry,
+    flush: FlushPolicy,
+    wait: WaitStrategy,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment").field("location", &self.location).field("geometry", &self.geometry).finish()
+    }
+}
+
+/// Identity and ownership of a segment, as `shmctl stat` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SegmentInfo {
+    /// `posix`, `sysv`, `file` or `anon`.
+    pub backend: &'static str,
+    /// The name, key or path.
+    pub name: String,
+    /// The file behind it, where there is one.
+    pub path: Option<String>,
+    /// Bytes in the segment.
+    pub size: u64,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Permission bits.
+    pub mode: u32,
+    /// `major.minor`.
+    pub layout_version: String,
+    /// Ring kind.
+    pub kind: RingKind,
+    /// Ring data bytes.
+    pub capacity: u64,
+    /// Largest payload.
+    pub max_record: u64,
+    /// The creator's suggested wait strategy.
+    pub wait_hint: WaitStrategy,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_unix_ns: u64,
+    /// Creator's pid (display only).
+    pub creator_pid: u32,
+    /// Creator's uid.
+    pub creator_uid: u32,
+    /// The name no longer leads to this segment (unlinked while mapped).
+    pub unlinked: bool,
+    /// SysV details (`nattch`, `cpid`, `lpid`, times).
+    pub sysv: Option<SysvStat>,
+}
+
+impl Segment {
+    /// Starts building a segment at `location`.
+    pub fn builder(location: Location) -> SegmentBuilder {
+        SegmentBuilder {
+            location,
+            capacity: 1 << 20,
+            max_record: None,
+            mode: 0o600,
+            group: None,
+            kind: RingKind::Spsc,
+            wait: WaitStrategy::default(),
+            flush: FlushPolicy::None,
+            writable: true,
+            expected_owner: Some(nix::unistd::geteuid().as_raw()),
+            init_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Removes the segment's name (its memory lives on until the last process unmaps it).
+    pub fn unlink(location: &Location) -> Result<(), UnlinkError> {
+        match location {
+            Location::Posix(name) => backend::posix::unlink(name, location),
+            Location::Sysv(key) => backend::sysv::unlink(*key, location),
+            Location::File(path) => backend::file::unlink(path, location),
+            Location::Anon => Ok(()),
+        }
+    }
+
+    /// Where the segment lives.
+    pub fn location(&self) -> &Location {
+        &self.inner.location
+    }
+
+    /// What the validated header says.
+    pub fn geometry(&self) -> Geometry {
+        self.inner.geometry
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping holds at least a validated header and lives as long as
+        // `self.inner`; `Header` is all atomics.
+        unsafe { self.inner.backing.mapping.ptr().cast::<Header>().as_ref() }
+    }
+
+    /// Reads the ring's statistics without writing to the segment.
+    pub fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot::read(self.header(), self.inner.geometry.capacity)
+    }
+
+    /// Everyone who attached, with their liveness by kernel lock.
+    pub fn participants(&self) -> Vec<Participant> {
+        participant::read_table(self.header(), self.inner.backing.lock_fd.as_ref())
+    }
+
+    /// Whether the name no longer leads to this segment (it was unlinked or replaced).
+    pub fn is_unlinked(&self) -> bool {
+        match (&self.inner.location, &self.inner.backing.lock_fd) {
+            (Location::Anon, _) => false,
+            (Location::Sysv(key), _) => {
+                let id = self.inner.backing.sysv_id;
+                backend::sysv::id_of(*key).ok() != id
+                    || id.and_then(|id| backend::sysv::stat(id).ok()).is_none_or(|s| s.destroyed)
+            }
+            (_, Some(fd)) => nix::sys::stat::fstat(fd).map(|st| st.st_nlink == 0).unwrap_or(true),
+            (_, None) => false,
+        }
+    }
+
+    /// Identity, ownership and, for SysV, attach information.
+    pub fn info(&self) -> Result<SegmentInfo, OpenError> {
+        let inner = &self.inner;
+        let location = &inner.location;
+        let raw = RawIdentity::read(&self.header().identity.0);
+        let (uid, gid, mode, size, sysv) = if let Some(id) = inner.backing.sysv_id {
+            let st = backend::sysv::stat(id).map_err(|source| OpenError::Io {
+                location: location.clone(),
+                op: "IPC_STAT",
+                source,
+            })?;
+            (st.uid, st.gid, st.mode, st.size, Some(st))
+        } else if let Some(fd) = &inner.backing.lock_fd {
+            let st = nix::sys::stat::fstat(fd).map_err(|e| OpenError::Io {
+                location: location.clone(),
+                op: "fstat",
+                source: io_err(e),
+            })?;
+            (st.st_uid, st.st_gid, st.st_mode & 0o7777, st.st_size as u64, None)
+        } else {
+            (raw.creator_uid, 0, 0, inner.backing.mapping.len() as u64, None)
+        };
+        let (name, path) = match location {
+            Location::Posix(n) => (n.to_string(), Some(n.dev_shm_path().display().to_string())),
+            Location::Sysv(k) => (k.to_string(), None),
+            Location::File(p) => (p.display().to_string(), Some(p.display().to_string())),
+            Location::Anon => ("(anonymous)".into(), None),
+        };
+        Ok(SegmentInfo {
+            backend: location.backend(),
+            name,
+            path,
+            size,
+            uid,
+            gid,
+            mode,
+            layout_version: format!("{}.{}", raw.layout_version >> 16, raw.layout_version & 0xffff),
+            kind: inner.geometry.kind,
+            capacity: inner.geometry.capacity,
+            max_record: inner.geometry.max_record,
+            wait_hint: WaitStrategy::from_code(raw.wait_hint),
+            created_unix_ns: raw.created_unix_ns,
+            creator_pid: raw.creator_pid,
+            creator_uid: raw.creator_uid,
+            unlinked: self.is_unlinked(),
+            sysv,
+        })
+    }
+
+    /// Attaches as the ring's producer, with the segment's wait strategy.
+    pub fn producer(&self) -> Result<Producer, AttachError> {
+        self.producer_with(self.inner.wait)
+    }
+
+    /// Attaches as the ring's producer. Fails if a live producer is attached; resumes
+    /// after the last committed record if a previous one died.
+    pub fn producer_with(&self, wait: WaitStrategy) -> Result<Producer, AttachError> {
+        let attachment = self.attach(Role::Producer)?;
+        Producer::attach(self.ring_refs(), wait, self.publish_hook(), Some(attachment))
+            .map_err(|source| AttachError::Corrupt { location: self.inner.location.clone(), source })
+    }
+
+    /// Attaches as the ring's consumer, with the segment's wait strategy.
+    pub fn consumer(&self) -> Result<Consumer, AttachError> {
+        self.consumer_with(self.inner.wait)
+    }
+
+    /// Attaches as the ring's consumer. Fails if a live consumer is attached; resumes at
+    /// the read cursor in the segment (the first record not yet released).
+    pub fn consumer_with(&self, wait: WaitStrategy) -> Result<Consumer, AttachError> {
+        let attachment = self.attach(Role::Consumer)?;
+        Consumer::attach(self.ring_refs(), wait, Some(attachment))
+            .map_err(|source| AttachError::Corrupt { location: self.inner.location.clone(), source })
+    }
+
+    /// Writes the whole segment back to its file (`msync(MS_SYNC)`); a no-op in effect
+    /// for memory-only backends.
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.inner.backing.mapping.sync().map_err(io_err)
+    }
+
+    fn attach(&self, role: Role) -> Result<Attachment, AttachError> {
+        let location = &self.inner.location;
+        if !self.inner.backing.mapping.writable() {
+            return Err(AttachError::ReadOnly { location: location.clone(), role });
+        }
+        let io = |op| move |e| AttachError::Io { location: location.clone(), op, source: io_err(e) };
+        let fd = self.inner.backing.lock_fd.as_ref().ok_or_else(|| AttachError::Io {
+            location: location.clone(),
+            op: "open the lock file",
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        })?;
+        let lock = backend::reopen(fd, true).map_err(io("re-open for locking"))?;
+        let slot = role.spsc_slot();
+        if !participant::try_lock(&lock, slot).map_err(io("fcntl(F_OFD_SETLK)"))? {
+            let pid = self.header().participants[slot].pid.load(crate::sync::Ordering::Relaxed);
+            return Err(AttachError::RoleTaken { location: location.clone(), role, pid: (pid != 0).then_some(pid) });
+        }
+        let slot_ptr = NonNull::from(&self.header().participants[slot]);
+        // SAFETY: the slot lies in the header of the mapping that `inner` keeps alive.
+        Ok(unsafe { Attachment::record(lock, slot_ptr, role, self.inner.clone()) })
+    }
+
+    fn ring_refs(&self) -> RingRefs {
+        let h = self.header();
+        let g = self.inner.geometry;
+        // SAFETY: HEADER_SIZE < mapping length (validated), so the data pointer is in bounds.
+        let data = unsafe { self.inner.backing.mapping.ptr().add(HEADER_SIZE) };
+        RingRefs {
+            producer: NonNull::from(&h.producer.0),
+            cursor: NonNull::from(&h.cursors[0].0),
+            data_wake: NonNull::from(&h.data_wake.0),
+            space_wake: NonNull::from(&h.space_wake.0),
+            stats: Some(NonNull::from(&h.stats)),
+            // SAFETY: the validated geometry guarantees `capacity` bytes after the header,
+            // page-aligned, in the mapping `keep` holds.
+            data: unsafe { Region::new(data, g.capacity) },
+            capacity: g.capacity,
+            max_record: g.max_record,
+            heap: None,
+            _keep: self.inner.clone(),
+        }
+    }
+
+    fn publish_hook(&self) -> Option<PublishHook> {
+        let inner = self.inner.clone();
+        match self.inner.flush {
+            FlushPolicy::None => None,
+            FlushPolicy::Sync => Some(Box::new(move || {
+                let _ = inner.backing.mapping.sync();
+            })),
+            FlushPolicy::Interval(every) => {
+                let mut last = Instant::now();
+                Some(Box::new(move || {
+                    if last.elapsed() >= every {
+                        let _ = inner.backing.mapping.sync();
+                        last = Instant::now();
+                    }
+                }))
+            }
+        }
+    }
+}
