@@ -62,6 +62,7 @@
 
 mod backend;
 mod clock;
+pub mod discover;
 pub mod error;
 #[cfg(not(loom))]
 mod futex;
@@ -73,12 +74,13 @@ pub mod ring;
 pub mod segment;
 pub mod stats;
 mod sync;
+pub mod units;
 
 pub use error::{AttachError, CreateError, OpenError, OpenOrCreateError, UnlinkError};
 pub use layout::{HeaderError, RingKind};
 pub use name::{Location, NameError, SegmentName, SysvKey};
 pub use participant::{Liveness, Participant, Role};
-pub use ring::spsc::{Batch, Claim, Consumer, Producer, ReadGuard, Record};
+pub use ring::spsc::{Batch, Claim, Consumer, PeekedRecord, Producer, ReadGuard, Record};
 pub use ring::{BatchError, ClaimError, Corruption, ReadError, TryClaimError, TryReadError, WaitStrategy};
 pub use segment::{FlushPolicy, Segment, SegmentBuilder, SegmentInfo, SysvStat};
 pub use stats::{Counter, StatsSnapshot};

@@ -328,6 +328,12 @@ impl Segment {
         StatsSnapshot::read(self.header(), self.inner.geometry.capacity)
     }
 
+    /// Copies up to `max` records that are committed and not yet released, oldest
+    /// first, without consuming them or writing anything (works read-only).
+    pub fn peek(&self, max: usize) -> Result<Vec<crate::ring::spsc::PeekedRecord>, crate::ring::Corruption> {
+        crate::ring::spsc::peek(&self.ring_refs(), max)
+    }
+
     /// Everyone who attached, with their liveness by kernel lock.
     pub fn participants(&self) -> Vec<Participant> {
         participant::read_table(self.header(), self.inner.backing.lock_fd.as_ref())

@@ -936,6 +936,62 @@ impl Drop for ReadGuard<'_> {
     }
 }
 
+/// A copy of a record taken by [`peek`] without consuming it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeekedRecord {
+    /// The ring position of its frame.
+    pub position: u64,
+    /// The record type.
+    pub record_type: u32,
+    /// A copy of the payload.
+    pub data: Vec<u8>,
+}
+
+/// Copies up to `max` committed, unreleased records, oldest first, without writing to
+/// the ring (it works on a read-only mapping). A record the consumer releases while it
+/// is being copied may be overwritten by the producer at any moment, so each copy is
+/// kept only if the read cursor had not passed its frame when the copy was finished.
+pub(crate) fn peek(ring: &RingRefs, max: usize) -> Result<Vec<PeekedRecord>, Corruption> {
+    // Acquire: pairs with the Release stores of both cursors.
+    let mut pos = ring.cursor().read_cursor.load(Ordering::Acquire);
+    let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
+    if tail < pos || tail - pos > ring.capacity {
+        return Err(Corruption { what: "cursors out of range", value: tail, position: pos });
+    }
+    let mut out = Vec::new();
+    while pos < tail && out.len() < max {
+        let index = ring.data.index(pos);
+        let (len, record_type) = frame::decode(ring.data.read_word(index));
+        let framed = frame::framed_len_u32(len);
+        let to_end = ring.capacity - index;
+        if record_type == PADDING {
+            if framed != to_end {
+                return Err(Corruption {
+                    what: "padding frame does not end at the ring's end",
+                    value: len.into(),
+                    position: pos,
+                });
+            }
+            pos += to_end;
+            continue;
+        }
+        if record_type >= RESERVED_TYPES || u64::from(len) > ring.max_record || framed > to_end || pos + framed > tail {
+            return Err(Corruption { what: "invalid frame", value: len.into(), position: pos });
+        }
+        // SAFETY: the payload lies inside the region (checked above). The producer may
+        // be overwriting it if the consumer released it meanwhile; the bytes are copied
+        // out and discarded in that case (checked below), never trusted.
+        let data = unsafe { ring.data.slice(index + FRAME_HEADER, len as usize) }.to_vec();
+        // Acquire: orders the copy above before this check of the read cursor.
+        if ring.cursor().read_cursor.load(Ordering::Acquire) > pos {
+            break;
+        }
+        out.push(PeekedRecord { position: pos, record_type, data });
+        pos += framed;
+    }
+    Ok(out)
+}
+
 /// Decides whether a sleep that timed out although the other side had moved was a
 /// missed wake-up. If the waker saw our announcement it clears the word before waking,
 /// so a word still `1` means it did not; the one legitimate exception is a waker caught
@@ -969,4 +1025,140 @@ fn check_cursors(head: u64, tail: u64, capacity: u64) -> Result<(), Corruption> 
         return Err(Corruption { what: "cursor not 8-byte aligned", value: head | tail, position: head });
     }
     Ok(())
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::ring::heap::spsc_pair;
+
+    fn pair(capacity: u64) -> (Producer, Consumer) {
+        spsc_pair(capacity, crate::layout::max_payload_for(capacity), WaitStrategy::Spin).unwrap()
+    }
+
+    #[test]
+    fn a_full_ring_refuses_claims_and_counts_the_block() {
+        let (mut p, mut c) = pair(64);
+        // 24-byte frames: two fit in 64 bytes, a third does not.
+        p.try_publish(&[1; 16]).unwrap();
+        p.try_publish(&[2; 16]).unwrap();
+        assert_eq!(p.try_claim(16).unwrap_err(), TryClaimError::Full);
+        assert_eq!(p.counters.blocks, 1);
+        assert_eq!(&*c.try_read().unwrap(), &[1; 16]);
+        p.try_publish(&[3; 16]).unwrap();
+    }
+
+    #[test]
+    fn records_larger_than_the_maximum_are_refused() {
+        let (mut p, _c) = pair(64);
+        assert_eq!(p.try_claim(25).unwrap_err(), TryClaimError::TooLarge { len: 25, max: 24 });
+        assert!(p.try_claim(24).is_ok());
+    }
+
+    #[test]
+    fn an_abandoned_claim_leaves_nothing_visible() {
+        let (mut p, mut c) = pair(64);
+        let mut claim = p.try_claim(8).unwrap();
+        claim.copy_from_slice(b"ghost!!!");
+        drop(claim);
+        assert_eq!(c.try_read().unwrap_err(), TryReadError::Empty);
+        p.try_publish(b"real").unwrap();
+        assert_eq!(&*c.try_read().unwrap(), b"real");
+    }
+
+    #[test]
+    fn wrap_around_inserts_padding_that_the_consumer_skips() {
+        let (mut p, mut c) = pair(128);
+        for round in 0u8..50 {
+            // 40-byte frames do not divide 128, so every fourth record needs padding.
+            p.try_publish(&[round; 32]).unwrap();
+            let r = c.try_read().unwrap();
+            assert_eq!(&*r, &[round; 32]);
+        }
+    }
+
+    #[test]
+    fn a_batch_is_invisible_until_published() {
+        let (mut p, mut c) = pair(256);
+        let mut batch = p.batch();
+        batch.try_push(b"one").unwrap();
+        batch.try_push(b"two").unwrap();
+        assert_eq!(c.try_read().unwrap_err(), TryReadError::Empty);
+        batch.publish();
+        let mut seen = Vec::new();
+        let n = c.read_batch(10, |r| -> Result<(), ()> { Ok(seen.push(r.data.to_vec())) }).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(seen, [b"one".to_vec(), b"two".to_vec()]);
+    }
+
+    #[test]
+    fn a_refused_record_stays_in_the_ring() {
+        let (mut p, mut c) = pair(256);
+        for i in 0u8..4 {
+            p.try_publish(&[i]).unwrap();
+        }
+        let err = c.read_batch(10, |r| if r.data[0] == 2 { Err("sink full") } else { Ok(()) }).unwrap_err();
+        assert!(matches!(err, BatchError::Sink { accepted: 2, error: "sink full" }));
+        assert_eq!(&*c.try_read().unwrap(), &[2]);
+        assert_eq!(&*c.try_read().unwrap(), &[3]);
+    }
+
+    #[test]
+    fn unread_returns_the_same_record_again() {
+        let (mut p, mut c) = pair(64);
+        p.try_publish(b"again").unwrap();
+        c.try_read().unwrap().unread();
+        assert_eq!(&*c.try_read().unwrap(), b"again");
+        assert_eq!(c.try_read().unwrap_err(), TryReadError::Empty);
+    }
+
+    #[test]
+    fn commit_len_shrinks_the_record() {
+        let (mut p, mut c) = pair(256);
+        let mut claim = p.try_claim(100).unwrap();
+        claim[..3].copy_from_slice(b"abc");
+        claim.commit_len(3);
+        assert_eq!(&*c.try_read().unwrap(), b"abc");
+    }
+
+    #[test]
+    fn record_types_travel_with_the_record() {
+        let (mut p, mut c) = pair(64);
+        let mut claim = p.try_claim(1).unwrap();
+        claim.set_record_type(7);
+        claim.commit();
+        assert_eq!(c.try_read().unwrap().record_type(), 7);
+    }
+
+    #[test]
+    fn blocking_calls_time_out_and_say_how_long_they_waited() {
+        let (mut p, mut c) = pair(64);
+        let t = Duration::from_millis(20);
+        assert_eq!(c.read(Some(t)).unwrap_err(), ReadError::TimedOut(t));
+        p.try_publish(&[0; 24]).unwrap();
+        p.try_publish(&[0; 24]).unwrap();
+        assert_eq!(p.publish(&[0; 24], Some(t)).unwrap_err(), ClaimError::TimedOut(t));
+    }
+
+    #[test]
+    fn a_sleeping_consumer_is_woken_by_another_thread() {
+        for strategy in WaitStrategy::ALL {
+            let (mut p, mut c) = spsc_pair(4096, 2040, strategy).unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut sum = 0u64;
+                for _ in 0..2000 {
+                    sum += u64::from(c.read(Some(Duration::from_secs(10))).unwrap()[0]);
+                }
+                sum
+            });
+            for i in 0..2000u32 {
+                p.publish(&[(i % 7) as u8; 100], Some(Duration::from_secs(10))).unwrap();
+                if i % 500 == 0 {
+                    std::thread::sleep(Duration::from_millis(2)); // let the reader fall asleep
+                }
+            }
+            let expected: u64 = (0..2000u64).map(|i| i % 7).sum();
+            assert_eq!(reader.join().unwrap(), expected, "{strategy:?}");
+        }
+    }
 }

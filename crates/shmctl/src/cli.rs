@@ -1,0 +1,214 @@
+//! The command line, as clap derives it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Operate shmring shared-memory segments: create, inspect, list, clean up.
+#[derive(Debug, Parser)]
+#[command(name = "shmctl", version, about, propagate_version = true)]
+#[command(after_help = "Exit codes: 0 ok, 1 other failure, 64 usage, 65 not a shmring segment or corrupt, \
+66 no such segment, 69 in use or busy, 73 already exists, 74 I/O error, 77 permission denied.")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a segment holding an empty ring (never attaches to an existing one).
+    #[command(after_help = "Examples:\n  shmctl create /high_perf_ring --capacity 1MiB\n  \
+shmctl create 0x53480001 --backend sysv --capacity 64KiB --mode 0640 --group shmring\n  \
+shmctl create /var/lib/shmring/ring --backend file --capacity 16MiB")]
+    Create(CreateArgs),
+    /// Show a segment: identity, ring fill, cursors, every counter, participants.
+    #[command(after_help = "Examples:\n  shmctl stat /high_perf_ring\n  shmctl stat /high_perf_ring --json\n  \
+shmctl stat /high_perf_ring --watch      (refresh every second with rates; Ctrl-C to stop)\n  \
+shmctl stat 0x53480001 --watch 250ms")]
+    Stat(StatArgs),
+    /// List shmring segments on this host (--all adds other shared memory, like lsipc).
+    #[command(
+        after_help = "Examples:\n  shmctl list\n  shmctl list --all\n  shmctl list --json --dir /var/lib/shmring"
+    )]
+    List(ListArgs),
+    /// Remove a segment's name (refused while a live participant is attached, unless --force).
+    #[command(after_help = "Examples:\n  shmctl unlink /high_perf_ring\n  shmctl unlink 0x53480001 --force")]
+    Unlink(UnlinkArgs),
+    /// Remove every shmring segment left behind by processes that died.
+    #[command(
+        after_help = "Examples:\n  shmctl gc --dry-run\n  shmctl gc\n  shmctl gc --include-idle --dir /var/lib/shmring"
+    )]
+    Gc(GcArgs),
+    /// Put one record into a ring (attaches as its producer).
+    #[command(after_help = "Examples:\n  shmctl publish /high_perf_ring 'hello world'\n  \
+shmctl publish /high_perf_ring --file record.bin --type 7")]
+    Publish(PublishArgs),
+    /// Show records waiting in a ring without consuming them (moves no cursor).
+    #[command(after_help = "Examples:\n  shmctl peek /high_perf_ring\n  shmctl peek /high_perf_ring -n 3 --hex")]
+    Peek(PeekArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  shmctl completions bash > /etc/bash_completion.d/shmctl\n  \
+shmctl completions zsh > ~/.zfunc/_shmctl")]
+    Completions(CompletionsArgs),
+}
+
+/// A segment on the command line.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// `/name` (posix), a key `0x...`, decimal or `ftok:PATH:ID` (sysv), or a file path.
+    pub name: String,
+    /// Backend, when the name's shape is not enough (default: guessed from NAME).
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+}
+
+/// Backends selectable on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// POSIX shared memory (`shm_open`, /dev/shm).
+    Posix,
+    /// SysV shared memory (`shmget`).
+    Sysv,
+    /// A regular file.
+    File,
+}
+
+/// `shmctl create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The segment.
+    #[command(flatten)]
+    pub target: Target,
+    /// Ring data bytes, a power of two from 4KiB to 1TiB (units: KiB, MiB, GiB).
+    #[arg(long, default_value = "1MiB")]
+    pub capacity: String,
+    /// Largest record (default: capacity/2 - 8).
+    #[arg(long)]
+    pub max_record: Option<String>,
+    /// Permission bits, octal (never world-writable).
+    #[arg(long, default_value = "0600")]
+    pub mode: String,
+    /// Group name or gid of the segment.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Ring kind.
+    #[arg(long, default_value = "spsc", value_parser = ["spsc"])]
+    pub kind: String,
+    /// Wait strategy hint stored in the segment: spin, yield, futex, hybrid.
+    #[arg(long, default_value = "hybrid")]
+    pub wait: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `shmctl stat`.
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    /// The segment.
+    #[command(flatten)]
+    pub target: Target,
+    /// One JSON object with stable snake_case fields.
+    #[arg(long, conflicts_with = "watch")]
+    pub json: bool,
+    /// Refresh in place every INTERVAL (default 1s) with per-second rates until Ctrl-C.
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s", value_parser = parse_interval)]
+    pub watch: Option<Duration>,
+}
+
+/// `shmctl list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Also list shared memory that is not shmring's, with lsipc's columns.
+    #[arg(long)]
+    pub all: bool,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Directories holding file segments (default: /var/lib/shmring if it exists).
+    #[arg(long = "dir", value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+}
+
+/// `shmctl unlink`.
+#[derive(Debug, Args)]
+pub struct UnlinkArgs {
+    /// The segment.
+    #[command(flatten)]
+    pub target: Target,
+    /// Remove it even with live participants, or when it is not a shmring segment.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `shmctl gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also remove segments nobody is attached to that never had a participant die
+    /// (cleanly stopped or never used).
+    #[arg(long)]
+    pub include_idle: bool,
+    /// Directories holding file segments (default: /var/lib/shmring if it exists).
+    #[arg(long = "dir", value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+}
+
+/// `shmctl publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The segment.
+    #[command(flatten)]
+    pub target: Target,
+    /// The record, as text.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub data: Option<String>,
+    /// Read the record from this file instead (`-` for stdin).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Record type (below 0xFFFF0000).
+    #[arg(long = "type", default_value_t = 0)]
+    pub record_type: u32,
+    /// How long to wait for space when the ring is full.
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub timeout: Duration,
+}
+
+/// `shmctl peek`.
+#[derive(Debug, Args)]
+pub struct PeekArgs {
+    /// The segment.
+    #[command(flatten)]
+    pub target: Target,
+    /// How many records, oldest first.
+    #[arg(short = 'n', long = "count", default_value_t = 10)]
+    pub count: usize,
+    /// Show payloads as hex dumps.
+    #[arg(long)]
+    pub hex: bool,
+    /// JSON instead of text.
+    #[arg(long, conflicts_with = "hex")]
+    pub json: bool,
+}
+
+/// `shmctl completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}
+
+/// Parses `1`, `0.5` (seconds) or `250ms`, `2s`, `1m`.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("interval {text:?} must be positive")),
+        Err(_) => humantime::parse_duration(text).map_err(|e| format!("invalid interval {text:?}: {e}"))?,
+    };
+    if d.is_zero() { Err(format!("interval {text:?} must be positive")) } else { Ok(d) }
+}

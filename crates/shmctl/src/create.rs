@@ -1,0 +1,51 @@
+//! `shmctl create`.
+
+use anyhow::{Context, Result};
+use shm_core::units::{format_size, parse_size};
+use shm_core::{Segment, WaitStrategy};
+
+use crate::cli::CreateArgs;
+use crate::exit::{USAGE, refuse};
+use crate::target::location;
+
+pub fn run(args: CreateArgs) -> Result<()> {
+    let location = location(&args.target)?;
+    let capacity = parse_size(&args.capacity).context("--capacity")?;
+    let mode = u32::from_str_radix(args.mode.trim_start_matches("0o"), 8)
+        .map_err(|_| refuse(USAGE, format!("--mode {:?} is not an octal mode such as 0600", args.mode)))?;
+    let wait: WaitStrategy = args.wait.parse().map_err(|e: String| refuse(USAGE, format!("--wait: {e}")))?;
+    let mut builder = Segment::builder(location).capacity(capacity).mode(mode).wait_strategy(wait);
+    if let Some(max) = &args.max_record {
+        builder = builder.max_record(parse_size(max).context("--max-record")?);
+    }
+    if let Some(group) = &args.group {
+        builder = builder.group(gid_of(group)?);
+    }
+    let segment = builder.create()?;
+    let info = segment.info()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!(
+            "created {} ({}, {} ring of {}, max record {}, mode {:04o})",
+            info.name,
+            info.backend,
+            info.kind.name(),
+            format_size(info.capacity),
+            format_size(info.max_record),
+            info.mode
+        );
+    }
+    Ok(())
+}
+
+/// A group given by name or number.
+fn gid_of(group: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(refuse(USAGE, format!("--group {group:?}: no such group"))),
+    }
+}

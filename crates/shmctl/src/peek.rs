@@ -1,0 +1,54 @@
+//! `shmctl peek`: show waiting records without consuming them.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::cli::PeekArgs;
+use crate::target::{location, open_read_only};
+
+pub fn run(args: PeekArgs) -> Result<()> {
+    let location = location(&args.target)?;
+    let segment = open_read_only(&location, Duration::from_secs(1))?;
+    let records = segment.peek(args.count)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    if records.is_empty() {
+        println!("{location}: no records waiting");
+    }
+    for r in &records {
+        println!("@{} type {} len {}", r.position, r.record_type, r.data.len());
+        if args.hex {
+            print!("{}", hexdump(&r.data));
+        } else {
+            println!("  {}", preview(&r.data));
+        }
+    }
+    Ok(())
+}
+
+/// Printable text as a quoted string, anything else as the first bytes in hex.
+fn preview(data: &[u8]) -> String {
+    match std::str::from_utf8(data) {
+        Ok(text) if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => format!("{text:?}"),
+        _ => {
+            let shown: Vec<String> = data.iter().take(32).map(|b| format!("{b:02x}")).collect();
+            format!("{}{}", shown.join(" "), if data.len() > 32 { " ..." } else { "" })
+        }
+    }
+}
+
+/// `offset  hex bytes  |ascii|`, 16 bytes a line.
+fn hexdump(data: &[u8]) -> String {
+    let mut out = String::new();
+    for (i, chunk) in data.chunks(16).enumerate() {
+        let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+        let ascii: String =
+            chunk.iter().map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }).collect();
+        let _ = writeln!(out, "  {:08x}  {:<47}  |{}|", i * 16, hex.join(" "), ascii);
+    }
+    out
+}

@@ -1,0 +1,42 @@
+//! `shmctl publish`: put one record into a ring, as its producer.
+
+use std::io::Read;
+
+use anyhow::{Context, Result};
+use shm_core::Segment;
+
+use crate::cli::PublishArgs;
+use crate::exit::{USAGE, refuse};
+use crate::target::location;
+
+pub fn run(args: PublishArgs) -> Result<()> {
+    let location = location(&args.target)?;
+    let data = match (&args.data, &args.file) {
+        (Some(text), None) => text.as_bytes().to_vec(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
+            buf
+        }
+        (None, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        _ => return Err(refuse(USAGE, "give the record as DATA or --file, not both")),
+    };
+    if args.record_type >= 0xFFFF_0000 {
+        return Err(refuse(
+            USAGE,
+            format!("--type {:#x} is reserved (types from 0xFFFF0000 belong to the ring)", args.record_type),
+        ));
+    }
+    // Root may publish into a daemon user's ring; anyone else only into their own.
+    let me = nix::unistd::geteuid();
+    let owner = if me.is_root() { None } else { Some(me.as_raw()) };
+    let segment = Segment::builder(location).expected_owner(owner).open()?;
+    let mut producer = segment.producer()?;
+    let mut claim = producer.claim(data.len(), Some(args.timeout))?;
+    claim.copy_from_slice(&data);
+    claim.set_record_type(args.record_type);
+    let position = claim.position();
+    claim.commit();
+    println!("published {} bytes (type {}) at position {position}", data.len(), args.record_type);
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Shared formatting: owners, modes, times, liveness.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use shm_core::{Liveness, Participant, Role};
+
+/// `name` for a uid, or the number when it has no name.
+pub fn user(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name)
+}
+
+/// `name` for a gid, or the number when it has no name.
+pub fn group(gid: u32) -> String {
+    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map_or_else(|| gid.to_string(), |g| g.name)
+}
+
+/// RFC 3339 UTC, to the second.
+pub fn time_ns(unix_ns: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(unix_ns)).to_string()
+}
+
+/// RFC 3339 UTC from Unix seconds (`-` for 0).
+pub fn time_s(unix_s: i64) -> String {
+    if unix_s <= 0 { "-".into() } else { time_ns(unix_s as u64 * 1_000_000_000) }
+}
+
+/// `alive`, `dead`, `detached`, `unknown`.
+pub fn liveness(l: Liveness) -> &'static str {
+    match l {
+        Liveness::Alive => "alive",
+        Liveness::Dead => "dead",
+        Liveness::Detached => "detached",
+        Liveness::Unknown => "unknown",
+    }
+}
+
+/// `alive (pid 123)` for the participant holding `role`, or `-`.
+pub fn role_summary(participants: &[Participant], role: Role) -> String {
+    participants
+        .iter()
+        .find(|p| p.role == Some(role))
+        .map_or_else(|| "-".into(), |p| format!("{} ({})", liveness(p.liveness), p.pid))
+}
+
+/// The command name of a pid, from /proc.
+pub fn command(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or_else(|_| "-".into(), |s| s.trim().to_owned())
+}
+
+/// A count with thousands separators.
+pub fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,210 @@
+//! `shmctl stat`: one segment, in full; `--json` for machines, `--watch` for rates.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+use shm_core::units::format_size;
+use shm_core::{Participant, Segment, SegmentInfo, StatsSnapshot};
+
+use crate::cli::StatArgs;
+use crate::render;
+use crate::target::{location, open_read_only};
+
+/// Everything `stat` shows; also its JSON shape (field names are stable).
+#[derive(Debug, Serialize)]
+pub struct StatReport {
+    pub segment: SegmentInfo,
+    pub ring: RingView,
+    /// Every counter in the segment, by the label stored there.
+    pub counters: BTreeMap<String, u64>,
+    /// The same counters in slot order, for people.
+    #[serde(skip)]
+    pub counters_in_order: Vec<shm_core::stats::LabelledCounter>,
+    /// The mode as `0600`.
+    pub mode_octal: String,
+    pub participants: Vec<Participant>,
+}
+
+/// The ring's gauges.
+#[derive(Debug, Serialize)]
+pub struct RingView {
+    pub kind: &'static str,
+    pub capacity: u64,
+    pub max_record: u64,
+    pub used_bytes: u64,
+    pub fill_percent: f64,
+    pub records_in_flight: u64,
+    pub write_cursor: u64,
+    pub read_cursor: u64,
+}
+
+pub fn report(segment: &Segment) -> Result<(StatReport, StatsSnapshot)> {
+    let info = segment.info()?;
+    let stats = segment.stats();
+    let report = StatReport {
+        ring: RingView {
+            kind: info.kind.name(),
+            capacity: info.capacity,
+            max_record: info.max_record,
+            used_bytes: stats.used_bytes,
+            fill_percent: (stats.fill_percent() * 10.0).round() / 10.0,
+            records_in_flight: stats.records_in_flight,
+            write_cursor: stats.write_cursor,
+            read_cursor: stats.read_cursor,
+        },
+        counters: stats.counters.iter().map(|c| (c.label.clone(), c.value)).collect(),
+        counters_in_order: stats.counters.clone(),
+        mode_octal: format!("{:04o}", info.mode),
+        participants: segment.participants(),
+        segment: info,
+    };
+    Ok((report, stats))
+}
+
+pub fn run(args: StatArgs) -> Result<()> {
+    let location = location(&args.target)?;
+    let segment = open_read_only(&location, Duration::from_secs(1))?;
+    if let Some(interval) = args.watch {
+        return watch(&segment, interval);
+    }
+    let (report, _) = report(&segment)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report, None));
+    }
+    Ok(())
+}
+
+/// Per-second rates between two snapshots.
+struct Rates {
+    produced: f64,
+    consumed: f64,
+    bytes_in: f64,
+    bytes_out: f64,
+}
+
+fn render(r: &StatReport, rates: Option<&Rates>) -> String {
+    let s = &r.segment;
+    let mut o = String::new();
+    let path = s.path.as_deref().map(|p| format!(", {p}")).unwrap_or_default();
+    let _ = writeln!(o, "{}  ({}{}){}", s.name, s.backend, path, if s.unlinked { "  [UNLINKED]" } else { "" });
+    let _ = writeln!(
+        o,
+        "  owner     {}:{}  mode {:04o}  size {}",
+        render::user(s.uid),
+        render::group(s.gid),
+        s.mode,
+        format_size(s.size)
+    );
+    let _ = writeln!(
+        o,
+        "  created   {} by pid {} (uid {})  layout {}",
+        render::time_ns(s.created_unix_ns),
+        s.creator_pid,
+        s.creator_uid,
+        s.layout_version
+    );
+    if let Some(v) = &s.sysv {
+        let _ = writeln!(
+            o,
+            "  sysv      id {}  nattch {}  cpid {}  lpid {}  ctime {}{}",
+            v.id,
+            v.nattch,
+            v.cpid,
+            v.lpid,
+            render::time_s(v.ctime),
+            if v.destroyed { "  [removed at last detach]" } else { "" }
+        );
+    }
+    let ring = &r.ring;
+    let _ = writeln!(
+        o,
+        "  ring      {}  capacity {}  max record {}  wait {}",
+        ring.kind,
+        format_size(ring.capacity),
+        format_size(ring.max_record),
+        s.wait_hint.name()
+    );
+    let _ = writeln!(
+        o,
+        "  fill      {} used ({:.1}%), {} records in flight",
+        format_size(ring.used_bytes),
+        ring.fill_percent,
+        render::count(ring.records_in_flight)
+    );
+    let _ = writeln!(o, "  cursors   write {}  read {}", ring.write_cursor, ring.read_cursor);
+    if let Some(rt) = rates {
+        let _ = writeln!(
+            o,
+            "  rate      in {} rec/s ({:.1} MB/s)  out {} rec/s ({:.1} MB/s)",
+            render::count(rt.produced.round() as u64),
+            rt.bytes_in / 1e6,
+            render::count(rt.consumed.round() as u64),
+            rt.bytes_out / 1e6
+        );
+    }
+    let _ = writeln!(o, "counters");
+    for c in &r.counters_in_order {
+        let _ = writeln!(o, "  {:<24}{:>20}", c.label, render::count(c.value));
+    }
+    let _ = writeln!(o, "participants");
+    if r.participants.is_empty() {
+        let _ = writeln!(o, "  (none has attached)");
+    } else {
+        let _ = writeln!(o, "  {:<4} {:<9} {:>8} {:<10} {:<21} state", "slot", "role", "pid", "user", "attached");
+        for p in &r.participants {
+            let role = p.role.map_or_else(|| "?".to_owned(), |r| r.to_string());
+            let _ = writeln!(
+                o,
+                "  {:<4} {:<9} {:>8} {:<10} {:<21} {}",
+                p.slot,
+                role,
+                p.pid,
+                render::user(p.uid),
+                render::time_ns(p.attached_unix_ns),
+                render::liveness(p.liveness)
+            );
+        }
+    }
+    o
+}
+
+/// Refreshes in place until Ctrl-C. Reads only: the segment is mapped read-only.
+fn watch(segment: &Segment, interval: Duration) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let mut last: Option<(Instant, StatsSnapshot)> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let (report, stats) = report(segment)?;
+        let now = Instant::now();
+        let rates = last.as_ref().map(|(then, prev)| Rates::between(prev, &stats, now.duration_since(*then)));
+        print!("\x1b[H\x1b[2J{}", render(&report, rates.as_ref()));
+        println!("\n(every {}; Ctrl-C to stop)", humantime::format_duration(interval));
+        last = Some((now, stats));
+        let deadline = now + interval;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20).min(interval));
+        }
+    }
+    Ok(())
+}
+
+impl Rates {
+    fn between(before: &StatsSnapshot, after: &StatsSnapshot, elapsed: Duration) -> Self {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let per_sec = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+        Rates {
+            produced: per_sec(before.total_produced, after.total_produced),
+            consumed: per_sec(before.total_consumed, after.total_consumed),
+            bytes_in: per_sec(before.bytes_produced, after.bytes_produced),
+            bytes_out: per_sec(before.bytes_consumed, after.bytes_consumed),
+        }
+    }
+}
