@@ -1,1 +1,144 @@
-fn main() {}
+//! `consumerd`: moves records from a shmring ring to a sink, under systemd.
+//!
+//! Exit codes: see `shm_daemon::exit` (0 clean, 1 other or verify failures, 66 no
+//! segment, 69 role taken, 77 permission, 78 config).
+
+mod config;
+mod daemon;
+mod sinks;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use shm_daemon::config::Source;
+use shm_daemon::{exit, logging, metrics};
+use tracing::{error, info, warn};
+
+/// Moves records from a shmring ring to a sink (verify, stdout, file, discard, UDP, Unix socket).
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Config search: --config FILE, ./config/consumerd.toml, /etc/shmring/consumerd.toml, \
+else the embedded default (a verify sink on /high_perf_ring).\nSignals: SIGTERM/SIGINT drain and stop, SIGHUP reloads \
+the log level and re-opens the file sink.\nExit codes: 0 clean, 1 other or verify failures, 66 no segment, 69 a consumer \
+is already attached, 77 permission, 78 config."
+)]
+struct Args {
+    /// Config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Check the config and exit (0 when valid, 78 when not).
+    #[arg(long)]
+    check_config: bool,
+    /// Write the sink's summary (JSON) here at exit.
+    #[arg(long)]
+    summary_file: Option<PathBuf>,
+}
+
+fn load(config: Option<&std::path::Path>) -> Result<config::Settings, shm_daemon::config::ConfigError> {
+    let source = match shm_daemon::config::find(config, "consumerd") {
+        Some(path) => Source::read(&path)?,
+        None => Source::embedded(config::EMBEDDED),
+    };
+    config::load(&source)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match load(args.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("consumerd: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    if args.check_config {
+        println!("consumerd: config OK ({})", settings.origin);
+        return ExitCode::SUCCESS;
+    }
+    let log = logging::init(&settings.log);
+    match run(&args, settings, log) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(exit::code_of(&e))
+        }
+    }
+}
+
+fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Result<u8> {
+    let segment = shm_daemon::segment::open(&settings.segment)?;
+    let consumer = segment.consumer_with(settings.segment.wait)?;
+    let created = segment.info()?.created_unix_ns;
+    let sink =
+        sinks::build(&settings.sink, created).with_context(|| format!("opening the {:?} sink", settings.sink))?;
+    info!(segment = %segment.location(), config = %settings.origin, sink = ?settings.sink, "consumer attached");
+    let shared = Arc::new(daemon::Shared::default());
+    let ring = {
+        let (shared, segment, drain) = (shared.clone(), segment.clone(), settings.drain_timeout);
+        std::thread::Builder::new()
+            .name("ring".into())
+            .spawn(move || daemon::run(consumer, segment, sink, drain, shared))?
+    };
+    let name = segment.location().to_string();
+    let metrics = settings.metrics.map(|addr| {
+        let (segment, shared) = (segment.clone(), shared.clone());
+        let render: metrics::Render = Arc::new(move || {
+            let mut out = metrics::segment_lines(&name, &segment.stats());
+            out += &metrics::daemon_line("consumerd", "delivered_total", shared.delivered.load(Ordering::Relaxed));
+            out += &metrics::daemon_line("consumerd", "sink_errors_total", shared.sink_errors.load(Ordering::Relaxed));
+            for (key, value) in shared.sink_counters.lock().map(|c| c.clone()).unwrap_or_default() {
+                out += &metrics::daemon_line("consumerd", key, value);
+            }
+            out
+        });
+        (addr, render)
+    });
+    let status = {
+        let shared = shared.clone();
+        let mut last = (std::time::Instant::now(), 0u64);
+        Box::new(move || {
+            let now = (std::time::Instant::now(), shared.delivered.load(Ordering::Relaxed));
+            let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+            last = now;
+            format!("{} records delivered, {rate:.0}/s", now.1)
+        })
+    };
+    let reload = {
+        let (shared, config_path, current) = (shared.clone(), args.config.clone(), settings.clone());
+        Box::new(move || match load(config_path.as_deref()) {
+            Err(e) => warn!("reload failed, keeping the running config: {e}"),
+            Ok(new) => {
+                log.set_level(&new.log.level);
+                shared.rotate.store(true, Ordering::Relaxed);
+                if new.segment.location != current.segment.location || new.sink != current.sink {
+                    warn!("segment or sink changed in the config: that takes a restart");
+                }
+                info!(level = %new.log.level, "config reloaded");
+            }
+        })
+    };
+    let service = shm_daemon::service::Service {
+        stop: shared.stop.clone(),
+        heartbeat: shared.heartbeat.clone(),
+        metrics,
+        status,
+        reload,
+    };
+    let sink = service.run(ring)??;
+    let report = sink.report();
+    info!(delivered = shared.delivered.load(Ordering::Relaxed), summary = %report, "stopped");
+    if let Some(path) = &args.summary_file {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if sink.failed() {
+        error!("verify found lost, duplicated, reordered or corrupt records");
+        return Ok(exit::FAILURE);
+    }
+    Ok(exit::OK)
+}

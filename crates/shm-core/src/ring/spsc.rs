@@ -715,7 +715,21 @@ impl Consumer {
     pub fn read_batch<E>(
         &mut self,
         max: usize,
+        sink: impl FnMut(Record<'_>) -> Result<(), E>,
+    ) -> Result<usize, BatchError<E>> {
+        self.read_batch_durable(max, sink, |_| Ok(()))
+    }
+
+    /// Like [`read_batch`](Self::read_batch), but calls `before_release` with the
+    /// position the read cursor is about to move to, after the sink accepted the
+    /// records and before they are released: the place for a sink to make them
+    /// durable (flush, fsync, record its progress). If it fails, nothing is released
+    /// and the same records are delivered again.
+    pub fn read_batch_durable<E>(
+        &mut self,
+        max: usize,
         mut sink: impl FnMut(Record<'_>) -> Result<(), E>,
+        before_release: impl FnOnce(u64) -> Result<(), E>,
     ) -> Result<usize, BatchError<E>> {
         let mut accepted = 0;
         let mut bytes = 0u64;
@@ -743,14 +757,19 @@ impl Consumer {
             bytes += u64::from(len);
             self.pos = next;
         };
-        if accepted == 0 && outcome.is_ok() {
-            self.count_block();
+        if accepted == 0 {
+            if outcome.is_ok() {
+                self.count_block();
+            }
+            return outcome.map(|()| 0);
         }
         // `pos` is at the first record not accepted (padding before it already skipped,
         // which is harmless to release with the rest).
-        if accepted > 0 {
-            self.release_to(self.pos, accepted as u64, bytes);
+        if let Err(error) = before_release(self.pos) {
+            self.pos = self.released;
+            return Err(BatchError::Sink { accepted: 0, error });
         }
+        self.release_to(self.pos, accepted as u64, bytes);
         outcome.map(|()| accepted)
     }
 
@@ -1086,7 +1105,12 @@ mod tests {
         assert_eq!(c.try_read().unwrap_err(), TryReadError::Empty);
         batch.publish();
         let mut seen = Vec::new();
-        let n = c.read_batch(10, |r| -> Result<(), ()> { Ok(seen.push(r.data.to_vec())) }).unwrap();
+        let n = c
+            .read_batch(10, |r| -> Result<(), ()> {
+                seen.push(r.data.to_vec());
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(n, 2);
         assert_eq!(seen, [b"one".to_vec(), b"two".to_vec()]);
     }
@@ -1101,6 +1125,40 @@ mod tests {
         assert!(matches!(err, BatchError::Sink { accepted: 2, error: "sink full" }));
         assert_eq!(&*c.try_read().unwrap(), &[2]);
         assert_eq!(&*c.try_read().unwrap(), &[3]);
+    }
+
+    #[test]
+    fn a_failed_durability_hook_releases_nothing() {
+        let (mut p, mut c) = pair(256);
+        p.try_publish(b"a").unwrap();
+        p.try_publish(b"b").unwrap();
+        let mut first = Vec::new();
+        let err = c.read_batch_durable(
+            10,
+            |r| -> Result<(), &str> {
+                first.push(r.data.to_vec());
+                Ok(())
+            },
+            |_| Err("disk full"),
+        );
+        assert!(matches!(err, Err(BatchError::Sink { accepted: 0, error: "disk full" })));
+        let mut again = Vec::new();
+        let mut released_at = 0;
+        let n = c
+            .read_batch_durable(
+                10,
+                |r| -> Result<(), ()> {
+                    again.push(r.data.to_vec());
+                    Ok(())
+                },
+                |pos| {
+                    released_at = pos;
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!((n, &first, &again), (2, &again, &vec![b"a".to_vec(), b"b".to_vec()]));
+        assert_eq!(released_at, 32);
     }
 
     #[test]

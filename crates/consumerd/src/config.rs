@@ -1,0 +1,200 @@
+//! consumerd's config: `[segment]`, `[sink]`, `[shutdown]`, `[log]`, `[metrics]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use shm_daemon::config::{
+    ConfigError, CreateMode, LogSettings, RawLog, RawMetrics, RawSegment, SegmentDefaults, SegmentSettings, Source,
+    parse_duration, refuse_keys,
+};
+use toml::Spanned;
+
+/// The config used when no file is found: a verify sink on `/high_perf_ring`.
+pub const EMBEDDED: &str = include_str!("../../../config/consumerd.toml");
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    segment: RawSegment,
+    #[serde(default)]
+    sink: RawSink,
+    #[serde(default)]
+    shutdown: RawShutdown,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    kind: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    fsync: Option<Spanned<String>>,
+    target: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    drain_timeout: Option<Spanned<String>>,
+}
+
+/// When the file sink calls fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Never: the page cache survives a crash of the process, not of the machine.
+    Never,
+    /// After every batch, before the records are released.
+    Batch,
+    /// At most this often.
+    Interval(Duration),
+}
+
+/// Where records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkKind {
+    /// Checks generator records.
+    Verify,
+    /// Standard output.
+    Stdout {
+        /// u32 LE length + bytes instead of lines.
+        binary: bool,
+    },
+    /// Appends to a file, exactly once.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// u32 LE length + bytes instead of lines.
+        binary: bool,
+        /// When to fsync.
+        fsync: Fsync,
+    },
+    /// Counts and forgets.
+    Discard,
+    /// One UDP datagram per record.
+    Udp {
+        /// Destination.
+        target: SocketAddr,
+    },
+    /// One Unix datagram per record.
+    Unix {
+        /// Destination socket path.
+        target: PathBuf,
+    },
+}
+
+/// consumerd's validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[segment]`.
+    pub segment: SegmentSettings,
+    /// `[sink]`.
+    pub sink: SinkKind,
+    /// `[shutdown] drain_timeout`.
+    pub drain_timeout: Duration,
+    /// `[log]`.
+    pub log: LogSettings,
+    /// `[metrics] listen`.
+    pub metrics: Option<SocketAddr>,
+    /// Where the settings came from.
+    pub origin: String,
+}
+
+/// Parses and validates a config.
+pub fn load(src: &Source) -> Result<Settings, ConfigError> {
+    let raw: RawConfig = src.parse()?;
+    let defaults = SegmentDefaults { create: CreateMode::Never, wait_for_segment: Duration::from_secs(30) };
+    let segment = raw.segment.validate(src, defaults)?;
+    let s = &raw.sink;
+    let kind = s.kind.as_ref().map_or("verify", |k| k.get_ref().as_str());
+    let context = format!("kind = {kind:?}");
+    let key = |name: &'static str, v: &Option<Spanned<String>>| (name, v.as_ref().map(Spanned::span));
+    let (format, path, fsync, target) =
+        (key("format", &s.format), key("path", &s.path), key("fsync", &s.fsync), key("target", &s.target));
+    let only = |allowed: &[&str]| {
+        let others: Vec<_> = [format.clone(), path.clone(), fsync.clone(), target.clone()]
+            .into_iter()
+            .filter(|(n, _)| !allowed.contains(n))
+            .collect();
+        refuse_keys(src, "sink", &context, &others)
+    };
+    let binary = || match s.format.as_ref().map(|f| f.get_ref().as_str()) {
+        None | Some("lines") => Ok(false),
+        Some("binary") => Ok(true),
+        Some(other) => {
+            Err(src.error("sink.format", s.format.as_ref(), format!("{other:?} is not \"lines\" or \"binary\"")))
+        }
+    };
+    let required = |name: &str, v: &Option<Spanned<String>>| {
+        v.as_ref().map(|t| t.get_ref().clone()).ok_or_else(|| {
+            src.error(&format!("sink.{name}"), None::<&Spanned<()>>, format!("is required for {context}"))
+        })
+    };
+    let sink = match kind {
+        "verify" => {
+            only(&[])?;
+            SinkKind::Verify
+        }
+        "discard" => {
+            only(&[])?;
+            SinkKind::Discard
+        }
+        "stdout" => {
+            only(&["format"])?;
+            SinkKind::Stdout { binary: binary()? }
+        }
+        "file" => {
+            only(&["format", "path", "fsync"])?;
+            let fsync = match s.fsync.as_ref().map(|f| f.get_ref().as_str()) {
+                None | Some("never") => Fsync::Never,
+                Some("batch") => Fsync::Batch,
+                Some(interval) => Fsync::Interval(parse_duration(interval).map_err(|e| {
+                    src.error("sink.fsync", s.fsync.as_ref(), format!("expected never, batch or an interval: {e}"))
+                })?),
+            };
+            SinkKind::File { path: PathBuf::from(required("path", &s.path)?), binary: binary()?, fsync }
+        }
+        "udp" => {
+            only(&["target"])?;
+            let t = required("target", &s.target)?;
+            SinkKind::Udp {
+                target: t.parse().map_err(|_| {
+                    src.error(
+                        "sink.target",
+                        s.target.as_ref(),
+                        format!("{t:?} is not an address such as \"127.0.0.1:9001\""),
+                    )
+                })?,
+            }
+        }
+        "unix" => {
+            only(&["target"])?;
+            SinkKind::Unix { target: PathBuf::from(required("target", &s.target)?) }
+        }
+        other => {
+            return Err(src.error(
+                "sink.kind",
+                s.kind.as_ref(),
+                format!("{other:?} is not one of verify, stdout, file, discard, udp, unix"),
+            ));
+        }
+    };
+    let drain_timeout = match &raw.shutdown.drain_timeout {
+        None => Duration::from_secs(5),
+        Some(d) => parse_duration(d.get_ref()).map_err(|e| src.error("shutdown.drain_timeout", Some(d), e))?,
+    };
+    Ok(Settings {
+        segment,
+        sink,
+        drain_timeout,
+        log: raw.log.validate(src)?,
+        metrics: raw.metrics.validate(src)?,
+        origin: src.label.clone(),
+    })
+}

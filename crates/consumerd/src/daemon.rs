@@ -1,0 +1,107 @@
+//! consumerd's ring thread: reads batches and hands them to the sink; the read cursor
+//! moves only after the sink has made them durable.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use shm_core::{BatchError, Consumer, ReadError, Segment};
+use tracing::{info, warn};
+
+use crate::sinks::Sink;
+
+/// Records per batch.
+const BATCH: usize = 1024;
+/// How long one wait may take before the loop checks its flags.
+const STEP: Duration = Duration::from_millis(100);
+
+/// State shared between the ring thread and the service loop.
+#[derive(Default)]
+pub struct Shared {
+    /// Set by the service loop to stop (after draining).
+    pub stop: Arc<AtomicBool>,
+    /// Bumped every loop turn.
+    pub heartbeat: Arc<AtomicU64>,
+    /// Set on SIGHUP: the sink re-opens its outputs.
+    pub rotate: AtomicBool,
+    /// Records the sink accepted and the ring released.
+    pub delivered: AtomicU64,
+    /// Batches the sink refused (retried).
+    pub sink_errors: AtomicU64,
+    /// The sink's own counters, refreshed every turn.
+    pub sink_counters: Mutex<Vec<(&'static str, u64)>>,
+}
+
+/// Moves records until stopped, then drains what the ring held at that moment for at
+/// most `drain_timeout`. Returns the sink for its summary.
+pub fn run(
+    mut consumer: Consumer,
+    segment: Segment,
+    mut sink: Box<dyn Sink>,
+    drain_timeout: Duration,
+    shared: Arc<Shared>,
+) -> Result<Box<dyn Sink>> {
+    let mut last_warning: Option<Instant> = None;
+    let mut drain: Option<(u64, Instant)> = None;
+    loop {
+        shared.heartbeat.fetch_add(1, Ordering::Relaxed);
+        if shared.rotate.swap(false, Ordering::Relaxed)
+            && let Err(e) = sink.rotate()
+        {
+            warn!("re-opening the sink failed: {e}");
+        }
+        if drain.is_none() && shared.stop.load(Ordering::Relaxed) {
+            let target = segment.stats().write_cursor;
+            info!(unread_bytes = target.saturating_sub(consumer.position()), "draining");
+            drain = Some((target, Instant::now() + drain_timeout));
+        }
+        if let Some((target, deadline)) = drain {
+            if consumer.position() >= target {
+                info!("drained");
+                break;
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    unread_bytes = target - consumer.position(),
+                    "drain deadline passed; the rest stays in the ring for the next start"
+                );
+                break;
+            }
+        }
+        match consumer.wait_for_data(Some(STEP)) {
+            Ok(()) => {}
+            Err(ReadError::TimedOut(_)) => continue,
+            Err(ReadError::Corrupt(c)) => bail!("{}: {c}", segment.location()),
+        }
+        // Both callbacks need the sink; they never run at the same time.
+        let cell = std::cell::RefCell::new(&mut sink);
+        let outcome = consumer.read_batch_durable(
+            BATCH,
+            |r| cell.borrow_mut().accept(r),
+            |next| cell.borrow_mut().make_durable(next),
+        );
+        match outcome {
+            Ok(n) => {
+                shared.delivered.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(BatchError::Sink { accepted, error }) => {
+                shared.delivered.fetch_add(accepted as u64, Ordering::Relaxed);
+                shared.sink_errors.fetch_add(1, Ordering::Relaxed);
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    warn!("sink refused records, retrying (they stay in the ring): {error}");
+                    last_warning = Some(Instant::now());
+                }
+                std::thread::sleep(STEP);
+            }
+            Err(BatchError::Corrupt(c)) => bail!("{}: {c}", segment.location()),
+        }
+        if let Ok(mut c) = shared.sink_counters.lock() {
+            *c = sink.counters();
+        }
+    }
+    if let Ok(mut c) = shared.sink_counters.lock() {
+        *c = sink.counters();
+    }
+    Ok(sink)
+}

@@ -1,0 +1,440 @@
+//! Where consumed records go. A sink accepts records one by one and makes them durable
+//! once per batch, before the ring releases them (see
+//! `shm_core::Consumer::read_batch_durable`): a record leaves the ring only after its
+//! sink has it.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+use shm_core::Record;
+use shm_daemon::record;
+use tracing::{info, warn};
+
+use crate::config::{Fsync, SinkKind};
+
+/// A destination for records.
+pub trait Sink: Send {
+    /// Takes one record. An error leaves it, and the rest of the batch, in the ring.
+    fn accept(&mut self, record: Record<'_>) -> io::Result<()>;
+    /// Makes the accepted records durable; `next_position` is where the read cursor
+    /// moves once this returns. An error releases nothing (they are delivered again).
+    fn make_durable(&mut self, next_position: u64) -> io::Result<()>;
+    /// Re-opens outputs (SIGHUP, for log rotation).
+    fn rotate(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Counters for metrics and the summary.
+    fn counters(&self) -> Vec<(&'static str, u64)>;
+    /// The summary at shutdown.
+    fn report(&self) -> serde_json::Value;
+    /// Whether the run must exit non-zero (a verify sink that saw bad records).
+    fn failed(&self) -> bool {
+        false
+    }
+}
+
+/// Builds the configured sink. `segment_created_ns` and the read cursor let the file
+/// sink recognise records it already wrote before a restart.
+pub fn build(kind: &SinkKind, segment_created_ns: u64) -> io::Result<Box<dyn Sink>> {
+    Ok(match kind {
+        SinkKind::Verify => Box::new(Verify::new()),
+        SinkKind::Discard => Box::new(Discard::default()),
+        SinkKind::Stdout { binary } => {
+            Box::new(Stdout { out: BufWriter::new(io::stdout()), binary: *binary, written: 0 })
+        }
+        SinkKind::File { path, binary, fsync } => Box::new(FileSink::open(path, *binary, *fsync, segment_created_ns)?),
+        SinkKind::Udp { target } => {
+            let sock = std::net::UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+            sock.connect(target)?;
+            Box::new(Datagrams { send: Box::new(move |d| sock.send(d).map(drop)), sent: 0 })
+        }
+        SinkKind::Unix { target } => {
+            let sock = std::os::unix::net::UnixDatagram::unbound()?;
+            let target = target.clone();
+            Box::new(Datagrams { send: Box::new(move |d| sock.send_to(d, &target).map(drop)), sent: 0 })
+        }
+    })
+}
+
+/// Writes one record as a line or as u32 LE length + bytes.
+fn write_framed(out: &mut impl Write, data: &[u8], binary: bool) -> io::Result<u64> {
+    if binary {
+        out.write_all(&(data.len() as u32).to_le_bytes())?;
+        out.write_all(data)?;
+        Ok(4 + data.len() as u64)
+    } else {
+        out.write_all(data)?;
+        out.write_all(b"\n")?;
+        Ok(data.len() as u64 + 1)
+    }
+}
+
+/// Checks generator records: order, gaps, duplicates, checksums, latency.
+pub struct Verify {
+    expected: Option<u64>,
+    received: u64,
+    lost: u64,
+    duplicated: u64,
+    reordered: u64,
+    corrupt: u64,
+    /// Missing sequence numbers not seen yet (bounded), so a late one counts as reordered.
+    gaps: BTreeSet<u64>,
+    latency: hdrhistogram::Histogram<u64>,
+}
+
+const MAX_TRACKED_GAPS: usize = 1 << 20;
+
+impl Verify {
+    fn new() -> Self {
+        Verify {
+            expected: None,
+            received: 0,
+            lost: 0,
+            duplicated: 0,
+            reordered: 0,
+            corrupt: 0,
+            gaps: BTreeSet::new(),
+            latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+        }
+    }
+}
+
+impl Sink for Verify {
+    fn accept(&mut self, r: Record<'_>) -> io::Result<()> {
+        self.received += 1;
+        let Some(d) = record::decode(r.data) else {
+            self.corrupt += 1;
+            if self.corrupt <= 10 {
+                warn!(
+                    position = r.position,
+                    len = r.data.len(),
+                    "verify: corrupt record (checksum mismatch or too short)"
+                );
+            }
+            return Ok(());
+        };
+        let _ = self.latency.record(record::monotonic_ns().saturating_sub(d.sent_ns).max(1));
+        match self.expected {
+            None => info!(first = d.seq, "verify: first sequence number"),
+            Some(e) if d.seq == e => {}
+            Some(e) if d.seq > e => {
+                self.lost += d.seq - e;
+                if self.gaps.len() + ((d.seq - e) as usize) < MAX_TRACKED_GAPS {
+                    self.gaps.extend(e..d.seq);
+                }
+                warn!(expected = e, got = d.seq, "verify: gap");
+            }
+            Some(_) if self.gaps.remove(&d.seq) => {
+                self.lost -= 1;
+                self.reordered += 1;
+                return Ok(());
+            }
+            Some(e) => {
+                self.duplicated += 1;
+                warn!(expected = e, got = d.seq, "verify: duplicate");
+                return Ok(());
+            }
+        }
+        self.expected = Some(d.seq + 1);
+        Ok(())
+    }
+
+    fn make_durable(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("verify_received", self.received),
+            ("verify_lost", self.lost),
+            ("verify_duplicated", self.duplicated),
+            ("verify_reordered", self.reordered),
+            ("verify_corrupt", self.corrupt),
+        ]
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let q = |p: f64| self.latency.value_at_quantile(p);
+        json!({
+            "sink": "verify",
+            "received": self.received,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "reordered": self.reordered,
+            "corrupt": self.corrupt,
+            "next_expected": self.expected,
+            "latency_ns": { "p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": self.latency.max(), "mean": self.latency.mean().round() },
+        })
+    }
+
+    fn failed(&self) -> bool {
+        self.lost + self.duplicated + self.reordered + self.corrupt > 0
+    }
+}
+
+/// Counts and forgets.
+#[derive(Default)]
+pub struct Discard {
+    records: u64,
+}
+
+impl Sink for Discard {
+    fn accept(&mut self, _: Record<'_>) -> io::Result<()> {
+        self.records += 1;
+        Ok(())
+    }
+    fn make_durable(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("discarded", self.records)]
+    }
+    fn report(&self) -> serde_json::Value {
+        json!({ "sink": "discard", "records": self.records })
+    }
+}
+
+/// Standard output, flushed once per batch.
+pub struct Stdout {
+    out: BufWriter<io::Stdout>,
+    binary: bool,
+    written: u64,
+}
+
+impl Sink for Stdout {
+    fn accept(&mut self, r: Record<'_>) -> io::Result<()> {
+        write_framed(&mut self.out, r.data, self.binary)?;
+        self.written += 1;
+        Ok(())
+    }
+    fn make_durable(&mut self, _: u64) -> io::Result<()> {
+        self.out.flush()
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("written", self.written)]
+    }
+    fn report(&self) -> serde_json::Value {
+        json!({ "sink": "stdout", "records": self.written })
+    }
+}
+
+/// Sends one datagram.
+type SendFn = Box<dyn FnMut(&[u8]) -> io::Result<()> + Send>;
+
+/// One datagram per record (UDP or Unix); a failed send leaves the record in the ring.
+pub struct Datagrams {
+    send: SendFn,
+    sent: u64,
+}
+
+impl Sink for Datagrams {
+    fn accept(&mut self, r: Record<'_>) -> io::Result<()> {
+        (self.send)(r.data)?;
+        self.sent += 1;
+        Ok(())
+    }
+    fn make_durable(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("sent", self.sent)]
+    }
+    fn report(&self) -> serde_json::Value {
+        json!({ "sink": "datagrams", "records": self.sent })
+    }
+}
+
+/// What the file sink has made durable, kept in `PATH.progress` (40 bytes, rewritten in
+/// place after every batch, before the ring releases it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    /// Creation time of the segment the positions belong to.
+    segment_created_ns: u64,
+    /// Read-cursor position after the last batch written.
+    ring_position: u64,
+    /// Length of the file after that batch.
+    file_len: u64,
+    /// Inode of the file (rotation changes it).
+    inode: u64,
+}
+
+impl Progress {
+    fn encode(&self) -> [u8; 40] {
+        let mut out = [0u8; 40];
+        for (i, v) in [self.segment_created_ns, self.ring_position, self.file_len, self.inode].into_iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let sum = record::fnv1a(&out[..32]);
+        out[32..].copy_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != 40 || record::fnv1a(&bytes[..32]).to_le_bytes() != bytes[32..40] {
+            return None;
+        }
+        let w = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        Some(Progress { segment_created_ns: w(0), ring_position: w(1), file_len: w(2), inode: w(3) })
+    }
+}
+
+/// Appends records to a file, exactly once across restarts of the consumer.
+///
+/// Per batch: write the records, fsync per policy, record the progress (file length
+/// and the read-cursor position that follows the batch), then the ring releases. A
+/// restart after a crash finds one of two states: bytes beyond the recorded length
+/// (a batch written but not recorded, and not released: truncated, it comes again), or
+/// a recorded position beyond the read cursor (recorded but not released: those
+/// records are skipped when they come again).
+pub struct FileSink {
+    path: PathBuf,
+    binary: bool,
+    fsync: Fsync,
+    out: BufWriter<File>,
+    progress_file: File,
+    progress: Progress,
+    pending_bytes: u64,
+    skip_until: u64,
+    last_sync: Instant,
+    written: u64,
+    skipped: u64,
+}
+
+fn progress_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".progress");
+    PathBuf::from(p)
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+}
+
+impl FileSink {
+    fn open(path: &Path, binary: bool, fsync: Fsync, segment_created_ns: u64) -> io::Result<Self> {
+        let file = open_append(path)?;
+        let meta = file.metadata()?;
+        let mut progress_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o640)
+            .open(progress_path(path))?;
+        let mut saved = Vec::new();
+        progress_file.read_to_end(&mut saved)?;
+        let mut skip_until = 0;
+        match Progress::decode(&saved) {
+            Some(p) if p.segment_created_ns == segment_created_ns && p.inode == meta.ino() => {
+                if meta.len() > p.file_len {
+                    warn!(
+                        path = %path.display(),
+                        bytes = meta.len() - p.file_len,
+                        "dropping the end of the file: written before a crash, never acknowledged; those records come again"
+                    );
+                    file.set_len(p.file_len)?;
+                } else if meta.len() < p.file_len {
+                    warn!(path = %path.display(), "file is shorter than its recorded progress: it was truncated by someone else");
+                }
+                skip_until = p.ring_position;
+                info!(path = %path.display(), resume_position = p.ring_position, "file sink resumes after its recorded progress");
+            }
+            Some(_) => {
+                info!(path = %path.display(), "file sink progress belongs to another segment or file; starting fresh")
+            }
+            None if !saved.is_empty() => {
+                warn!(path = %path.display(), "file sink progress is unreadable; starting fresh")
+            }
+            None => {}
+        }
+        let len = file.metadata()?.len();
+        let progress = Progress { segment_created_ns, ring_position: skip_until, file_len: len, inode: meta.ino() };
+        Ok(FileSink {
+            path: path.to_path_buf(),
+            binary,
+            fsync,
+            out: BufWriter::with_capacity(1 << 16, file),
+            progress_file,
+            progress,
+            pending_bytes: 0,
+            skip_until,
+            last_sync: Instant::now(),
+            written: 0,
+            skipped: 0,
+        })
+    }
+}
+
+impl Sink for FileSink {
+    fn accept(&mut self, r: Record<'_>) -> io::Result<()> {
+        if r.position < self.skip_until {
+            self.skipped += 1;
+            return Ok(());
+        }
+        self.pending_bytes += write_framed(&mut self.out, r.data, self.binary)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn make_durable(&mut self, next_position: u64) -> io::Result<()> {
+        self.out.flush()?;
+        let sync = match self.fsync {
+            Fsync::Never => false,
+            Fsync::Batch => true,
+            Fsync::Interval(every) => self.last_sync.elapsed() >= every,
+        };
+        if sync {
+            self.out.get_ref().sync_data()?;
+        }
+        self.progress.file_len += self.pending_bytes;
+        self.progress.ring_position = next_position;
+        self.pending_bytes = 0;
+        self.progress_file.write_all_at(&self.progress.encode(), 0)?;
+        if sync {
+            self.progress_file.sync_data()?;
+            self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        let file = open_append(&self.path)?;
+        let meta = file.metadata()?;
+        self.progress.inode = meta.ino();
+        self.progress.file_len = meta.len();
+        self.out = BufWriter::with_capacity(1 << 16, file);
+        self.progress_file.write_all_at(&self.progress.encode(), 0)?;
+        info!(path = %self.path.display(), "file re-opened");
+        Ok(())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("written", self.written), ("skipped_already_written", self.skipped)]
+    }
+
+    fn report(&self) -> serde_json::Value {
+        json!({ "sink": "file", "path": self.path, "records": self.written, "skipped_already_written": self.skipped })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_round_trips_and_rejects_damage() {
+        let p = Progress { segment_created_ns: 1, ring_position: 2, file_len: 3, inode: 4 };
+        let bytes = p.encode();
+        assert_eq!(Progress::decode(&bytes), Some(p));
+        let mut bad = bytes;
+        bad[9] ^= 1;
+        assert_eq!(Progress::decode(&bad), None);
+        assert_eq!(Progress::decode(&bytes[..39]), None);
+    }
+}

@@ -1,0 +1,195 @@
+//! producerd's config: `[segment]`, `[source]`, `[log]`, `[metrics]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use shm_daemon::config::{
+    ConfigError, CreateMode, KeySpan, LogSettings, RawLog, RawMetrics, RawSegment, SegmentDefaults, SegmentSettings,
+    SizeValue, Source, refuse_keys, size_key,
+};
+use toml::Spanned;
+
+/// The config used when no file is found: a generator on `/high_perf_ring`.
+pub const EMBEDDED: &str = include_str!("../../../config/producerd.toml");
+
+/// The whole file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    segment: RawSegment,
+    #[serde(default)]
+    source: RawSource,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+/// `[source]` as written; which keys apply depends on `kind`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    kind: Option<Spanned<String>>,
+    on_full: Option<Spanned<String>>,
+    rate: Option<Spanned<u64>>,
+    count: Option<Spanned<u64>>,
+    min_size: Option<Spanned<SizeValue>>,
+    max_size: Option<Spanned<SizeValue>>,
+    format: Option<Spanned<String>>,
+    bind: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+}
+
+/// Where records come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// Synthetic records in the generator format (see `shm_daemon::record`).
+    Generator {
+        /// Records per second, 0 for as fast as the ring takes them.
+        rate: u64,
+        /// Records to send, 0 for forever.
+        count: u64,
+        /// Smallest record.
+        min_size: usize,
+        /// Largest record.
+        max_size: usize,
+    },
+    /// Standard input.
+    Stdin {
+        /// One record per line, or u32 LE length + bytes.
+        binary: bool,
+    },
+    /// One UDP datagram, one record.
+    Udp {
+        /// Address to bind.
+        bind: SocketAddr,
+    },
+    /// One Unix datagram, one record.
+    Unix {
+        /// Socket path to bind.
+        path: PathBuf,
+    },
+}
+
+/// producerd's validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[segment]`.
+    pub segment: SegmentSettings,
+    /// `[source]`.
+    pub source: SourceKind,
+    /// Drop records (and count them) instead of waiting when the ring is full.
+    pub drop_when_full: bool,
+    /// `[log]`.
+    pub log: LogSettings,
+    /// `[metrics] listen`.
+    pub metrics: Option<SocketAddr>,
+    /// Where the settings came from.
+    pub origin: String,
+}
+
+/// Parses and validates a config.
+pub fn load(src: &Source) -> Result<Settings, ConfigError> {
+    let raw: RawConfig = src.parse()?;
+    let defaults = SegmentDefaults { create: CreateMode::IfMissing, wait_for_segment: std::time::Duration::ZERO };
+    let segment = raw.segment.validate(src, defaults)?;
+    let s = &raw.source;
+    let kind = s.kind.as_ref().map_or("generator", |k| k.get_ref().as_str());
+    let span = |v: Option<std::ops::Range<usize>>| v;
+    let generator_keys = [
+        ("rate", span(s.rate.as_ref().map(Spanned::span))),
+        ("count", span(s.count.as_ref().map(Spanned::span))),
+        ("min_size", span(s.min_size.as_ref().map(Spanned::span))),
+        ("max_size", span(s.max_size.as_ref().map(Spanned::span))),
+    ];
+    let format_key = [("format", s.format.as_ref().map(Spanned::span))];
+    let bind_key = [("bind", s.bind.as_ref().map(Spanned::span))];
+    let path_key = [("path", s.path.as_ref().map(Spanned::span))];
+    let context = format!("kind = {kind:?}");
+    let refuse = |keys: &[&[KeySpan<'_>]]| -> Result<(), ConfigError> {
+        keys.iter().try_for_each(|k| refuse_keys(src, "source", &context, k))
+    };
+    let source = match kind {
+        "generator" => {
+            refuse(&[&format_key, &bind_key, &path_key])?;
+            let min_size = size_key(src, "source.min_size", &s.min_size)?.unwrap_or(64) as usize;
+            let max_size = size_key(src, "source.max_size", &s.max_size)?.unwrap_or(min_size.max(64) as u64) as usize;
+            let max_record = segment.max_record.unwrap_or(shm_core::layout::max_payload_for(segment.capacity)) as usize;
+            if min_size < shm_daemon::record::OVERHEAD || max_size < min_size || max_size > max_record {
+                return Err(src.error("source.max_size", s.max_size.as_ref().or(s.min_size.as_ref()), format!(
+                    "sizes must satisfy {} <= min_size ({min_size}) <= max_size ({max_size}) <= the ring's max record ({max_record})",
+                    shm_daemon::record::OVERHEAD
+                )));
+            }
+            SourceKind::Generator {
+                rate: s.rate.as_ref().map_or(0, |r| *r.get_ref()),
+                count: s.count.as_ref().map_or(0, |c| *c.get_ref()),
+                min_size,
+                max_size,
+            }
+        }
+        "stdin" => {
+            refuse(&[&generator_keys, &bind_key, &path_key])?;
+            let binary = match s.format.as_ref().map(|f| f.get_ref().as_str()) {
+                None | Some("lines") => false,
+                Some("binary") => true,
+                Some(other) => {
+                    return Err(src.error(
+                        "source.format",
+                        s.format.as_ref(),
+                        format!("{other:?} is not \"lines\" or \"binary\""),
+                    ));
+                }
+            };
+            SourceKind::Stdin { binary }
+        }
+        "udp" => {
+            refuse(&[&generator_keys, &format_key, &path_key])?;
+            let bind = s.bind.as_ref().map_or("127.0.0.1:9000", |b| b.get_ref().as_str());
+            let bind = bind.parse().map_err(|_| {
+                src.error(
+                    "source.bind",
+                    s.bind.as_ref(),
+                    format!("{bind:?} is not an address such as \"127.0.0.1:9000\""),
+                )
+            })?;
+            SourceKind::Udp { bind }
+        }
+        "unix" => {
+            refuse(&[&generator_keys, &format_key, &bind_key])?;
+            let path = s
+                .path
+                .as_ref()
+                .ok_or_else(|| src.error("source.path", None::<&Spanned<()>>, "is required for kind = \"unix\""))?;
+            SourceKind::Unix { path: PathBuf::from(path.get_ref()) }
+        }
+        other => {
+            return Err(src.error(
+                "source.kind",
+                s.kind.as_ref(),
+                format!("{other:?} is not one of generator, stdin, udp, unix"),
+            ));
+        }
+    };
+    let drop_when_full = match s.on_full.as_ref().map(|f| f.get_ref().as_str()) {
+        None | Some("block") => false,
+        Some("drop") => true,
+        Some(other) => {
+            return Err(src.error(
+                "source.on_full",
+                s.on_full.as_ref(),
+                format!("{other:?} is not \"block\" or \"drop\""),
+            ));
+        }
+    };
+    Ok(Settings {
+        segment,
+        source,
+        drop_when_full,
+        log: raw.log.validate(src)?,
+        metrics: raw.metrics.validate(src)?,
+        origin: src.label.clone(),
+    })
+}

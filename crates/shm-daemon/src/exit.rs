@@ -1,0 +1,66 @@
+//! Exit codes of both daemons (sysexits style).
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0  | clean shutdown |
+//! | 1  | any other failure (including a verify sink that saw lost or corrupt records) |
+//! | 66 | the segment does not exist and `create = "never"` (or it never appeared) |
+//! | 69 | the role is taken: another live producer/consumer is attached |
+//! | 77 | permission denied, or the segment's owner or mode is not trusted |
+//! | 78 | invalid configuration |
+
+use shm_core::{AttachError, CreateError, OpenError, OpenOrCreateError};
+
+/// Clean shutdown.
+pub const OK: u8 = 0;
+/// Any other failure.
+pub const FAILURE: u8 = 1;
+/// The segment is missing.
+pub const NO_SEGMENT: u8 = 66;
+/// The role is taken.
+pub const IN_USE: u8 = 69;
+/// Permission denied or untrusted segment.
+pub const PERMISSION: u8 = 77;
+/// Invalid configuration.
+pub const CONFIG: u8 = 78;
+
+/// The exit code for an error from opening or attaching a segment.
+pub fn code_of(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.downcast_ref::<crate::config::ConfigError>().is_some() {
+            return CONFIG;
+        }
+        let open = cause.downcast_ref::<OpenError>().or_else(|| match cause.downcast_ref::<OpenOrCreateError>() {
+            Some(OpenOrCreateError::Open(e)) => Some(e),
+            _ => None,
+        });
+        if let Some(e) = open {
+            return match e {
+                OpenError::NotFound { .. } => NO_SEGMENT,
+                OpenError::Permission { .. } | OpenError::WrongOwner { .. } | OpenError::WorldWritable { .. } => {
+                    PERMISSION
+                }
+                _ => FAILURE,
+            };
+        }
+        let create = cause.downcast_ref::<CreateError>().or_else(|| match cause.downcast_ref::<OpenOrCreateError>() {
+            Some(OpenOrCreateError::Create(e)) => Some(e),
+            _ => None,
+        });
+        if let Some(e) = create {
+            return match e {
+                CreateError::Permission { .. } | CreateError::UnsafeDirectory { .. } => PERMISSION,
+                CreateError::InvalidOptions { .. } => CONFIG,
+                _ => FAILURE,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<AttachError>() {
+            return match e {
+                AttachError::RoleTaken { .. } => IN_USE,
+                AttachError::ReadOnly { .. } => PERMISSION,
+                _ => FAILURE,
+            };
+        }
+    }
+    FAILURE
+}

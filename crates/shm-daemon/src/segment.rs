@@ -1,0 +1,58 @@
+//! Opening or creating the configured segment, as `[segment]` says.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use shm_core::{OpenError, Segment, SegmentBuilder};
+use tracing::{info, warn};
+
+use crate::config::{CreateMode, SegmentSettings};
+
+fn builder(s: &SegmentSettings) -> SegmentBuilder {
+    let mut b = Segment::builder(s.location.clone())
+        .capacity(s.capacity)
+        .mode(s.mode)
+        .wait_strategy(s.wait)
+        .flush(s.flush)
+        .expected_owner(Some(s.owner));
+    if let Some(m) = s.max_record {
+        b = b.max_record(m);
+    }
+    if let Some(g) = s.group {
+        b = b.group(g);
+    }
+    b
+}
+
+/// Opens or creates the segment. With `create = "never"`, waits up to
+/// `wait_for_segment` for it to appear, logging once that it waits. Never
+/// re-initialises an existing segment; a geometry different from the config is logged
+/// and the segment's own is used.
+pub fn open(s: &SegmentSettings) -> Result<Segment> {
+    let b = builder(s);
+    let segment = match s.create {
+        CreateMode::Always => b.create().context("creating the segment")?,
+        CreateMode::IfMissing => b.open_or_create().context("opening or creating the segment")?,
+        CreateMode::Never => {
+            let deadline = Instant::now() + s.wait_for_segment;
+            let mut said = false;
+            loop {
+                match b.open() {
+                    Err(OpenError::NotFound { .. }) if Instant::now() < deadline => {
+                        if !said {
+                            info!(segment = %s.location, timeout = ?s.wait_for_segment, "waiting for the segment to appear");
+                            said = true;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    other => break other.context("opening the segment")?,
+                }
+            }
+        }
+    };
+    let g = segment.geometry();
+    if g.capacity != s.capacity {
+        warn!(segment = %s.location, configured = s.capacity, actual = g.capacity, "segment exists with another capacity; using the segment's");
+    }
+    Ok(segment)
+}

@@ -1,0 +1,101 @@
+//! The service loop both daemons run around their ring thread.
+//!
+//! The ring thread moves records; this loop, on a single-threaded tokio runtime,
+//! handles signals (stop, reload), tells systemd how things are (`READY=1` once the
+//! ring is attached, `STATUS=` every second, `WATCHDOG=1` only while the ring thread's
+//! heartbeat advances, `STOPPING=1` on shutdown), and serves metrics. It never touches
+//! the ring and never waits on a futex.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tracing::{info, warn};
+
+use crate::metrics::{self, Render};
+use crate::notify::{Notifier, watchdog_interval};
+use crate::signals::{self, Request};
+
+/// What the loop needs from a daemon.
+pub struct Service {
+    /// Set to ask the ring thread to finish.
+    pub stop: Arc<AtomicBool>,
+    /// Incremented by the ring thread on every loop turn (every 100 ms at least).
+    pub heartbeat: Arc<AtomicU64>,
+    /// `[metrics] listen` and what to serve there.
+    pub metrics: Option<(SocketAddr, Render)>,
+    /// One status line (records, rate), sent as `STATUS=` every second.
+    pub status: Box<dyn FnMut() -> String>,
+    /// Called on SIGHUP: reload what can change live.
+    pub reload: Box<dyn FnMut()>,
+}
+
+impl Service {
+    /// Runs until a stop signal or until the ring thread ends, then stops the ring
+    /// thread and returns what it returned.
+    pub fn run<T>(mut self, ring: JoinHandle<T>) -> Result<T> {
+        let notifier = Notifier::from_env();
+        let mut requests = signals::listen().context("installing signal handlers")?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+        runtime.block_on(async {
+            if let Some((addr, render)) = self.metrics.take() {
+                let listener =
+                    metrics::bind(addr).await.with_context(|| format!("binding the metrics endpoint {addr}"))?;
+                info!(%addr, "serving metrics");
+                tokio::spawn(metrics::serve(listener, render));
+            }
+            notifier.ready(&(self.status)());
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let watchdog = watchdog_interval();
+            let mut since_status = Duration::ZERO;
+            let mut since_watchdog = Duration::ZERO;
+            let mut last_beat = self.heartbeat.load(Ordering::Relaxed);
+            loop {
+                tokio::select! {
+                    request = requests.recv() => match request {
+                        Some(Request::Reload) => {
+                            notifier.reloading();
+                            (self.reload)();
+                            notifier.ready(&(self.status)());
+                        }
+                        Some(Request::Stop) | None => {
+                            info!("stop requested");
+                            break;
+                        }
+                    },
+                    _ = tick.tick() => {
+                        if ring.is_finished() {
+                            break;
+                        }
+                        since_status += Duration::from_millis(100);
+                        since_watchdog += Duration::from_millis(100);
+                        if since_status >= Duration::from_secs(1) {
+                            notifier.status(&(self.status)());
+                            since_status = Duration::ZERO;
+                        }
+                        if let Some(every) = watchdog && since_watchdog >= every {
+                            since_watchdog = Duration::ZERO;
+                            let beat = self.heartbeat.load(Ordering::Relaxed);
+                            if beat != last_beat {
+                                notifier.watchdog();
+                                last_beat = beat;
+                            } else {
+                                warn!("ring thread made no progress for {every:?}; withholding the watchdog ping");
+                            }
+                        }
+                    }
+                }
+            }
+            anyhow::Ok(())
+        })?;
+        notifier.stopping();
+        self.stop.store(true, Ordering::Relaxed);
+        let result = ring.join().map_err(|_| anyhow::anyhow!("the ring thread panicked"))?;
+        notifier.status("stopped");
+        Ok(result)
+    }
+}
