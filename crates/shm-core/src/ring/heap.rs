@@ -107,6 +107,9 @@ mod memory {
         data_wake: WakeWord,
         space_wake: WakeWord,
         data: Box<[std::cell::UnsafeCell<u64>]>,
+        /// One loom cell per data word, shared by the producer's and the consumer's
+        /// regions so that loom checks every cross-side access.
+        cells: Arc<[loom::cell::UnsafeCell<()>]>,
         pub(super) capacity: u64,
         pub(super) max_record: u64,
     }
@@ -126,6 +129,7 @@ mod memory {
             data_wake: WakeWord::new(),
             space_wake: WakeWord::new(),
             data: (0..capacity / 8).map(|_| std::cell::UnsafeCell::new(0)).collect(),
+            cells: crate::ring::loom_cells(capacity),
             capacity,
             max_record,
         });
@@ -144,8 +148,9 @@ mod memory {
             data_wake: NonNull::from(&seg.data_wake),
             space_wake: NonNull::from(&seg.space_wake),
             stats: None,
-            // SAFETY: `capacity` bytes, 8-aligned, owned by `seg`, which the refs keep.
-            data: unsafe { Region::new(data, seg.capacity) },
+            // SAFETY: `capacity` bytes, 8-aligned, owned by `seg`, which the refs keep;
+            // `seg.cells` has one cell per word.
+            data: unsafe { Region::with_cells(data, seg.capacity, seg.cells.clone()) },
             capacity: seg.capacity,
             max_record: seg.max_record,
             heap: Some(seg.clone()),

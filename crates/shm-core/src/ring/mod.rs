@@ -216,6 +216,12 @@ impl RingRefs {
     }
 }
 
+/// One loom cell per 8-byte word of a region.
+#[cfg(loom)]
+pub(crate) fn loom_cells(capacity: u64) -> Arc<[loom::cell::UnsafeCell<()>]> {
+    (0..capacity / 8).map(|_| loom::cell::UnsafeCell::new(())).collect()
+}
+
 /// The ring's data bytes: `capacity` bytes from `base`, valid while the owning
 /// `RingRefs::_keep` lives.
 ///
@@ -240,8 +246,23 @@ impl Region {
             base,
             mask: capacity - 1,
             #[cfg(loom)]
-            cells: (0..capacity / 8).map(|_| loom::cell::UnsafeCell::new(())).collect(),
+            cells: loom_cells(capacity),
         }
+    }
+
+    /// A region whose loom cells are shared with the other side's region over the same
+    /// bytes, so loom sees both sides' accesses to each word (loom models only).
+    ///
+    /// # Safety
+    /// As for [`Region::new`]; `cells` has one cell per 8 bytes of the region.
+    #[cfg(loom)]
+    pub(crate) unsafe fn with_cells(
+        base: NonNull<u8>,
+        capacity: u64,
+        cells: Arc<[loom::cell::UnsafeCell<()>]>,
+    ) -> Self {
+        debug_assert!(cells.len() as u64 == capacity / 8);
+        Region { base, mask: capacity - 1, cells }
     }
 
     /// Index in the data region of ring position `pos`.

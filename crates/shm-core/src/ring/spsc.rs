@@ -111,7 +111,8 @@ impl Waiting {
 }
 
 /// Running values of the counters a handle owns, stored to the segment once per
-/// publish or release.
+/// publish or release. Loaded from memory any process can write, so they only ever
+/// grow by saturating addition: a hostile `u64::MAX` neither panics nor wraps back.
 #[derive(Default)]
 struct LocalCounters {
     records: u64,
@@ -400,7 +401,7 @@ impl Producer {
     }
 
     fn count_block(&mut self) {
-        self.counters.blocks += 1;
+        self.counters.blocks = self.counters.blocks.saturating_add(1);
         if let Some(c) = self.ring.counters() {
             // Relaxed: single writer; readers only need a monotonic value.
             c.cell(Counter::ProducerBlocks).store(self.counters.blocks, Ordering::Relaxed);
@@ -415,8 +416,8 @@ impl Producer {
         // Cannot overflow: the claim was checked against the free space.
         self.pos = start + frame::framed_len_u32(len);
         self.last_start = start;
-        self.counters.records += 1;
-        self.counters.bytes += u64::from(len);
+        self.counters.records = self.counters.records.saturating_add(1);
+        self.counters.bytes = self.counters.bytes.saturating_add(u64::from(len));
     }
 
     /// Makes every committed frame visible to the consumer and wakes it if it sleeps.
@@ -446,7 +447,7 @@ impl Producer {
         if word.load(Ordering::Relaxed) != 0 {
             word.store(0, Ordering::Relaxed);
             self.ring.data_wake().wake();
-            self.counters.wakes += 1;
+            self.counters.wakes = self.counters.wakes.saturating_add(1);
             if let Some(c) = self.ring.counters() {
                 c.cell(Counter::ProducerWakes).store(self.counters.wakes, Ordering::Relaxed);
             }
@@ -464,14 +465,14 @@ impl Producer {
         fence(Ordering::SeqCst);
         // Relaxed is enough to decide whether to sleep; `fits` reloads with Acquire.
         if self.ring.cursor().read_cursor.load(Ordering::Relaxed) == self.cached_head {
-            self.counters.sleeps += 1;
+            self.counters.sleeps = self.counters.sleeps.saturating_add(1);
             if let Some(c) = self.ring.counters() {
                 c.cell(Counter::ProducerSleeps).store(self.counters.sleeps, Ordering::Relaxed);
             }
             let timed_out = self.ring.space_wake().wait(1, Some(timeout));
             let head_moved = || self.ring.cursor().read_cursor.load(Ordering::Relaxed) != self.cached_head;
             if timed_out && head_moved() && missed_wake(word) {
-                self.counters.missed_wakes += 1;
+                self.counters.missed_wakes = self.counters.missed_wakes.saturating_add(1);
                 if let Some(c) = self.ring.counters() {
                     c.cell(Counter::ProducerMissedWakes).store(self.counters.missed_wakes, Ordering::Relaxed);
                 }
@@ -781,7 +782,7 @@ impl Consumer {
                 // Acquire: pairs with the producer's Release store in `publish_pending`;
                 // the frames below `tail` are fully written before we read them.
                 let tail = self.ring.producer_line().write_cursor.load(Ordering::Acquire);
-                if tail < self.cached_tail || tail - self.pos > self.ring.capacity {
+                if tail < self.cached_tail || tail > CURSOR_LIMIT || tail - self.pos > self.ring.capacity {
                     return Err(Corruption { what: "write cursor outside the ring", value: tail, position: self.pos });
                 }
                 self.cached_tail = tail;
@@ -833,7 +834,7 @@ impl Consumer {
     }
 
     fn count_block(&mut self) {
-        self.counters.blocks += 1;
+        self.counters.blocks = self.counters.blocks.saturating_add(1);
         if let Some(c) = self.ring.counters() {
             // Relaxed: single writer; readers only need a monotonic value.
             c.cell(Counter::ConsumerBlocks).store(self.counters.blocks, Ordering::Relaxed);
@@ -843,8 +844,8 @@ impl Consumer {
     /// Gives the bytes below `pos` back to the producer and wakes it if it sleeps.
     fn release_to(&mut self, pos: u64, records: u64, bytes: u64) {
         self.pos = pos;
-        self.counters.records += records;
-        self.counters.bytes += bytes;
+        self.counters.records = self.counters.records.saturating_add(records);
+        self.counters.bytes = self.counters.bytes.saturating_add(bytes);
         // Release: pairs with the producer's Acquire load of read_cursor in `fits`; we
         // are done reading every byte below `pos`.
         self.ring.cursor().read_cursor.store(pos, Ordering::Release);
@@ -862,7 +863,7 @@ impl Consumer {
         if word.load(Ordering::Relaxed) != 0 {
             word.store(0, Ordering::Relaxed);
             self.ring.space_wake().wake();
-            self.counters.wakes += 1;
+            self.counters.wakes = self.counters.wakes.saturating_add(1);
             if let Some(c) = self.ring.counters() {
                 c.cell(Counter::ConsumerWakes).store(self.counters.wakes, Ordering::Relaxed);
             }
@@ -877,14 +878,14 @@ impl Consumer {
         fence(Ordering::SeqCst);
         // Relaxed is enough to decide whether to sleep; `poll` reloads with Acquire.
         if self.ring.producer_line().write_cursor.load(Ordering::Relaxed) == self.cached_tail {
-            self.counters.sleeps += 1;
+            self.counters.sleeps = self.counters.sleeps.saturating_add(1);
             if let Some(c) = self.ring.counters() {
                 c.cell(Counter::ConsumerSleeps).store(self.counters.sleeps, Ordering::Relaxed);
             }
             let timed_out = self.ring.data_wake().wait(1, Some(timeout));
             let tail_moved = || self.ring.producer_line().write_cursor.load(Ordering::Relaxed) != self.cached_tail;
             if timed_out && tail_moved() && missed_wake(word) {
-                self.counters.missed_wakes += 1;
+                self.counters.missed_wakes = self.counters.missed_wakes.saturating_add(1);
                 if let Some(c) = self.ring.counters() {
                     c.cell(Counter::ConsumerMissedWakes).store(self.counters.missed_wakes, Ordering::Relaxed);
                 }
@@ -1028,8 +1029,17 @@ fn missed_wake(word: &crate::sync::AtomicU32) -> bool {
     word.load(Ordering::Relaxed) != 0
 }
 
+/// The largest cursor value accepted from a segment. A real ring would need to move
+/// 16 EiB to get near `u64::MAX`; the margin (4 TiB, more than twice the largest
+/// capacity) keeps every `position + length` computed from a validated cursor from
+/// overflowing, so a hostile cursor is an error, never an overflow.
+pub const CURSOR_LIMIT: u64 = u64::MAX - (1 << 42);
+
 /// Checks the cursors found in a segment at attach time.
 fn check_cursors(head: u64, tail: u64, capacity: u64) -> Result<(), Corruption> {
+    if tail > CURSOR_LIMIT {
+        return Err(Corruption { what: "write cursor beyond any real ring's life", value: tail, position: head });
+    }
     if head > tail {
         return Err(Corruption { what: "read cursor ahead of write cursor", value: head, position: tail });
     }

@@ -1,0 +1,186 @@
+//! Loom models of the spsc ring and of its futex wake-up protocol.
+//!
+//! Under `--cfg loom` the heap ring runs over loom's atomics and its wake words are a
+//! loom `Mutex` + `Condvar` model of the futex that ignores timeouts, so a lost wake-up
+//! shows as a loom deadlock instead of a 100 ms stall. Each model moves a few small
+//! records between a producer thread and the consumer (the model's main thread), both
+//! with the `Futex` strategy so every wait goes through the sleep/wake protocol, and
+//! checks that every record arrives once, whole, and in order.
+//!
+//! The producer's and the consumer's data regions share one loom cell per 8-byte word
+//! (`Region::with_cells`), so a frame read that is not ordered after its write is a
+//! causality failure: weakening the Release store of either cursor to Relaxed fails every
+//! model. Lost wake-ups (a missing wake or fence) are caught as deadlocks.
+//!
+//! Run (a separate target dir keeps the normal build warm):
+//! `CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p shm-core --release --test loom`
+#![cfg(loom)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use loom::thread;
+use shm_core::ring::heap::spsc_pair;
+use shm_core::{TryReadError, WaitStrategy};
+
+/// Preemption bound when `LOOM_MAX_PREEMPTIONS` is not set: enough to interleave the
+/// announce / fence / re-check of one side with the publish / fence / check of the other.
+const DEFAULT_PREEMPTIONS: usize = 3;
+
+/// Runs `body` under loom with a preemption bound, so each model stays small, and checks
+/// that loom explored more than one interleaving (a model with a single path proves nothing).
+fn check(name: &str, body: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(DEFAULT_PREEMPTIONS);
+    }
+    let executions = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&executions);
+    builder.check(move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+        body();
+    });
+    let executions = executions.load(Ordering::Relaxed);
+    eprintln!("{name}: {executions} executions explored");
+    assert!(executions > 1, "{name}: loom explored only {executions} execution");
+}
+
+/// Asserts the consumer has nothing more to read.
+fn assert_drained(consumer: &mut shm_core::Consumer) {
+    match consumer.try_read() {
+        Err(TryReadError::Empty) => {}
+        Ok(extra) => panic!("a record was delivered twice or invented: {:?}", &*extra),
+        Err(other) => panic!("drained ring reports {other:?}"),
+    }
+}
+
+/// (a) Data direction: the consumer sleeps for data while the producer publishes three
+/// records one by one. A lost wake-up deadlocks the model; a record lost, repeated or out
+/// of order fails the assertions.
+#[test]
+fn published_records_reach_a_sleeping_consumer_in_order() {
+    const RECORDS: [&[u8]; 3] = [b"a", b"bbbbbbbbb", b"cc"];
+    check("published_records_reach_a_sleeping_consumer_in_order", || {
+        // 64 bytes hold all three frames (16 + 24 + 16), so only the consumer ever waits.
+        let (mut producer, mut consumer) = spsc_pair(64, 24, WaitStrategy::Futex).unwrap();
+        let producing = thread::spawn(move || {
+            for record in RECORDS {
+                producer.publish(record, None).unwrap();
+            }
+        });
+        for (i, want) in RECORDS.iter().enumerate() {
+            let got = consumer.read(None).unwrap();
+            assert_eq!(&*got, *want, "record {i}");
+            assert_eq!(got.record_type(), 0, "record {i}");
+        }
+        producing.join().unwrap();
+        assert_drained(&mut consumer);
+    });
+}
+
+/// (b) Space direction: a 32-byte ring holds two 16-byte frames, so the producer must
+/// sleep for space before the third record, and only the consumer's release can wake it.
+#[test]
+fn producer_blocked_on_a_full_ring_is_woken_by_the_consumer() {
+    const RECORDS: [&[u8]; 3] = [b"11111111", b"22222222", b"33333333"];
+    check("producer_blocked_on_a_full_ring_is_woken_by_the_consumer", || {
+        let (mut producer, mut consumer) = spsc_pair(32, 8, WaitStrategy::Futex).unwrap();
+        let producing = thread::spawn(move || {
+            for record in RECORDS {
+                producer.publish(record, None).unwrap();
+            }
+        });
+        for (i, want) in RECORDS.iter().enumerate() {
+            let got = consumer.read(None).unwrap();
+            assert_eq!(&*got, *want, "record {i}");
+            // Frames are 16 bytes and never need padding here: positions are 0, 16, 32.
+            assert_eq!(got.position(), 16 * i as u64, "record {i}");
+        }
+        producing.join().unwrap();
+        assert_drained(&mut consumer);
+    });
+}
+
+/// (c) A batch of two records is published with one cursor store: a consumer that has
+/// seen the first must find the second without waiting. The batch fills the 32-byte ring,
+/// so the record published after it must wait for the consumer to free space.
+#[test]
+fn batch_is_published_all_at_once() {
+    const FIRST: &[u8] = b"first";
+    const SECOND: &[u8] = b"second!!";
+    const AFTER: &[u8] = b"after";
+    check("batch_is_published_all_at_once", || {
+        let (mut producer, mut consumer) = spsc_pair(32, 8, WaitStrategy::Futex).unwrap();
+        let producing = thread::spawn(move || {
+            let mut batch = producer.batch();
+            batch.try_push(FIRST).unwrap();
+            batch.try_push(SECOND).unwrap();
+            batch.publish();
+            producer.publish(AFTER, None).unwrap();
+        });
+        let first = consumer.read(None).unwrap();
+        assert_eq!(&*first, FIRST);
+        drop(first);
+        // Not `read`: if the batch were published in two steps, this could see Empty.
+        let second = consumer.try_read().expect("the second record of a batch is visible with the first");
+        assert_eq!(&*second, SECOND);
+        drop(second);
+        assert_eq!(&*consumer.read(None).unwrap(), AFTER);
+        producing.join().unwrap();
+        assert_drained(&mut consumer);
+    });
+}
+
+/// (d) Wrap-around: in a 64-byte ring, two 24-byte frames (16-byte payloads) end at 48; the third frame
+/// (24 bytes) does not fit in the 16 bytes before the end, so the producer writes a
+/// padding frame over them, waits until the consumer frees the first frame, and writes
+/// the record at index 0 (position 64). The consumer must skip the padding.
+#[test]
+fn record_after_a_padding_frame_wraps_to_the_start() {
+    const RECORDS: [&[u8]; 3] = [b"record number 1!", b"record number 2!", b"record number 3!"];
+    const POSITIONS: [u64; 3] = [0, 24, 64];
+    check("record_after_a_padding_frame_wraps_to_the_start", || {
+        let (mut producer, mut consumer) = spsc_pair(64, 24, WaitStrategy::Futex).unwrap();
+        let producing = thread::spawn(move || {
+            for record in RECORDS {
+                producer.publish(record, None).unwrap();
+            }
+        });
+        for (i, want) in RECORDS.iter().enumerate() {
+            let got = consumer.read(None).unwrap();
+            assert_eq!(&*got, *want, "record {i}");
+            assert_eq!(got.position(), POSITIONS[i], "record {i}");
+        }
+        producing.join().unwrap();
+        assert_drained(&mut consumer);
+    });
+}
+
+/// (e) Both directions in one run: four records through a two-frame ring, each side
+/// sleeping in turn; the consumer takes them with `read_batch` after `wait_for_data`.
+#[test]
+fn read_batch_and_blocked_producer_hand_over_every_record() {
+    const RECORDS: [&[u8]; 4] = [b"w", b"xx", b"yyy", b"zzzz"];
+    check("read_batch_and_blocked_producer_hand_over_every_record", || {
+        let (mut producer, mut consumer) = spsc_pair(32, 8, WaitStrategy::Futex).unwrap();
+        let producing = thread::spawn(move || {
+            for record in RECORDS {
+                producer.publish(record, None).unwrap();
+            }
+        });
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        while seen.len() < RECORDS.len() {
+            consumer.wait_for_data(None).unwrap();
+            let taken = consumer
+                .read_batch(RECORDS.len(), |r| {
+                    seen.push(r.data.to_vec());
+                    Ok::<_, ()>(())
+                })
+                .unwrap();
+            assert!(taken >= 1, "wait_for_data returned but read_batch found nothing");
+        }
+        assert_eq!(seen, RECORDS.map(<[u8]>::to_vec));
+        producing.join().unwrap();
+        assert_drained(&mut consumer);
+    });
+}
