@@ -27,6 +27,10 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     metrics: RawMetrics,
+    /// producerd's section, accepted and left to producerd, so that one file can
+    /// configure a `producerd@NAME` / `consumerd@NAME` pair.
+    #[serde(default, rename = "source")]
+    _source: Option<toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -25,6 +25,12 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     metrics: RawMetrics,
+    /// consumerd's sections, accepted and left to consumerd, so that one file can
+    /// configure a `producerd@NAME` / `consumerd@NAME` pair.
+    #[serde(default, rename = "sink")]
+    _sink: Option<toml::Table>,
+    #[serde(default, rename = "shutdown")]
+    _shutdown: Option<toml::Table>,
 }
 
 /// `[source]` as written; which keys apply depends on `kind`.

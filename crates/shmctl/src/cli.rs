@@ -49,6 +49,11 @@ shmctl publish /high_perf_ring --file record.bin --type 7")]
     /// Show records waiting in a ring without consuming them (moves no cursor).
     #[command(after_help = "Examples:\n  shmctl peek /high_perf_ring\n  shmctl peek /high_perf_ring -n 3 --hex")]
     Peek(PeekArgs),
+    /// Run both daemons on the default config (generator -> ring -> verify), show live
+    /// statistics, stop them cleanly and print a summary.
+    #[command(after_help = "Examples:\n  shmctl demo\n  shmctl demo --seconds 10 --rate 100000\n\n\
+The daemons are looked up beside shmctl (cargo build --release puts all three in target/release).")]
+    Demo(DemoArgs),
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  shmctl completions bash > /etc/bash_completion.d/shmctl\n  \
 shmctl completions zsh > ~/.zfunc/_shmctl")]
@@ -194,6 +199,23 @@ pub struct PeekArgs {
     /// JSON instead of text.
     #[arg(long, conflicts_with = "hex")]
     pub json: bool,
+}
+
+/// `shmctl demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long to run.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// The ring to use (created, then removed at the end unless --keep).
+    #[arg(long, default_value = "/high_perf_ring")]
+    pub segment: String,
+    /// Generator rate in records per second (0: as fast as the ring takes them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Leave the segment in place afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// `shmctl completions`.

@@ -5,6 +5,7 @@
 
 mod cli;
 mod create;
+mod demo;
 mod exit;
 mod gc;
 mod list;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => gc::run(a),
         Command::Publish(a) => publish::run(a),
         Command::Peek(a) => peek::run(a),
+        Command::Demo(a) => demo::run(a),
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "shmctl", &mut std::io::stdout());
             Ok(())

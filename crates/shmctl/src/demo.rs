@@ -1,0 +1,233 @@
+//! `shmctl demo`: the main job in one command. Starts consumerd and producerd on the
+//! shipped default config (generator -> `/high_perf_ring` -> verify), prints live
+//! statistics read from the segment, stops both with SIGTERM (the consumer drains),
+//! and prints what the verify sink saw.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use shm_core::units::format_size;
+use shm_core::{Liveness, Location, Role, Segment};
+
+use crate::cli::DemoArgs;
+use crate::exit::{UNAVAILABLE, refuse};
+use crate::render::count;
+use crate::target::open_read_only;
+
+const PRODUCER_CONFIG: &str = include_str!("../../../config/producerd.toml");
+const CONSUMER_CONFIG: &str = include_str!("../../../config/consumerd.toml");
+
+/// Kills what is still running and removes the temporary directory when dropped.
+struct Daemons {
+    children: Vec<(&'static str, Child)>,
+    dir: PathBuf,
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn beside_me(name: &str) -> Result<PathBuf> {
+    let me = std::env::current_exe().context("locating shmctl")?;
+    let path = me.with_file_name(name);
+    if !path.is_file() {
+        bail!("{} not found beside {}; build all three with: cargo build --release", name, me.display());
+    }
+    Ok(path)
+}
+
+fn spawn(binary: &Path, config: &Path, extra: &[&str]) -> Result<Child> {
+    Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+fn terminate(child: &mut Child, name: &str, within: Duration) -> Result<std::process::ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            bail!("{name} did not stop within {within:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn run(args: DemoArgs) -> Result<()> {
+    let location = Location::posix(&args.segment)?;
+    let (producerd, consumerd) = (beside_me("producerd")?, beside_me("consumerd")?);
+    if let Ok(existing) = open_read_only(&location, Duration::ZERO)
+        && existing.participants().iter().any(|p| p.liveness == Liveness::Alive)
+    {
+        return Err(refuse(
+            UNAVAILABLE,
+            format!("{location}: daemons are already running on it (see shmctl stat {location})"),
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("shmring-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut daemons = Daemons { children: Vec::new(), dir: dir.clone() };
+    let name_line = format!("name = {:?}", args.segment);
+    let producer_config = dir.join("producerd.toml");
+    let consumer_config = dir.join("consumerd.toml");
+    std::fs::write(
+        &producer_config,
+        PRODUCER_CONFIG.replacen("name = \"/high_perf_ring\"", &name_line, 1).replacen(
+            "rate = 0 ",
+            &format!("rate = {} ", args.rate),
+            1,
+        ),
+    )?;
+    std::fs::write(&consumer_config, CONSUMER_CONFIG.replacen("name = \"/high_perf_ring\"", &name_line, 1))?;
+    let summary_path = dir.join("summary.json");
+
+    println!("shmring demo: producerd (generator) -> {location} -> consumerd (verify), {} s", args.seconds);
+    let summary_arg = summary_path.to_string_lossy().into_owned();
+    daemons.children.push(("consumerd", spawn(&consumerd, &consumer_config, &["--summary-file", &summary_arg])?));
+    daemons.children.push(("producerd", spawn(&producerd, &producer_config, &[])?));
+
+    let segment = wait_until_running(&location, &mut daemons)?;
+    let info = segment.info()?;
+    println!(
+        "ring: {} {} ring of {}, both daemons attached",
+        info.backend,
+        info.kind.name(),
+        format_size(info.capacity)
+    );
+    println!("{:>4}  {:>14} {:>12}  {:>14} {:>12}  {:>6}", "t", "produced", "rate/s", "consumed", "rate/s", "fill");
+    let started = Instant::now();
+    let mut last = (started, segment.stats());
+    let first = last.1.clone();
+    for second in 1..=args.seconds {
+        std::thread::sleep((started + Duration::from_secs(second)).saturating_duration_since(Instant::now()));
+        let now = (Instant::now(), segment.stats());
+        let secs = now.0.duration_since(last.0).as_secs_f64();
+        let rate = |a: u64, b: u64| count(((b - a) as f64 / secs) as u64);
+        println!(
+            "{:>3}s  {:>14} {:>12}  {:>14} {:>12}  {:>5.1}%",
+            second,
+            count(now.1.total_produced),
+            rate(last.1.total_produced, now.1.total_produced),
+            count(now.1.total_consumed),
+            rate(last.1.total_consumed, now.1.total_consumed),
+            now.1.fill_percent()
+        );
+        check_alive(&mut daemons)?;
+        last = now;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    println!("stopping: SIGTERM to producerd, then to consumerd (it drains the ring)");
+    let (_, mut producer) = daemons.children.pop().expect("producer was started");
+    let producer_status = terminate(&mut producer, "producerd", Duration::from_secs(10))?;
+    let (_, mut consumer) = daemons.children.pop().expect("consumer was started");
+    let consumer_status = terminate(&mut consumer, "consumerd", Duration::from_secs(15))?;
+    let end = segment.stats();
+    let summary: serde_json::Value = std::fs::read(&summary_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .context("consumerd wrote no summary")?;
+    drop(segment);
+    if !args.keep {
+        Segment::unlink(&location)?;
+    }
+
+    let produced = end.total_produced - first.total_produced;
+    let n = |k: &str| summary[k].as_u64().unwrap_or(u64::MAX);
+    let latency =
+        |k: &str| summary["latency_ns"][k].as_f64().map_or_else(|| "-".into(), |ns| format!("{:.1} us", ns / 1000.0));
+    println!();
+    println!("summary");
+    println!(
+        "  records     {} produced, {} consumed, {} verified",
+        count(end.total_produced),
+        count(end.total_consumed),
+        count(n("received"))
+    );
+    println!(
+        "  rate        {} records/s ({:.1} MB/s) over {elapsed:.1} s",
+        count((produced as f64 / elapsed) as u64),
+        (end.bytes_produced - first.bytes_produced) as f64 / elapsed / 1e6
+    );
+    println!(
+        "  lost {}  duplicated {}  reordered {}  corrupt {}",
+        n("lost"),
+        n("duplicated"),
+        n("reordered"),
+        n("corrupt")
+    );
+    println!(
+        "  latency     p50 {}  p99 {}  max {} (producer commit to consumer read)",
+        latency("p50"),
+        latency("p99"),
+        latency("max")
+    );
+    println!(
+        "  producer blocked {} times (ring full), consumer waited {} times (ring empty)",
+        count(end.producer_blocks),
+        count(end.consumer_blocks)
+    );
+    println!("  exits       producerd {producer_status}, consumerd {consumer_status}");
+    if !args.keep {
+        println!("  {location} removed (--keep leaves it for shmctl stat)");
+    }
+    let clean =
+        n("lost") + n("duplicated") + n("reordered") + n("corrupt") == 0 && end.total_produced == end.total_consumed;
+    if !(clean && producer_status.success() && consumer_status.success()) {
+        bail!("the demo found a problem: see the summary above");
+    }
+    Ok(())
+}
+
+/// Waits for the segment to exist with a live producer and consumer.
+fn wait_until_running(location: &Location, daemons: &mut Daemons) -> Result<Segment> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        check_alive(daemons)?;
+        if let Ok(segment) = open_read_only(location, Duration::ZERO) {
+            let alive =
+                |role| segment.participants().iter().any(|p| p.role == Some(role) && p.liveness == Liveness::Alive);
+            if alive(Role::Producer) && alive(Role::Consumer) {
+                return Ok(segment);
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("the daemons did not both attach to {location} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fails, with the daemon's last log lines, if one has exited.
+fn check_alive(daemons: &mut Daemons) -> Result<()> {
+    for (name, child) in &mut daemons.children {
+        if let Some(status) = child.try_wait()? {
+            let mut log = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut err, &mut log);
+            }
+            bail!("{name} exited early ({status}):\n{log}");
+        }
+    }
+    Ok(())
+}
