@@ -41,6 +41,7 @@ struct RawSink {
     path: Option<Spanned<String>>,
     fsync: Option<Spanned<String>>,
     target: Option<Spanned<String>>,
+    state: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,7 +65,10 @@ pub enum Fsync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkKind {
     /// Checks generator records.
-    Verify,
+    Verify {
+        /// Where to keep the verification across restarts (optional).
+        state: Option<PathBuf>,
+    },
     /// Standard output.
     Stdout {
         /// u32 LE length + bytes instead of lines.
@@ -142,8 +146,8 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
     };
     let sink = match kind {
         "verify" => {
-            only(&[])?;
-            SinkKind::Verify
+            only(&["state"])?;
+            SinkKind::Verify { state: s.state.as_ref().map(|p| PathBuf::from(p.get_ref())) }
         }
         "discard" => {
             only(&[])?;

@@ -42,7 +42,7 @@ pub trait Sink: Send {
 /// sink recognise records it already wrote before a restart.
 pub fn build(kind: &SinkKind, segment_created_ns: u64) -> io::Result<Box<dyn Sink>> {
     Ok(match kind {
-        SinkKind::Verify => Box::new(Verify::new()),
+        SinkKind::Verify { state } => Box::new(Verify::open(state.as_deref(), segment_created_ns)?),
         SinkKind::Discard => Box::new(Discard::default()),
         SinkKind::Stdout { binary } => {
             Box::new(Stdout { out: BufWriter::new(io::stdout()), binary: *binary, written: 0 })
@@ -85,13 +85,23 @@ pub struct Verify {
     /// Missing sequence numbers not seen yet (bounded), so a late one counts as reordered.
     gaps: BTreeSet<u64>,
     latency: hdrhistogram::Histogram<u64>,
+    /// Persisted verification, so a restarted consumer continues it exactly once.
+    state: Option<(StateFile, u64)>,
+    skip_until: u64,
+    skipped: u64,
 }
 
 const MAX_TRACKED_GAPS: usize = 1 << 20;
 
+/// Words a verify state file keeps after the segment and position.
+const VERIFY_WORDS: usize = 7;
+
 impl Verify {
-    fn new() -> Self {
-        Verify {
+    /// A verify sink; with `state`, it continues the verification of a previous run on
+    /// the same segment: the next expected sequence number and the counts survive a
+    /// restart, and records verified but not yet released are not counted twice.
+    fn open(state: Option<&Path>, segment_created_ns: u64) -> io::Result<Self> {
+        let mut v = Verify {
             expected: None,
             received: 0,
             lost: 0,
@@ -100,12 +110,32 @@ impl Verify {
             corrupt: 0,
             gaps: BTreeSet::new(),
             latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+            state: None,
+            skip_until: 0,
+            skipped: 0,
+        };
+        if let Some(path) = state {
+            let (file, resume) = StateFile::open(path, segment_created_ns, VERIFY_WORDS, false)?;
+            if let Some(Resume { skip_until, words }) = resume {
+                let has_expected = words[0] == 1;
+                v.expected = has_expected.then_some(words[1]);
+                (v.received, v.lost, v.duplicated, v.reordered, v.corrupt) =
+                    (words[2], words[3], words[4], words[5], words[6]);
+                v.skip_until = skip_until;
+                info!(next_expected = ?v.expected, received = v.received, lost = v.lost, "verify: continuing from its state file");
+            }
+            v.state = Some((file, segment_created_ns));
         }
+        Ok(v)
     }
 }
 
 impl Sink for Verify {
     fn accept(&mut self, r: Record<'_>) -> io::Result<()> {
+        if r.position < self.skip_until {
+            self.skipped += 1;
+            return Ok(());
+        }
         self.received += 1;
         let Some(d) = record::decode(r.data) else {
             self.corrupt += 1;
@@ -144,8 +174,20 @@ impl Sink for Verify {
         Ok(())
     }
 
-    fn make_durable(&mut self, _: u64) -> io::Result<()> {
-        Ok(())
+    fn make_durable(&mut self, next_position: u64) -> io::Result<()> {
+        let words = [
+            u64::from(self.expected.is_some()),
+            self.expected.unwrap_or(0),
+            self.received,
+            self.lost,
+            self.duplicated,
+            self.reordered,
+            self.corrupt,
+        ];
+        match &mut self.state {
+            Some((file, created)) => file.store(*created, next_position, &words),
+            None => Ok(()),
+        }
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -168,6 +210,7 @@ impl Sink for Verify {
             "reordered": self.reordered,
             "corrupt": self.corrupt,
             "next_expected": self.expected,
+            "skipped_already_verified": self.skipped,
             "latency_ns": { "p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": self.latency.max(), "mean": self.latency.mean().round() },
         })
     }
@@ -249,55 +292,92 @@ impl Sink for Datagrams {
     }
 }
 
-/// What the file sink has made durable, kept in `PATH.progress` (40 bytes, rewritten in
-/// place after every batch, before the ring releases it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Progress {
-    /// Creation time of the segment the positions belong to.
-    segment_created_ns: u64,
-    /// Read-cursor position after the last batch written.
-    ring_position: u64,
-    /// Length of the file after that batch.
-    file_len: u64,
-    /// Inode of the file (rotation changes it).
-    inode: u64,
+/// A small state file of little-endian `u64` words and their FNV-1a checksum,
+/// rewritten in place after every batch, before the ring releases it. The first two
+/// words are always the segment's creation time and the read-cursor position after the
+/// batch, so a restarted sink can tell which re-delivered records it already has.
+struct StateFile {
+    file: File,
+    sync: bool,
 }
 
-impl Progress {
-    fn encode(&self) -> [u8; 40] {
-        let mut out = [0u8; 40];
-        for (i, v) in [self.segment_created_ns, self.ring_position, self.file_len, self.inode].into_iter().enumerate() {
-            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
-        }
-        let sum = record::fnv1a(&out[..32]);
-        out[32..].copy_from_slice(&sum.to_le_bytes());
-        out
+/// What a state file said at start-up, if it belongs to this segment.
+struct Resume {
+    /// Records before this ring position were handled before the restart.
+    skip_until: u64,
+    /// The sink's own words after the first two.
+    words: Vec<u64>,
+}
+
+impl StateFile {
+    /// Opens (or creates) `path` and reads what it holds for `segment_created_ns`.
+    fn open(path: &Path, segment_created_ns: u64, words: usize, sync: bool) -> io::Result<(Self, Option<Resume>)> {
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o640).open(path)?;
+        let mut saved = Vec::new();
+        file.read_to_end(&mut saved)?;
+        let decoded = decode_words(&saved, 2 + words);
+        let resume = match decoded {
+            Some(w) if w[0] == segment_created_ns => Some(Resume { skip_until: w[1], words: w[2..].to_vec() }),
+            Some(_) => {
+                info!(path = %path.display(), "state belongs to another segment; starting fresh");
+                None
+            }
+            None if !saved.is_empty() => {
+                warn!(path = %path.display(), "state file is unreadable; starting fresh");
+                None
+            }
+            None => None,
+        };
+        Ok((StateFile { file, sync }, resume))
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != 40 || record::fnv1a(&bytes[..32]).to_le_bytes() != bytes[32..40] {
-            return None;
+    /// Rewrites the state: the segment, the position after the batch, the sink's words.
+    fn store(&mut self, segment_created_ns: u64, next_position: u64, words: &[u64]) -> io::Result<()> {
+        let mut all = vec![segment_created_ns, next_position];
+        all.extend_from_slice(words);
+        self.file.write_all_at(&encode_words(&all), 0)?;
+        if self.sync {
+            self.file.sync_data()?;
         }
-        let w = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        Some(Progress { segment_created_ns: w(0), ring_position: w(1), file_len: w(2), inode: w(3) })
+        Ok(())
     }
+}
+
+fn encode_words(words: &[u64]) -> Vec<u8> {
+    let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let sum = record::fnv1a(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+fn decode_words(bytes: &[u8], count: usize) -> Option<Vec<u64>> {
+    if bytes.len() != (count + 1) * 8 {
+        return None;
+    }
+    let (body, sum) = bytes.split_at(count * 8);
+    if record::fnv1a(body).to_le_bytes() != sum {
+        return None;
+    }
+    Some(body.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
 }
 
 /// Appends records to a file, exactly once across restarts of the consumer.
 ///
-/// Per batch: write the records, fsync per policy, record the progress (file length
-/// and the read-cursor position that follows the batch), then the ring releases. A
-/// restart after a crash finds one of two states: bytes beyond the recorded length
-/// (a batch written but not recorded, and not released: truncated, it comes again), or
-/// a recorded position beyond the read cursor (recorded but not released: those
-/// records are skipped when they come again).
+/// Per batch: write the records, fsync per policy, record the progress in
+/// `PATH.progress` (file length, inode, and the read-cursor position that follows the
+/// batch), then the ring releases. A restart after a crash finds one of two states:
+/// bytes beyond the recorded length (a batch written but not recorded, and not
+/// released: truncated, it comes again), or a recorded position beyond the read cursor
+/// (recorded but not released: those records are skipped when they come again).
 pub struct FileSink {
     path: PathBuf,
     binary: bool,
     fsync: Fsync,
     out: BufWriter<File>,
-    progress_file: File,
-    progress: Progress,
+    state: StateFile,
+    segment_created_ns: u64,
+    file_len: u64,
+    inode: u64,
     pending_bytes: u64,
     skip_until: u64,
     last_sync: Instant,
@@ -319,48 +399,37 @@ impl FileSink {
     fn open(path: &Path, binary: bool, fsync: Fsync, segment_created_ns: u64) -> io::Result<Self> {
         let file = open_append(path)?;
         let meta = file.metadata()?;
-        let mut progress_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o640)
-            .open(progress_path(path))?;
-        let mut saved = Vec::new();
-        progress_file.read_to_end(&mut saved)?;
+        let (state, resume) = StateFile::open(&progress_path(path), segment_created_ns, 2, fsync == Fsync::Batch)?;
         let mut skip_until = 0;
-        match Progress::decode(&saved) {
-            Some(p) if p.segment_created_ns == segment_created_ns && p.inode == meta.ino() => {
-                if meta.len() > p.file_len {
+        if let Some(Resume { skip_until: position, words }) = resume {
+            let (file_len, inode) = (words[0], words[1]);
+            if inode == meta.ino() {
+                if meta.len() > file_len {
                     warn!(
                         path = %path.display(),
-                        bytes = meta.len() - p.file_len,
+                        bytes = meta.len() - file_len,
                         "dropping the end of the file: written before a crash, never acknowledged; those records come again"
                     );
-                    file.set_len(p.file_len)?;
-                } else if meta.len() < p.file_len {
+                    file.set_len(file_len)?;
+                } else if meta.len() < file_len {
                     warn!(path = %path.display(), "file is shorter than its recorded progress: it was truncated by someone else");
                 }
-                skip_until = p.ring_position;
-                info!(path = %path.display(), resume_position = p.ring_position, "file sink resumes after its recorded progress");
+            } else {
+                info!(path = %path.display(), "file was rotated since the progress was recorded");
             }
-            Some(_) => {
-                info!(path = %path.display(), "file sink progress belongs to another segment or file; starting fresh")
-            }
-            None if !saved.is_empty() => {
-                warn!(path = %path.display(), "file sink progress is unreadable; starting fresh")
-            }
-            None => {}
+            skip_until = position;
+            info!(path = %path.display(), resume_position = position, "file sink resumes after its recorded progress");
         }
-        let len = file.metadata()?.len();
-        let progress = Progress { segment_created_ns, ring_position: skip_until, file_len: len, inode: meta.ino() };
+        let file_len = file.metadata()?.len();
         Ok(FileSink {
             path: path.to_path_buf(),
             binary,
             fsync,
             out: BufWriter::with_capacity(1 << 16, file),
-            progress_file,
-            progress,
+            state,
+            segment_created_ns,
+            file_len,
+            inode: meta.ino(),
             pending_bytes: 0,
             skip_until,
             last_sync: Instant::now(),
@@ -390,26 +459,19 @@ impl Sink for FileSink {
         };
         if sync {
             self.out.get_ref().sync_data()?;
-        }
-        self.progress.file_len += self.pending_bytes;
-        self.progress.ring_position = next_position;
-        self.pending_bytes = 0;
-        self.progress_file.write_all_at(&self.progress.encode(), 0)?;
-        if sync {
-            self.progress_file.sync_data()?;
             self.last_sync = Instant::now();
         }
-        Ok(())
+        self.file_len += self.pending_bytes;
+        self.pending_bytes = 0;
+        self.state.store(self.segment_created_ns, next_position, &[self.file_len, self.inode])
     }
 
     fn rotate(&mut self) -> io::Result<()> {
         self.out.flush()?;
         let file = open_append(&self.path)?;
         let meta = file.metadata()?;
-        self.progress.inode = meta.ino();
-        self.progress.file_len = meta.len();
+        (self.inode, self.file_len) = (meta.ino(), meta.len());
         self.out = BufWriter::with_capacity(1 << 16, file);
-        self.progress_file.write_all_at(&self.progress.encode(), 0)?;
         info!(path = %self.path.display(), "file re-opened");
         Ok(())
     }
@@ -428,13 +490,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn progress_round_trips_and_rejects_damage() {
-        let p = Progress { segment_created_ns: 1, ring_position: 2, file_len: 3, inode: 4 };
-        let bytes = p.encode();
-        assert_eq!(Progress::decode(&bytes), Some(p));
-        let mut bad = bytes;
+    fn state_words_round_trip_and_damage_is_rejected() {
+        let bytes = encode_words(&[1, 2, 3, 4]);
+        assert_eq!(decode_words(&bytes, 4), Some(vec![1, 2, 3, 4]));
+        let mut bad = bytes.clone();
         bad[9] ^= 1;
-        assert_eq!(Progress::decode(&bad), None);
-        assert_eq!(Progress::decode(&bytes[..39]), None);
+        assert_eq!(decode_words(&bad, 4), None);
+        assert_eq!(decode_words(&bytes[..39], 4), None);
+        assert_eq!(decode_words(&bytes, 3), None);
     }
 }
