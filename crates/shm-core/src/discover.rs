@@ -40,6 +40,26 @@ pub struct Candidate {
     pub lpid: Option<i32>,
 }
 
+impl Candidate {
+    /// A POSIX object or a file, described by its metadata.
+    fn file_like(location: Location, name: String, meta: &std::fs::Metadata) -> Self {
+        Candidate {
+            backend: location.backend(),
+            location: Some(location),
+            name,
+            id: None,
+            perms: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            size: meta.size(),
+            nattch: None,
+            destroyed: false,
+            ctime: meta.mtime(),
+            cpid: None,
+            lpid: None,
+        }
+    }
+}
+
 /// Every POSIX shared-memory object in `/dev/shm` whose name is a valid segment name
 /// (the library's own hidden lock files are skipped).
 pub fn posix() -> io::Result<Vec<Candidate>> {
@@ -52,20 +72,7 @@ pub fn posix() -> io::Result<Vec<Candidate>> {
         if !meta.is_file() {
             continue;
         }
-        out.push(Candidate {
-            location: Some(Location::Posix(name.clone())),
-            backend: "posix",
-            name: name.to_string(),
-            id: None,
-            perms: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            size: meta.size(),
-            nattch: None,
-            destroyed: false,
-            ctime: meta.mtime(),
-            cpid: None,
-            lpid: None,
-        });
+        out.push(Candidate::file_like(Location::Posix(name.clone()), name.to_string(), &meta));
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -139,20 +146,7 @@ pub fn files(dir: &Path) -> io::Result<Vec<Candidate>> {
             continue;
         }
         let path = entry.path();
-        out.push(Candidate {
-            location: Some(Location::File(path.clone())),
-            backend: "file",
-            name: path.display().to_string(),
-            id: None,
-            perms: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            size: meta.size(),
-            nattch: None,
-            destroyed: false,
-            ctime: meta.mtime(),
-            cpid: None,
-            lpid: None,
-        });
+        out.push(Candidate::file_like(Location::File(path.clone()), path.display().to_string(), &meta));
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)

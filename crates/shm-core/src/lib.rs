@@ -48,7 +48,7 @@
 //! assert_eq!(&*first, b"hello");
 //! drop(first);                                                // releases it
 //! let mut seen = Vec::new();
-//! consumer.read_batch(16, |r| { seen.push(r.data.to_vec()); Ok::<_, ()>(()) })?;
+//! consumer.read_batch(16, |r| { seen.push(r.data.to_vec()); Ok::<_, std::convert::Infallible>(()) })?;
 //! assert_eq!(seen, [b"world".to_vec()]);
 //!
 //! let stats = segment.stats();

@@ -12,7 +12,7 @@ use crate::layout::{
 use crate::name::Location;
 use crate::participant::{self, Attachment, Participant, Role};
 use crate::ring::spsc::{Consumer, Producer};
-use crate::ring::{PublishHook, Region, RingRefs, WaitStrategy};
+use crate::ring::{PublishHook, RingRefs, WaitStrategy};
 use crate::stats::StatsSnapshot;
 
 pub use crate::backend::sysv::SysvStat;
@@ -457,23 +457,17 @@ impl Segment {
     }
 
     fn ring_refs(&self) -> RingRefs {
-        let h = self.header();
         let g = self.inner.geometry;
-        // SAFETY: HEADER_SIZE < mapping length (validated), so the data pointer is in bounds.
-        let data = unsafe { self.inner.backing.mapping.ptr().add(HEADER_SIZE) };
-        RingRefs {
-            producer: NonNull::from(&h.producer.0),
-            cursor: NonNull::from(&h.cursors[0].0),
-            data_wake: NonNull::from(&h.data_wake.0),
-            space_wake: NonNull::from(&h.space_wake.0),
-            stats: Some(NonNull::from(&h.stats)),
-            // SAFETY: the validated geometry guarantees `capacity` bytes after the header,
-            // page-aligned, in the mapping `keep` holds.
-            data: unsafe { Region::new(data, g.capacity) },
-            capacity: g.capacity,
-            max_record: g.max_record,
-            heap: None,
-            _keep: self.inner.clone(),
+        // SAFETY: the mapping holds a validated header followed by `capacity` bytes of
+        // ring data, and `inner` keeps it mapped.
+        unsafe {
+            RingRefs::from_header(
+                self.inner.backing.mapping.ptr().cast(),
+                g.capacity,
+                g.max_record,
+                None,
+                self.inner.clone(),
+            )
         }
     }
 

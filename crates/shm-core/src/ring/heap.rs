@@ -5,7 +5,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use super::spsc::{Consumer, Producer};
-use super::{Region, RingRefs, WaitStrategy};
+use super::{RingRefs, WaitStrategy};
 use crate::layout::max_payload_for;
 
 /// Why [`spsc_pair`] refused its arguments.
@@ -76,21 +76,10 @@ mod memory {
     }
 
     fn build(seg: Arc<HeapSegment>) -> RingRefs {
-        // SAFETY: zeroed memory of at least HEADER_SIZE bytes, page-aligned; all atomics.
-        let h = unsafe { seg.ptr.cast::<Header>().as_ref() };
-        RingRefs {
-            producer: NonNull::from(&h.producer.0),
-            cursor: NonNull::from(&h.cursors[0].0),
-            data_wake: NonNull::from(&h.data_wake.0),
-            space_wake: NonNull::from(&h.space_wake.0),
-            stats: Some(NonNull::from(&h.stats)),
-            // SAFETY: `capacity` bytes follow the header in the allocation, page-aligned.
-            data: unsafe { Region::new(seg.ptr.add(HEADER_SIZE), seg.capacity) },
-            capacity: seg.capacity,
-            max_record: seg.max_record,
-            heap: Some(seg.clone()),
-            _keep: seg,
-        }
+        let (capacity, max_record) = (seg.capacity, seg.max_record);
+        // SAFETY: the allocation is a zeroed, page-aligned header followed by `capacity`
+        // bytes of data, and `seg` (kept by the refs) owns it.
+        unsafe { RingRefs::from_header(seg.ptr.cast::<Header>(), capacity, max_record, Some(seg.clone()), seg) }
     }
 }
 
@@ -98,6 +87,7 @@ mod memory {
 mod memory {
     use super::*;
     use crate::layout::{CursorSlot, ProducerLine, WakeWord};
+    use crate::ring::Region;
     use crate::sync::AtomicU64;
 
     /// The shared fields of one ring as separate loom objects (counters left out).

@@ -193,6 +193,38 @@ pub(crate) struct RingRefs {
 }
 
 impl RingRefs {
+    /// The spsc ring of the segment whose header is at `header`.
+    ///
+    /// # Safety
+    /// `header` points to a [`crate::layout::Header`] that is followed, at
+    /// `HEADER_SIZE`, by `capacity` bytes of ring data (a power of two), the whole
+    /// kept mapped or allocated by `keep`.
+    pub(crate) unsafe fn from_header(
+        header: NonNull<crate::layout::Header>,
+        capacity: u64,
+        max_record: u64,
+        heap: Option<Arc<heap::HeapSegment>>,
+        keep: Arc<dyn Send + Sync>,
+    ) -> Self {
+        // SAFETY: valid by the caller's contract; all atomics.
+        let h = unsafe { header.as_ref() };
+        // SAFETY: `capacity` bytes follow the header (caller's contract).
+        let data = unsafe { header.cast::<u8>().add(crate::layout::HEADER_SIZE) };
+        RingRefs {
+            producer: NonNull::from(&h.producer.0),
+            cursor: NonNull::from(&h.cursors[0].0),
+            data_wake: NonNull::from(&h.data_wake.0),
+            space_wake: NonNull::from(&h.space_wake.0),
+            stats: Some(NonNull::from(&h.stats)),
+            // SAFETY: page-aligned data of `capacity` bytes, kept by `keep`.
+            data: unsafe { Region::new(data, capacity) },
+            capacity,
+            max_record,
+            heap,
+            _keep: keep,
+        }
+    }
+
     pub(crate) fn producer_line(&self) -> &ProducerLine {
         // SAFETY: `producer` points into memory that `_keep` keeps mapped (the contract of
         // every constructor), and shared memory is only ever accessed through atomics.
@@ -210,6 +242,14 @@ impl RingRefs {
         // SAFETY: as in `producer_line`.
         unsafe { self.space_wake.as_ref() }
     }
+    /// Stores a counter's running value. Relaxed: each counter has one writer and
+    /// readers only need a monotonic value.
+    pub(crate) fn store_counter(&self, counter: crate::stats::Counter, value: u64) {
+        if let Some(cells) = self.counters() {
+            cells.cell(counter).store(value, crate::sync::Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn counters(&self) -> Option<crate::stats::CounterCells<'_>> {
         // SAFETY: as in `producer_line`.
         self.stats.map(|p| crate::stats::CounterCells::new(unsafe { p.as_ref() }))

@@ -51,6 +51,7 @@ use super::{
     BatchError, ClaimError, Corruption, HYBRID_SPIN, MAX_SLEEP, PublishHook, ReadError, RingRefs, TryClaimError,
     TryReadError, WaitStrategy,
 };
+use crate::layout::WakeWord;
 use crate::stats::Counter;
 use crate::sync::{self, Ordering, fence};
 
@@ -110,18 +111,62 @@ impl Waiting {
     }
 }
 
-/// Running values of the counters a handle owns, stored to the segment once per
-/// publish or release. Loaded from memory any process can write, so they only ever
-/// grow by saturating addition: a hostile `u64::MAX` neither panics nor wraps back.
-#[derive(Default)]
-struct LocalCounters {
-    records: u64,
-    bytes: u64,
-    blocks: u64,
-    sleeps: u64,
-    wakes: u64,
-    missed_wakes: u64,
+/// Running values of the counters a handle owns, indexed by [`Counter::slot`]. Each
+/// handle writes only its own side's counters, storing a value to the segment once per
+/// publish or release (or per event, for the rare ones). They are loaded from memory any
+/// process can write, so they only grow by saturating addition: a hostile `u64::MAX`
+/// neither panics nor wraps back.
+struct LocalCounters([u64; Counter::ALL.len()]);
+
+impl LocalCounters {
+    /// Resumes the given counters from the segment.
+    fn load(ring: &RingRefs, which: &[Counter]) -> Self {
+        let mut values = [0; Counter::ALL.len()];
+        if let Some(cells) = ring.counters() {
+            for &c in which {
+                values[c.slot()] = cells.load(c);
+            }
+        }
+        LocalCounters(values)
+    }
+
+    fn get(&self, c: Counter) -> u64 {
+        self.0[c.slot()]
+    }
+
+    /// Adds locally; [`store`](Self::store) makes it visible.
+    fn add(&mut self, c: Counter, n: u64) {
+        self.0[c.slot()] = self.0[c.slot()].saturating_add(n);
+    }
+
+    fn store(&self, ring: &RingRefs, c: Counter) {
+        ring.store_counter(c, self.get(c));
+    }
+
+    /// Adds one and stores it at once (rare events: blocks, sleeps, wakes).
+    fn bump(&mut self, ring: &RingRefs, c: Counter) {
+        self.add(c, 1);
+        self.store(ring, c);
+    }
 }
+
+const PRODUCER_COUNTERS: [Counter; 6] = [
+    Counter::TotalProduced,
+    Counter::BytesProduced,
+    Counter::ProducerBlocks,
+    Counter::ProducerSleeps,
+    Counter::ProducerWakes,
+    Counter::ProducerMissedWakes,
+];
+
+const CONSUMER_COUNTERS: [Counter; 6] = [
+    Counter::TotalConsumed,
+    Counter::BytesConsumed,
+    Counter::ConsumerBlocks,
+    Counter::ConsumerSleeps,
+    Counter::ConsumerWakes,
+    Counter::ConsumerMissedWakes,
+];
 
 /// The producing end of a spsc ring. One per ring at a time (the segment enforces it
 /// with a kernel lock), `Send` but not `Sync`.
@@ -172,15 +217,7 @@ impl Producer {
         let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
         let head = ring.cursor().read_cursor.load(Ordering::Acquire);
         check_cursors(head, tail, ring.capacity)?;
-        let mut counters = LocalCounters::default();
-        if let Some(c) = ring.counters() {
-            counters.records = c.load(Counter::TotalProduced);
-            counters.bytes = c.load(Counter::BytesProduced);
-            counters.blocks = c.load(Counter::ProducerBlocks);
-            counters.sleeps = c.load(Counter::ProducerSleeps);
-            counters.wakes = c.load(Counter::ProducerWakes);
-            counters.missed_wakes = c.load(Counter::ProducerMissedWakes);
-        }
+        let counters = LocalCounters::load(&ring, &PRODUCER_COUNTERS);
         let mut p = Producer {
             ring,
             strategy,
@@ -401,11 +438,7 @@ impl Producer {
     }
 
     fn count_block(&mut self) {
-        self.counters.blocks = self.counters.blocks.saturating_add(1);
-        if let Some(c) = self.ring.counters() {
-            // Relaxed: single writer; readers only need a monotonic value.
-            c.cell(Counter::ProducerBlocks).store(self.counters.blocks, Ordering::Relaxed);
-        }
+        self.counters.bump(&self.ring, Counter::ProducerBlocks);
     }
 
     /// Finishes a claim: writes its frame header and advances the local position.
@@ -416,8 +449,8 @@ impl Producer {
         // Cannot overflow: the claim was checked against the free space.
         self.pos = start + frame::framed_len_u32(len);
         self.last_start = start;
-        self.counters.records = self.counters.records.saturating_add(1);
-        self.counters.bytes = self.counters.bytes.saturating_add(u64::from(len));
+        self.counters.add(Counter::TotalProduced, 1);
+        self.counters.add(Counter::BytesProduced, u64::from(len));
     }
 
     /// Makes every committed frame visible to the consumer and wakes it if it sleeps.
@@ -426,12 +459,10 @@ impl Producer {
             return;
         }
         let line = self.ring.producer_line();
-        if let Some(c) = self.ring.counters() {
-            // Relaxed: single writer; stored before the cursor so that a reader never
-            // sees a record consumed before it is counted as produced.
-            c.cell(Counter::TotalProduced).store(self.counters.records, Ordering::Relaxed);
-            c.cell(Counter::BytesProduced).store(self.counters.bytes, Ordering::Relaxed);
-        }
+        // Stored before the cursor, so a reader never sees a record consumed before it
+        // is counted as produced.
+        self.counters.store(&self.ring, Counter::TotalProduced);
+        self.counters.store(&self.ring, Counter::BytesProduced);
         // Relaxed: published by the Release store of write_cursor just below.
         line.last_frame[self.flip].store(self.last_start, Ordering::Relaxed);
         // Release: pairs with the consumer's Acquire load of write_cursor; every frame
@@ -440,45 +471,22 @@ impl Producer {
         self.flip ^= 1;
         self.published = self.pos;
         self.last_published_start = self.last_start;
-        // SeqCst fence: the waker half of the wake-up protocol (module docs).
-        fence(Ordering::SeqCst);
-        let word = self.ring.data_wake().word();
-        // Relaxed: ordered by the fence above.
-        if word.load(Ordering::Relaxed) != 0 {
-            word.store(0, Ordering::Relaxed);
-            self.ring.data_wake().wake();
-            self.counters.wakes = self.counters.wakes.saturating_add(1);
-            if let Some(c) = self.ring.counters() {
-                c.cell(Counter::ProducerWakes).store(self.counters.wakes, Ordering::Relaxed);
-            }
+        if wake_sleeper(self.ring.data_wake()) {
+            self.counters.bump(&self.ring, Counter::ProducerWakes);
         }
         if let Some(hook) = self.hook.as_mut() {
             hook();
         }
     }
 
-    /// The sleeper half of the wake-up protocol, waiting for the consumer to free space.
+    /// Sleeps until the consumer frees space (its cursor moves) or `timeout` passes.
     fn sleep_for_space(&mut self, timeout: Duration) {
-        let word = self.ring.space_wake().word();
-        word.store(1, Ordering::Relaxed);
-        // SeqCst fence: orders the announcement before the re-check (module docs).
-        fence(Ordering::SeqCst);
+        let (ring, head) = (&self.ring, self.cached_head);
         // Relaxed is enough to decide whether to sleep; `fits` reloads with Acquire.
-        if self.ring.cursor().read_cursor.load(Ordering::Relaxed) == self.cached_head {
-            self.counters.sleeps = self.counters.sleeps.saturating_add(1);
-            if let Some(c) = self.ring.counters() {
-                c.cell(Counter::ProducerSleeps).store(self.counters.sleeps, Ordering::Relaxed);
-            }
-            let timed_out = self.ring.space_wake().wait(1, Some(timeout));
-            let head_moved = || self.ring.cursor().read_cursor.load(Ordering::Relaxed) != self.cached_head;
-            if timed_out && head_moved() && missed_wake(word) {
-                self.counters.missed_wakes = self.counters.missed_wakes.saturating_add(1);
-                if let Some(c) = self.ring.counters() {
-                    c.cell(Counter::ProducerMissedWakes).store(self.counters.missed_wakes, Ordering::Relaxed);
-                }
-            }
-        }
-        word.store(0, Ordering::Relaxed);
+        let slept = sleep_unless_moved(ring.space_wake(), timeout, || {
+            ring.cursor().read_cursor.load(Ordering::Relaxed) != head
+        });
+        self.counters.record_sleep(&self.ring, slept, Counter::ProducerSleeps, Counter::ProducerMissedWakes);
     }
 }
 
@@ -638,15 +646,7 @@ impl Consumer {
         let head = ring.cursor().read_cursor.load(Ordering::Acquire);
         let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
         check_cursors(head, tail, ring.capacity)?;
-        let mut counters = LocalCounters::default();
-        if let Some(c) = ring.counters() {
-            counters.records = c.load(Counter::TotalConsumed);
-            counters.bytes = c.load(Counter::BytesConsumed);
-            counters.blocks = c.load(Counter::ConsumerBlocks);
-            counters.sleeps = c.load(Counter::ConsumerSleeps);
-            counters.wakes = c.load(Counter::ConsumerWakes);
-            counters.missed_wakes = c.load(Counter::ConsumerMissedWakes);
-        }
+        let counters = LocalCounters::load(&ring, &CONSUMER_COUNTERS);
         Ok(Consumer { ring, strategy, pos: head, released: head, cached_tail: tail, counters, _attachment: attachment })
     }
 
@@ -834,64 +834,35 @@ impl Consumer {
     }
 
     fn count_block(&mut self) {
-        self.counters.blocks = self.counters.blocks.saturating_add(1);
-        if let Some(c) = self.ring.counters() {
-            // Relaxed: single writer; readers only need a monotonic value.
-            c.cell(Counter::ConsumerBlocks).store(self.counters.blocks, Ordering::Relaxed);
-        }
+        self.counters.bump(&self.ring, Counter::ConsumerBlocks);
     }
 
     /// Gives the bytes below `pos` back to the producer and wakes it if it sleeps.
     fn release_to(&mut self, pos: u64, records: u64, bytes: u64) {
         self.pos = pos;
-        self.counters.records = self.counters.records.saturating_add(records);
-        self.counters.bytes = self.counters.bytes.saturating_add(bytes);
+        self.counters.add(Counter::TotalConsumed, records);
+        self.counters.add(Counter::BytesConsumed, bytes);
         // Release: pairs with the producer's Acquire load of read_cursor in `fits`; we
         // are done reading every byte below `pos`.
         self.ring.cursor().read_cursor.store(pos, Ordering::Release);
         self.released = pos;
-        if let Some(c) = self.ring.counters() {
-            // Relaxed: single writer. Stored after the cursor, so a reader never sees a
-            // record counted as consumed before it is counted as produced.
-            c.cell(Counter::TotalConsumed).store(self.counters.records, Ordering::Relaxed);
-            c.cell(Counter::BytesConsumed).store(self.counters.bytes, Ordering::Relaxed);
-        }
-        // SeqCst fence: the waker half of the wake-up protocol (module docs).
-        fence(Ordering::SeqCst);
-        let word = self.ring.space_wake().word();
-        // Relaxed: ordered by the fence above.
-        if word.load(Ordering::Relaxed) != 0 {
-            word.store(0, Ordering::Relaxed);
-            self.ring.space_wake().wake();
-            self.counters.wakes = self.counters.wakes.saturating_add(1);
-            if let Some(c) = self.ring.counters() {
-                c.cell(Counter::ConsumerWakes).store(self.counters.wakes, Ordering::Relaxed);
-            }
+        // Stored after the cursor, so a reader never sees a record counted as consumed
+        // before it is counted as produced.
+        self.counters.store(&self.ring, Counter::TotalConsumed);
+        self.counters.store(&self.ring, Counter::BytesConsumed);
+        if wake_sleeper(self.ring.space_wake()) {
+            self.counters.bump(&self.ring, Counter::ConsumerWakes);
         }
     }
 
-    /// The sleeper half of the wake-up protocol, waiting for the producer to publish.
+    /// Sleeps until the producer publishes (its cursor moves) or `timeout` passes.
     fn sleep_for_data(&mut self, timeout: Duration) -> Result<(), Corruption> {
-        let word = self.ring.data_wake().word();
-        word.store(1, Ordering::Relaxed);
-        // SeqCst fence: orders the announcement before the re-check (module docs).
-        fence(Ordering::SeqCst);
+        let (ring, tail) = (&self.ring, self.cached_tail);
         // Relaxed is enough to decide whether to sleep; `poll` reloads with Acquire.
-        if self.ring.producer_line().write_cursor.load(Ordering::Relaxed) == self.cached_tail {
-            self.counters.sleeps = self.counters.sleeps.saturating_add(1);
-            if let Some(c) = self.ring.counters() {
-                c.cell(Counter::ConsumerSleeps).store(self.counters.sleeps, Ordering::Relaxed);
-            }
-            let timed_out = self.ring.data_wake().wait(1, Some(timeout));
-            let tail_moved = || self.ring.producer_line().write_cursor.load(Ordering::Relaxed) != self.cached_tail;
-            if timed_out && tail_moved() && missed_wake(word) {
-                self.counters.missed_wakes = self.counters.missed_wakes.saturating_add(1);
-                if let Some(c) = self.ring.counters() {
-                    c.cell(Counter::ConsumerMissedWakes).store(self.counters.missed_wakes, Ordering::Relaxed);
-                }
-            }
-        }
-        word.store(0, Ordering::Relaxed);
+        let slept = sleep_unless_moved(ring.data_wake(), timeout, || {
+            ring.producer_line().write_cursor.load(Ordering::Relaxed) != tail
+        });
+        self.counters.record_sleep(&self.ring, slept, Counter::ConsumerSleeps, Counter::ConsumerMissedWakes);
         Ok(())
     }
 }
@@ -1012,6 +983,67 @@ pub(crate) fn peek(ring: &RingRefs, max: usize) -> Result<Vec<PeekedRecord>, Cor
     Ok(out)
 }
 
+/// The waker half of the wake-up protocol (module docs), called right after storing
+/// this side's cursor: wakes the other side if it announced that it sleeps. Returns
+/// whether it did; a busy ring returns `false` without a syscall.
+fn wake_sleeper(wake: &WakeWord) -> bool {
+    // SeqCst fence: orders our cursor store before the load of the word, against the
+    // sleeper's announcement and re-check.
+    fence(Ordering::SeqCst);
+    let word = wake.word();
+    // Relaxed: ordered by the fence above.
+    if word.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    // The waker changes the word before waking, so a sleeper that has not reached
+    // FUTEX_WAIT yet finds it changed and does not sleep.
+    word.store(0, Ordering::Relaxed);
+    wake.wake();
+    true
+}
+
+/// What [`sleep_unless_moved`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slept {
+    /// The other side had already moved: no sleep.
+    No,
+    /// Slept and was woken (or timed out with nothing new).
+    Yes,
+    /// Slept to the timeout although the other side had moved: a lost wake-up.
+    MissedWake,
+}
+
+/// The sleeper half of the wake-up protocol (module docs): announce on `wake`, re-check
+/// with `moved` (has the other side's cursor moved since we last looked?), sleep at most
+/// `timeout` only if it has not, then withdraw the announcement.
+fn sleep_unless_moved(wake: &WakeWord, timeout: Duration, moved: impl Fn() -> bool) -> Slept {
+    let word = wake.word();
+    word.store(1, Ordering::Relaxed);
+    // SeqCst fence: orders the announcement before the re-check.
+    fence(Ordering::SeqCst);
+    let slept = if moved() {
+        Slept::No
+    } else if wake.wait(1, Some(timeout)) && moved() && missed_wake(word) {
+        Slept::MissedWake
+    } else {
+        Slept::Yes
+    };
+    word.store(0, Ordering::Relaxed);
+    slept
+}
+
+impl LocalCounters {
+    /// Counts a sleep and, if it was one, a missed wake-up.
+    fn record_sleep(&mut self, ring: &RingRefs, slept: Slept, sleeps: Counter, missed: Counter) {
+        if slept != Slept::No {
+            self.bump(ring, sleeps);
+        }
+        if slept == Slept::MissedWake {
+            self.bump(ring, missed);
+        }
+    }
+}
+
 /// Decides whether a sleep that timed out although the other side had moved was a
 /// missed wake-up. If the waker saw our announcement it clears the word before waking,
 /// so a word still `1` means it did not; the one legitimate exception is a waker caught
@@ -1072,7 +1104,7 @@ mod tests {
         p.try_publish(&[1; 16]).unwrap();
         p.try_publish(&[2; 16]).unwrap();
         assert_eq!(p.try_claim(16).unwrap_err(), TryClaimError::Full);
-        assert_eq!(p.counters.blocks, 1);
+        assert_eq!(p.counters.get(Counter::ProducerBlocks), 1);
         assert_eq!(&*c.try_read().unwrap(), &[1; 16]);
         p.try_publish(&[3; 16]).unwrap();
     }
