@@ -1,1 +1,20 @@
-//! x
+//! Integration tests of shmring: real processes on real segments of every backend.
+//!
+//! - [`fixture`]: [`Fixture`], through which every test gets unique names, a private
+//!   directory and child processes, and which kills and removes them all on drop.
+//! - [`records`]: the self-checking record stream that the `ring-peer` binary produces
+//!   and consumes, so a consumer in another process can prove nothing was lost,
+//!   duplicated, reordered or torn.
+//! - [`progress`]: how a peer tells a test how far it got, so the test can kill it at a
+//!   chosen point and bound what it had done.
+//!
+//! The tests themselves are in `tests/`; the peer is `src/bin/ring-peer.rs`, which they
+//! find as `env!("CARGO_BIN_EXE_ring-peer")`.
+
+pub mod fixture;
+pub mod progress;
+pub mod records;
+pub mod stream;
+
+pub use fixture::{Backend, Finished, Fixture, ObjectStat, Proc, Summary, location_args, os_stat, seed, wait_until};
+pub use progress::Progress;

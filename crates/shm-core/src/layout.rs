@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size   what                                   written by
 //! 0       128    Identity: magic, version, geometry     creator, once (version last)
-//! 128     128    ProducerLine: write cursor, last frames producer
+//! 128     128    ProducerLine: write cursor, 2 publish slots producer
 //! 256     128    data wake word (consumer sleeps on it) consumer announces, producer clears
 //! 384     128    space wake word (producer sleeps)      producer announces, consumer clears
 //! 512     2048   16 statistics slots, 128 bytes each    one writer per slot
@@ -152,17 +152,45 @@ pub struct Identity {
     pub stats_offset: AtomicU64,
 }
 
+/// What one publish recorded, written before the cursor store it belongs to. The
+/// producer alternates between two of these, so the one whose `position` equals
+/// `write_cursor` is always complete: a successor resumes its counts (and finds the last
+/// record) from it, exactly, however its predecessor died.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PublishSlot {
+    /// `write_cursor` after this publish.
+    pub position: AtomicU64,
+    /// Records committed up to `position`.
+    pub records: AtomicU64,
+    /// Payload bytes committed up to `position`.
+    pub bytes: AtomicU64,
+    /// Start of the last frame below `position`.
+    pub last_frame: AtomicU64,
+}
+
 /// The producer's line. Only the producer writes it.
 #[repr(C)]
 #[derive(Debug)]
 pub struct ProducerLine {
     /// Byte position one past the last committed frame; only grows. Stored with
-    /// `Release` after the frames it covers.
+    /// `Release` after the frames and the publish slot it covers.
     pub write_cursor: AtomicU64,
-    /// Start positions of the last frame of the two most recent publishes, written
-    /// alternately before `write_cursor`, so that a restarted producer finds the last
-    /// committed record (the slot whose frame ends exactly at `write_cursor`).
-    pub last_frame: [AtomicU64; 2],
+    /// The two most recent publishes, written alternately.
+    pub publishes: [PublishSlot; 2],
+}
+
+/// What one release recorded, written before the read-cursor store it belongs to
+/// (alternating, as [`PublishSlot`]).
+#[repr(C)]
+#[derive(Debug)]
+pub struct ReleaseSlot {
+    /// `read_cursor` after this release.
+    pub position: AtomicU64,
+    /// Records released up to `position`.
+    pub records: AtomicU64,
+    /// Payload bytes released up to `position`.
+    pub bytes: AtomicU64,
 }
 
 /// One statistics slot: a labelled counter with a single writer.
@@ -202,6 +230,8 @@ pub struct CursorSlot {
     /// Byte position one past the last released frame; only grows. Stored with `Release`
     /// after the consumer is done with the bytes it covers.
     pub read_cursor: AtomicU64,
+    /// The two most recent releases, written alternately.
+    pub releases: [ReleaseSlot; 2],
 }
 
 /// The whole header, as it lies at offset 0 of a segment.
@@ -232,6 +262,7 @@ const _: () = {
     assert!(align_of::<Header>() == LINE);
     assert!(size_of::<Identity>() <= LINE);
     assert!(size_of::<ProducerLine>() <= LINE);
+    assert!(size_of::<CursorSlot>() <= LINE);
     assert!(size_of::<StatSlot>() <= LINE);
     assert!(size_of::<ParticipantSlot>() == 64);
     assert!(offset_of!(Header, identity) == 0);

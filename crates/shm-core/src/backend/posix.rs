@@ -29,8 +29,14 @@ pub(crate) fn create(name: &SegmentName, location: &Location, spec: CreateSpec) 
 }
 
 pub(crate) fn open(name: &SegmentName, location: &Location, spec: OpenSpec) -> Result<Backing, OpenError> {
-    let fd = nix::sys::mman::shm_open(name.as_str(), open_flags(spec.writable), Mode::empty())
-        .map_err(|e| open_error(location, e))?;
+    let fd = nix::sys::mman::shm_open(name.as_str(), open_flags(spec.writable), Mode::empty()).map_err(|e| {
+        // glibc's shm_open reports a directory as EINVAL, not EISDIR: look, without
+        // following links, so the error says what is there.
+        if e == nix::errno::Errno::EINVAL && std::fs::symlink_metadata(name.dev_shm_path()).is_ok_and(|m| m.is_dir()) {
+            return OpenError::NotRegular { location: location.clone(), what: "directory" };
+        }
+        open_error(location, e)
+    })?;
     finish_open(fd, location, spec)
 }
 

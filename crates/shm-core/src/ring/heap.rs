@@ -86,7 +86,7 @@ mod memory {
 #[cfg(loom)]
 mod memory {
     use super::*;
-    use crate::layout::{CursorSlot, ProducerLine, WakeWord};
+    use crate::layout::{CursorSlot, ProducerLine, PublishSlot, ReleaseSlot, WakeWord};
     use crate::ring::Region;
     use crate::sync::AtomicU64;
 
@@ -111,11 +111,8 @@ mod memory {
 
     pub(super) fn refs(capacity: u64, max_record: u64) -> RingRefs {
         let seg = Arc::new(HeapSegment {
-            producer: ProducerLine {
-                write_cursor: AtomicU64::new(0),
-                last_frame: [AtomicU64::new(0), AtomicU64::new(0)],
-            },
-            cursor: CursorSlot { read_cursor: AtomicU64::new(0) },
+            producer: ProducerLine { write_cursor: AtomicU64::new(0), publishes: [publish_slot(), publish_slot()] },
+            cursor: CursorSlot { read_cursor: AtomicU64::new(0), releases: [release_slot(), release_slot()] },
             data_wake: WakeWord::new(),
             space_wake: WakeWord::new(),
             data: (0..capacity / 8).map(|_| std::cell::UnsafeCell::new(0)).collect(),
@@ -128,6 +125,16 @@ mod memory {
 
     pub(super) fn refs_of(producer: &Producer) -> RingRefs {
         build(producer.heap_owner().expect("heap producers own a HeapSegment"))
+    }
+
+    fn publish_slot() -> PublishSlot {
+        let z = || AtomicU64::new(0);
+        PublishSlot { position: z(), records: z(), bytes: z(), last_frame: z() }
+    }
+
+    fn release_slot() -> ReleaseSlot {
+        let z = || AtomicU64::new(0);
+        ReleaseSlot { position: z(), records: z(), bytes: z() }
     }
 
     fn build(seg: Arc<HeapSegment>) -> RingRefs {

@@ -134,6 +134,13 @@ impl LocalCounters {
         self.0[c.slot()]
     }
 
+    /// Replaces values with exact ones taken from a publish or release slot.
+    fn set_exact(&mut self, values: &[(Counter, u64)]) {
+        for &(c, v) in values {
+            self.0[c.slot()] = v;
+        }
+    }
+
     /// Adds locally; [`store`](Self::store) makes it visible.
     fn add(&mut self, c: Counter, n: u64) {
         self.0[c.slot()] = self.0[c.slot()].saturating_add(n);
@@ -183,7 +190,7 @@ pub struct Producer {
     last_start: u64,
     /// Start of the last published frame, `u64::MAX` when none.
     last_published_start: u64,
-    /// Which `last_frame` slot the next publish writes.
+    /// Which publish slot the next publish writes.
     flip: usize,
     counters: LocalCounters,
     hook: Option<PublishHook>,
@@ -217,26 +224,44 @@ impl Producer {
         let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
         let head = ring.cursor().read_cursor.load(Ordering::Acquire);
         check_cursors(head, tail, ring.capacity)?;
-        let counters = LocalCounters::load(&ring, &PRODUCER_COUNTERS);
-        let mut p = Producer {
+        let mut counters = LocalCounters::load(&ring, &PRODUCER_COUNTERS);
+        let (mut last_start, mut flip) = (u64::MAX, 0);
+        let line = ring.producer_line();
+        // The publish slot of the current cursor was written before the cursor, so it is
+        // complete: its counts match the cursor exactly, however the predecessor died.
+        // Relaxed: ordered after the Acquire load of write_cursor above.
+        match current_slot(tail, |i| line.publishes[i].position.load(Ordering::Relaxed)) {
+            CurrentSlot::Empty => counters.set_exact(&[(Counter::TotalProduced, 0), (Counter::BytesProduced, 0)]),
+            CurrentSlot::Slot(i) => {
+                let slot = &line.publishes[i];
+                counters.set_exact(&[
+                    (Counter::TotalProduced, slot.records.load(Ordering::Relaxed)),
+                    (Counter::BytesProduced, slot.bytes.load(Ordering::Relaxed)),
+                ]);
+                let start = slot.last_frame.load(Ordering::Relaxed);
+                if frame_ends_at(&ring, start, tail) {
+                    last_start = start;
+                }
+                flip = i ^ 1;
+            }
+            CurrentSlot::Unknown => {}
+        }
+        // Rewrite the displayed counts, in case the predecessor died between them and its cursor.
+        counters.store(&ring, Counter::TotalProduced);
+        counters.store(&ring, Counter::BytesProduced);
+        Ok(Producer {
             ring,
             strategy,
             pos: tail,
             published: tail,
             cached_head: head,
-            last_start: u64::MAX,
-            last_published_start: u64::MAX,
-            flip: 0,
+            last_start,
+            last_published_start: last_start,
+            flip,
             counters,
             hook,
             _attachment: attachment,
-        };
-        if let Some((slot, start)) = p.find_last_frame() {
-            p.last_start = start;
-            p.last_published_start = start;
-            p.flip = slot ^ 1;
-        }
-        Ok(p)
+        })
     }
 
     /// The heap memory of an in-process ring.
@@ -291,23 +316,6 @@ impl Producer {
         // writes the data region; it is not writing now (we hold `&self`).
         let bytes = unsafe { self.ring.data.slice(index + FRAME_HEADER, len as usize) };
         Some((ty, bytes.to_vec()))
-    }
-
-    /// Which `last_frame` slot holds a frame that ends exactly at `write_cursor`.
-    fn find_last_frame(&self) -> Option<(usize, u64)> {
-        let line = self.ring.producer_line();
-        (0..2).find_map(|slot| {
-            // Relaxed: ordered by the Acquire load of write_cursor in `attach`.
-            let start = line.last_frame[slot].load(Ordering::Relaxed);
-            if start >= self.published || self.published - start > self.ring.capacity / 2 {
-                return None;
-            }
-            let index = self.ring.data.index(start);
-            let (len, ty) = frame::decode(self.ring.data.read_word(index));
-            let framed = frame::framed_len(u64::from(len))?;
-            (ty != PADDING && framed <= self.ring.capacity - index && start + framed == self.published)
-                .then_some((slot, start))
-        })
     }
 
     /// Claims space for a record of `len` payload bytes, without waiting.
@@ -463,8 +471,13 @@ impl Producer {
         // is counted as produced.
         self.counters.store(&self.ring, Counter::TotalProduced);
         self.counters.store(&self.ring, Counter::BytesProduced);
-        // Relaxed: published by the Release store of write_cursor just below.
-        line.last_frame[self.flip].store(self.last_start, Ordering::Relaxed);
+        // Relaxed: published by the Release store of write_cursor just below; a successor
+        // uses this slot only if it sees that store.
+        let slot = &line.publishes[self.flip];
+        slot.records.store(self.counters.get(Counter::TotalProduced), Ordering::Relaxed);
+        slot.bytes.store(self.counters.get(Counter::BytesProduced), Ordering::Relaxed);
+        slot.last_frame.store(self.last_start, Ordering::Relaxed);
+        slot.position.store(self.pos, Ordering::Relaxed);
         // Release: pairs with the consumer's Acquire load of write_cursor; every frame
         // byte below `pos` is visible to a consumer that sees the new cursor.
         line.write_cursor.store(self.pos, Ordering::Release);
@@ -608,6 +621,8 @@ pub struct Consumer {
     released: u64,
     /// Last `write_cursor` seen.
     cached_tail: u64,
+    /// Which release slot the next release writes.
+    flip: usize,
     counters: LocalCounters,
     _attachment: Option<crate::participant::Attachment>,
 }
@@ -646,8 +661,35 @@ impl Consumer {
         let head = ring.cursor().read_cursor.load(Ordering::Acquire);
         let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
         check_cursors(head, tail, ring.capacity)?;
-        let counters = LocalCounters::load(&ring, &CONSUMER_COUNTERS);
-        Ok(Consumer { ring, strategy, pos: head, released: head, cached_tail: tail, counters, _attachment: attachment })
+        let mut counters = LocalCounters::load(&ring, &CONSUMER_COUNTERS);
+        let cursor = ring.cursor();
+        let mut flip = 0;
+        // As for the producer: the release slot of the current cursor is complete.
+        // Relaxed: ordered after the Acquire load of read_cursor above.
+        match current_slot(head, |i| cursor.releases[i].position.load(Ordering::Relaxed)) {
+            CurrentSlot::Empty => counters.set_exact(&[(Counter::TotalConsumed, 0), (Counter::BytesConsumed, 0)]),
+            CurrentSlot::Slot(i) => {
+                let slot = &cursor.releases[i];
+                counters.set_exact(&[
+                    (Counter::TotalConsumed, slot.records.load(Ordering::Relaxed)),
+                    (Counter::BytesConsumed, slot.bytes.load(Ordering::Relaxed)),
+                ]);
+                flip = i ^ 1;
+            }
+            CurrentSlot::Unknown => {}
+        }
+        counters.store(&ring, Counter::TotalConsumed);
+        counters.store(&ring, Counter::BytesConsumed);
+        Ok(Consumer {
+            ring,
+            strategy,
+            pos: head,
+            released: head,
+            cached_tail: tail,
+            flip,
+            counters,
+            _attachment: attachment,
+        })
     }
 
     /// Capacity of the ring's data region in bytes.
@@ -842,9 +884,17 @@ impl Consumer {
         self.pos = pos;
         self.counters.add(Counter::TotalConsumed, records);
         self.counters.add(Counter::BytesConsumed, bytes);
+        let cursor = self.ring.cursor();
+        // Relaxed: published by the Release store of read_cursor just below; a successor
+        // uses this slot only if it sees that store.
+        let slot = &cursor.releases[self.flip];
+        slot.records.store(self.counters.get(Counter::TotalConsumed), Ordering::Relaxed);
+        slot.bytes.store(self.counters.get(Counter::BytesConsumed), Ordering::Relaxed);
+        slot.position.store(pos, Ordering::Relaxed);
         // Release: pairs with the producer's Acquire load of read_cursor in `fits`; we
         // are done reading every byte below `pos`.
-        self.ring.cursor().read_cursor.store(pos, Ordering::Release);
+        cursor.read_cursor.store(pos, Ordering::Release);
+        self.flip ^= 1;
         self.released = pos;
         // Stored after the cursor, so a reader never sees a record counted as consumed
         // before it is counted as produced.
@@ -981,6 +1031,36 @@ pub(crate) fn peek(ring: &RingRefs, max: usize) -> Result<Vec<PeekedRecord>, Cor
         pos += framed;
     }
     Ok(out)
+}
+
+/// Which of the two alternating publish or release slots belongs to a cursor.
+enum CurrentSlot {
+    /// The cursor is 0: nothing was ever published or released.
+    Empty,
+    /// This slot's position equals the cursor.
+    Slot(usize),
+    /// Neither does (a damaged segment): keep the counters as stored.
+    Unknown,
+}
+
+/// Finds the slot whose recorded position equals `cursor`.
+fn current_slot(cursor: u64, position: impl Fn(usize) -> u64) -> CurrentSlot {
+    if cursor == 0 {
+        return CurrentSlot::Empty;
+    }
+    (0..2).find(|&i| position(i) == cursor).map_or(CurrentSlot::Unknown, CurrentSlot::Slot)
+}
+
+/// Whether a data frame starting at `start` ends exactly at `cursor`: how a restarted
+/// producer checks the last frame its slot names (the start comes from shared memory).
+fn frame_ends_at(ring: &RingRefs, start: u64, cursor: u64) -> bool {
+    if start >= cursor || cursor - start > ring.capacity / 2 {
+        return false;
+    }
+    let index = ring.data.index(start);
+    let (len, ty) = frame::decode(ring.data.read_word(index));
+    let framed = frame::framed_len_u32(len);
+    ty != PADDING && framed <= ring.capacity - index && start + framed == cursor
 }
 
 /// The waker half of the wake-up protocol (module docs), called right after storing

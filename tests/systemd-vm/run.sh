@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Proves the shmring units under a real systemd, inside a throw-away qemu VM.
+#
+# Builds (once, then cached) a Debian bookworm minbase root with systemd and a kernel,
+# copies it to a scratch folder, installs the release binaries, the units, the
+# sysusers.d/tmpfiles.d entries and the configs there as a package would, adds the guest
+# test (guest/test.sh, run by guest/shmring-vm-test.service after boot), packs the folder
+# into an ext4 image without mounting anything, boots it under qemu and reads the PASS/FAIL
+# lines the guest prints on its serial console. Exit 0 only if every check passed.
+#
+# systemd, systemd-tmpfiles and systemd-sysusers run only inside the VM, never here.
+#
+# Environment: SHMRING_VM_CACHE (default /var/cache/shmring-vm), SHMRING_VM_MIRROR
+# (default: the bookworm mirror of this machine's apt sources), SHMRING_VM_TIMEOUT (seconds
+# for the whole boot and test, default 600), SHMRING_VM_ACCEL (default tcg: nested KVM
+# hangs on our machines), SHMRING_VM_BUILD=1 (run cargo build even when target/release
+# has the binaries; by default it builds only the missing ones),
+# SHMRING_VM_KEEP=1 (keep the scratch folder and the serial log).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cache=${SHMRING_VM_CACHE:-/var/cache/shmring-vm}
+timeout_s=${SHMRING_VM_TIMEOUT:-600}
+accel=${SHMRING_VM_ACCEL:-tcg}
+suite=bookworm
+# What the guest root holds. udev comes with initramfs-tools anyway; jq reads shmctl's JSON.
+packages=systemd,udev,dbus,linux-image-amd64,jq
+# Bump when the way the root is built changes, so old caches are not reused.
+recipe=1
+
+say() { printf '==> %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+
+[[ $EUID -eq 0 ]] || die "must run as root (debootstrap, and mke2fs -d keeps file owners)"
+
+# The bookworm mirror this machine's apt already uses (one-line or deb822 sources).
+find_mirror() {
+    local m
+    m=$(sed -nE 's/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?(https?:[^[:space:]]+)[[:space:]]+bookworm[[:space:]].*/\2/p' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n1) || true
+    if [[ -z $m ]]; then
+        m=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk -v RS= '
+            /(^|\n)Suites:[^\n]*[ \t]bookworm([ \t\n]|$)/ {
+                if (match($0, /URIs:[ \t]*[^ \t\n]+/)) { u = substr($0, RSTART, RLENGTH); sub(/URIs:[ \t]*/, "", u); print u; exit }
+            }') || true
+    fi
+    echo "${m:-http://deb.debian.org/debian}"
+}
+mirror=${SHMRING_VM_MIRROR:-$(find_mirror)}
+
+started=$(date +%s)
+scratch=""
+cleanup() {
+    local status=$?
+    if [[ -n $scratch && -d $scratch ]]; then
+        if [[ ${SHMRING_VM_KEEP:-0} == 1 ]]; then
+            echo "kept $scratch"
+        else
+            rm -rf --one-file-system "$scratch"
+        fi
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+
+# --- host tools ----------------------------------------------------------------------
+missing=()
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+command -v mke2fs >/dev/null || missing+=(e2fsprogs)
+if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- the cached guest root -----------------------------------------------------------
+key=$(printf '%s\n' "recipe=$recipe" "suite=$suite" "variant=minbase" "packages=$packages" "mirror=$mirror" |
+    sha256sum | cut -c1-16)
+root="$cache/root-$key"
+
+build_root() {
+    local tmp="$root.tmp.$$"
+    say "building the guest root $root (cold cache: debootstrap $suite from $mirror)"
+    # debootstrap mounts /proc and /sys inside the target while it installs; never let a
+    # failed run leave them mounted, and never let rm cross into them.
+    unmount_under() {
+        local m
+        for m in $(awk -v p="$1/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r); do
+            umount -l "$m" || true
+        done
+    }
+    trap 'unmount_under "$tmp"; rm -rf --one-file-system "$tmp"; cleanup' EXIT
+    rm -rf --one-file-system "$tmp"
+    # The kernel and its initramfs come with the base install: its postinst writes
+    # /boot/vmlinuz-* and /boot/initrd.img-* inside the target.
+    debootstrap --variant=minbase --include="$packages" "$suite" "$tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
+        { tail -n 40 "$cache/debootstrap.log"; die "debootstrap failed (log: $cache/debootstrap.log)"; }
+    unmount_under "$tmp"
+    compgen -G "$tmp/boot/vmlinuz-*" >/dev/null && compgen -G "$tmp/boot/initrd.img-*" >/dev/null ||
+        die "no kernel or initramfs in $tmp/boot"
+    # Smaller copies per run; nothing here is needed to boot.
+    rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/* "$tmp"/usr/share/doc/* \
+        "$tmp"/usr/share/man/* "$tmp"/usr/share/locale/*
+    # A throw-away VM needs no root password.
+    sed -i 's/^root:[^:]*:/root::/' "$tmp/etc/shadow"
+    mv "$tmp" "$root"
+    trap cleanup EXIT
+}
+
+mkdir -p "$cache"
+exec 9>"$cache/lock"
+flock 9
+if [[ -d $root ]]; then
+    say "guest root cached: $root"
+else
+    build_started=$(date +%s)
+    build_root
+    say "guest root built in $(($(date +%s) - build_started)) s"
+fi
+flock -u 9
+kernel=$(compgen -G "$root/boot/vmlinuz-*" | sort -V | tail -n1)
+initrd=$(compgen -G "$root/boot/initrd.img-*" | sort -V | tail -n1)
+
+# --- the binaries --------------------------------------------------------------------
+bin="${CARGO_TARGET_DIR:-$repo/target}/release"
+build=${SHMRING_VM_BUILD:-0}
+for b in producerd consumerd shmctl; do [[ -x $bin/$b ]] || build=1; done
+if [[ $build == 1 ]]; then
+    say "cargo build --release -p producerd -p consumerd -p shmctl"
+    (cd "$repo" && cargo build --release -p producerd -p consumerd -p shmctl)
+fi
+for b in producerd consumerd shmctl; do
+    [[ -x $bin/$b ]] || die "$bin/$b missing after the build"
+done
+ls -l --time-style=+%F.%T "$bin/producerd" "$bin/consumerd" "$bin/shmctl" | awk '{ print "    " $6, $7 }'
+if [[ -n $(find "$repo/crates" -name '*.rs' -newer "$bin/shmctl" -print -quit) ]]; then
+    echo "    note: some sources are newer than these binaries (SHMRING_VM_BUILD=1 rebuilds)"
+fi
+
+# --- the scratch root and its image --------------------------------------------------
+scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/shmring-vm.XXXXXX")
+guest="$scratch/root"
+say "staging the guest in $scratch"
+cp -a "$root" "$guest"
+
+# What a package would ship. The guest's own systemd-sysusers and systemd-tmpfiles apply
+# the sysusers.d and tmpfiles.d entries at boot (this root has never booted, so
+# systemd-sysusers.service's ConditionNeedsUpdate=/etc holds).
+install -m 0755 "$bin/producerd" "$bin/consumerd" "$bin/shmctl" "$guest/usr/local/bin/"
+install -m 0644 "$repo"/systemd/*.service "$guest/etc/systemd/system/"
+install -D -m 0644 "$repo/systemd/shmring.sysusers" "$guest/usr/lib/sysusers.d/shmring.conf"
+install -D -m 0644 "$repo/systemd/shmring.tmpfiles" "$guest/usr/lib/tmpfiles.d/shmring.conf"
+install -d -m 0755 "$guest/etc/shmring"
+install -m 0644 "$repo/config/consumerd.toml" "$guest/etc/shmring/consumerd.toml"
+# One emulated CPU: a generator at full speed would starve systemctl and the test.
+sed -E 's/^rate = 0([[:space:]]|$)/rate = 20000\1/' "$repo/config/producerd.toml" >"$guest/etc/shmring/producerd.toml"
+grep -q '^rate = 20000' "$guest/etc/shmring/producerd.toml" || die "config/producerd.toml: no 'rate = 0' line to rewrite"
+# The template pair, as the README installs it: one file for producerd@demo and consumerd@demo.
+install -m 0644 "$repo/config/pair.toml" "$guest/etc/shmring/demo.toml"
+
+# The test: a oneshot unit after multi-user.target that prints to the serial console.
+install -D -m 0755 "$here/guest/test.sh" "$guest/usr/local/lib/shmring-vm-test/test.sh"
+install -m 0644 "$here/guest/shmring-vm-test.service" "$guest/etc/systemd/system/"
+ln -s ../shmring-vm-test.service "$guest/etc/systemd/system/multi-user.target.wants/shmring-vm-test.service"
+# No login prompt on the console the test prints to.
+ln -s /dev/null "$guest/etc/systemd/system/serial-getty@ttyS0.service"
+rm -f "$guest/etc/.updated" "$guest/var/.updated"
+
+image="$scratch/disk.img"
+mke2fs -q -t ext4 -d "$guest" "$image" 2G
+rm -rf --one-file-system "$guest"
+
+# --- boot ----------------------------------------------------------------------------
+log="$scratch/serial.log"
+say "booting (qemu -accel $accel, timeout ${timeout_s} s)"
+boot_started=$(date +%s)
+set +e
+timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel "$accel" -m 1024 -smp 1 \
+    -nographic -no-reboot -nic none \
+    -kernel "$kernel" -initrd "$initrd" \
+    -append "root=/dev/vda rw console=ttyS0 init=/lib/systemd/systemd quiet panic=1" \
+    -drive "file=$image,format=raw,if=virtio" </dev/null 2>&1 |
+    tee "$log" | sed -un 's/\r$//; /^\(PASS\|FAIL\|SHMRING-VM-\)/p'
+qemu_status=${PIPESTATUS[0]}
+set -e
+vm_seconds=$(($(date +%s) - boot_started))
+
+# --- verdict -------------------------------------------------------------------------
+tr -d '\r' <"$log" >"$log.txt"
+# Kept next to the cache (one file, overwritten each run) for whoever reads a failure.
+cp "$log.txt" "$cache/last-serial.log"
+mapfile -t expected < <(sed -n 's/^CHECKS=(\(.*\))$/\1/p' "$here/guest/test.sh" | tr ' ' '\n' | sed '/^$/d')
+((${#expected[@]})) || die "no CHECKS=(...) line in guest/test.sh"
+problems=()
+((qemu_status == 0)) || problems+=("qemu exited with status $qemu_status$( ((qemu_status == 124)) && echo " (timed out after ${timeout_s} s)")")
+grep -qx 'SHMRING-VM-TEST-END' "$log.txt" || problems+=("no SHMRING-VM-TEST-END line")
+for name in "${expected[@]}"; do
+    grep -qx "PASS $name" "$log.txt" || problems+=("check $name did not PASS")
+done
+if grep -q '^FAIL' "$log.txt"; then problems+=("a check printed FAIL"); fi
+
+echo
+echo "---- summary ----"
+grep -E '^(PASS|FAIL) ' "$log.txt" || echo "(no PASS/FAIL lines)"
+boot_line=$(grep -m1 '^SHMRING-VM-TEST-BEGIN' "$log.txt" || true)
+echo "guest: ${boot_line#SHMRING-VM-TEST-BEGIN }"
+echo "VM wall time ${vm_seconds} s, whole run $(($(date +%s) - started)) s"
+if ((${#problems[@]})); then
+    echo
+    echo "---- serial log, last 150 lines (all of it: $cache/last-serial.log) ----"
+    tail -n 150 "$log.txt"
+    echo
+    printf 'FAILED: %s\n' "${problems[@]}"
+    exit 1
+fi
+echo "all ${#expected[@]} checks passed"
