@@ -479,6 +479,17 @@ fn free_sysv_key() -> SysvKey {
     panic!("no free SysV key for pid {pid}");
 }
 
+/// The workspace binary `name` (`shmctl`, `producerd`, `consumerd`) of the profile the
+/// tests were built with. `cargo test --workspace` builds them: each binary crate has an
+/// integration test of its own, which makes cargo build and place the binary.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps").join(name);
+    assert!(path.is_file(), "{} is missing: run the tests with `cargo test --workspace` so that it is built", path.display());
+    path
+}
+
 /// Calls `cond` until it returns true; panics naming `what` after `timeout`.
 #[track_caller]
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
