@@ -7,15 +7,14 @@ mod config;
 mod daemon;
 mod sinks;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use shm_daemon::config::Source;
-use shm_daemon::{exit, logging, metrics};
+use shm_daemon::{exit, launch, logging, metrics};
 use tracing::{error, info, warn};
 
 /// Moves records from a shmring ring to a sink (verify, stdout, file, discard, UDP, Unix socket).
@@ -39,35 +38,19 @@ struct Args {
     summary_file: Option<PathBuf>,
 }
 
-fn load(config: Option<&std::path::Path>) -> Result<config::Settings, shm_daemon::config::ConfigError> {
-    let source = match shm_daemon::config::find(config, "consumerd") {
-        Some(path) => Source::read(&path)?,
-        None => Source::embedded(config::EMBEDDED),
-    };
-    config::load(&source)
+fn load(config: Option<&Path>) -> Result<(config::Settings, String), shm_daemon::config::ConfigError> {
+    launch::load("consumerd", config, config::EMBEDDED, config::load)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let settings = match load(args.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("consumerd: {e}");
-            return ExitCode::from(exit::CONFIG);
-        }
-    };
-    if args.check_config {
-        println!("consumerd: config OK ({})", settings.origin);
-        return ExitCode::SUCCESS;
-    }
-    let log = logging::init(&settings.log);
-    match run(&args, settings, log) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            error!("{e:#}");
-            ExitCode::from(exit::code_of(&e))
-        }
-    }
+    launch::main(
+        "consumerd",
+        args.check_config,
+        || load(args.config.as_deref()),
+        |s| &s.log,
+        |settings, log| run(&args, settings, log),
+    )
 }
 
 fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Result<u8> {
@@ -98,21 +81,16 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         });
         (addr, render)
     });
-    let status = {
-        let shared = shared.clone();
-        let mut last = (std::time::Instant::now(), 0u64);
-        Box::new(move || {
-            let now = (std::time::Instant::now(), shared.delivered.load(Ordering::Relaxed));
-            let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-3);
-            last = now;
-            format!("{} records delivered, {rate:.0}/s", now.1)
-        })
-    };
+    let status = launch::rate_status(
+        shared.clone(),
+        |s| &s.delivered,
+        |total, rate| format!("{total} records delivered, {rate:.0}/s"),
+    );
     let reload = {
         let (shared, config_path, current) = (shared.clone(), args.config.clone(), settings.clone());
         Box::new(move || match load(config_path.as_deref()) {
             Err(e) => warn!("reload failed, keeping the running config: {e}"),
-            Ok(new) => {
+            Ok((new, _)) => {
                 log.set_level(&new.log.level);
                 shared.rotate.store(true, Ordering::Relaxed);
                 if new.segment.location != current.segment.location || new.sink != current.sink {

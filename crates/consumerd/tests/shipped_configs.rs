@@ -5,7 +5,12 @@ use std::path::Path;
 use std::process::Command;
 
 fn check(config: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_consumerd")).arg("--check-config").arg("--config").arg(config).output().expect("runs")
+    Command::new(env!("CARGO_BIN_EXE_consumerd"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("runs")
 }
 
 #[test]

@@ -6,16 +6,15 @@
 mod config;
 mod daemon;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use clap::Parser;
-use shm_daemon::config::Source;
-use shm_daemon::{exit, logging, metrics};
-use tracing::{error, info, warn};
+use shm_daemon::{exit, launch, logging, metrics};
+use tracing::{info, warn};
 
 /// Moves records from a source (generator, stdin, UDP, Unix socket) into a shmring ring.
 #[derive(Debug, Parser)]
@@ -35,35 +34,19 @@ struct Args {
     check_config: bool,
 }
 
-fn load(args: &Args) -> Result<config::Settings, shm_daemon::config::ConfigError> {
-    let source = match shm_daemon::config::find(args.config.as_deref(), "producerd") {
-        Some(path) => Source::read(&path)?,
-        None => Source::embedded(config::EMBEDDED),
-    };
-    config::load(&source)
+fn load(config: Option<&Path>) -> Result<(config::Settings, String), shm_daemon::config::ConfigError> {
+    launch::load("producerd", config, config::EMBEDDED, config::load)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let settings = match load(&args) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("producerd: {e}");
-            return ExitCode::from(exit::CONFIG);
-        }
-    };
-    if args.check_config {
-        println!("producerd: config OK ({})", settings.origin);
-        return ExitCode::SUCCESS;
-    }
-    let log = logging::init(&settings.log);
-    match run(&args, settings, log) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e:#}");
-            ExitCode::from(exit::code_of(&e))
-        }
-    }
+    launch::main(
+        "producerd",
+        args.check_config,
+        || load(args.config.as_deref()),
+        |s| &s.log,
+        |settings, log| run(&args, settings, log).map(|()| exit::OK),
+    )
 }
 
 fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Result<()> {
@@ -95,34 +78,31 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         (addr, render)
     });
     let status = {
-        let shared = shared.clone();
-        let mut last = (std::time::Instant::now(), 0u64);
-        Box::new(move || {
-            let now = (std::time::Instant::now(), shared.committed.load(Ordering::Relaxed));
-            let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-3);
-            last = now;
-            format!("{} records committed, {rate:.0}/s, {} dropped", now.1, shared.dropped.load(Ordering::Relaxed))
-        })
+        let dropped = shared.clone();
+        launch::rate_status(
+            shared.clone(),
+            |s| &s.committed,
+            move |total, rate| {
+                format!("{total} records committed, {rate:.0}/s, {} dropped", dropped.dropped.load(Ordering::Relaxed))
+            },
+        )
     };
     let reload = {
         let (shared, current) = (shared.clone(), settings.clone());
         let config_path = args.config.clone();
-        Box::new(move || {
-            let args = Args { config: config_path.clone(), check_config: false };
-            match load(&args) {
-                Err(e) => warn!("reload failed, keeping the running config: {e}"),
-                Ok(new) => {
-                    log.set_level(&new.log.level);
-                    if let config::SourceKind::Generator { rate, .. } = new.source {
-                        shared.rate.store(rate, Ordering::Relaxed);
-                    }
-                    if new.segment.location != current.segment.location
-                        || std::mem::discriminant(&new.source) != std::mem::discriminant(&current.source)
-                    {
-                        warn!("segment or source kind changed in the config: that takes a restart");
-                    }
-                    info!(level = %new.log.level, "config reloaded");
+        Box::new(move || match load(config_path.as_deref()) {
+            Err(e) => warn!("reload failed, keeping the running config: {e}"),
+            Ok((new, _)) => {
+                log.set_level(&new.log.level);
+                if let config::SourceKind::Generator { rate, .. } = new.source {
+                    shared.rate.store(rate, Ordering::Relaxed);
                 }
+                if new.segment.location != current.segment.location
+                    || std::mem::discriminant(&new.source) != std::mem::discriminant(&current.source)
+                {
+                    warn!("segment or source kind changed in the config: that takes a restart");
+                }
+                info!(level = %new.log.level, "config reloaded");
             }
         })
     };

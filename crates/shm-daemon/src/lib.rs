@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod exit;
+pub mod launch;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
