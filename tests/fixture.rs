@@ -486,7 +486,11 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary knows its path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let path = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps").join(name);
-    assert!(path.is_file(), "{} is missing: run the tests with `cargo test --workspace` so that it is built", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` so that it is built",
+        path.display()
+    );
     path
 }
 
