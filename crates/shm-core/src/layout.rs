@@ -275,7 +275,7 @@ const _: () = {
     assert!(HEADER_SIZE % 4096 == 0);
 };
 
-/// The identity fields, read once into locals (see [`Geometry::read`]).
+/// The identity fields, read once into locals (see [`RawIdentity::read`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawIdentity {
     /// As stored.
@@ -320,7 +320,7 @@ pub struct RawIdentity {
 
 impl RawIdentity {
     /// Reads every identity field once. `layout_version` is read first with `Acquire`
-    /// (pairs with the creator's `Release` store of it in [`Identity::publish`]), so a
+    /// (pairs with the creator's `Release` store of it when it publishes the segment), so a
     /// non-zero version guarantees the other fields are the creator's.
     pub fn read(id: &Identity) -> Self {
         let layout_version = id.layout_version.load(Ordering::Acquire);

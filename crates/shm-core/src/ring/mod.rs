@@ -1,7 +1,7 @@
 //! Rings: the algorithms that move records through a segment's data region.
 //!
 //! Each ring kind is one file, readable top to bottom; this module holds what they
-//! share: wait strategies, errors, and [`RingRefs`], the view of the shared fields a
+//! share: wait strategies, errors, and `RingRefs`, the view of the shared fields a
 //! ring handle uses. The ring code runs over any memory with the [`crate::layout`]
 //! shape: a mapped segment in production, a heap buffer in unit tests and benches,
 //! loom-modelled cells under `--cfg loom`.

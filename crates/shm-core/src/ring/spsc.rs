@@ -977,7 +977,7 @@ impl Drop for ReadGuard<'_> {
     }
 }
 
-/// A copy of a record taken by [`peek`] without consuming it.
+/// A copy of a record taken by [`crate::Segment::peek`] without consuming it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PeekedRecord {
     /// The ring position of its frame.
