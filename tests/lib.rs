@@ -11,6 +11,7 @@
 //! The tests themselves are in `tests/`; the peer is `src/bin/ring-peer.rs`, which they
 //! find as `env!("CARGO_BIN_EXE_ring-peer")`.
 
+pub mod daemons;
 pub mod fixture;
 pub mod progress;
 pub mod records;

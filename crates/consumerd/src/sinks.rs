@@ -38,6 +38,10 @@ pub trait Sink: Send {
     }
 }
 
+/// How long a datagram send may block (a receiver that stopped reading): then the
+/// record stays in the ring and the ring loop gets to check its stop and drain deadlines.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Builds the configured sink. `segment_created_ns` and the read cursor let the file
 /// sink recognise records it already wrote before a restart.
 pub fn build(kind: &SinkKind, segment_created_ns: u64) -> io::Result<Box<dyn Sink>> {
@@ -51,10 +55,12 @@ pub fn build(kind: &SinkKind, segment_created_ns: u64) -> io::Result<Box<dyn Sin
         SinkKind::Udp { target } => {
             let sock = std::net::UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
             sock.connect(target)?;
+            sock.set_write_timeout(Some(SEND_TIMEOUT))?;
             Box::new(Datagrams { send: Box::new(move |d| sock.send(d).map(drop)), sent: 0 })
         }
         SinkKind::Unix { target } => {
             let sock = std::os::unix::net::UnixDatagram::unbound()?;
+            sock.set_write_timeout(Some(SEND_TIMEOUT))?;
             let target = target.clone();
             Box::new(Datagrams { send: Box::new(move |d| sock.send_to(d, &target).map(drop)), sent: 0 })
         }
@@ -378,6 +384,8 @@ pub struct FileSink {
     segment_created_ns: u64,
     file_len: u64,
     inode: u64,
+    /// Read-cursor position after the last batch made durable.
+    position: u64,
     pending_bytes: u64,
     skip_until: u64,
     last_sync: Instant,
@@ -421,7 +429,7 @@ impl FileSink {
             info!(path = %path.display(), resume_position = position, "file sink resumes after its recorded progress");
         }
         let file_len = file.metadata()?.len();
-        Ok(FileSink {
+        let mut sink = FileSink {
             path: path.to_path_buf(),
             binary,
             fsync,
@@ -430,12 +438,23 @@ impl FileSink {
             segment_created_ns,
             file_len,
             inode: meta.ino(),
+            position: skip_until,
             pending_bytes: 0,
             skip_until,
             last_sync: Instant::now(),
             written: 0,
             skipped: 0,
-        })
+        };
+        // Record where the file stands before the first batch, so that a crash during
+        // it is truncated away on restart rather than kept next to its re-delivery.
+        sink.store_progress()?;
+        Ok(sink)
+    }
+}
+
+impl FileSink {
+    fn store_progress(&mut self) -> io::Result<()> {
+        self.state.store(self.segment_created_ns, self.position, &[self.file_len, self.inode])
     }
 }
 
@@ -463,7 +482,8 @@ impl Sink for FileSink {
         }
         self.file_len += self.pending_bytes;
         self.pending_bytes = 0;
-        self.state.store(self.segment_created_ns, next_position, &[self.file_len, self.inode])
+        self.position = next_position;
+        self.store_progress()
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -472,6 +492,7 @@ impl Sink for FileSink {
         let meta = file.metadata()?;
         (self.inode, self.file_len) = (meta.ino(), meta.len());
         self.out = BufWriter::with_capacity(1 << 16, file);
+        self.store_progress()?;
         info!(path = %self.path.display(), "file re-opened");
         Ok(())
     }

@@ -52,29 +52,62 @@ impl Shared {
     }
 }
 
+/// A source, opened (sockets bound) before the daemon reports ready.
+pub enum Opened {
+    /// The generator.
+    Generator {
+        /// Records to send, 0 for forever.
+        count: u64,
+        /// Record size range.
+        sizes: (usize, usize),
+    },
+    /// Standard input.
+    Stdin {
+        /// Length-prefixed records instead of lines.
+        binary: bool,
+    },
+    /// A bound UDP socket.
+    Udp(std::net::UdpSocket),
+    /// A bound Unix datagram socket, removed when the daemon stops.
+    Unix(std::os::unix::net::UnixDatagram, std::path::PathBuf),
+}
+
+/// Opens the configured source: a socket that cannot be bound fails here, before
+/// READY=1, so systemd sees the start fail.
+pub fn open(source: &SourceKind) -> Result<Opened> {
+    Ok(match source {
+        SourceKind::Generator { count, min_size, max_size, .. } => {
+            Opened::Generator { count: *count, sizes: (*min_size, *max_size) }
+        }
+        SourceKind::Stdin { binary } => Opened::Stdin { binary: *binary },
+        SourceKind::Udp { bind } => {
+            let sock = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+            info!(%bind, "receiving UDP datagrams");
+            Opened::Udp(sock)
+        }
+        SourceKind::Unix { path } => {
+            let _ = std::fs::remove_file(path);
+            let sock =
+                std::os::unix::net::UnixDatagram::bind(path).with_context(|| format!("binding {}", path.display()))?;
+            info!(path = %path.display(), "receiving Unix datagrams");
+            Opened::Unix(sock, path.clone())
+        }
+    })
+}
+
 /// Runs the source until it ends or a stop is requested.
 pub fn run(
     mut producer: Producer,
     segment: Segment,
-    source: SourceKind,
+    source: Opened,
     drop_when_full: bool,
     shared: Arc<Shared>,
 ) -> Result<()> {
     match source {
-        SourceKind::Generator { count, min_size, max_size, .. } => {
-            generate(&mut producer, &segment, count, (min_size, max_size), drop_when_full, &shared)
-        }
-        SourceKind::Stdin { binary } => read_stream(&mut producer, std::io::stdin().lock(), binary, &shared),
-        SourceKind::Udp { bind } => {
-            let sock = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
-            info!(%bind, "receiving UDP datagrams");
-            receive_datagrams(&mut producer, sock.as_fd(), &shared)
-        }
-        SourceKind::Unix { path } => {
-            let _ = std::fs::remove_file(&path);
-            let sock =
-                std::os::unix::net::UnixDatagram::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-            info!(path = %path.display(), "receiving Unix datagrams");
+        Opened::Generator { count, sizes } => generate(&mut producer, &segment, count, sizes, drop_when_full, &shared),
+        Opened::Stdin { binary } => read_stream(&mut producer, std::io::stdin().lock(), binary, &shared),
+        Opened::Udp(sock) => receive_datagrams(&mut producer, sock.as_fd(), &shared),
+        Opened::Unix(sock, path) => {
             let result = receive_datagrams(&mut producer, sock.as_fd(), &shared);
             let _ = std::fs::remove_file(&path);
             result

@@ -57,8 +57,9 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         shared.rate.store(rate, Ordering::Relaxed);
     }
     info!(segment = %segment.location(), config = %settings.origin, source = ?settings.source, "producer attached");
+    let source = daemon::open(&settings.source)?;
     let ring = {
-        let (shared, segment, source) = (shared.clone(), segment.clone(), settings.source.clone());
+        let (shared, segment) = (shared.clone(), segment.clone());
         let drop_when_full = settings.drop_when_full;
         std::thread::Builder::new()
             .name("ring".into())

@@ -1,5 +1,6 @@
-//! One error type per operation, each naming the segment and keeping the OS error as
-//! its source.
+//! One error type per operation, each naming the segment and keeping the OS error (or
+//! the header or ring problem) as its `source()`, which the message does not repeat:
+//! print the chain (`{:#}` with anyhow) to see both.
 
 use std::io;
 use std::time::Duration;
@@ -28,7 +29,7 @@ pub enum CreateError {
         owner: Option<u32>,
     },
     /// The OS refused.
-    #[error("{location}: permission denied ({source})")]
+    #[error("{location}: permission denied")]
     Permission {
         /// The segment.
         location: Location,
@@ -36,7 +37,7 @@ pub enum CreateError {
         source: io::Error,
     },
     /// The memory could not be reserved (a full `/dev/shm` or filesystem, or SysV limits).
-    #[error("{location}: cannot reserve {size} bytes: {source} (is /dev/shm or the filesystem full?)")]
+    #[error("{location}: cannot reserve {size} bytes (is /dev/shm or the filesystem full?)")]
     NoSpace {
         /// The segment.
         location: Location,
@@ -56,7 +57,7 @@ pub enum CreateError {
         dir: String,
     },
     /// Another system call failed.
-    #[error("{location}: {op} failed: {source}")]
+    #[error("{location}: {op} failed")]
     Io {
         /// The segment.
         location: Location,
@@ -77,7 +78,7 @@ pub enum OpenError {
         location: Location,
     },
     /// The OS refused.
-    #[error("{location}: permission denied ({source})")]
+    #[error("{location}: permission denied")]
     Permission {
         /// The segment.
         location: Location,
@@ -121,7 +122,7 @@ pub enum OpenError {
         waited: Duration,
     },
     /// The header is not one this build can use.
-    #[error("{location}: {source}")]
+    #[error("{location}")]
     Header {
         /// The segment.
         location: Location,
@@ -129,7 +130,7 @@ pub enum OpenError {
         source: HeaderError,
     },
     /// Another system call failed.
-    #[error("{location}: {op} failed: {source}")]
+    #[error("{location}: {op} failed")]
     Io {
         /// The segment.
         location: Location,
@@ -173,7 +174,7 @@ pub enum AttachError {
         role: crate::participant::Role,
     },
     /// The ring's cursors are impossible.
-    #[error("{location}: {source}")]
+    #[error("{location}")]
     Corrupt {
         /// The segment.
         location: Location,
@@ -181,7 +182,7 @@ pub enum AttachError {
         source: Corruption,
     },
     /// A system call failed.
-    #[error("{location}: {op} failed: {source}")]
+    #[error("{location}: {op} failed")]
     Io {
         /// The segment.
         location: Location,
@@ -202,7 +203,7 @@ pub enum UnlinkError {
         location: Location,
     },
     /// The OS refused.
-    #[error("{location}: permission denied ({source}); only its owner or root can remove it (/dev/shm is sticky)")]
+    #[error("{location}: permission denied; only its owner or root can remove it (/dev/shm is sticky)")]
     Permission {
         /// The segment.
         location: Location,
@@ -210,7 +211,7 @@ pub enum UnlinkError {
         source: io::Error,
     },
     /// Another system call failed.
-    #[error("{location}: {op} failed: {source}")]
+    #[error("{location}: {op} failed")]
     Io {
         /// The segment.
         location: Location,

@@ -427,6 +427,12 @@ pub enum HeaderError {
     /// The creator has not finished initialising it.
     #[error("not initialised (layout version is 0)")]
     NotInitialised,
+    /// Smaller than a header, yet not empty: no creator ever makes such an object.
+    #[error("not a shmring segment ({size} bytes, smaller than the {HEADER_SIZE}-byte header)")]
+    TooSmall {
+        /// Its size.
+        size: u64,
+    },
     /// A layout this build cannot read.
     #[error("layout version {major}.{minor} is not supported (this build reads {LAYOUT_MAJOR}.x)")]
     Version {

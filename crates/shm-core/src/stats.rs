@@ -78,6 +78,19 @@ impl Counter {
     pub const fn slot(self) -> usize {
         self as usize
     }
+
+    /// Whether the consumer writes it.
+    pub const fn is_consumer_side(self) -> bool {
+        matches!(
+            self,
+            Counter::TotalConsumed
+                | Counter::BytesConsumed
+                | Counter::ConsumerBlocks
+                | Counter::ConsumerSleeps
+                | Counter::ConsumerWakes
+                | Counter::ConsumerMissedWakes
+        )
+    }
 }
 
 const _: () = assert!(Counter::ALL.len() <= STAT_SLOTS);
@@ -176,16 +189,24 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
-    /// Reads the statistics of a ring whose capacity the caller has validated.
+    /// Reads the statistics of a ring whose capacity the caller has validated. Every
+    /// counter is read once, and the typed fields and the labelled list come from the
+    /// same reads.
     pub(crate) fn read(header: &Header, capacity: u64) -> Self {
-        // Counters first, consumer side before producer side: a record is counted as
-        // produced before its cursor moves and as consumed after, so reading consumed
-        // first can only under-count it, never report consumed > produced.
-        let cells = CounterCells::new(&header.stats);
-        let total_consumed = cells.load(Counter::TotalConsumed);
-        let bytes_consumed = cells.load(Counter::BytesConsumed);
-        let total_produced = cells.load(Counter::TotalProduced);
-        let bytes_produced = cells.load(Counter::BytesProduced);
+        // Consumer-side counters first: a record is counted as produced before its cursor
+        // moves and as consumed after, so reading consumed first can only under-count it,
+        // never report consumed > produced.
+        let consumer_side = |slot: usize| Counter::ALL.get(slot).is_some_and(|c| c.is_consumer_side());
+        let mut values = [None; STAT_SLOTS];
+        for pass_consumer in [true, false] {
+            for (slot, line) in header.stats.iter().enumerate() {
+                if consumer_side(slot) == pass_consumer {
+                    // Relaxed: each counter is monotonic on its own; no data depends on it.
+                    values[slot] = Some(line.0.value.load(Ordering::Relaxed));
+                }
+            }
+        }
+        let value = |c: Counter| values[c.slot()].unwrap_or(0);
         // Acquire: pairs with the Release stores of the cursors; reading the read cursor
         // after the write cursor keeps `used` from exceeding what is really there.
         let write_cursor = header.producer.0.write_cursor.load(Ordering::Acquire);
@@ -194,23 +215,22 @@ impl StatsSnapshot {
         let counters = header
             .stats
             .iter()
-            .filter(|s| s.0.in_use.load(Ordering::Relaxed) == 1)
-            .filter_map(|s| {
-                Some(LabelledCounter { label: read_label(&s.0)?, value: s.0.value.load(Ordering::Relaxed) })
-            })
+            .zip(values)
+            .filter(|(line, _)| line.0.in_use.load(Ordering::Relaxed) == 1)
+            .filter_map(|(line, v)| Some(LabelledCounter { label: read_label(&line.0)?, value: v? }))
             .collect();
         StatsSnapshot {
             capacity,
             write_cursor,
             read_cursor,
             used_bytes,
-            records_in_flight: total_produced.saturating_sub(total_consumed),
-            total_produced,
-            total_consumed,
-            producer_blocks: cells.load(Counter::ProducerBlocks),
-            consumer_blocks: cells.load(Counter::ConsumerBlocks),
-            bytes_produced,
-            bytes_consumed,
+            records_in_flight: value(Counter::TotalProduced).saturating_sub(value(Counter::TotalConsumed)),
+            total_produced: value(Counter::TotalProduced),
+            total_consumed: value(Counter::TotalConsumed),
+            producer_blocks: value(Counter::ProducerBlocks),
+            consumer_blocks: value(Counter::ConsumerBlocks),
+            bytes_produced: value(Counter::BytesProduced),
+            bytes_consumed: value(Counter::BytesConsumed),
             counters,
         }
     }

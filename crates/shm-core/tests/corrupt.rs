@@ -693,7 +693,7 @@ fn random_bytes_in_the_identity_give_the_documented_verdict() {
 // Truncated files.
 // ---------------------------------------------------------------------------------------
 
-/// A file too short to hold a header reads as a segment whose creator has not finished.
+/// An empty object reads as a segment whose creator has not sized it yet.
 fn assert_not_initialised(result: Result<Segment, OpenError>, case: &str) {
     match result {
         Err(OpenError::NotInitialised { .. }) => {}
@@ -701,8 +701,17 @@ fn assert_not_initialised(result: Result<Segment, OpenError>, case: &str) {
     }
 }
 
+/// A non-empty object smaller than a header is not a segment at all (creators size
+/// theirs in one step), and is refused at once, without waiting.
+fn assert_too_small(result: Result<Segment, OpenError>, size: u64, case: &str) {
+    match result {
+        Err(OpenError::Header { source: HeaderError::TooSmall { size: s }, .. }) if s == size => {}
+        other => panic!("{case}: expected TooSmall {{ size: {size} }}, got {other:?}"),
+    }
+}
+
 #[test]
-fn file_shorter_than_the_header_is_not_initialised() {
+fn file_shorter_than_the_header_is_not_a_segment() {
     let seg = TestSegment::new();
     let fd = nix::sys::mman::shm_open(
         seg.name.as_str(),
@@ -716,15 +725,15 @@ fn file_shorter_than_the_header_is_not_initialised() {
     let raw = RawMapping::new(&fd);
     raw.set(MAGIC_AT, MAGIC);
     raw.set32(VERSION_AT, pack_version(1, 0));
-    assert_not_initialised(seg.open(), "100-byte file with a magic");
+    assert_too_small(seg.open(), 100, "100-byte file with a magic");
 }
 
 #[test]
-fn library_segment_truncated_below_its_header_is_not_initialised() {
+fn library_segment_truncated_below_its_header_is_not_a_segment() {
     let seg = TestSegment::new();
     drop(seg.create());
     nix::unistd::ftruncate(seg.raw_fd(), 100).expect("ftruncate");
-    assert_not_initialised(seg.open(), "segment cut to 100 bytes");
+    assert_too_small(seg.open(), 100, "segment cut to 100 bytes");
 }
 
 #[test]

@@ -47,11 +47,18 @@ impl Source {
     }
 
     /// Parses the text into `T`; syntax errors, unknown keys and wrong types name the
-    /// key and line (toml's own message, which quotes the offending line).
+    /// line and quote it, so the key is in the message.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         toml::from_str(&self.text).map_err(|e| {
-            let line = e.span().map(|s| format!("line {}: ", self.line_of(s.start))).unwrap_or_default();
-            ConfigError { file: self.label.clone(), message: format!("{line}{}", e.message().trim()) }
+            let at = e.span().map(|s| {
+                let line = self.line_of(s.start);
+                let text = self.text.lines().nth(line - 1).unwrap_or("").trim();
+                format!("line {line} (`{text}`): ")
+            });
+            ConfigError {
+                file: self.label.clone(),
+                message: format!("{}{}", at.unwrap_or_default(), e.message().trim()),
+            }
         })
     }
 
@@ -79,13 +86,34 @@ pub fn find(explicit: Option<&Path>, daemon: &str) -> Option<PathBuf> {
 }
 
 /// A size as written: `"64KiB"` or a plain number of bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SizeValue {
     /// A number of bytes.
     Bytes(u64),
     /// A number with a unit.
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SizeValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size such as \"64KiB\" or a number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SizeValue, E> {
+                Ok(SizeValue::Bytes(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SizeValue, E> {
+                u64::try_from(v).map(SizeValue::Bytes).map_err(|_| E::custom(format!("size {v} is negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SizeValue, E> {
+                Ok(SizeValue::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl SizeValue {

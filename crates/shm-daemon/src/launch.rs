@@ -64,11 +64,13 @@ pub fn rate_status<T: Send + Sync + 'static>(
     counter: fn(&T) -> &AtomicU64,
     describe: impl Fn(u64, f64) -> String + 'static,
 ) -> Box<dyn FnMut() -> String> {
-    let mut last = (Instant::now(), 0u64);
+    let mut last: Option<(Instant, u64)> = None;
     Box::new(move || {
         let now = (Instant::now(), counter(&shared).load(std::sync::atomic::Ordering::Relaxed));
-        let rate = now.1.saturating_sub(last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-3);
-        last = now;
+        // No rate on the first call: there is no interval to measure yet.
+        let rate =
+            last.map_or(0.0, |(t, n)| now.1.saturating_sub(n) as f64 / now.0.duration_since(t).as_secs_f64().max(1e-3));
+        last = Some(now);
         describe(now.1, rate)
     })
 }

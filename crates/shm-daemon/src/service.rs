@@ -19,6 +19,10 @@ use crate::metrics::{self, Render};
 use crate::notify::{Notifier, watchdog_interval};
 use crate::signals::{self, Request};
 
+/// How long without a heartbeat counts as a stalled ring thread (it beats every 100 ms
+/// at most while healthy), unless the watchdog period is longer.
+const STALLED: Duration = Duration::from_secs(1);
+
 /// What the loop needs from a daemon.
 pub struct Service {
     /// Set to ask the ring thread to finish.
@@ -54,6 +58,7 @@ impl Service {
             let mut since_status = Duration::ZERO;
             let mut since_watchdog = Duration::ZERO;
             let mut last_beat = self.heartbeat.load(Ordering::Relaxed);
+            let mut last_progress = std::time::Instant::now();
             loop {
                 tokio::select! {
                     request = requests.recv() => match request {
@@ -77,14 +82,18 @@ impl Service {
                             notifier.status(&(self.status)());
                             since_status = Duration::ZERO;
                         }
+                        let beat = self.heartbeat.load(Ordering::Relaxed);
+                        if beat != last_beat {
+                            (last_beat, last_progress) = (beat, std::time::Instant::now());
+                        }
                         if let Some(every) = watchdog && since_watchdog >= every {
                             since_watchdog = Duration::ZERO;
-                            let beat = self.heartbeat.load(Ordering::Relaxed);
-                            if beat != last_beat {
+                            // The ring thread beats at least every 100 ms while healthy.
+                            let stalled = last_progress.elapsed();
+                            if stalled < every.max(STALLED) {
                                 notifier.watchdog();
-                                last_beat = beat;
                             } else {
-                                warn!("ring thread made no progress for {every:?}; withholding the watchdog ping");
+                                warn!("ring thread made no progress for {stalled:?}; withholding the watchdog ping");
                             }
                         }
                     }

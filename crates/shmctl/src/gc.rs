@@ -37,6 +37,9 @@ pub fn run(args: GcArgs) -> Result<()> {
         let location = candidate.location.clone().expect("our segments always have a location");
         match Segment::unlink(&location) {
             Ok(()) => println!("removed {name} ({why})"),
+            Err(shm_core::UnlinkError::NotFound { .. }) => {
+                println!("gone    {name}: removed by someone else meanwhile")
+            }
             Err(e) => {
                 failures += 1;
                 println!("could not remove {name}: {e}");

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::PeekArgs;
 use crate::target::{location, open_read_only};
@@ -11,7 +11,7 @@ use crate::target::{location, open_read_only};
 pub fn run(args: PeekArgs) -> Result<()> {
     let location = location(&args.target)?;
     let segment = open_read_only(&location, Duration::from_secs(1))?;
-    let records = segment.peek(args.count)?;
+    let records = segment.peek(args.count).with_context(|| location.to_string())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(());

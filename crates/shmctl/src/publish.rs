@@ -30,9 +30,9 @@ pub fn run(args: PublishArgs) -> Result<()> {
     // Root may publish into a daemon user's ring; anyone else only into their own.
     let me = nix::unistd::geteuid();
     let owner = if me.is_root() { None } else { Some(me.as_raw()) };
-    let segment = Segment::builder(location).expected_owner(owner).open()?;
+    let segment = Segment::builder(location.clone()).expected_owner(owner).open()?;
     let mut producer = segment.producer()?;
-    let mut claim = producer.claim(data.len(), Some(args.timeout))?;
+    let mut claim = producer.claim(data.len(), Some(args.timeout)).with_context(|| location.to_string())?;
     claim.copy_from_slice(&data);
     claim.set_record_type(args.record_type);
     let position = claim.position();

@@ -36,7 +36,15 @@ pub fn run(args: UnlinkArgs) -> Result<()> {
                 format!("{e}; not removing what may not be a shmring segment (--force removes it)"),
             ));
         }
-        // Unreadable (permission) or untrusted: removal is decided by the OS below.
+        Err(e @ OpenError::WorldWritable { .. }) if !args.force => {
+            return Err(refuse(
+                DATA,
+                format!(
+                    "{e}; its participants cannot be trusted, so this cannot tell whether it is in use (--force removes it)"
+                ),
+            ));
+        }
+        // Unreadable (permission): removal is decided by the OS below.
         Err(_) => {}
     }
     Segment::unlink(&location)?;

@@ -147,7 +147,7 @@ pub(crate) fn finish_open(fd: OwnedFd, location: &Location, spec: OpenSpec) -> R
     let mapping = wait_initialised(location, spec.init_timeout, || {
         let size = check_fd(&fd, location, spec)?;
         if size < HEADER_SIZE as u64 {
-            return Ok(None);
+            return not_yet_sized(location, size);
         }
         let len = usize::try_from(size).map_err(|_| OpenError::Io {
             location: location.clone(),
@@ -161,6 +161,16 @@ pub(crate) fn finish_open(fd: OwnedFd, location: &Location, spec: OpenSpec) -> R
         })
     })?;
     Ok(Backing { mapping, lock_fd: Some(fd), sysv_id: None })
+}
+
+/// An object smaller than a header: empty means a creator is between creating it and
+/// sizing it (wait); anything else is not a segment (creators size it in one step).
+pub(crate) fn not_yet_sized(location: &Location, size: u64) -> Result<Option<Mapping>, OpenError> {
+    if size == 0 {
+        Ok(None)
+    } else {
+        Err(OpenError::Header { location: location.clone(), source: crate::layout::HeaderError::TooSmall { size } })
+    }
 }
 
 /// Calls `probe` until it maps a segment whose creator has finished (magic and version

@@ -205,7 +205,7 @@ pub(crate) fn open(key: SysvKey, location: &Location, spec: OpenSpec) -> Result<
         let st = stat(id).map_err(|e| not_found_or("IPC_STAT", e))?;
         check_owner_mode(location, st.uid, st.mode, spec)?;
         if st.size < HEADER_SIZE as u64 {
-            return Ok(None);
+            return super::not_yet_sized(location, st.size);
         }
         let len = usize::try_from(st.size).map_err(|_| OpenError::Io {
             location: location.clone(),

@@ -1,0 +1,583 @@
+//! Running the real daemons, `producerd` and `consumerd`, from a test.
+//!
+//! [`Daemon::launch`] writes a config into the fixture's directory and spawns the daemon
+//! through the [`Fixture`] (so `Drop` kills it), always with an explicit `--config`, its
+//! own sd_notify socket (`NOTIFY_SOCKET`, a Unix datagram socket the test binds), logs
+//! without colours, and nothing inherited that changes its behaviour (`RUST_LOG`,
+//! `WATCHDOG_*`). The test then waits on what the daemon tells the service manager
+//! ([`Daemon::wait_for`]: `READY=1`, `RELOADING=1`, `STOPPING=1`, ...) or logs
+//! ([`Daemon::wait_log`]) rather than on time.
+//!
+//! The rest are the small tools the daemon tests share: config sections naming a
+//! fixture location, a read-only view of the ring, the consumer's summary file, the
+//! generator's record format (decoded here independently of `shm-daemon`, as a second
+//! implementation to check it against), the file sink's binary framing, FIFOs for a
+//! daemon's standard input, free ports, and a plain HTTP GET.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use shm_core::{Location, Segment, StatsSnapshot};
+
+use crate::fixture::{self, Finished, Fixture, Proc, location_args};
+
+/// How long a daemon may take to start, stop, or reach any point a test waits for.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Which daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `producerd`: a source into the ring.
+    Producer,
+    /// `consumerd`: the ring into a sink.
+    Consumer,
+}
+
+impl Kind {
+    /// The binary's name.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Kind::Producer => "producerd",
+            Kind::Consumer => "consumerd",
+        }
+    }
+}
+
+/// How to start a daemon: built by [`Daemon::launch`], started by [`Launch::start`].
+#[derive(Debug, Clone)]
+pub struct Launch {
+    kind: Kind,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+    stdin: Option<PathBuf>,
+}
+
+impl Launch {
+    /// Sets an environment variable for the daemon.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Reads the daemon's standard input from `path` (a FIFO the test writes, see
+    /// [`fifo`]) instead of `/dev/null`.
+    pub fn stdin_from(mut self, path: &Path) -> Self {
+        self.stdin = Some(path.to_owned());
+        self
+    }
+
+    /// The config file the daemon reads.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Spawns the daemon; does not wait for it to be ready.
+    #[track_caller]
+    pub fn start(&self, fx: &Fixture) -> Daemon {
+        let notify = Notifications::bind(fx);
+        let binary = fixture::binary(self.kind.binary());
+        let summary = (self.kind == Kind::Consumer).then(|| fx.path("summary.json"));
+        let mut cmd = match &self.stdin {
+            // The fixture gives every child `/dev/null` as stdin; `exec` keeps the pid, so
+            // signals and the exit status are the daemon's own.
+            Some(stdin) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.args(["-c", "exec \"$0\" \"$@\" <\"$SHMRING_TEST_STDIN\""])
+                    .arg(&binary)
+                    .env("SHMRING_TEST_STDIN", stdin);
+                sh
+            }
+            None => Command::new(&binary),
+        };
+        cmd.arg("--config").arg(&self.config);
+        if let Some(s) = &summary {
+            cmd.arg("--summary-file").arg(s);
+        }
+        cmd.current_dir(fx.dir())
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let proc = fx.spawn(self.kind.binary(), &mut cmd);
+        // The fixture names the file it sends stderr (the log) to after a private counter;
+        // the child's fd 2 says which it is, so the test can read the log while it runs.
+        // (A child that has exited already has no fds; its `Finished` has the log.)
+        let log = fs::read_link(format!("/proc/{}/fd/2", proc.pid())).ok();
+        Daemon { launch: self.clone(), proc, summary, log, notify }
+    }
+}
+
+/// A running (or finished) daemon, its notifications and its log.
+#[derive(Debug)]
+pub struct Daemon {
+    launch: Launch,
+    proc: Proc,
+    summary: Option<PathBuf>,
+    log: Option<PathBuf>,
+    notify: Notifications,
+}
+
+impl Daemon {
+    /// Writes `config` into the fixture's directory, to start a daemon of `kind` with it.
+    pub fn launch(fx: &Fixture, kind: Kind, config: &str) -> Launch {
+        let path = fx.path(&format!("{}.toml", kind.binary()));
+        fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        Launch { kind, config: path, env: Vec::new(), stdin: None }
+    }
+
+    /// Starts a daemon of `kind` with `config` and waits for its `READY=1`.
+    #[track_caller]
+    pub fn ready(fx: &Fixture, kind: Kind, config: &str) -> Daemon {
+        let mut daemon = Daemon::launch(fx, kind, config).start(fx);
+        daemon.wait_for(fx, "READY=1");
+        daemon
+    }
+
+    /// The fixture's handle of the process.
+    pub fn proc(&self) -> &Proc {
+        &self.proc
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// The config file it reads (and re-reads on `SIGHUP`).
+    pub fn config_path(&self) -> &Path {
+        &self.launch.config
+    }
+
+    /// Everything it has logged so far (nothing if it exited before the test could find
+    /// its log: see [`Daemon::wait`] for that).
+    pub fn log(&self) -> String {
+        let text = self.log.as_ref().and_then(|path| fs::read(path).ok());
+        text.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    /// Waits until its log contains `needle`, panicking (with the log) if it exits first.
+    #[track_caller]
+    pub fn wait_log(&self, fx: &Fixture, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.log().contains(needle) {
+            fx.assert_running(&self.proc);
+            assert!(Instant::now() < deadline, "{} never logged {needle:?}; log:\n{}", self.proc.label(), self.log());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits for a notification datagram with the line `line` (`"READY=1"`), after the
+    /// one the previous wait returned; returns the whole datagram. Panics, with the
+    /// daemon's output, if it exits without having sent it or after [`PATIENCE`].
+    #[track_caller]
+    pub fn wait_for(&mut self, fx: &Fixture, line: &str) -> String {
+        self.wait_for_match(fx, line, |d| d.lines().any(|l| l == line))
+    }
+
+    /// Like [`Daemon::wait_for`], for the first later datagram that satisfies `matches`.
+    #[track_caller]
+    pub fn wait_for_match(&mut self, fx: &Fixture, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        let mut exited: Option<Instant> = None;
+        loop {
+            if let Some(found) = self.notify.next_matching(&matches, Duration::from_millis(20)) {
+                return found;
+            }
+            if exited.is_none() && !fx.is_running(&self.proc) {
+                exited = Some(Instant::now());
+            }
+            // What it sent before exiting was queued in the socket: a moment to read it.
+            if exited.is_some_and(|t| t.elapsed() > Duration::from_millis(200)) {
+                let f = fx.kill(&self.proc);
+                panic!(
+                    "{} exited ({}) without notifying {what}; notifications: {:?}\nstdout:\n{}\nstderr:\n{}",
+                    f.label,
+                    f.status,
+                    self.notify.texts(),
+                    f.stdout,
+                    f.stderr
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} did not notify {what} within {PATIENCE:?}; notifications: {:?}\nlog:\n{}",
+                    self.proc.label(),
+                    self.notify.texts(),
+                    self.log()
+                );
+            }
+        }
+    }
+
+    /// Every notification received so far, with when it arrived.
+    pub fn notifications(&self) -> Vec<(Instant, String)> {
+        self.notify.inbox.seen().clone()
+    }
+
+    /// Sends `signal`; panics, with its output, if it is not running any more.
+    #[track_caller]
+    pub fn signal(&self, fx: &Fixture, signal: Signal) {
+        // Not reaped while it runs (the fixture holds it), so the pid is still ours.
+        fx.assert_running(&self.proc);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).expect("pids fit in i32"));
+        nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("kill -{signal} {}: {e}", self.pid()));
+    }
+
+    /// `SIGTERM`, then waits for it to exit.
+    #[track_caller]
+    pub fn stop(&self, fx: &Fixture) -> Finished {
+        self.signal(fx, Signal::SIGTERM);
+        self.wait(fx)
+    }
+
+    /// Waits for it to exit (by itself).
+    #[track_caller]
+    pub fn wait(&self, fx: &Fixture) -> Finished {
+        fx.wait(&self.proc, PATIENCE)
+    }
+
+    /// `SIGKILL`s it, which must still have been running (else the test proved nothing).
+    #[track_caller]
+    pub fn kill(&self, fx: &Fixture) -> Finished {
+        fx.assert_running(&self.proc);
+        let killed = fx.kill(&self.proc);
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed.status), Some(9), "{killed:?}");
+        killed
+    }
+
+    /// The consumer's summary (`--summary-file`), written when it exited.
+    #[track_caller]
+    pub fn summary(&self) -> Report {
+        let path = self.summary.as_ref().unwrap_or_else(|| panic!("{} has no summary file", self.proc.label()));
+        let text = fs::read_to_string(path).unwrap_or_else(|e| {
+            panic!("{}: no summary at {}: {e}\nlog:\n{}", self.proc.label(), path.display(), self.log())
+        });
+        Report(serde_json::from_str(&text).unwrap_or_else(|e| panic!("summary {text:?}: {e}")))
+    }
+}
+
+/// The datagrams a daemon sends to `NOTIFY_SOCKET`, received as they come by a thread
+/// of their own (so a daemon never waits on a full socket queue, and each datagram's
+/// arrival time is its sending time), and how far the test has looked at them.
+#[derive(Debug)]
+struct Notifications {
+    path: PathBuf,
+    inbox: Arc<Inbox>,
+    looked: usize,
+    reader: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    seen: Mutex<Vec<(Instant, String)>>,
+    arrived: Condvar,
+    closed: AtomicBool,
+}
+
+impl Inbox {
+    fn seen(&self) -> MutexGuard<'_, Vec<(Instant, String)>> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Notifications {
+    fn bind(fx: &Fixture) -> Self {
+        let path = fx.path("notify");
+        // sun_path holds 108 bytes; the fixture's directory name grows with the test's.
+        assert!(path.as_os_str().len() < 100, "{} is too long for a socket: shorten the fixture name", path.display());
+        let socket = UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
+        // The timeout lets the reader notice `closed`.
+        socket.set_read_timeout(Some(Duration::from_millis(50))).expect("a non-zero timeout");
+        let inbox = Arc::new(Inbox::default());
+        let reader = {
+            let inbox = inbox.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !inbox.closed.load(Ordering::Relaxed) {
+                    match socket.recv(&mut buf) {
+                        Ok(n) => {
+                            inbox.seen().push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned()));
+                            inbox.arrived.notify_all();
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                            ) => {}
+                        Err(e) => panic!("receiving notifications: {e}"),
+                    }
+                }
+            })
+        };
+        Notifications { path, inbox, looked: 0, reader: Some(reader) }
+    }
+
+    /// The first datagram not looked at yet that `matches`, waiting at most `timeout` for
+    /// more to arrive; marks it and those before it as looked at.
+    fn next_matching(&mut self, matches: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
+        let mut seen = self.inbox.seen();
+        let found = |seen: &[(Instant, String)], looked: usize| seen[looked..].iter().position(|(_, d)| matches(d));
+        if found(&seen, self.looked).is_none() {
+            seen = self.inbox.arrived.wait_timeout(seen, timeout).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        let i = found(&seen, self.looked)?;
+        self.looked += i + 1;
+        Some(seen[self.looked - 1].1.clone())
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.inbox.seen().iter().map(|(_, d)| d.clone()).collect()
+    }
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        self.inbox.closed.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// A consumer's summary (JSON).
+#[derive(Debug, Clone)]
+pub struct Report(pub serde_json::Value);
+
+impl Report {
+    /// The number at `key`; panics if it is missing or not a number.
+    #[track_caller]
+    pub fn u64(&self, key: &str) -> u64 {
+        self.0
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_else(|| panic!("summary has no number {key}: {}", self.0))
+    }
+
+    /// Panics unless the verify sink saw nothing lost, duplicated, reordered or corrupt,
+    /// and exactly `records` records.
+    #[track_caller]
+    pub fn assert_verified(&self, records: u64) {
+        for key in ["lost", "duplicated", "reordered", "corrupt"] {
+            assert_eq!(self.u64(key), 0, "{key} in {}", self.0);
+        }
+        assert_eq!(self.u64("received"), records, "received in {}", self.0);
+    }
+}
+
+/// A TOML basic string holding `text`.
+pub fn toml_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A `[segment]` section naming `location`, followed by the `extra` lines
+/// (`"capacity = \"256KiB\""`).
+pub fn segment_section(location: &Location, extra: &[&str]) -> String {
+    let [backend, name] = location_args(location);
+    let mut out = format!("[segment]\nname = {}\nbackend = {}\n", toml_string(&name), toml_string(&backend));
+    for line in extra {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A read-only view of the segment at `location`: it attaches as nobody, so the daemons
+/// run as if it were not there.
+#[track_caller]
+pub fn observe(location: &Location) -> Segment {
+    Segment::builder(location.clone())
+        .read_only()
+        .expected_owner(None)
+        .open()
+        .unwrap_or_else(|e| panic!("open {location} read-only: {e}"))
+}
+
+/// Waits until the segment at `location` exists, then returns a read-only view of it.
+#[track_caller]
+pub fn observe_when_created(location: &Location) -> Segment {
+    let mut segment = None;
+    fixture::wait_until(PATIENCE, &format!("{location} exists"), || {
+        segment = Segment::builder(location.clone()).read_only().expected_owner(None).open().ok();
+        segment.is_some()
+    });
+    segment.expect("opened above")
+}
+
+/// Waits until the consumer has released everything the producer published.
+#[track_caller]
+pub fn wait_drained(segment: &Segment) -> StatsSnapshot {
+    let mut stats = segment.stats();
+    fixture::wait_until(PATIENCE, "the ring is drained", || {
+        stats = segment.stats();
+        stats.read_cursor == stats.write_cursor
+    });
+    stats
+}
+
+/// Waits until the producer has published at least `records` records in all.
+#[track_caller]
+pub fn wait_produced(segment: &Segment, records: u64) -> StatsSnapshot {
+    let mut stats = segment.stats();
+    fixture::wait_until(PATIENCE, &format!("{records} records are produced"), || {
+        stats = segment.stats();
+        stats.total_produced >= records
+    });
+    stats
+}
+
+/// FNV-1a, 64-bit, as the generator's record format specifies it.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// The sequence number of a generator record (u64 LE sequence, u64 LE send time,
+/// payload, u64 LE FNV-1a of everything before it); `None` if it is too short or its
+/// checksum does not match.
+pub fn generator_seq(record: &[u8]) -> Option<u64> {
+    let n = record.len();
+    if n < 24 {
+        return None;
+    }
+    let word = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().expect("8 bytes"));
+    (fnv1a(&record[..n - 8]) == word(n - 8)).then(|| word(0))
+}
+
+/// Frames `records` as the `binary` format does (u32 LE length, then the bytes).
+pub fn binary_frames<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        out.extend_from_slice(&u32::try_from(r.len()).expect("records are small").to_le_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+/// Splits a `binary` file into its records; panics if it ends inside one.
+#[track_caller]
+pub fn split_binary(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        assert!(rest.len() >= 4, "the file ends inside a length prefix, after {} records", out.len());
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        assert!(
+            rest.len() >= 4 + len,
+            "record {} claims {len} bytes, {} remain: a torn record, or the file ends inside one",
+            out.len(),
+            rest.len() - 4
+        );
+        out.push(&rest[4..4 + len]);
+        rest = &rest[4 + len..];
+    }
+    out
+}
+
+/// Panics unless the binary file at `path` holds generator records `0..records`, each
+/// exactly once, in order, none corrupt.
+#[track_caller]
+pub fn assert_generator_file(path: &Path, records: u64) {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert_generator_stream(&bytes, &path.display().to_string(), records);
+}
+
+/// Panics unless `bytes` (the `binary` format, `what` in messages) hold generator records
+/// `0..records`, each exactly once, in order, none corrupt.
+#[track_caller]
+pub fn assert_generator_stream(bytes: &[u8], what: &str, records: u64) {
+    let frames = split_binary(bytes);
+    for (i, frame) in frames.iter().enumerate() {
+        let seq =
+            generator_seq(frame).unwrap_or_else(|| panic!("record {i} of {what} is corrupt ({} bytes)", frame.len()));
+        if seq != i as u64 {
+            let earlier = frames[..i].iter().any(|f| generator_seq(f) == Some(seq));
+            let how = if earlier {
+                "a duplicate"
+            } else if seq > i as u64 {
+                "after a gap"
+            } else {
+                "out of order"
+            };
+            panic!(
+                "record {i} of {what} has sequence number {seq}: {how} ({} records, {records} expected)",
+                frames.len()
+            );
+        }
+    }
+    assert_eq!(frames.len() as u64, records, "{what} holds {} records", frames.len());
+}
+
+/// A new FIFO in the fixture's directory, for a daemon's standard input.
+pub fn fifo(fx: &Fixture, stem: &str) -> PathBuf {
+    let path = fx.path(stem);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
+    path
+}
+
+/// Opens the FIFO at `path` for writing once its reader (the daemon) has opened it,
+/// without ever blocking on a reader that never comes.
+#[track_caller]
+pub fn open_fifo_writer(path: &Path) -> fs::File {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // O_NONBLOCK: ENXIO instead of waiting while nobody reads.
+        match fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
+            Ok(file) => {
+                nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
+                    .expect("make the FIFO blocking");
+                return file;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("open {} for writing: {e}", path.display()),
+        }
+    }
+}
+
+/// A local TCP port nobody listens on right now.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind an ephemeral port").port()
+}
+
+/// A local UDP port nobody is bound to right now.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("bind an ephemeral port").port()
+}
+
+/// Whether some socket is bound to UDP `127.0.0.1:port` (from `/proc/net/udp`).
+pub fn udp_port_bound(port: u16) -> bool {
+    let table = fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
+}
+
+/// `GET /metrics` over HTTP/1.0; the whole response, head and body.
+#[track_caller]
+pub fn http_get(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect_timeout(&addr, PATIENCE).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(PATIENCE)).expect("a non-zero timeout");
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap_or_else(|e| panic!("read the response from {addr}: {e}"));
+    response
+}
+
+/// The value of the Prometheus sample `name` (with its labels, as written) in `text`.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
