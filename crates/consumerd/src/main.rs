@@ -14,6 +14,8 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use shm_core::Segment;
+use shm_daemon::service::{Ended, Service};
 use shm_daemon::{exit, launch, logging, metrics};
 use tracing::{error, info, warn};
 
@@ -54,19 +56,69 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Result<u8> {
-    let segment = shm_daemon::segment::open(&settings.segment)?;
-    let consumer = segment.consumer_with(settings.segment.wait)?;
-    let created = segment.info()?.created_unix_ns;
-    let sink =
-        sinks::build(&settings.sink, created).with_context(|| format!("opening the {:?} sink", settings.sink))?;
-    info!(segment = %segment.location(), config = %settings.origin, sink = ?settings.sink, "consumer attached");
+    let log = Arc::new(log);
     let shared = Arc::new(daemon::Shared::default());
-    let ring = {
-        let (shared, segment, drain) = (shared.clone(), segment.clone(), settings.drain_timeout);
-        std::thread::Builder::new()
-            .name("ring".into())
-            .spawn(move || daemon::run(consumer, segment, sink, drain, shared))?
+    let mut sink: Option<Box<dyn sinks::Sink>> = None;
+    let sink = loop {
+        let segment = shm_daemon::segment::open(&settings.segment)?;
+        let consumer = segment.consumer_with(settings.segment.wait)?;
+        let created = segment.info()?.created_unix_ns;
+        let this_sink = match sink.take() {
+            None => sinks::build(&settings.sink, created)
+                .with_context(|| format!("opening the {:?} sink", settings.sink))?,
+            Some(mut previous) => {
+                previous.switch_segment(created).context("moving the sink's state to the new segment")?;
+                previous
+            }
+        };
+        shared.stop.store(false, Ordering::Relaxed);
+        info!(segment = %segment.location(), config = %settings.origin, sink = ?settings.sink, "consumer attached");
+        let ring = {
+            let (shared, segment, drain) = (shared.clone(), segment.clone(), settings.drain_timeout);
+            std::thread::Builder::new()
+                .name("ring".into())
+                .spawn(move || daemon::run(consumer, segment, this_sink, drain, shared))?
+        };
+        let (ended, result) = service(args, &settings, &segment, &shared, &log).run(ring)?;
+        let returned = result?;
+        if ended != Ended::Unlinked {
+            break returned;
+        }
+        error!(segment = %segment.location(), "the segment was unlinked while in use; what was in it has been drained");
+        if !settings.segment.recreate_when_unlinked {
+            finish(args, &shared, returned.as_ref())?;
+            return Ok(exit::UNLINKED);
+        }
+        info!(segment = %segment.location(), "waiting for it to be re-created (on_unlinked = \"recreate\")");
+        sink = Some(returned);
     };
+    finish(args, &shared, sink.as_ref())?;
+    if sink.failed() {
+        error!("verify found lost, duplicated, reordered or corrupt records");
+        return Ok(exit::FAILURE);
+    }
+    Ok(exit::OK)
+}
+
+/// Logs the sink's summary and writes it to `--summary-file`.
+fn finish(args: &Args, shared: &daemon::Shared, sink: &dyn sinks::Sink) -> Result<()> {
+    let report = sink.report();
+    info!(delivered = shared.delivered.load(Ordering::Relaxed), summary = %report, "stopped");
+    if let Some(path) = &args.summary_file {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The service loop's view of this daemon: metrics, status, reload, unlink check.
+fn service(
+    args: &Args,
+    settings: &config::Settings,
+    segment: &Segment,
+    shared: &Arc<daemon::Shared>,
+    log: &Arc<logging::LogHandle>,
+) -> Service {
     let name = segment.location().to_string();
     let metrics = settings.metrics.map(|addr| {
         let (segment, shared) = (segment.clone(), shared.clone());
@@ -87,7 +139,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         |total, rate| format!("{total} records delivered, {rate:.0}/s"),
     );
     let reload = {
-        let (shared, config_path, current) = (shared.clone(), args.config.clone(), settings.clone());
+        let (shared, config_path, current, log) = (shared.clone(), args.config.clone(), settings.clone(), log.clone());
         Box::new(move || match load(config_path.as_deref()) {
             Err(e) => warn!("reload failed, keeping the running config: {e}"),
             Ok((new, _)) => {
@@ -100,23 +152,9 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
             }
         })
     };
-    let service = shm_daemon::service::Service {
-        stop: shared.stop.clone(),
-        heartbeat: shared.heartbeat.clone(),
-        metrics,
-        status,
-        reload,
+    let unlinked = {
+        let segment = segment.clone();
+        Box::new(move || segment.is_unlinked())
     };
-    let sink = service.run(ring)??;
-    let report = sink.report();
-    info!(delivered = shared.delivered.load(Ordering::Relaxed), summary = %report, "stopped");
-    if let Some(path) = &args.summary_file {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if sink.failed() {
-        error!("verify found lost, duplicated, reordered or corrupt records");
-        return Ok(exit::FAILURE);
-    }
-    Ok(exit::OK)
+    Service { stop: shared.stop.clone(), heartbeat: shared.heartbeat.clone(), metrics, status, reload, unlinked }
 }

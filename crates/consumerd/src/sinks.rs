@@ -28,6 +28,11 @@ pub trait Sink: Send {
     fn rotate(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Continues on a new segment (the old one was unlinked and re-created): positions
+    /// start again at 0, the sink's own state carries on.
+    fn switch_segment(&mut self, _segment_created_ns: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Counters for metrics and the summary.
     fn counters(&self) -> Vec<(&'static str, u64)>;
     /// The summary at shutdown.
@@ -178,6 +183,14 @@ impl Sink for Verify {
         }
         self.expected = Some(d.seq + 1);
         Ok(())
+    }
+
+    fn switch_segment(&mut self, segment_created_ns: u64) -> io::Result<()> {
+        self.skip_until = 0;
+        if let Some((_, created)) = &mut self.state {
+            *created = segment_created_ns;
+        }
+        self.make_durable(0)
     }
 
     fn make_durable(&mut self, next_position: u64) -> io::Result<()> {
@@ -495,6 +508,12 @@ impl Sink for FileSink {
         self.store_progress()?;
         info!(path = %self.path.display(), "file re-opened");
         Ok(())
+    }
+
+    fn switch_segment(&mut self, segment_created_ns: u64) -> io::Result<()> {
+        self.out.flush()?;
+        (self.segment_created_ns, self.position, self.skip_until) = (segment_created_ns, 0, 0);
+        self.store_progress()
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

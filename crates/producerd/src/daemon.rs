@@ -41,6 +41,9 @@ pub struct Shared {
     pub dropped: AtomicU64,
     /// Input that could not become a record (too large, truncated, I/O errors).
     pub source_errors: AtomicU64,
+    /// The generator's next sequence number plus one (0: none yet), kept across a
+    /// re-created segment so the stream continues rather than restarting at 0.
+    pub next_seq_plus_one: AtomicU64,
 }
 
 impl Shared {
@@ -95,22 +98,29 @@ pub fn open(source: &SourceKind) -> Result<Opened> {
     })
 }
 
-/// Runs the source until it ends or a stop is requested.
+/// Runs the source until it ends or a stop is requested. The source stays open, so a
+/// daemon that re-creates an unlinked segment carries on with it.
 pub fn run(
     mut producer: Producer,
     segment: Segment,
-    source: Opened,
+    source: &mut Opened,
     drop_when_full: bool,
     shared: Arc<Shared>,
 ) -> Result<()> {
     match source {
-        Opened::Generator { count, sizes } => generate(&mut producer, &segment, count, sizes, drop_when_full, &shared),
-        Opened::Stdin { binary } => read_stream(&mut producer, std::io::stdin().lock(), binary, &shared),
+        Opened::Generator { count, sizes } => {
+            generate(&mut producer, &segment, *count, *sizes, drop_when_full, &shared)
+        }
+        Opened::Stdin { binary } => read_stream(&mut producer, std::io::stdin().lock(), *binary, &shared),
         Opened::Udp(sock) => receive_datagrams(&mut producer, sock.as_fd(), &shared),
-        Opened::Unix(sock, path) => {
-            let result = receive_datagrams(&mut producer, sock.as_fd(), &shared);
-            let _ = std::fs::remove_file(&path);
-            result
+        Opened::Unix(sock, _) => receive_datagrams(&mut producer, sock.as_fd(), &shared),
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if let Opened::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -156,7 +166,8 @@ fn generate(
     drop_when_full: bool,
     shared: &Shared,
 ) -> Result<()> {
-    let mut seq = resume_sequence(producer, segment);
+    let remembered = shared.next_seq_plus_one.load(Ordering::Relaxed).checked_sub(1);
+    let mut seq = resume_sequence(producer, segment).max(remembered.unwrap_or(0));
     let first = seq;
     let mut sizes = Sizes { state: 0x9E37_79B9_7F4A_7C15 ^ seq, min, span: (max - min) as u64 };
     let mut rate = shared.rate.load(Ordering::Relaxed);
@@ -204,12 +215,14 @@ fn generate(
         }
         sent_since += written;
         shared.committed.fetch_add(written, Ordering::Relaxed);
+        shared.next_seq_plus_one.store(seq + 1, Ordering::Relaxed);
         if written < due {
             if drop_when_full && rate != 0 {
                 // The dropped records still take their sequence numbers, so a verify
                 // sink downstream counts them as lost: dropping is never silent.
                 let dropped = due - written;
                 seq += dropped;
+                shared.next_seq_plus_one.store(seq + 1, Ordering::Relaxed);
                 sent_since += dropped;
                 shared.dropped.fetch_add(dropped, Ordering::Relaxed);
             } else {

@@ -13,8 +13,10 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use clap::Parser;
+use shm_core::Segment;
+use shm_daemon::service::{Ended, Service};
 use shm_daemon::{exit, launch, logging, metrics};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Moves records from a source (generator, stdin, UDP, Unix socket) into a shmring ring.
 #[derive(Debug, Parser)]
@@ -45,26 +47,60 @@ fn main() -> ExitCode {
         args.check_config,
         || load(args.config.as_deref()),
         |s| &s.log,
-        |settings, log| run(&args, settings, log).map(|()| exit::OK),
+        |settings, log| run(&args, settings, log),
     )
 }
 
-fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Result<()> {
-    let segment = shm_daemon::segment::open(&settings.segment)?;
-    let producer = segment.producer_with(settings.segment.wait)?;
+fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Result<u8> {
+    let log = Arc::new(log);
     let shared = Arc::new(daemon::Shared::default());
     if let config::SourceKind::Generator { rate, .. } = settings.source {
         shared.rate.store(rate, Ordering::Relaxed);
     }
-    info!(segment = %segment.location(), config = %settings.origin, source = ?settings.source, "producer attached");
-    let source = daemon::open(&settings.source)?;
-    let ring = {
-        let (shared, segment) = (shared.clone(), segment.clone());
-        let drop_when_full = settings.drop_when_full;
-        std::thread::Builder::new()
-            .name("ring".into())
-            .spawn(move || daemon::run(producer, segment, source, drop_when_full, shared))?
-    };
+    let mut source = daemon::open(&settings.source)?;
+    loop {
+        let segment = shm_daemon::segment::open(&settings.segment)?;
+        let producer = segment.producer_with(settings.segment.wait)?;
+        shared.stop.store(false, Ordering::Relaxed);
+        info!(segment = %segment.location(), config = %settings.origin, source = ?settings.source, "producer attached");
+        let ring = {
+            let (shared, segment) = (shared.clone(), segment.clone());
+            let drop_when_full = settings.drop_when_full;
+            std::thread::Builder::new().name("ring".into()).spawn(move || {
+                let result = daemon::run(producer, segment, &mut source, drop_when_full, shared);
+                (source, result)
+            })?
+        };
+        let service = service(args, &settings, &segment, &shared, &log);
+        let (ended, (returned, result)) = service.run(ring)?;
+        source = returned;
+        result?;
+        if ended != Ended::Unlinked {
+            break;
+        }
+        error!(segment = %segment.location(), "the segment was unlinked while in use: nothing can reach what is written there");
+        if !settings.segment.recreate_when_unlinked {
+            return Ok(exit::UNLINKED);
+        }
+        info!(segment = %segment.location(), "re-creating it (on_unlinked = \"recreate\")");
+    }
+    info!(
+        committed = shared.committed.load(Ordering::Relaxed),
+        dropped = shared.dropped.load(Ordering::Relaxed),
+        source_errors = shared.source_errors.load(Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(exit::OK)
+}
+
+/// The service loop's view of this daemon: metrics, status, reload, unlink check.
+fn service(
+    args: &Args,
+    settings: &config::Settings,
+    segment: &Segment,
+    shared: &Arc<daemon::Shared>,
+    log: &Arc<logging::LogHandle>,
+) -> Service {
     let name = segment.location().to_string();
     let metrics = settings.metrics.map(|addr| {
         let (segment, shared, name) = (segment.clone(), shared.clone(), name.clone());
@@ -89,7 +125,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         )
     };
     let reload = {
-        let (shared, current) = (shared.clone(), settings.clone());
+        let (shared, current, log) = (shared.clone(), settings.clone(), log.clone());
         let config_path = args.config.clone();
         Box::new(move || match load(config_path.as_deref()) {
             Err(e) => warn!("reload failed, keeping the running config: {e}"),
@@ -107,19 +143,9 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
             }
         })
     };
-    let service = shm_daemon::service::Service {
-        stop: shared.stop.clone(),
-        heartbeat: shared.heartbeat.clone(),
-        metrics,
-        status,
-        reload,
+    let unlinked = {
+        let segment = segment.clone();
+        Box::new(move || segment.is_unlinked())
     };
-    service.run(ring)??;
-    info!(
-        committed = shared.committed.load(Ordering::Relaxed),
-        dropped = shared.dropped.load(Ordering::Relaxed),
-        source_errors = shared.source_errors.load(Ordering::Relaxed),
-        "stopped"
-    );
-    Ok(())
+    Service { stop: shared.stop.clone(), heartbeat: shared.heartbeat.clone(), metrics, status, reload, unlinked }
 }

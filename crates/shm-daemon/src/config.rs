@@ -177,6 +177,8 @@ pub struct RawSegment {
     pub wait_for_segment: Option<Spanned<String>>,
     /// User whose segment to trust when opening (default: our own user).
     pub owner: Option<Spanned<String>>,
+    /// `exit` or `recreate` when the segment is unlinked under the daemon.
+    pub on_unlinked: Option<Spanned<String>>,
 }
 
 /// What to do when the segment does not exist.
@@ -213,6 +215,8 @@ pub struct SegmentSettings {
     pub wait_for_segment: Duration,
     /// Owner uid to trust when opening.
     pub owner: u32,
+    /// Re-open or re-create the segment in-process when it is unlinked (else exit 75).
+    pub recreate_when_unlinked: bool,
 }
 
 /// Defaults of `[segment]` that differ between the daemons.
@@ -318,6 +322,17 @@ impl RawSegment {
             Some(o) => uid_of(o.get_ref())
                 .ok_or_else(|| src.error("segment.owner", Some(o), format!("no user {:?}", o.get_ref())))?,
         };
+        let recreate_when_unlinked = match self.on_unlinked.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("exit") => false,
+            Some("recreate") => true,
+            Some(other) => {
+                return Err(src.error(
+                    "segment.on_unlinked",
+                    self.on_unlinked.as_ref(),
+                    format!("{other:?} is not \"exit\" or \"recreate\""),
+                ));
+            }
+        };
         Ok(SegmentSettings {
             location,
             capacity,
@@ -329,6 +344,7 @@ impl RawSegment {
             flush,
             wait_for_segment,
             owner,
+            recreate_when_unlinked,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! | 1  | any other failure (including a verify sink that saw lost or corrupt records) |
 //! | 66 | the segment does not exist and `create = "never"` (or it never appeared) |
 //! | 69 | the role is taken: another live producer/consumer is attached |
+//! | 75 | the segment was unlinked while in use (`on_unlinked = "exit"`): restart to recreate it |
 //! | 77 | permission denied, or the segment's owner or mode is not trusted |
 //! | 78 | invalid configuration |
 
@@ -19,6 +20,8 @@ pub const FAILURE: u8 = 1;
 pub const NO_SEGMENT: u8 = 66;
 /// The role is taken.
 pub const IN_USE: u8 = 69;
+/// The segment was unlinked while in use.
+pub const UNLINKED: u8 = 75;
 /// Permission denied or untrusted segment.
 pub const PERMISSION: u8 = 77;
 /// Invalid configuration.

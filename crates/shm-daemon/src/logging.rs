@@ -19,7 +19,9 @@ pub fn init(settings: &LogSettings) -> LogHandle {
     let filter = if from_env { EnvFilter::from_default_env() } else { EnvFilter::new(&settings.level) };
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    // Colour only on a terminal: the journal and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     if settings.json {
         registry.with(fmt.json()).init();
     } else {

@@ -19,6 +19,9 @@ use crate::metrics::{self, Render};
 use crate::notify::{Notifier, watchdog_interval};
 use crate::signals::{self, Request};
 
+/// How often the loop checks that the segment's name still leads to it.
+const UNLINK_CHECK: Duration = Duration::from_millis(500);
+
 /// How long without a heartbeat counts as a stalled ring thread (it beats every 100 ms
 /// at most while healthy), unless the watchdog period is longer.
 const STALLED: Duration = Duration::from_secs(1);
@@ -35,17 +38,30 @@ pub struct Service {
     pub status: Box<dyn FnMut() -> String>,
     /// Called on SIGHUP: reload what can change live.
     pub reload: Box<dyn FnMut()>,
+    /// Whether the segment was unlinked under us (checked twice a second).
+    pub unlinked: Box<dyn FnMut() -> bool>,
+}
+
+/// Why the service loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// SIGTERM or SIGINT.
+    Stopped,
+    /// The ring thread finished by itself (the source ended, or it failed).
+    RingFinished,
+    /// The segment was unlinked while in use: its name now leads nowhere (or elsewhere).
+    Unlinked,
 }
 
 impl Service {
-    /// Runs until a stop signal or until the ring thread ends, then stops the ring
-    /// thread and returns what it returned.
-    pub fn run<T>(mut self, ring: JoinHandle<T>) -> Result<T> {
+    /// Runs until a stop signal, the ring thread's end, or the segment's unlinking; then
+    /// stops the ring thread and returns why, with what the ring thread returned.
+    pub fn run<T>(mut self, ring: JoinHandle<T>) -> Result<(Ended, T)> {
         let notifier = Notifier::from_env();
         let mut requests = signals::listen().context("installing signal handlers")?;
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-        runtime.block_on(async {
+        let ended = runtime.block_on(async {
             if let Some((addr, render)) = self.metrics.take() {
                 let listener =
                     metrics::bind(addr).await.with_context(|| format!("binding the metrics endpoint {addr}"))?;
@@ -59,7 +75,8 @@ impl Service {
             let mut since_watchdog = Duration::ZERO;
             let mut last_beat = self.heartbeat.load(Ordering::Relaxed);
             let mut last_progress = std::time::Instant::now();
-            loop {
+            let mut since_unlink_check = Duration::ZERO;
+            let ended = loop {
                 tokio::select! {
                     request = requests.recv() => match request {
                         Some(Request::Reload) => {
@@ -69,12 +86,19 @@ impl Service {
                         }
                         Some(Request::Stop) | None => {
                             info!("stop requested");
-                            break;
+                            break Ended::Stopped;
                         }
                     },
                     _ = tick.tick() => {
                         if ring.is_finished() {
-                            break;
+                            break Ended::RingFinished;
+                        }
+                        since_unlink_check += Duration::from_millis(100);
+                        if since_unlink_check >= UNLINK_CHECK {
+                            since_unlink_check = Duration::ZERO;
+                            if (self.unlinked)() {
+                                break Ended::Unlinked;
+                            }
                         }
                         since_status += Duration::from_millis(100);
                         since_watchdog += Duration::from_millis(100);
@@ -98,13 +122,15 @@ impl Service {
                         }
                     }
                 }
-            }
-            anyhow::Ok(())
+            };
+            anyhow::Ok(ended)
         })?;
-        notifier.stopping();
+        if ended != Ended::Unlinked {
+            notifier.stopping();
+        }
         self.stop.store(true, Ordering::Relaxed);
         let result = ring.join().map_err(|_| anyhow::anyhow!("the ring thread panicked"))?;
-        notifier.status("stopped");
-        Ok(result)
+        notifier.status(if ended == Ended::Unlinked { "segment unlinked" } else { "stopped" });
+        Ok((ended, result))
     }
 }
