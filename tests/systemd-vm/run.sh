@@ -80,38 +80,39 @@ key=$(printf '%s\n' "recipe=$recipe" "suite=$suite" "variant=minbase" "packages=
     sha256sum | cut -c1-16)
 root="$cache/root-$key"
 
+# debootstrap mounts /proc and /sys inside its target while it installs: never leave them
+# mounted after a failure, and never let rm cross into them.
+unmount_under() {
+    local m
+    for m in $(awk -v p="$1/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r); do
+        umount -l "$m" || true
+    done
+}
+remove_tree() { unmount_under "$1"; rm -rf --one-file-system "$1"; }
+
 build_root() {
-    local tmp="$root.tmp.$$"
+    build_tmp="$root.tmp.$$"
     say "building the guest root $root (cold cache: debootstrap $suite from $mirror)"
-    # debootstrap mounts /proc and /sys inside the target while it installs; never let a
-    # failed run leave them mounted, and never let rm cross into them.
-    unmount_under() {
-        local m
-        for m in $(awk -v p="$1/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r); do
-            umount -l "$m" || true
-        done
-    }
-    trap 'unmount_under "$tmp"; rm -rf --one-file-system "$tmp"; cleanup' EXIT
-    rm -rf --one-file-system "$tmp"
-    # The kernel and its initramfs come with the base install: its postinst writes
-    # /boot/vmlinuz-* and /boot/initrd.img-* inside the target.
-    debootstrap --variant=minbase --include="$packages" "$suite" "$tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
+    trap 'remove_tree "$build_tmp"; cleanup' EXIT
+    # The kernel and its initramfs come with the base install: the kernel's postinst
+    # writes /boot/vmlinuz-* and /boot/initrd.img-* inside the target.
+    debootstrap --variant=minbase --include="$packages" "$suite" "$build_tmp" "$mirror" \
+        >"$cache/debootstrap.log" 2>&1 ||
         { tail -n 40 "$cache/debootstrap.log"; die "debootstrap failed (log: $cache/debootstrap.log)"; }
-    unmount_under "$tmp"
-    compgen -G "$tmp/boot/vmlinuz-*" >/dev/null && compgen -G "$tmp/boot/initrd.img-*" >/dev/null ||
-        die "no kernel or initramfs in $tmp/boot"
+    unmount_under "$build_tmp"
+    compgen -G "$build_tmp/boot/vmlinuz-*" >/dev/null && compgen -G "$build_tmp/boot/initrd.img-*" >/dev/null ||
+        die "no kernel or initramfs in $build_tmp/boot"
     # Smaller copies per run; nothing here is needed to boot.
-    rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/* "$tmp"/usr/share/doc/* \
-        "$tmp"/usr/share/man/* "$tmp"/usr/share/locale/*
-    # A throw-away VM needs no root password.
-    sed -i 's/^root:[^:]*:/root::/' "$tmp/etc/shadow"
-    mv "$tmp" "$root"
+    rm -rf "$build_tmp"/var/cache/apt/archives/*.deb "$build_tmp"/var/lib/apt/lists/* \
+        "$build_tmp"/usr/share/doc/* "$build_tmp"/usr/share/man/* "$build_tmp"/usr/share/locale/*
+    mv "$build_tmp" "$root"
     trap cleanup EXIT
 }
 
 mkdir -p "$cache"
 exec 9>"$cache/lock"
 flock 9
+for stale in "$cache"/root-*.tmp.*; do [[ -e $stale ]] && remove_tree "$stale"; done
 if [[ -d $root ]]; then
     say "guest root cached: $root"
 else
@@ -204,13 +205,19 @@ if grep -q '^FAIL' "$log.txt"; then problems+=("a check printed FAIL"); fi
 echo
 echo "---- summary ----"
 grep -E '^(PASS|FAIL) ' "$log.txt" || echo "(no PASS/FAIL lines)"
-boot_line=$(grep -m1 '^SHMRING-VM-TEST-BEGIN' "$log.txt" || true)
+boot_line=$(grep -m1 -o 'SHMRING-VM-TEST-BEGIN.*' "$log.txt" || true)
 echo "guest: ${boot_line#SHMRING-VM-TEST-BEGIN }"
 echo "VM wall time ${vm_seconds} s, whole run $(($(date +%s) - started)) s"
 if ((${#problems[@]})); then
     echo
-    echo "---- serial log, last 150 lines (all of it: $cache/last-serial.log) ----"
-    tail -n 150 "$log.txt"
+    if grep -q '^FAIL' "$log.txt"; then
+        # Each FAIL line with the status and journal excerpts the guest printed after it.
+        echo "---- the failed checks, from the serial log (all of it: $cache/last-serial.log) ----"
+        awk '/^FAIL / { on = 1 } /^(== |PASS |SHMRING-VM-TEST-END)/ { on = 0 } on' "$log.txt" | head -n 400
+    else
+        echo "---- serial log, last 150 lines (all of it: $cache/last-serial.log) ----"
+        tail -n 150 "$log.txt"
+    fi
     echo
     printf 'FAILED: %s\n' "${problems[@]}"
     exit 1

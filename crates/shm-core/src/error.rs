@@ -203,7 +203,7 @@ pub enum UnlinkError {
         location: Location,
     },
     /// The OS refused.
-    #[error("{location}: permission denied; only its owner or root can remove it (/dev/shm is sticky)")]
+    #[error("{location}: permission denied; {}", unlink_hint(location))]
     Permission {
         /// The segment.
         location: Location,
@@ -220,6 +220,15 @@ pub enum UnlinkError {
         /// The OS error.
         source: io::Error,
     },
+}
+
+/// Who may remove a segment, by backend.
+fn unlink_hint(location: &Location) -> &'static str {
+    match location {
+        Location::Posix(_) => "only its owner or root can remove it (/dev/shm is sticky)",
+        Location::Sysv(_) => "only its owner, its creator or root can remove it (IPC_RMID)",
+        Location::File(_) | Location::Anon => "removing it takes write permission on its directory",
+    }
 }
 
 fn owner_suffix(owner: Option<u32>) -> String {

@@ -6,6 +6,7 @@
 //! | 1  | any other failure (including a verify sink that saw lost or corrupt records) |
 //! | 66 | the segment does not exist and `create = "never"` (or it never appeared) |
 //! | 69 | the role is taken: another live producer/consumer is attached |
+//! | 74 | I/O error, or no space to reserve the segment (a full /dev/shm or filesystem) |
 //! | 75 | the segment was unlinked while in use (`on_unlinked = "exit"`): restart to recreate it |
 //! | 77 | permission denied, or the segment's owner or mode is not trusted |
 //! | 78 | invalid configuration |
@@ -20,6 +21,8 @@ pub const FAILURE: u8 = 1;
 pub const NO_SEGMENT: u8 = 66;
 /// The role is taken.
 pub const IN_USE: u8 = 69;
+/// I/O error or no space.
+pub const IO: u8 = 74;
 /// The segment was unlinked while in use.
 pub const UNLINKED: u8 = 75;
 /// Permission denied or untrusted segment.
@@ -54,7 +57,8 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
             return match e {
                 CreateError::Permission { .. } | CreateError::UnsafeDirectory { .. } => PERMISSION,
                 CreateError::InvalidOptions { .. } => CONFIG,
-                _ => FAILURE,
+                CreateError::NoSpace { .. } | CreateError::Io { .. } => IO,
+                CreateError::Exists { .. } => FAILURE,
             };
         }
         if let Some(e) = cause.downcast_ref::<AttachError>() {

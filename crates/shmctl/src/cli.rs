@@ -182,6 +182,10 @@ pub struct PublishArgs {
     /// How long to wait for space when the ring is full.
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     pub timeout: Duration,
+    /// Trust a segment owned by this user (name or uid); by default only your own
+    /// (root: any).
+    #[arg(long)]
+    pub owner: Option<String>,
 }
 
 /// `shmctl peek`.

@@ -9,6 +9,17 @@ use crate::cli::PublishArgs;
 use crate::exit::{USAGE, refuse};
 use crate::target::location;
 
+/// A user given by name or number.
+fn uid_of(user: &str) -> Result<u32> {
+    if let Ok(uid) = user.parse() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        _ => Err(refuse(USAGE, format!("--owner {user:?}: no such user"))),
+    }
+}
+
 pub fn run(args: PublishArgs) -> Result<()> {
     let location = location(&args.target)?;
     let data = match (&args.data, &args.file) {
@@ -27,9 +38,14 @@ pub fn run(args: PublishArgs) -> Result<()> {
             format!("--type {:#x} is reserved (types from 0xFFFF0000 belong to the ring)", args.record_type),
         ));
     }
-    // Root may publish into a daemon user's ring; anyone else only into their own.
+    // Root may publish into a daemon user's ring; anyone else only into their own, or
+    // into the one of the user named with --owner (a group member's shared ring).
     let me = nix::unistd::geteuid();
-    let owner = if me.is_root() { None } else { Some(me.as_raw()) };
+    let owner = match &args.owner {
+        Some(user) => Some(uid_of(user)?),
+        None if me.is_root() => None,
+        None => Some(me.as_raw()),
+    };
     let segment = Segment::builder(location.clone()).expected_owner(owner).open()?;
     let mut producer = segment.producer()?;
     let mut claim = producer.claim(data.len(), Some(args.timeout)).with_context(|| location.to_string())?;

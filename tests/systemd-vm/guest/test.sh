@@ -32,11 +32,21 @@ must_run() {
     done
 }
 
-# wait_restarted UNIT OLD_PID SECONDS: until UNIT runs again under another main process.
+# uptime_us: CLOCK_MONOTONIC-like microseconds, comparable to systemd's *TimestampMonotonic.
+uptime_us() { awk '{ printf "%d\n", $1 * 1000000 }' /proc/uptime; }
+
+# wait_restarted UNIT OLD_PID SECONDS SINCE_US: until UNIT runs again under another main
+# process; then says how long after SINCE_US systemd saw it active again, and what its
+# journal says since then.
 wait_restarted() {
-    local deadline=$(($(now_ms) + $3 * 1000))
+    local deadline=$(($(now_ms) + $3 * 1000)) active
     while (($(now_ms) < deadline)); do
-        if running "$1" && [[ $(prop "$1" MainPID) != "$2" ]]; then return 0; fi
+        if running "$1" && [[ $(prop "$1" MainPID) != "$2" ]]; then
+            active=$(prop "$1" ActiveEnterTimestampMonotonic)
+            info "$1 active again as $(prop "$1" MainPID), $(((active - $4) / 1000)) ms after the event (systemd's ActiveEnterTimestamp), NRestarts $(prop "$1" NRestarts)"
+            journalctl -u "$1" -o short-monotonic --no-pager --since "-$((($(uptime_us) - $4) / 1000000 + 2))s" | sed 's/^/    /'
+            return 0
+        fi
         sleep 0.2
     done
     return 1
@@ -163,10 +173,9 @@ check_restart_after_kill() {
     show=(consumerd)
     local old n0 t0
     has_main consumerd || return 1
-    old=$(prop consumerd MainPID) n0=$(prop consumerd NRestarts) t0=$(now_ms)
+    old=$(prop consumerd MainPID) n0=$(prop consumerd NRestarts) t0=$(uptime_us)
     kill -9 "$old"
-    wait_restarted consumerd "$old" 15 || { why="consumerd did not run again within 15 s of kill -9"; return 1; }
-    info "consumerd: kill -9 $old -> running as $(prop consumerd MainPID) after $(($(now_ms) - t0)) ms, NRestarts $n0 -> $(prop consumerd NRestarts)"
+    wait_restarted consumerd "$old" 15 "$t0" || { why="consumerd did not run again within 15 s of kill -9"; return 1; }
     (($(prop consumerd NRestarts) == n0 + 1)) || { why="NRestarts went $n0 -> $(prop consumerd NRestarts), want +1"; return 1; }
     must_run producerd && flowing $RING
 }
@@ -175,10 +184,9 @@ check_watchdog_restart() {
     show=(consumerd)
     local old n0 t0
     has_main consumerd || return 1
-    old=$(prop consumerd MainPID) n0=$(prop consumerd NRestarts) t0=$(now_ms)
+    old=$(prop consumerd MainPID) n0=$(prop consumerd NRestarts) t0=$(uptime_us)
     kill -STOP "$old"
-    wait_restarted consumerd "$old" 15 || { why="consumerd did not run again within 15 s of SIGSTOP (WatchdogSec=3s)"; return 1; }
-    info "consumerd: SIGSTOP $old -> running as $(prop consumerd MainPID) after $(($(now_ms) - t0)) ms, NRestarts $n0 -> $(prop consumerd NRestarts)"
+    wait_restarted consumerd "$old" 15 "$t0" || { why="consumerd did not run again within 15 s of SIGSTOP (WatchdogSec=3s)"; return 1; }
     journalctl -u consumerd -o cat --no-pager | grep -qi 'watchdog timeout' || { why="no 'Watchdog timeout' in journalctl -u consumerd"; return 1; }
     (($(prop consumerd NRestarts) == n0 + 1)) || { why="NRestarts went $n0 -> $(prop consumerd NRestarts), want +1"; return 1; }
     must_run producerd && flowing $RING
@@ -215,7 +223,9 @@ check_broken_config() {
     out=$(timeout 60 systemctl start producerd@broken 2>&1)
     status=$?
     info "systemctl start producerd@broken exited $status after $(($(now_ms) - t0)) ms: $out"
-    info "producerd@broken: $(prop producerd@broken ActiveState) ($(prop producerd@broken SubState)), Result=$(prop producerd@broken Result), NRestarts=$(prop producerd@broken NRestarts)"
+    # Not a check (yet): whether systemd keeps retrying a config error (exit 78).
+    sleep 3
+    info "3 s later: producerd@broken $(prop producerd@broken ActiveState) ($(prop producerd@broken SubState)), Result=$(prop producerd@broken Result), NRestarts=$(prop producerd@broken NRestarts)"
     journal=$(journalctl -u producerd@broken -o cat --no-pager)
     systemctl stop producerd@broken 2>/dev/null
     systemctl reset-failed producerd@broken 2>/dev/null
@@ -252,6 +262,7 @@ check_template_stop() {
 run_check() {
     local name=$1 u
     why="" show=()
+    echo "== $name"
     if "check_${name//-/_}"; then
         echo "PASS $name"
         return
@@ -265,6 +276,8 @@ run_check() {
     done
 }
 
+# A line of its own: the firmware leaves escape sequences on the console's last line.
+echo
 echo "SHMRING-VM-TEST-BEGIN uptime $(cut -d' ' -f1 /proc/uptime) s, $(systemctl --version | head -n1), kernel $(uname -r)"
 
 # Test instrumentation, in place before the first start: a short watchdog for the
@@ -275,8 +288,9 @@ for unit in producerd.service consumerd.service producerd@.service consumerd@.se
     mkdir -p "/etc/systemd/system/$unit.d"
     cat >"/etc/systemd/system/$unit.d/exit-status.conf" <<'EOF'
 [Service]
+# "+": outside the unit's sandbox, which takes seconds to set up under emulation.
 # $$ is systemd's escape for a literal $: sh expands these variables.
-ExecStopPost=/bin/sh -c 'echo "shmring-vm-test: exit SERVICE_RESULT=$$SERVICE_RESULT EXIT_CODE=$$EXIT_CODE EXIT_STATUS=$$EXIT_STATUS"'
+ExecStopPost=+/bin/sh -c 'echo "shmring-vm-test: exit SERVICE_RESULT=$$SERVICE_RESULT EXIT_CODE=$$EXIT_CODE EXIT_STATUS=$$EXIT_STATUS"'
 EOF
 done
 systemctl daemon-reload
