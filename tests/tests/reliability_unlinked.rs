@@ -1,0 +1,109 @@
+//! A segment unlinked under running daemons (`shmctl unlink --force`, `rm` in /dev/shm, an
+//! operator's mistake): both daemons notice within about a second, log it, and act as
+//! `on_unlinked` says — `exit` (code 75, so systemd restarts them on a fresh segment) or
+//! `recreate` (carry on in-process on a re-created segment). Neither goes on writing into
+//! a segment nobody else can reach.
+
+use std::time::{Duration, Instant};
+
+use shm_core::{Location, Segment};
+use shmring_tests::daemons::{Daemon, Kind, observe, observe_when_created, segment_section};
+use shmring_tests::{Backend, Fixture, wait_until};
+
+/// The exit code of a daemon whose segment was unlinked (`shm_daemon::exit::UNLINKED`).
+const UNLINKED: i32 = 75;
+
+fn producer(location: &Location, extra: &[&str]) -> String {
+    format!("{}[source]\nkind = \"generator\"\nrate = 50000\n", segment_section(location, extra))
+}
+
+fn consumer(location: &Location, extra: &[&str]) -> String {
+    let mut lines = vec!["wait_for_segment = \"10s\""];
+    lines.extend_from_slice(extra);
+    format!("{}[sink]\nkind = \"verify\"\n", segment_section(location, &lines))
+}
+
+/// Waits until the ring has moved at least `records` records end to end.
+fn wait_consumed(segment: &Segment, records: u64) {
+    wait_until(Duration::from_secs(10), &format!("{records} records consumed"), || {
+        segment.stats().total_consumed >= records
+    });
+}
+
+#[test]
+fn by_default_both_daemons_exit_75_soon_after_the_unlink() {
+    for backend in Backend::NAMED {
+        let fx = Fixture::new("unlinked-exit");
+        let location = fx.location(backend);
+        let consumerd = Daemon::launch(&fx, Kind::Consumer, &consumer(&location, &[])).start(&fx);
+        let producerd = Daemon::ready(&fx, Kind::Producer, &producer(&location, &[]));
+        wait_consumed(&observe(&location), 1000);
+
+        let unlinked_at = Instant::now();
+        Segment::unlink(&location).expect("unlink the running segment");
+        for (name, daemon) in [("producerd", &producerd), ("consumerd", &consumerd)] {
+            let finished = daemon.wait(&fx);
+            assert_eq!(finished.status.code(), Some(UNLINKED), "{backend:?} {name}: {finished:?}");
+            assert!(daemon.log().contains("unlinked while in use"), "{backend:?} {name} log:\n{}", daemon.log());
+        }
+        let noticed = unlinked_at.elapsed();
+        assert!(noticed < Duration::from_secs(3), "{backend:?}: took {noticed:?} to notice and stop");
+        let summary = consumerd.summary();
+        for key in ["duplicated", "reordered", "corrupt"] {
+            assert_eq!(summary.u64(key), 0, "{backend:?} {key}: {}", summary.0);
+        }
+        assert!(summary.u64("received") >= 1000, "{backend:?}: {}", summary.0);
+        println!(
+            "RELIABILITY {{\"test\": \"unlinked_exit_{}\", \"fault\": \"segment unlinked under running daemons (on_unlinked = exit)\", \"runs\": 1, \"outcome\": \"both exited 75 within {:.1} s\", \"lost\": {}, \"duplicated\": 0}}",
+            backend.name(),
+            noticed.as_secs_f64(),
+            summary.u64("lost")
+        );
+    }
+}
+
+#[test]
+fn with_recreate_the_stream_continues_on_a_new_segment() {
+    let fx = Fixture::new("unlinked-recreate");
+    let location = fx.location(Backend::Posix);
+    let recreate = ["on_unlinked = \"recreate\""];
+    let consumerd = Daemon::launch(&fx, Kind::Consumer, &consumer(&location, &recreate)).start(&fx);
+    let producerd = Daemon::ready(&fx, Kind::Producer, &producer(&location, &recreate));
+    let old = observe(&location);
+    wait_consumed(&old, 1000);
+    let old_created = old.info().expect("info").created_unix_ns;
+    let consumed_before = old.stats().total_consumed;
+    drop(old);
+
+    Segment::unlink(&location).expect("unlink the running segment");
+    // A new segment appears under the same name, and records flow through it.
+    let mut new = observe_when_created(&location);
+    wait_until(Duration::from_secs(10), "a re-created segment", || {
+        if new.info().is_ok_and(|i| i.created_unix_ns != old_created) {
+            return true;
+        }
+        if let Ok(s) = Segment::builder(location.clone()).read_only().expected_owner(None).open() {
+            new = s;
+        }
+        false
+    });
+    wait_consumed(&new, 1000);
+    assert!(producerd.log().contains("re-creating it"), "producer log:\n{}", producerd.log());
+    assert!(consumerd.log().contains("waiting for it to be re-created"), "consumer log:\n{}", consumerd.log());
+
+    let produced = producerd.stop(&fx);
+    assert!(produced.status.success(), "{produced:?}");
+    let consumed = consumerd.stop(&fx);
+    assert!(consumed.status.success() || consumed.status.code() == Some(1), "{consumed:?}");
+    let summary = consumerd.summary();
+    // The generator carried its sequence over: a restart at 0 would show as duplicates.
+    for key in ["duplicated", "reordered", "corrupt"] {
+        assert_eq!(summary.u64(key), 0, "{key}: {}", summary.0);
+    }
+    assert!(summary.u64("received") > consumed_before + 1000, "{}", summary.0);
+    println!(
+        "RELIABILITY {{\"test\": \"unlinked_recreate\", \"fault\": \"segment unlinked under running daemons (on_unlinked = recreate)\", \"runs\": 1, \"outcome\": \"both carried on on a re-created segment, {} records verified\", \"lost\": {}, \"duplicated\": 0}}",
+        summary.u64("received"),
+        summary.u64("lost")
+    );
+}
