@@ -203,95 +203,19 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use shm_daemon::testing::{assert_config_error_says_where, config_text};
 
     use super::*;
 
-    /// Lines a config is made of: real keys and sections, with values of every type.
-    fn line() -> impl Strategy<Value = String> {
-        let keys = prop::sample::select(vec![
-            "name",
-            "backend",
-            "capacity",
-            "max_record",
-            "mode",
-            "group",
-            "create",
-            "wait",
-            "flush",
-            "wait_for_segment",
-            "owner",
-            "on_unlinked",
-            "kind",
-            "on_full",
-            "rate",
-            "count",
-            "min_size",
-            "max_size",
-            "format",
-            "bind",
-            "path",
-            "fsync",
-            "target",
-            "state",
-            "drain_timeout",
-            "level",
-            "listen",
-            "bogus",
-        ]);
-        let values = prop::sample::select(vec![
-            "\"/ring\"",
-            "\"nope\"",
-            "\"posix\"",
-            "\"sysv\"",
-            "\"file\"",
-            "\"64KiB\"",
-            "\"3000\"",
-            "4096",
-            "-1",
-            "true",
-            "\"0600\"",
-            "\"0666\"",
-            "\"never\"",
-            "\"generator\"",
-            "\"udp\"",
-            "\"verify\"",
-            "\"file\"",
-            "\"1s\"",
-            "\"x\"",
-            "[1, 2]",
-            "{ a = 1 }",
-            "\"127.0.0.1:9000\"",
-            "1e99",
-            "\"\"",
-        ]);
-        let sections =
-            prop::sample::select(vec!["[segment]", "[source]", "[sink]", "[shutdown]", "[log]", "[metrics]", "[x]"]);
-        prop_oneof![
-            (keys, values).prop_map(|(k, v)| format!("{k} = {v}")),
-            sections.prop_map(str::to_owned),
-            "[ -~]{0,40}",
-        ]
-    }
-
     proptest! {
-        /// Whatever the file holds, loading it gives settings or an error naming where
-        /// (a line or a key), and never panics.
+        /// Whatever the file holds, loading it gives settings or an error naming where,
+        /// and never panics (the config-parsing fuzz target, run as proptest).
         #[test]
-        fn any_config_loads_or_says_where_it_is_wrong(lines in prop::collection::vec(line(), 0..12)) {
-            let text = lines.join("\n");
-            match load(&Source::embedded(&text)) {
-                Ok(_) => {}
-                Err(e) => {
-                    let message = e.to_string();
-                    prop_assert!(
-                        message.contains("line ") || message.contains('.') || message.contains("required"),
-                        "an error that does not say where: {message}\n---\n{text}"
-                    );
-                }
-            }
+        fn any_config_loads_or_says_where_it_is_wrong(text in config_text()) {
+            assert_config_error_says_where(&text, load(&Source::embedded(&text)).err());
         }
 
-        /// Arbitrary bytes never panic the loader.
+        /// Arbitrary text never panics the loader.
         #[test]
         fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
             let _ = load(&Source::embedded(&text));

@@ -15,3 +15,5 @@ pub mod record;
 pub mod segment;
 pub mod service;
 pub mod signals;
+#[cfg(feature = "testing")]
+pub mod testing;
