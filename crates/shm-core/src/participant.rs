@@ -28,6 +28,8 @@ const LOCK_BASE: i64 = 1 << 50;
 /// Slot states stored in [`ParticipantSlot::state`].
 const STATE_ATTACHED: u32 = 1;
 const STATE_DETACHED: u32 = 2;
+/// The lock is held and the holder is writing its details.
+const STATE_CLAIMING: u32 = 3;
 
 /// What a participant does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -164,6 +166,28 @@ pub(crate) fn read_table(header: &Header, lock_fd: Option<&OwnedFd>) -> Vec<Part
         .collect()
 }
 
+/// The pid recorded by the live holder of a slot's lock, for an error message: the
+/// holder takes the lock first and records itself just after, so wait briefly (this is
+/// an error path) until the record is complete and stable. `None` if it never is.
+pub(crate) fn holder_pid(slot: &ParticipantSlot) -> Option<u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    let mut last = None;
+    loop {
+        // Acquire: pairs with the Release store of `state` in `Attachment::record`.
+        let state = slot.state.load(Ordering::Acquire);
+        let pid = slot.pid.load(Ordering::Relaxed);
+        let now = (state == STATE_ATTACHED && pid != 0).then_some(pid);
+        if now.is_some() && now == last {
+            return now;
+        }
+        if std::time::Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// A held participant lock and its slot; marks the slot detached and drops the lock
 /// when dropped.
 pub(crate) struct Attachment {
@@ -189,6 +213,9 @@ impl Attachment {
     ) -> Self {
         // SAFETY: valid by the caller's contract.
         let s = unsafe { slot.as_ref() };
+        // First say the details are being replaced, so that nobody takes a previous
+        // holder's pid for ours (see `holder_pid`).
+        s.state.store(STATE_CLAIMING, Ordering::Relaxed);
         // Relaxed: published by the Release store of `state` below.
         s.role.store(role.code(), Ordering::Relaxed);
         s.pid.store(std::process::id(), Ordering::Relaxed);

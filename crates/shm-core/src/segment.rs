@@ -448,8 +448,8 @@ impl Segment {
         let lock = backend::reopen(fd, true).map_err(io("re-open for locking"))?;
         let slot = role.spsc_slot();
         if !participant::try_lock(&lock, slot).map_err(io("fcntl(F_OFD_SETLK)"))? {
-            let pid = self.header().participants[slot].pid.load(crate::sync::Ordering::Relaxed);
-            return Err(AttachError::RoleTaken { location: location.clone(), role, pid: (pid != 0).then_some(pid) });
+            let pid = participant::holder_pid(&self.header().participants[slot]);
+            return Err(AttachError::RoleTaken { location: location.clone(), role, pid });
         }
         let slot_ptr = NonNull::from(&self.header().participants[slot]);
         // SAFETY: the slot lies in the header of the mapping that `inner` keeps alive.
