@@ -239,7 +239,7 @@ impl Producer {
                     (Counter::BytesProduced, slot.bytes.load(Ordering::Relaxed)),
                 ]);
                 let start = slot.last_frame.load(Ordering::Relaxed);
-                if frame_ends_at(&ring, start, tail) {
+                if last_frame_at(&ring, start, tail).is_some() {
                     last_start = start;
                 }
                 flip = i ^ 1;
@@ -298,24 +298,11 @@ impl Producer {
     /// application that must know its position for certain also keeps it in the records
     /// themselves (a sequence number and a checksum, as the generator does).
     pub fn last_committed(&self) -> Option<(u32, Vec<u8>)> {
-        let start = self.last_published_start;
-        if start == u64::MAX {
-            return None;
-        }
-        let index = self.ring.data.index(start);
-        let (len, ty) = frame::decode(self.ring.data.read_word(index));
-        let framed = frame::framed_len(u64::from(len))?;
-        if ty >= RESERVED_TYPES
-            || u64::from(len) > self.ring.max_record
-            || framed > self.ring.capacity - index
-            || start.checked_add(framed) != Some(self.published)
-        {
-            return None;
-        }
-        // SAFETY: `index + 8 + len <= capacity` (checked above), and only this producer
-        // writes the data region; it is not writing now (we hold `&self`).
-        let bytes = unsafe { self.ring.data.slice(index + FRAME_HEADER, len as usize) };
-        Some((ty, bytes.to_vec()))
+        let f = last_frame_at(&self.ring, self.last_published_start, self.published)?;
+        // SAFETY: `read_frame` checked the payload lies inside the region, and only this
+        // producer writes the data region; it is not writing now (we hold `&self`).
+        let bytes = unsafe { self.ring.data.slice(f.index + FRAME_HEADER, f.len as usize) };
+        Some((f.record_type, bytes.to_vec()))
     }
 
     /// Claims space for a record of `len` payload bytes, without waiting.
@@ -715,23 +702,30 @@ impl Consumer {
     /// Borrows the next committed record in place, without waiting. Dropping the guard
     /// releases it (its space goes back to the producer); [`ReadGuard::unread`] keeps it.
     pub fn try_read(&mut self) -> Result<ReadGuard<'_>, TryReadError> {
-        if !self.poll()? {
-            self.count_block();
-            return Err(TryReadError::Empty);
+        match self.next_frame()? {
+            Some(f) => Ok(self.guard(f)),
+            None => {
+                self.count_block();
+                Err(TryReadError::Empty)
+            }
         }
-        Ok(self.guard_at_pos()?)
     }
 
     /// Borrows the next committed record, waiting up to `timeout` (forever when `None`).
     pub fn read(&mut self, timeout: Option<Duration>) -> Result<ReadGuard<'_>, ReadError> {
-        self.wait_for_data(timeout)?;
-        Ok(self.guard_at_pos()?)
+        let f = self.wait_frame(timeout)?;
+        Ok(self.guard(f))
     }
 
     /// Waits until a record is available, up to `timeout` (forever when `None`).
     pub fn wait_for_data(&mut self, timeout: Option<Duration>) -> Result<(), ReadError> {
-        if self.poll()? {
-            return Ok(());
+        self.wait_frame(timeout).map(drop)
+    }
+
+    /// Waits for the next data frame, up to `timeout`.
+    fn wait_frame(&mut self, timeout: Option<Duration>) -> Result<DataFrame, ReadError> {
+        if let Some(f) = self.next_frame()? {
+            return Ok(f);
         }
         self.count_block();
         let mut waiting = Waiting::new(self.strategy, timeout);
@@ -746,8 +740,8 @@ impl Consumer {
                 }
                 Err(t) => return Err(ReadError::TimedOut(t)),
             }
-            if self.poll()? {
-                return Ok(());
+            if let Some(f) = self.next_frame()? {
+                return Ok(f);
             }
         }
     }
@@ -780,25 +774,21 @@ impl Consumer {
             if accepted == max {
                 break Ok(());
             }
-            match self.poll() {
-                Ok(true) => {}
-                Ok(false) => break Ok(()),
-                Err(c) => break Err(BatchError::Corrupt(c)),
-            }
-            let (index, len, record_type, next) = match self.frame_at_pos() {
-                Ok(f) => f,
+            let f = match self.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break Ok(()),
                 Err(c) => break Err(BatchError::Corrupt(c)),
             };
-            // SAFETY: `frame_at_pos` checked that the payload lies inside the region and
+            // SAFETY: `read_frame` checked that the payload lies inside the region and
             // below the published cursor; the producer does not write it until we release.
-            let data = unsafe { self.ring.data.slice(index + FRAME_HEADER, len as usize) };
-            if let Err(error) = sink(Record { data, record_type, position: self.pos }) {
+            let data = unsafe { self.ring.data.slice(f.index + FRAME_HEADER, f.len as usize) };
+            if let Err(error) = sink(Record { data, record_type: f.record_type, position: f.position }) {
                 break Err(BatchError::Sink { accepted, error });
             }
-            self.ring.data.track(index, u64::from(len) + FRAME_HEADER, false);
+            self.ring.data.track(f.index, u64::from(f.len) + FRAME_HEADER, false);
             accepted += 1;
-            bytes += u64::from(len);
-            self.pos = next;
+            bytes += u64::from(f.len);
+            self.pos = f.next;
         };
         if accepted == 0 {
             if outcome.is_ok() {
@@ -816,9 +806,10 @@ impl Consumer {
         outcome.map(|()| accepted)
     }
 
-    /// Whether a data frame is at `pos`, reloading `write_cursor` only when the cached
-    /// copy says empty, and skipping padding frames locally.
-    fn poll(&mut self) -> Result<bool, Corruption> {
+    /// The data frame at `pos`, validated, or `None` when the ring is empty. Reloads
+    /// `write_cursor` only when the cached copy says empty, and skips padding frames
+    /// locally. Each frame header is read and checked once, here.
+    fn next_frame(&mut self) -> Result<Option<DataFrame>, Corruption> {
         loop {
             if self.pos == self.cached_tail {
                 // Acquire: pairs with the producer's Release store in `publish_pending`;
@@ -829,50 +820,18 @@ impl Consumer {
                 }
                 self.cached_tail = tail;
                 if tail == self.pos {
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
-            let index = self.ring.data.index(self.pos);
-            let (len, record_type) = frame::decode(self.ring.data.read_word(index));
-            if record_type != PADDING {
-                return Ok(true);
+            match read_frame(&self.ring, self.pos, self.cached_tail)? {
+                Frame::Padding { next } => self.pos = next,
+                Frame::Data(f) => return Ok(Some(f)),
             }
-            let to_end = self.ring.capacity - index;
-            if frame::framed_len(u64::from(len)) != Some(to_end) || self.pos + to_end > self.cached_tail {
-                return Err(Corruption {
-                    what: "padding frame does not end at the ring's end",
-                    value: u64::from(len),
-                    position: self.pos,
-                });
-            }
-            self.pos += to_end;
         }
     }
 
-    /// Validates the data frame at `pos` (which `poll` found): `(index, len, type, next)`.
-    fn frame_at_pos(&self) -> Result<(u64, u32, u32, u64), Corruption> {
-        let index = self.ring.data.index(self.pos);
-        let (len, record_type) = frame::decode(self.ring.data.read_word(index));
-        let bad = |what| Corruption { what, value: u64::from(len), position: self.pos };
-        if record_type >= RESERVED_TYPES {
-            return Err(Corruption { what: "reserved record type", value: u64::from(record_type), position: self.pos });
-        }
-        if u64::from(len) > self.ring.max_record {
-            return Err(bad("record longer than the ring's maximum"));
-        }
-        let framed = frame::framed_len_u32(len);
-        if framed > self.ring.capacity - index {
-            return Err(bad("record straddles the end of the ring"));
-        }
-        if self.pos + framed > self.cached_tail {
-            return Err(bad("record extends past the write cursor"));
-        }
-        Ok((index, len, record_type, self.pos + framed))
-    }
-
-    fn guard_at_pos(&mut self) -> Result<ReadGuard<'_>, Corruption> {
-        let (index, len, record_type, next) = self.frame_at_pos()?;
-        Ok(ReadGuard { consumer: self, index, len, record_type, next, keep: false })
+    fn guard(&mut self, f: DataFrame) -> ReadGuard<'_> {
+        ReadGuard { consumer: self, index: f.index, len: f.len, record_type: f.record_type, next: f.next, keep: false }
     }
 
     fn count_block(&mut self) {
@@ -1001,34 +960,23 @@ pub(crate) fn peek(ring: &RingRefs, max: usize) -> Result<Vec<PeekedRecord>, Cor
     }
     let mut out = Vec::new();
     while pos < tail && out.len() < max {
-        let index = ring.data.index(pos);
-        let (len, record_type) = frame::decode(ring.data.read_word(index));
-        let framed = frame::framed_len_u32(len);
-        let to_end = ring.capacity - index;
-        if record_type == PADDING {
-            if framed != to_end {
-                return Err(Corruption {
-                    what: "padding frame does not end at the ring's end",
-                    value: len.into(),
-                    position: pos,
-                });
+        let f = match read_frame(ring, pos, tail)? {
+            Frame::Padding { next } => {
+                pos = next;
+                continue;
             }
-            pos += to_end;
-            continue;
-        }
-        if record_type >= RESERVED_TYPES || u64::from(len) > ring.max_record || framed > to_end || pos + framed > tail {
-            return Err(Corruption { what: "invalid frame", value: len.into(), position: pos });
-        }
-        // SAFETY: the payload lies inside the region (checked above). The producer may
-        // be overwriting it if the consumer released it meanwhile; the bytes are copied
-        // out and discarded in that case (checked below), never trusted.
-        let data = unsafe { ring.data.slice(index + FRAME_HEADER, len as usize) }.to_vec();
+            Frame::Data(f) => f,
+        };
+        // SAFETY: the payload lies inside the region (`read_frame` checked). The producer
+        // may be overwriting it if the consumer released it meanwhile; the bytes are
+        // copied out and discarded in that case (checked below), never trusted.
+        let data = unsafe { ring.data.slice(f.index + FRAME_HEADER, f.len as usize) }.to_vec();
         // Acquire: orders the copy above before this check of the read cursor.
         if ring.cursor().read_cursor.load(Ordering::Acquire) > pos {
             break;
         }
-        out.push(PeekedRecord { position: pos, record_type, data });
-        pos += framed;
+        out.push(PeekedRecord { position: pos, record_type: f.record_type, data });
+        pos = f.next;
     }
     Ok(out)
 }
@@ -1051,16 +999,70 @@ fn current_slot(cursor: u64, position: impl Fn(usize) -> u64) -> CurrentSlot {
     (0..2).find(|&i| position(i) == cursor).map_or(CurrentSlot::Unknown, CurrentSlot::Slot)
 }
 
-/// Whether a data frame starting at `start` ends exactly at `cursor`: how a restarted
-/// producer checks the last frame its slot names (the start comes from shared memory).
-fn frame_ends_at(ring: &RingRefs, start: u64, cursor: u64) -> bool {
-    if start >= cursor || cursor - start > ring.capacity / 2 {
-        return false;
-    }
-    let index = ring.data.index(start);
-    let (len, ty) = frame::decode(ring.data.read_word(index));
+/// A frame at a ring position, validated by [`read_frame`].
+enum Frame {
+    /// Padding to the end of the ring; the next frame starts at `next`.
+    Padding { next: u64 },
+    /// A record.
+    Data(DataFrame),
+}
+
+/// A validated record frame.
+#[derive(Debug, Clone, Copy)]
+struct DataFrame {
+    /// Data index of the frame header.
+    index: u64,
+    /// Payload bytes.
+    len: u32,
+    /// Record type.
+    record_type: u32,
+    /// Ring position of the frame.
+    position: u64,
+    /// Ring position of the next frame.
+    next: u64,
+}
+
+/// Reads and checks the frame at `pos`, which must be below the published cursor `tail`
+/// (so `pos + framed` cannot overflow). The one place frames from shared memory are
+/// validated: for the consumer, `peek`, and a restarted producer.
+fn read_frame(ring: &RingRefs, pos: u64, tail: u64) -> Result<Frame, Corruption> {
+    let index = ring.data.index(pos);
+    let to_end = ring.capacity - index;
+    let (len, record_type) = frame::decode(ring.data.read_word(index));
+    let bad = |what| Corruption { what, value: u64::from(len), position: pos };
     let framed = frame::framed_len_u32(len);
-    ty != PADDING && framed <= ring.capacity - index && start + framed == cursor
+    if record_type == PADDING {
+        if framed != to_end || pos + to_end > tail {
+            return Err(bad("padding frame does not end at the ring's end"));
+        }
+        return Ok(Frame::Padding { next: pos + to_end });
+    }
+    if record_type >= RESERVED_TYPES {
+        return Err(Corruption { what: "reserved record type", value: u64::from(record_type), position: pos });
+    }
+    if u64::from(len) > ring.max_record {
+        return Err(bad("record longer than the ring's maximum"));
+    }
+    if framed > to_end {
+        return Err(bad("record straddles the end of the ring"));
+    }
+    if pos + framed > tail {
+        return Err(bad("record extends past the write cursor"));
+    }
+    Ok(Frame::Data(DataFrame { index, len, record_type, position: pos, next: pos + framed }))
+}
+
+/// The record frame that starts at `start` and ends exactly at `cursor`, if there is
+/// one: how a restarted producer checks the last frame its publish slot names (`start`
+/// comes from shared memory, so it is checked before use).
+fn last_frame_at(ring: &RingRefs, start: u64, cursor: u64) -> Option<DataFrame> {
+    if start >= cursor || cursor - start > ring.capacity / 2 {
+        return None;
+    }
+    match read_frame(ring, start, cursor) {
+        Ok(Frame::Data(f)) if f.next == cursor => Some(f),
+        _ => None,
+    }
 }
 
 /// The waker half of the wake-up protocol (module docs), called right after storing
