@@ -69,6 +69,7 @@ mod futex;
 pub mod layout;
 mod mapping;
 pub mod name;
+pub mod owner;
 pub mod participant;
 pub mod ring;
 pub mod segment;

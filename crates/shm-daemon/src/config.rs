@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use shm_core::owner::{gid_of, uid_of};
 use shm_core::units::parse_size;
 use shm_core::{FlushPolicy, Location, WaitStrategy};
 use toml::Spanned;
@@ -353,14 +354,6 @@ impl RawSegment {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("{text:?} is not a duration such as \"250ms\" or \"30s\" ({e})"))
-}
-
-fn gid_of(group: &str) -> Option<u32> {
-    group.parse().ok().or_else(|| nix::unistd::Group::from_name(group).ok().flatten().map(|g| g.gid.as_raw()))
-}
-
-fn uid_of(user: &str) -> Option<u32> {
-    user.parse().ok().or_else(|| nix::unistd::User::from_name(user).ok().flatten().map(|u| u.uid.as_raw()))
 }
 
 /// `[log]`.

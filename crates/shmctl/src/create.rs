@@ -19,7 +19,9 @@ pub fn run(args: CreateArgs) -> Result<()> {
         builder = builder.max_record(parse_size(max).context("--max-record")?);
     }
     if let Some(group) = &args.group {
-        builder = builder.group(gid_of(group)?);
+        let gid =
+            shm_core::owner::gid_of(group).ok_or_else(|| refuse(USAGE, format!("--group {group:?}: no such group")))?;
+        builder = builder.group(gid);
     }
     let segment = builder.create()?;
     let info = segment.info()?;
@@ -37,15 +39,4 @@ pub fn run(args: CreateArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// A group given by name or number.
-fn gid_of(group: &str) -> Result<u32> {
-    if let Ok(gid) = group.parse() {
-        return Ok(gid);
-    }
-    match nix::unistd::Group::from_name(group) {
-        Ok(Some(g)) => Ok(g.gid.as_raw()),
-        _ => Err(refuse(USAGE, format!("--group {group:?}: no such group"))),
-    }
 }

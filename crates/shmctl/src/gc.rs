@@ -6,6 +6,7 @@ use shm_core::{Liveness, Segment};
 use crate::cli::GcArgs;
 use crate::exit::refuse;
 use crate::list::{Found, any_alive, survey};
+use crate::render;
 
 pub fn run(args: GcArgs) -> Result<()> {
     let mut failures = 0;
@@ -19,11 +20,8 @@ pub fn run(args: GcArgs) -> Result<()> {
             println!("kept    {name}: a participant is alive");
             continue;
         }
-        let dead: Vec<String> = participants
-            .iter()
-            .filter(|p| p.liveness == Liveness::Dead)
-            .map(|p| format!("{} pid {}", p.role.map_or_else(|| "?".into(), |r| r.to_string()), p.pid))
-            .collect();
+        let dead: Vec<String> =
+            participants.iter().filter(|p| p.liveness == Liveness::Dead).map(render::participant).collect();
         if dead.is_empty() && !args.include_idle {
             println!("kept    {name}: idle, nobody died (--include-idle removes it)");
             continue;

@@ -9,17 +9,6 @@ use crate::cli::PublishArgs;
 use crate::exit::{USAGE, refuse};
 use crate::target::location;
 
-/// A user given by name or number.
-fn uid_of(user: &str) -> Result<u32> {
-    if let Ok(uid) = user.parse() {
-        return Ok(uid);
-    }
-    match nix::unistd::User::from_name(user) {
-        Ok(Some(u)) => Ok(u.uid.as_raw()),
-        _ => Err(refuse(USAGE, format!("--owner {user:?}: no such user"))),
-    }
-}
-
 pub fn run(args: PublishArgs) -> Result<()> {
     let location = location(&args.target)?;
     let data = match (&args.data, &args.file) {
@@ -42,7 +31,9 @@ pub fn run(args: PublishArgs) -> Result<()> {
     // into the one of the user named with --owner (a group member's shared ring).
     let me = nix::unistd::geteuid();
     let owner = match &args.owner {
-        Some(user) => Some(uid_of(user)?),
+        Some(user) => Some(
+            shm_core::owner::uid_of(user).ok_or_else(|| refuse(USAGE, format!("--owner {user:?}: no such user")))?,
+        ),
         None if me.is_root() => None,
         None => Some(me.as_raw()),
     };

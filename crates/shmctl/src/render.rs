@@ -40,6 +40,16 @@ pub fn liveness(l: Liveness) -> &'static str {
     }
 }
 
+/// A participant's role, or `?` when its slot holds an unknown value.
+pub fn role(p: &Participant) -> String {
+    p.role.map_or_else(|| "?".into(), |r| r.to_string())
+}
+
+/// `producer pid 123`.
+pub fn participant(p: &Participant) -> String {
+    format!("{} pid {}", role(p), p.pid)
+}
+
 /// `alive (pid 123)` for the participant holding `role`, or `-`.
 pub fn role_summary(participants: &[Participant], role: Role) -> String {
     participants

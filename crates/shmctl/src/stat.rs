@@ -159,7 +159,7 @@ fn render(r: &StatReport, rates: Option<&Rates>) -> String {
     } else {
         let _ = writeln!(o, "  {:<4} {:<9} {:>8} {:<10} {:<21} state", "slot", "role", "pid", "user", "attached");
         for p in &r.participants {
-            let role = p.role.map_or_else(|| "?".to_owned(), |r| r.to_string());
+            let role = render::role(p);
             let _ = writeln!(
                 o,
                 "  {:<4} {:<9} {:>8} {:<10} {:<21} {}",

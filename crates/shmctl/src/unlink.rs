@@ -8,6 +8,7 @@ use shm_core::{OpenError, Segment};
 use crate::cli::UnlinkArgs;
 use crate::exit::{DATA, UNAVAILABLE, refuse};
 use crate::list::any_alive;
+use crate::render;
 use crate::target::{location, open_read_only};
 
 pub fn run(args: UnlinkArgs) -> Result<()> {
@@ -19,7 +20,7 @@ pub fn run(args: UnlinkArgs) -> Result<()> {
                 let who: Vec<String> = participants
                     .iter()
                     .filter(|p| p.liveness == shm_core::Liveness::Alive)
-                    .map(|p| format!("{} pid {}", p.role.map_or_else(|| "?".into(), |r| r.to_string()), p.pid))
+                    .map(render::participant)
                     .collect();
                 return Err(refuse(
                     UNAVAILABLE,

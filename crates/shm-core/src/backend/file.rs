@@ -7,8 +7,10 @@ use std::path::Path;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use super::{Backing, CreateSpec, OpenSpec, finish_create, finish_open, open_error, open_flags};
-use crate::error::{CreateError, OpenError, UnlinkError, io_err};
+use super::{
+    Backing, CreateSpec, OpenSpec, exclusive_create_error, finish_create, finish_open, open_error, open_flags,
+};
+use crate::error::{CreateError, OpenError, UnlinkError};
 use crate::name::Location;
 
 pub(crate) fn create(path: &Path, location: &Location, spec: CreateSpec) -> Result<Backing, CreateError> {
@@ -25,14 +27,8 @@ pub(crate) fn create(path: &Path, location: &Location, spec: CreateSpec) -> Resu
         return Err(CreateError::UnsafeDirectory { location: location.clone(), dir: dir.display().to_string() });
     }
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = nix::fcntl::open(path, flags, Mode::from_bits_truncate(spec.mode & 0o777)).map_err(|e| match e {
-        nix::errno::Errno::EEXIST => CreateError::Exists {
-            location: location.clone(),
-            owner: std::fs::symlink_metadata(path).ok().map(|m| m.uid()),
-        },
-        nix::errno::Errno::EACCES => CreateError::Permission { location: location.clone(), source: io_err(e) },
-        e => CreateError::Io { location: location.clone(), op: "open", source: io_err(e) },
-    })?;
+    let fd = nix::fcntl::open(path, flags, Mode::from_bits_truncate(spec.mode & 0o777))
+        .map_err(|e| exclusive_create_error(location, path, "open", e))?;
     finish_create(fd, location, spec).inspect_err(|_| {
         // We created the file: remove it, so a failed create leaves nothing behind.
         let _ = std::fs::remove_file(path);

@@ -77,6 +77,25 @@ pub(crate) fn finish_create(fd: OwnedFd, location: &Location, spec: CreateSpec) 
     Ok(Backing { mapping, lock_fd: Some(fd), sysv_id: None })
 }
 
+/// Maps a failed exclusive create of the file at `path` (the segment's name) to a
+/// [`CreateError`], naming the owner of what is already there.
+pub(crate) fn exclusive_create_error(
+    location: &Location,
+    path: &std::path::Path,
+    op: &'static str,
+    e: nix::errno::Errno,
+) -> CreateError {
+    use std::os::unix::fs::MetadataExt;
+    match e {
+        nix::errno::Errno::EEXIST => CreateError::Exists {
+            location: location.clone(),
+            owner: std::fs::symlink_metadata(path).ok().map(|m| m.uid()),
+        },
+        nix::errno::Errno::EACCES => CreateError::Permission { location: location.clone(), source: io_err(e) },
+        e => CreateError::Io { location: location.clone(), op, source: io_err(e) },
+    }
+}
+
 fn no_space_or(location: &Location, size: u64, e: nix::errno::Errno, op: &'static str) -> CreateError {
     match e {
         nix::errno::Errno::ENOSPC | nix::errno::Errno::ENOMEM | nix::errno::Errno::EFBIG => {

@@ -4,24 +4,16 @@
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use super::{Backing, CreateSpec, OpenSpec, finish_create, finish_open, open_error, open_flags};
+use super::{
+    Backing, CreateSpec, OpenSpec, exclusive_create_error, finish_create, finish_open, open_error, open_flags,
+};
 use crate::error::{CreateError, OpenError, UnlinkError, io_err};
 use crate::name::{Location, SegmentName};
 
 pub(crate) fn create(name: &SegmentName, location: &Location, spec: CreateSpec) -> Result<Backing, CreateError> {
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = nix::sys::mman::shm_open(name.as_str(), flags, Mode::from_bits_truncate(spec.mode & 0o777)).map_err(
-        |e| match e {
-            nix::errno::Errno::EEXIST => CreateError::Exists {
-                location: location.clone(),
-                owner: std::fs::symlink_metadata(name.dev_shm_path())
-                    .ok()
-                    .map(|m| std::os::unix::fs::MetadataExt::uid(&m)),
-            },
-            nix::errno::Errno::EACCES => CreateError::Permission { location: location.clone(), source: io_err(e) },
-            e => CreateError::Io { location: location.clone(), op: "shm_open", source: io_err(e) },
-        },
-    )?;
+    let fd = nix::sys::mman::shm_open(name.as_str(), flags, Mode::from_bits_truncate(spec.mode & 0o777))
+        .map_err(|e| exclusive_create_error(location, &name.dev_shm_path(), "shm_open", e))?;
     finish_create(fd, location, spec).inspect_err(|_| {
         // We created the name: remove it, so a failed create leaves nothing behind.
         let _ = nix::sys::mman::shm_unlink(name.as_str());
