@@ -20,6 +20,9 @@ const SWITCH_EVERY: u64 = 997;
 const DATAGRAM: usize = 2048;
 /// Most records one `read_batch` call takes.
 const READ_BATCH: usize = 64;
+/// One record at a time, the consumer releases explicitly (and reports progress) after
+/// every this many records; in between, the ring releases lazily on its own.
+const LAZY_RELEASE_EVERY: u64 = 8;
 
 /// How to run one side of the stream.
 #[derive(Debug, Default)]
@@ -290,12 +293,23 @@ pub fn consume(segment: &Segment, consumer: &mut Consumer, opts: &Options) -> Re
             let seq = seen.check(&guard, guard.record_type(), max)?;
             seen.begin(opts, seq);
             if opts.stall_at == Some(seq) {
+                // Return everything read before it, then hold this one unreleased.
+                guard.unread();
+                consumer.release_read();
+                opts.done_below(seq);
+                let _held = consumer.read(timeout)?;
                 opts.stall_in(seq);
             }
             seen.accept(seq, guard.len());
             seen.via_read += 1;
-            drop(guard); // releases it, now that it passed
-            opts.done_below(seq + 1);
+            // Marks it read; the ring returns its space lazily (a few records later, or
+            // when the consumer catches up). Only released records count as done: a
+            // successor of a consumer killed now gets the others again.
+            drop(guard);
+            if seq % LAZY_RELEASE_EVERY == LAZY_RELEASE_EVERY - 1 {
+                consumer.release_read();
+                opts.done_below(seq + 1);
+            }
         }
     }
     let Seen { first, next, count, bytes, via_read, via_batch } = seen;

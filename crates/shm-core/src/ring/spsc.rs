@@ -28,6 +28,25 @@
 //! successor resumes from `write_cursor` and overwrites the abandoned bytes. A torn
 //! record can therefore never be read.
 //!
+//! # Lazy release (the batching effect)
+//! Storing `read_cursor` (with its release slot, the two consumed counters and the
+//! wake-up check's fence) for every record read one at a time is most of a read's cost,
+//! and the producer only looks at the cursor when its cached copy says "full". So a
+//! dropped [`ReadGuard`] only advances the consumer's local position; the cursor is
+//! stored for all the records read so far when the consumer has read everything it
+//! knows was published (before it looks for more, waits or sleeps), when the ring as
+//! last seen is more than three quarters full (the producer may be short of space),
+//! when a quarter of the ring is waiting to be returned, at
+//! [`Consumer::release_read`], and when the consumer is dropped. A consumer reading
+//! one record at a time behind a faster producer thus stores its cursor once per
+//! stretch of records it finds, not once per record; a consumer that keeps up with a
+//! single record in flight (ping-pong) releases each record at once.
+//!
+//! The cost: if a consumer process dies, records it had read but not yet released are
+//! delivered again to its successor (at least once, as for any record read but not
+//! released when a reader dies). [`Consumer::read_batch_durable`] releases its records
+//! in the same call, for exactly-once sinks.
+//!
 //! # Waking (no lost wake-ups)
 //! Each direction has a wake word (`data_wake`: the consumer sleeps there for data;
 //! `space_wake`: the producer sleeps there for space). The sleeper stores `1` in the
@@ -58,31 +77,39 @@ use crate::sync::{self, Ordering, fence};
 /// How many spins between two looks at the clock.
 const SPINS_PER_CLOCK_CHECK: u32 = 64;
 
-/// A deadline for a blocking call, and the strategy's spinning budget.
+/// A deadline for a blocking call, and the strategy's spinning budget. The clock is
+/// first read after [`SPINS_PER_CLOCK_CHECK`] spins, not when the wait starts: a
+/// consumer right behind its producer finds the ring empty every few records and
+/// usually waits a few spins, and a clock read (a vDSO call) would cost more than that.
 struct Waiting {
-    deadline: Option<Instant>,
-    spin_until: Option<Instant>,
-    timeout: Duration,
+    timeout: Option<Duration>,
+    /// Set at the first clock check: when the wait started.
+    started: Option<Instant>,
+    /// Whether the hybrid strategy still spins (false once its budget is spent).
+    spinning: bool,
     spins: u32,
 }
 
 impl Waiting {
     fn new(strategy: WaitStrategy, timeout: Option<Duration>) -> Self {
-        let now = Instant::now();
-        Waiting {
-            deadline: timeout.map(|t| now + t),
-            spin_until: (strategy == WaitStrategy::Hybrid).then(|| now + HYBRID_SPIN),
-            timeout: timeout.unwrap_or(Duration::MAX),
-            spins: 0,
-        }
+        Waiting { timeout, started: None, spinning: strategy == WaitStrategy::Hybrid, spins: 0 }
     }
 
-    /// Time left before the deadline; `None` when it has passed.
-    fn remaining(&self) -> Option<Duration> {
-        match self.deadline {
-            None => Some(MAX_SLEEP),
-            Some(d) => d.checked_duration_since(Instant::now()).filter(|r| !r.is_zero()),
-        }
+    /// When the wait started, as far as the clock knows (read at the first call).
+    fn started(&mut self) -> Instant {
+        *self.started.get_or_insert_with(Instant::now)
+    }
+
+    /// Time left before the deadline (at most [`MAX_SLEEP`]); `None` when it has passed.
+    fn remaining(&mut self) -> Option<Duration> {
+        let Some(timeout) = self.timeout else { return Some(MAX_SLEEP) };
+        let left = timeout.checked_sub(self.started().elapsed()).filter(|r| !r.is_zero())?;
+        Some(left.min(MAX_SLEEP))
+    }
+
+    /// The error value of a wait that timed out.
+    fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(Duration::MAX)
     }
 
     /// One step of waiting that is not a futex sleep. Returns `false` when the caller
@@ -95,17 +122,17 @@ impl Waiting {
             WaitStrategy::Yield => sync::yield_now(),
             WaitStrategy::Futex => return Ok(false),
             WaitStrategy::Hybrid => {
-                if check_clock && self.spin_until.is_some_and(|t| Instant::now() >= t) {
-                    self.spin_until = None;
+                if check_clock && self.spinning && self.started().elapsed() >= HYBRID_SPIN {
+                    self.spinning = false;
                 }
-                if self.spin_until.is_none() {
+                if !self.spinning {
                     return Ok(false);
                 }
                 sync::spin_loop();
             }
         }
         if (check_clock || strategy == WaitStrategy::Yield) && self.remaining().is_none() {
-            return Err(self.timeout);
+            return Err(self.timeout());
         }
         Ok(true)
     }
@@ -316,12 +343,11 @@ impl Producer {
     /// Claims space for `len` payload bytes, waiting up to `timeout` (forever when `None`)
     /// with the handle's wait strategy.
     pub fn claim(&mut self, len: usize, timeout: Option<Duration>) -> Result<Claim<'_>, ClaimError> {
-        self.wait_for_space(len, timeout)?;
-        self.claim_inner(len, false).map_err(|e| match e {
-            TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
-            TryClaimError::Corrupt(c) => ClaimError::Corrupt(c),
-            TryClaimError::Full => unreachable!("space was seen by this producer and only it consumes space"),
-        })
+        let need = self.need(len).map_err(need_error)?;
+        if !self.fits(need)? {
+            self.wait_until_fits(need, timeout)?;
+        }
+        Ok(self.claim_at(len, need, false))
     }
 
     /// Copies `data` into the ring as one record of type 0, without waiting.
@@ -348,13 +374,14 @@ impl Producer {
 
     /// Waits until a record of `len` payload bytes fits, up to `timeout`.
     pub fn wait_for_space(&mut self, len: usize, timeout: Option<Duration>) -> Result<(), ClaimError> {
-        let need = self.need(len).map_err(|e| match e {
-            TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
-            other => unreachable!("need() only fails with TooLarge, got {other:?}"),
-        })?;
-        if self.fits(need)? {
-            return Ok(());
-        }
+        let need = self.need(len).map_err(need_error)?;
+        if self.fits(need)? { Ok(()) } else { self.wait_until_fits(need, timeout) }
+    }
+
+    /// The waiting part of [`claim`](Self::claim) and [`wait_for_space`](Self::wait_for_space),
+    /// out of line: `need` did not fit by the cached cursor.
+    #[inline(never)]
+    fn wait_until_fits(&mut self, need: (u64, u64, u64), timeout: Option<Duration>) -> Result<(), ClaimError> {
         self.count_block();
         // Whatever is committed must be visible before we wait for the consumer, or a
         // batch could wait for space that only its own unpublished records would free.
@@ -365,9 +392,9 @@ impl Producer {
                 Ok(true) => {}
                 Ok(false) => {
                     let Some(remaining) = waiting.remaining() else {
-                        return Err(ClaimError::TimedOut(waiting.timeout));
+                        return Err(ClaimError::TimedOut(waiting.timeout()));
                     };
-                    self.sleep_for_space(remaining.min(MAX_SLEEP));
+                    self.sleep_for_space(remaining);
                 }
                 Err(t) => return Err(ClaimError::TimedOut(t)),
             }
@@ -390,6 +417,7 @@ impl Producer {
 
     /// Whether `need` bytes fit past the current position, reloading the consumer's
     /// cursor only when the cached copy says no.
+    #[inline]
     fn fits(&mut self, (need, _, _): (u64, u64, u64)) -> Result<bool, Corruption> {
         if self.free_space() >= need {
             return Ok(true);
@@ -419,6 +447,13 @@ impl Producer {
             self.count_block();
             return Err(TryClaimError::Full);
         }
+        Ok(self.claim_at(len, need, batched))
+    }
+
+    /// Claims `len` bytes at the current position, which `need` (from [`need`](Self::need))
+    /// was seen to fit.
+    #[inline]
+    fn claim_at(&mut self, len: usize, need: (u64, u64, u64), batched: bool) -> Claim<'_> {
         let (_, framed, to_end) = need;
         let mut start = self.pos;
         if framed > to_end {
@@ -429,7 +464,7 @@ impl Producer {
             start += to_end;
         }
         self.ring.data.track(self.ring.data.index(start), framed, true);
-        Ok(Claim { producer: self, start, len: len as u32, record_type: 0, batched })
+        Claim { producer: self, start, len: len as u32, record_type: 0, batched }
     }
 
     fn count_block(&mut self) {
@@ -606,6 +641,9 @@ pub struct Consumer {
     pos: u64,
     /// Last value stored in `read_cursor`.
     released: u64,
+    /// Records and payload bytes read (guards dropped) but not yet released: between
+    /// `released` and `pos`. See "Lazy release" in the module docs.
+    pending: (u64, u64),
     /// Last `write_cursor` seen.
     cached_tail: u64,
     /// Which release slot the next release writes.
@@ -672,6 +710,7 @@ impl Consumer {
             strategy,
             pos: head,
             released: head,
+            pending: (0, 0),
             cached_tail: tail,
             flip,
             counters,
@@ -700,7 +739,8 @@ impl Consumer {
     }
 
     /// Borrows the next committed record in place, without waiting. Dropping the guard
-    /// releases it (its space goes back to the producer); [`ReadGuard::unread`] keeps it.
+    /// marks it read (its space goes back to the producer, see "Lazy release" in the
+    /// module docs); [`ReadGuard::unread`] keeps it.
     pub fn try_read(&mut self) -> Result<ReadGuard<'_>, TryReadError> {
         match self.next_frame()? {
             Some(f) => Ok(self.guard(f)),
@@ -734,9 +774,9 @@ impl Consumer {
                 Ok(true) => {}
                 Ok(false) => {
                     let Some(remaining) = waiting.remaining() else {
-                        return Err(ReadError::TimedOut(waiting.timeout));
+                        return Err(ReadError::TimedOut(waiting.timeout()));
                     };
-                    self.sleep_for_data(remaining.min(MAX_SLEEP))?;
+                    self.sleep_for_data(remaining)?;
                 }
                 Err(t) => return Err(ReadError::TimedOut(t)),
             }
@@ -770,6 +810,7 @@ impl Consumer {
     ) -> Result<usize, BatchError<E>> {
         let mut accepted = 0;
         let mut bytes = 0u64;
+        let start = self.pos;
         let outcome = loop {
             if accepted == max {
                 break Ok(());
@@ -799,7 +840,7 @@ impl Consumer {
         // `pos` is at the first record not accepted (padding before it already skipped,
         // which is harmless to release with the rest).
         if let Err(error) = before_release(self.pos) {
-            self.pos = self.released;
+            self.pos = start;
             return Err(BatchError::Sink { accepted: 0, error });
         }
         self.release_to(self.pos, accepted as u64, bytes);
@@ -809,25 +850,34 @@ impl Consumer {
     /// The data frame at `pos`, validated, or `None` when the ring is empty. Reloads
     /// `write_cursor` only when the cached copy says empty, and skips padding frames
     /// locally. Each frame header is read and checked once, here.
+    #[inline]
     fn next_frame(&mut self) -> Result<Option<DataFrame>, Corruption> {
         loop {
-            if self.pos == self.cached_tail {
-                // Acquire: pairs with the producer's Release store in `publish_pending`;
-                // the frames below `tail` are fully written before we read them.
-                let tail = self.ring.producer_line().write_cursor.load(Ordering::Acquire);
-                if tail < self.cached_tail || tail > CURSOR_LIMIT || tail - self.pos > self.ring.capacity {
-                    return Err(Corruption { what: "write cursor outside the ring", value: tail, position: self.pos });
-                }
-                self.cached_tail = tail;
-                if tail == self.pos {
-                    return Ok(None);
-                }
+            if self.pos == self.cached_tail && !self.refresh_tail()? {
+                return Ok(None);
             }
             match read_frame(&self.ring, self.pos, self.cached_tail)? {
                 Frame::Padding { next } => self.pos = next,
                 Frame::Data(f) => return Ok(Some(f)),
             }
         }
+    }
+
+    /// Everything known is read: returns its space, then reloads `write_cursor`.
+    /// Whether there is more to read.
+    #[inline(never)]
+    fn refresh_tail(&mut self) -> Result<bool, Corruption> {
+        // Before looking for more, waiting or sleeping, so a producer waiting for space
+        // is never kept waiting by a lazy release.
+        self.release_read();
+        // Acquire: pairs with the producer's Release store in `publish_pending`; the
+        // frames below `tail` are fully written before we read them.
+        let tail = self.ring.producer_line().write_cursor.load(Ordering::Acquire);
+        if tail < self.cached_tail || tail > CURSOR_LIMIT || tail - self.pos > self.ring.capacity {
+            return Err(Corruption { what: "write cursor outside the ring", value: tail, position: self.pos });
+        }
+        self.cached_tail = tail;
+        Ok(tail != self.pos)
     }
 
     fn guard(&mut self, f: DataFrame) -> ReadGuard<'_> {
@@ -839,10 +889,14 @@ impl Consumer {
     }
 
     /// Gives the bytes below `pos` back to the producer and wakes it if it sleeps.
+    /// Records read earlier with [`read`](Self::read) whose space was not yet returned
+    /// (see "Lazy release" in the module docs) are released with them.
+    #[inline(never)]
     fn release_to(&mut self, pos: u64, records: u64, bytes: u64) {
         self.pos = pos;
-        self.counters.add(Counter::TotalConsumed, records);
-        self.counters.add(Counter::BytesConsumed, bytes);
+        let (pending_records, pending_bytes) = std::mem::take(&mut self.pending);
+        self.counters.add(Counter::TotalConsumed, records.saturating_add(pending_records));
+        self.counters.add(Counter::BytesConsumed, bytes.saturating_add(pending_bytes));
         let cursor = self.ring.cursor();
         // Relaxed: published by the Release store of read_cursor just below; a successor
         // uses this slot only if it sees that store.
@@ -864,6 +918,33 @@ impl Consumer {
         }
     }
 
+    /// Gives the space of every record read so far back to the producer now. Dropping a
+    /// [`ReadGuard`] does this lazily (see "Lazy release" in the module docs); so does
+    /// dropping the consumer.
+    pub fn release_read(&mut self) {
+        if self.pos != self.released {
+            self.release_to(self.pos, 0, 0);
+        }
+    }
+
+    /// A dropped guard's record (`len` payload bytes, next frame at `next`) counts as
+    /// read; its space is returned now only if the consumer has caught up with what it
+    /// knows the producer published, if the producer may be short of space, or if a
+    /// quarter of the ring is waiting to be returned.
+    #[inline]
+    fn finish_read(&mut self, next: u64, len: u32) {
+        self.pos = next;
+        self.pending.0 += 1;
+        self.pending.1 += u64::from(len);
+        let quarter = self.ring.capacity / 4;
+        if next == self.cached_tail
+            || self.cached_tail - self.released > self.ring.capacity - quarter
+            || next - self.released >= quarter
+        {
+            self.release_to(next, 0, 0);
+        }
+    }
+
     /// Sleeps until the producer publishes (its cursor moves) or `timeout` passes.
     fn sleep_for_data(&mut self, timeout: Duration) -> Result<(), Corruption> {
         let (ring, tail) = (&self.ring, self.cached_tail);
@@ -876,8 +957,15 @@ impl Consumer {
     }
 }
 
-/// A committed record borrowed in place. Releases it when dropped, unless
-/// [`unread`](ReadGuard::unread) puts it back.
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.release_read();
+    }
+}
+
+/// A committed record borrowed in place. Dropping it marks it read, and its space goes
+/// back to the producer (at once or a little later: "Lazy release" in the module docs),
+/// unless [`unread`](ReadGuard::unread) puts it back.
 pub struct ReadGuard<'a> {
     consumer: &'a mut Consumer,
     index: u64,
@@ -930,8 +1018,7 @@ impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
         if !self.keep {
             self.consumer.ring.data.track(self.index, u64::from(self.len) + FRAME_HEADER, false);
-            let next = self.next;
-            self.consumer.release_to(next, 1, u64::from(self.len));
+            self.consumer.finish_read(self.next, self.len);
         }
     }
 }
@@ -979,6 +1066,15 @@ pub(crate) fn peek(ring: &RingRefs, max: usize) -> Result<Vec<PeekedRecord>, Cor
         pos = f.next;
     }
     Ok(out)
+}
+
+/// The error of a blocking claim whose [`Producer::need`] failed (only with `TooLarge`).
+fn need_error(e: TryClaimError) -> ClaimError {
+    match e {
+        TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
+        TryClaimError::Corrupt(c) => ClaimError::Corrupt(c),
+        TryClaimError::Full => unreachable!("need() does not look at free space"),
+    }
 }
 
 /// Which of the two alternating publish or release slots belongs to a cursor.
@@ -1249,6 +1345,63 @@ mod tests {
         assert!(matches!(err, BatchError::Sink { accepted: 2, error: "sink full" }));
         assert_eq!(&*c.try_read().unwrap(), &[2]);
         assert_eq!(&*c.try_read().unwrap(), &[3]);
+    }
+
+    /// The read cursor as stored in the ring, and the consumed count as displayed.
+    fn released(c: &Consumer) -> (u64, u64) {
+        (c.ring.cursor().read_cursor.load(Ordering::Relaxed), c.ring.counters().unwrap().load(Counter::TotalConsumed))
+    }
+
+    #[test]
+    fn reads_behind_a_faster_producer_are_released_lazily_and_exactly() {
+        let (mut p, mut c) = pair(4096);
+        for i in 0..10u8 {
+            p.try_publish(&[i; 16]).unwrap();
+        }
+        // 24-byte frames: the consumer knows of all ten after its first look.
+        for i in 0..3u8 {
+            assert_eq!(&*c.try_read().unwrap(), &[i; 16]);
+        }
+        assert_eq!(released(&c), (0, 0), "three of ten known records read: nothing stored yet");
+        c.release_read();
+        assert_eq!(released(&c), (72, 3));
+        for i in 3..10u8 {
+            assert_eq!(&*c.try_read().unwrap(), &[i; 16]);
+        }
+        assert_eq!(released(&c), (240, 10), "caught up with what was published: released at once");
+        p.try_publish(&[10; 16]).unwrap();
+        p.try_publish(&[11; 16]).unwrap();
+        assert_eq!(&*c.try_read().unwrap(), &[10; 16]);
+        drop(c);
+        let head = p.ring.cursor().read_cursor.load(Ordering::Relaxed);
+        assert_eq!(head, 264, "dropping the consumer released the record it had read");
+    }
+
+    #[test]
+    fn a_read_from_a_nearly_full_ring_frees_space_at_once() {
+        let (mut p, mut c) = pair(256);
+        while p.try_publish(&[7; 16]).is_ok() {}
+        drop(c.try_read().unwrap());
+        assert!(p.try_claim(16).is_ok(), "the producer was short of space: the release was not deferred");
+    }
+
+    #[test]
+    fn a_failed_durable_batch_after_lazy_reads_redelivers_only_the_batch() {
+        let (mut p, mut c) = pair(4096);
+        for i in 0..4u8 {
+            p.try_publish(&[i]).unwrap();
+        }
+        drop(c.try_read().unwrap());
+        let err = c.read_batch_durable(10, |_| Ok(()), |_| Err("disk full"));
+        assert!(matches!(err, Err(BatchError::Sink { accepted: 0, .. })));
+        let mut got = Vec::new();
+        c.read_batch(10, |r| -> Result<(), ()> {
+            got.push(r.data[0]);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, [1, 2, 3], "the record read before the batch is not delivered again");
+        assert_eq!(released(&c), (64, 4));
     }
 
     #[test]
