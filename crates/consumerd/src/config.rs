@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shm_daemon::config::{
-    ConfigError, CreateMode, LogSettings, RawLog, RawMetrics, RawSegment, SegmentDefaults, SegmentSettings, Source,
-    parse_duration, refuse_keys,
+    ConfigError, CpuAffinity, CreateMode, LogSettings, RawLog, RawMetrics, RawSegment, SegmentDefaults,
+    SegmentSettings, Source, parse_duration, refuse_keys,
 };
 use toml::Spanned;
 
@@ -42,6 +42,7 @@ struct RawSink {
     fsync: Option<Spanned<String>>,
     target: Option<Spanned<String>>,
     state: Option<Spanned<String>>,
+    cpu_affinity: Option<Spanned<Vec<u32>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +111,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// `[metrics] listen`.
     pub metrics: Option<SocketAddr>,
+    /// `[sink] cpu_affinity`: CPUs the ring thread is pinned to.
+    pub cpu_affinity: Option<CpuAffinity>,
     /// Where the settings came from.
     pub origin: String,
 }
@@ -203,6 +206,7 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
         drain_timeout,
         log: raw.log.validate(src)?,
         metrics: raw.metrics.validate(src)?,
+        cpu_affinity: CpuAffinity::validate(src, "sink.cpu_affinity", &s.cpu_affinity)?,
         origin: src.label.clone(),
     })
 }
@@ -213,6 +217,16 @@ mod tests {
     use shm_daemon::testing::{assert_config_error_says_where, config_text};
 
     use super::*;
+
+    #[test]
+    fn cpu_affinity_pins_the_sink_thread_to_allowed_cpus_only() {
+        let settings = load(&Source::embedded("[sink]\nkind = \"discard\"\ncpu_affinity = [0]\n")).expect("valid");
+        assert_eq!(settings.cpu_affinity.as_ref().map(CpuAffinity::cpus), Some(&[0][..]));
+        let message = load(&Source::embedded("[sink]\nkind = \"discard\"\ncpu_affinity = [4096]\n"))
+            .expect_err("not allowed")
+            .to_string();
+        assert!(message.contains("sink.cpu_affinity (line 3): CPU 4096 is not one"), "{message}");
+    }
 
     proptest! {
         /// Whatever the file holds, loading it gives settings or an error naming where,

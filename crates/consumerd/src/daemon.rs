@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use shm_core::{BatchError, Consumer, ReadError, Segment};
+use shm_daemon::config::CpuAffinity;
 use tracing::{info, warn};
 
 use crate::sinks::Sink;
@@ -34,14 +35,19 @@ pub struct Shared {
 }
 
 /// Moves records until stopped, then drains what the ring held at that moment for at
-/// most `drain_timeout`. Returns the sink for its summary.
+/// most `drain_timeout`, on the calling thread (pinned to `cpus` first, when
+/// configured). Returns the sink for its summary.
 pub fn run(
     mut consumer: Consumer,
     segment: Segment,
     mut sink: Box<dyn Sink>,
     drain_timeout: Duration,
+    cpus: Option<&CpuAffinity>,
     shared: Arc<Shared>,
 ) -> Result<Box<dyn Sink>> {
+    if let Some(cpus) = cpus {
+        cpus.pin_this_thread()?;
+    }
     let mut last_warning: Option<Instant> = None;
     let mut drain: Option<(u64, Instant)> = None;
     loop {

@@ -75,9 +75,10 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         info!(segment = %segment.location(), config = %settings.origin, sink = ?settings.sink, "consumer attached");
         let ring = {
             let (shared, segment, drain) = (shared.clone(), segment.clone(), settings.drain_timeout);
+            let cpus = settings.cpu_affinity.clone();
             std::thread::Builder::new()
                 .name("ring".into())
-                .spawn(move || daemon::run(consumer, segment, this_sink, drain, shared))?
+                .spawn(move || daemon::run(consumer, segment, this_sink, drain, cpus.as_ref(), shared))?
         };
         let (ended, result) = service(args, &settings, &segment, &shared, &log).run(ring)?;
         let returned = result?;

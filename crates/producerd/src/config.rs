@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use shm_daemon::config::{
-    ConfigError, CreateMode, KeySpan, LogSettings, RawLog, RawMetrics, RawSegment, SegmentDefaults, SegmentSettings,
-    SizeValue, Source, refuse_keys, size_key,
+    ConfigError, CpuAffinity, CreateMode, KeySpan, LogSettings, RawLog, RawMetrics, RawSegment, SegmentDefaults,
+    SegmentSettings, SizeValue, Source, refuse_keys, size_key,
 };
 use toml::Spanned;
 
@@ -46,6 +46,7 @@ struct RawSource {
     format: Option<Spanned<String>>,
     bind: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
+    cpu_affinity: Option<Spanned<Vec<u32>>>,
 }
 
 /// Where records come from.
@@ -92,6 +93,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// `[metrics] listen`.
     pub metrics: Option<SocketAddr>,
+    /// `[source] cpu_affinity`: CPUs the ring thread is pinned to.
+    pub cpu_affinity: Option<CpuAffinity>,
     /// Where the settings came from.
     pub origin: String,
 }
@@ -196,6 +199,7 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
         drop_when_full,
         log: raw.log.validate(src)?,
         metrics: raw.metrics.validate(src)?,
+        cpu_affinity: CpuAffinity::validate(src, "source.cpu_affinity", &s.cpu_affinity)?,
         origin: src.label.clone(),
     })
 }
@@ -206,6 +210,50 @@ mod tests {
     use shm_daemon::testing::{assert_config_error_says_where, config_text};
 
     use super::*;
+
+    fn error_of(text: &str) -> String {
+        load(&Source::embedded(text)).expect_err(text).to_string()
+    }
+
+    #[test]
+    fn placement_keys_reach_the_settings() {
+        let text = "[segment]\nbackend = \"sysv\"\nname = \"0x53480042\"\nnuma_node = 0\nhugepages = true\n\
+                    prefault = true\n[source]\ncpu_affinity = [0]\n";
+        let settings = load(&Source::embedded(text)).expect("valid");
+        let s = &settings.segment;
+        assert_eq!((s.numa_node, s.hugepages, s.prefault), (Some(0), true, true));
+        assert_eq!(settings.cpu_affinity.as_ref().map(CpuAffinity::cpus), Some(&[0][..]));
+        let defaults = load(&Source::embedded("")).expect("valid");
+        assert_eq!(
+            (defaults.segment.numa_node, defaults.segment.hugepages, defaults.segment.prefault),
+            (None, false, false)
+        );
+        assert_eq!(defaults.cpu_affinity, None);
+    }
+
+    #[test]
+    fn placement_errors_name_the_key_the_line_and_the_fix() {
+        let cases: [(&str, &[&str]); 6] = [
+            (
+                "[segment]\nnuma_node = 999\n",
+                &["segment.numa_node (line 2)", "NUMA node 999 does not exist", "node(s) 0"],
+            ),
+            ("[segment]\nnuma_node = -1\n", &["line 2", "numa_node = -1"]),
+            ("[segment]\nhugepages = true\n", &["segment.hugepages (line 2)", "sysv", "hugetlbfs"]),
+            ("[segment]\nprefault = \"yes\"\n", &["line 2", "prefault"]),
+            (
+                "[source]\ncpu_affinity = [0, 4096]\n",
+                &["source.cpu_affinity (line 2)", "CPU 4096 is not one this process may run on", "allowed: "],
+            ),
+            ("[source]\ncpu_affinity = []\n", &["source.cpu_affinity (line 2)", "is empty"]),
+        ];
+        for (text, needles) in cases {
+            let message = error_of(text);
+            for needle in needles {
+                assert!(message.contains(needle), "{text:?}: {message:?} lacks {needle:?}");
+            }
+        }
+    }
 
     proptest! {
         /// Whatever the file holds, loading it gives settings or an error naming where,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use shm_core::{ClaimError, Producer, Segment, TryClaimError};
+use shm_daemon::config::CpuAffinity;
 use shm_daemon::record;
 use tracing::{info, warn};
 
@@ -98,15 +99,20 @@ pub fn open(source: &SourceKind) -> Result<Opened> {
     })
 }
 
-/// Runs the source until it ends or a stop is requested. The source stays open, so a
-/// daemon that re-creates an unlinked segment carries on with it.
+/// Runs the source until it ends or a stop is requested, on the calling thread (pinned
+/// to `cpus` first, when configured). The source stays open, so a daemon that
+/// re-creates an unlinked segment carries on with it.
 pub fn run(
     mut producer: Producer,
     segment: Segment,
     source: &mut Opened,
     drop_when_full: bool,
+    cpus: Option<&CpuAffinity>,
     shared: Arc<Shared>,
 ) -> Result<()> {
+    if let Some(cpus) = cpus {
+        cpus.pin_this_thread()?;
+    }
     match source {
         Opened::Generator { count, sizes } => {
             generate(&mut producer, &segment, *count, *sizes, drop_when_full, &shared)

@@ -65,9 +65,9 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         info!(segment = %segment.location(), config = %settings.origin, source = ?settings.source, "producer attached");
         let ring = {
             let (shared, segment) = (shared.clone(), segment.clone());
-            let drop_when_full = settings.drop_when_full;
+            let (drop_when_full, cpus) = (settings.drop_when_full, settings.cpu_affinity.clone());
             std::thread::Builder::new().name("ring".into()).spawn(move || {
-                let result = daemon::run(producer, segment, &mut source, drop_when_full, shared);
+                let result = daemon::run(producer, segment, &mut source, drop_when_full, cpus.as_ref(), shared);
                 (source, result)
             })?
         };

@@ -46,6 +46,26 @@ pub enum CreateError {
         /// The OS error.
         source: io::Error,
     },
+    /// Huge pages were asked for, and the system has too few free.
+    #[error(
+        "{location}: needs {needed} huge page(s) of {} but {available} are free (vm.nr_hugepages = {total}); reserve them with `sysctl vm.nr_hugepages={}` (as root), or create it without huge pages",
+        crate::units::format_size(*page_size),
+        total + needed.saturating_sub(*available)
+    )]
+    HugePages {
+        /// The segment.
+        location: Location,
+        /// Bytes in one huge page.
+        page_size: u64,
+        /// Huge pages the segment needs.
+        needed: u64,
+        /// Huge pages free for a new mapping.
+        available: u64,
+        /// Huge pages in the system's pool (`vm.nr_hugepages`).
+        total: u64,
+        /// The OS error, when the kernel refused (`None`: refused before asking it).
+        source: Option<io::Error>,
+    },
     /// The directory of a file segment is writable by other users.
     #[error(
         "{location}: directory {dir} is writable by other users; put file segments in a directory only trusted users can write (for example /var/lib/shmring)"

@@ -71,6 +71,7 @@ mod mapping;
 pub mod name;
 pub mod owner;
 pub mod participant;
+pub mod placement;
 pub mod ring;
 pub mod segment;
 pub mod stats;

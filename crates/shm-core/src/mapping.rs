@@ -6,6 +6,10 @@ use std::ptr::NonNull;
 
 use nix::sys::mman::{MapFlags, MsFlags, ProtFlags};
 
+/// The smallest page size: the step of the fallback touch loops (a huge page is
+/// touched several times, which is harmless).
+const PAGE: usize = 4096;
+
 /// How the memory was mapped, and so how to unmap it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -66,17 +70,63 @@ impl Mapping {
         self.writable
     }
 
-    /// Touches every page for writing so that a shortage shows now as an error, not later
-    /// as SIGBUS. Returns `Ok` on kernels without `MADV_POPULATE_WRITE` (before 5.14).
-    pub(crate) fn populate(&self) -> nix::Result<()> {
-        // SAFETY: the range is exactly this live mapping; POPULATE_WRITE changes no contents.
-        let r = unsafe {
-            nix::sys::mman::madvise(self.ptr.cast(), self.len, nix::sys::mman::MmapAdvise::MADV_POPULATE_WRITE)
-        };
-        match r {
-            Err(nix::errno::Errno::EINVAL) => Ok(()),
+    /// Binds the mapping's memory to NUMA node `node` (see [`crate::placement`]). Call it
+    /// before any page is allocated: pages already there are moved, which is slower.
+    pub(crate) fn bind_to_node(&self, node: u32) -> std::io::Result<()> {
+        crate::placement::mbind(self.ptr, self.len, node)
+    }
+
+    /// The NUMA node the mapping's memory is bound to, if one.
+    pub(crate) fn bound_node(&self) -> std::io::Result<Option<u32>> {
+        crate::placement::bound_node(self.ptr)
+    }
+
+    /// Allocates and maps every page of a segment being created, so that a shortage shows
+    /// now as an error, not later as SIGBUS (`MADV_POPULATE_WRITE`). On kernels without it
+    /// (before 5.14), writes each page's first byte back to itself: only safe while no
+    /// other process writes the memory, as during create.
+    /// See [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html).
+    pub(crate) fn populate_new(&self) -> nix::Result<()> {
+        match self.madvise(nix::sys::mman::MmapAdvise::MADV_POPULATE_WRITE) {
+            Err(nix::errno::Errno::EINVAL) => {
+                for offset in (0..self.len).step_by(PAGE) {
+                    // SAFETY: `offset` is inside this live, writable mapping, and during
+                    // create nobody else writes it (openers wait for the header), so the
+                    // read-then-write of the same byte loses nothing.
+                    unsafe {
+                        let p = self.ptr.as_ptr().add(offset);
+                        p.write_volatile(p.read_volatile());
+                    }
+                }
+                Ok(())
+            }
             other => other,
         }
+    }
+
+    /// Maps every page of an existing segment into this process without changing any
+    /// contents (`MADV_POPULATE_WRITE`, or `_READ` for a read-only mapping), so the first
+    /// records pay no page faults. On kernels without it, reads one byte of each page.
+    pub(crate) fn prefault(&self) -> nix::Result<()> {
+        use nix::sys::mman::MmapAdvise;
+        let advice = if self.writable { MmapAdvise::MADV_POPULATE_WRITE } else { MmapAdvise::MADV_POPULATE_READ };
+        match self.madvise(advice) {
+            Err(nix::errno::Errno::EINVAL) => {
+                for offset in (0..self.len).step_by(PAGE) {
+                    // SAFETY: `offset` is inside this live mapping; a volatile read of a
+                    // byte another process may be writing is a plain load of shared memory.
+                    unsafe { self.ptr.as_ptr().add(offset).read_volatile() };
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn madvise(&self, advice: nix::sys::mman::MmapAdvise) -> nix::Result<()> {
+        // SAFETY: the range is exactly this live mapping; the POPULATE advice changes no
+        // contents.
+        unsafe { nix::sys::mman::madvise(self.ptr.cast(), self.len, advice) }
     }
 
     /// Writes dirty pages back to the file (`msync(MS_SYNC)`).

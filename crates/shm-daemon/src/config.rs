@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use shm_core::owner::{gid_of, uid_of};
+use shm_core::placement;
 use shm_core::units::parse_size;
 use shm_core::{FlushPolicy, Location, WaitStrategy};
 use toml::Spanned;
@@ -180,6 +181,12 @@ pub struct RawSegment {
     pub owner: Option<Spanned<String>>,
     /// `exit` or `recreate` when the segment is unlinked under the daemon.
     pub on_unlinked: Option<Spanned<String>>,
+    /// NUMA node a new segment's memory is bound to.
+    pub numa_node: Option<Spanned<u32>>,
+    /// Back a new segment with huge pages.
+    pub hugepages: Option<Spanned<bool>>,
+    /// Map every page of the segment at start.
+    pub prefault: Option<Spanned<bool>>,
 }
 
 /// What to do when the segment does not exist.
@@ -218,6 +225,12 @@ pub struct SegmentSettings {
     pub owner: u32,
     /// Re-open or re-create the segment in-process when it is unlinked (else exit 75).
     pub recreate_when_unlinked: bool,
+    /// NUMA node a new segment's memory is bound to (`mbind`).
+    pub numa_node: Option<u32>,
+    /// Back a new segment with huge pages.
+    pub hugepages: bool,
+    /// Map every page of the segment when creating or opening it.
+    pub prefault: bool,
 }
 
 /// Defaults of `[segment]` that differ between the daemons.
@@ -334,6 +347,26 @@ impl RawSegment {
                 ));
             }
         };
+        let numa_node = self.numa_node.as_ref().map(|n| *n.get_ref());
+        if let Some(node) = numa_node
+            && !placement::node_exists(node)
+        {
+            let online =
+                placement::online_nodes().map(|n| placement::format_list(&n)).unwrap_or_else(|e| e.to_string());
+            return Err(src.error(
+                "segment.numa_node",
+                self.numa_node.as_ref(),
+                format!("NUMA node {node} does not exist; this machine has node(s) {online}"),
+            ));
+        }
+        let hugepages = self.hugepages.as_ref().is_some_and(|h| *h.get_ref());
+        if hugepages && backend == "posix" {
+            return Err(src.error(
+                "segment.hugepages",
+                self.hugepages.as_ref(),
+                "a posix segment lives on /dev/shm (tmpfs), which cannot hold huge pages; use backend = \"sysv\", or \"file\" with a name on a hugetlbfs mount (such as /dev/hugepages/ring)",
+            ));
+        }
         Ok(SegmentSettings {
             location,
             capacity,
@@ -346,7 +379,56 @@ impl RawSegment {
             wait_for_segment,
             owner,
             recreate_when_unlinked,
+            numa_node,
+            hugepages,
+            prefault: self.prefault.as_ref().is_some_and(|p| *p.get_ref()),
         })
+    }
+}
+
+/// `cpu_affinity`, validated: the CPUs a daemon's ring thread runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuAffinity(Vec<usize>);
+
+impl CpuAffinity {
+    /// Validates `key` (`source.cpu_affinity`, `sink.cpu_affinity`): a non-empty list of
+    /// CPUs this process may run on (its `sched_getaffinity` set, which cgroups, `taskset`
+    /// and systemd's `CPUAffinity=` narrow).
+    pub fn validate(src: &Source, key: &str, value: &Option<Spanned<Vec<u32>>>) -> Result<Option<Self>, ConfigError> {
+        let Some(spanned) = value else { return Ok(None) };
+        let cpus: Vec<usize> = spanned.get_ref().iter().map(|&c| c as usize).collect();
+        if cpus.is_empty() {
+            return Err(src.error(key, Some(spanned), "is empty; list the CPUs for the ring thread, such as [1]"));
+        }
+        let allowed = placement::allowed_cpus()
+            .map_err(|e| src.error(key, Some(spanned), format!("cannot read the CPUs this process may use: {e}")))?;
+        if let Some(cpu) = cpus.iter().find(|c| !allowed.contains(c)) {
+            return Err(src.error(
+                key,
+                Some(spanned),
+                format!("CPU {cpu} is not one this process may run on (allowed: {})", placement::format_list(&allowed)),
+            ));
+        }
+        Ok(Some(CpuAffinity(cpus)))
+    }
+
+    /// The CPUs.
+    pub fn cpus(&self) -> &[usize] {
+        &self.0
+    }
+
+    /// Pins the calling thread (the ring thread, as it starts) to these CPUs and logs it.
+    pub fn pin_this_thread(&self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        placement::pin_current_thread(&self.0).with_context(|| format!("pinning the ring thread to CPUs {self}"))?;
+        tracing::info!(cpus = %self, "ring thread pinned (cpu_affinity)");
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for CpuAffinity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&placement::format_list(&self.0))
     }
 }
 

@@ -57,7 +57,7 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
             return match e {
                 CreateError::Permission { .. } | CreateError::UnsafeDirectory { .. } => PERMISSION,
                 CreateError::InvalidOptions { .. } => CONFIG,
-                CreateError::NoSpace { .. } | CreateError::Io { .. } => IO,
+                CreateError::NoSpace { .. } | CreateError::HugePages { .. } | CreateError::Io { .. } => IO,
                 CreateError::Exists { .. } => FAILURE,
             };
         }

@@ -14,7 +14,10 @@ fn builder(s: &SegmentSettings) -> SegmentBuilder {
         .mode(s.mode)
         .wait_strategy(s.wait)
         .flush(s.flush)
-        .expected_owner(Some(s.owner));
+        .expected_owner(Some(s.owner))
+        .numa_node(s.numa_node)
+        .hugepages(s.hugepages)
+        .prefault(s.prefault);
     if let Some(m) = s.max_record {
         b = b.max_record(m);
     }
@@ -50,6 +53,20 @@ pub fn open(s: &SegmentSettings) -> Result<Segment> {
             }
         }
     };
+    if s.numa_node.is_some() || s.hugepages || s.prefault {
+        // What the segment has: an existing one keeps the placement it was created with.
+        let info = segment.info().ok();
+        let created = info.as_ref().is_some_and(|i| i.creator_pid == std::process::id());
+        info!(
+            segment = %s.location,
+            created,
+            numa_node = ?info.as_ref().and_then(|i| i.numa_node),
+            size = info.as_ref().map_or(0, |i| i.size),
+            hugepages = s.hugepages,
+            prefault = s.prefault,
+            "placement"
+        );
+    }
     let g = segment.geometry();
     if g.capacity != s.capacity {
         warn!(segment = %s.location, configured = s.capacity, actual = g.capacity, "segment exists with another capacity; using the segment's");

@@ -14,7 +14,13 @@ pub fn run(args: CreateArgs) -> Result<()> {
     let mode = u32::from_str_radix(args.mode.trim_start_matches("0o"), 8)
         .map_err(|_| refuse(USAGE, format!("--mode {:?} is not an octal mode such as 0600", args.mode)))?;
     let wait: WaitStrategy = args.wait.parse().map_err(|e: String| refuse(USAGE, format!("--wait: {e}")))?;
-    let mut builder = Segment::builder(location).capacity(capacity).mode(mode).wait_strategy(wait);
+    let mut builder = Segment::builder(location)
+        .capacity(capacity)
+        .mode(mode)
+        .wait_strategy(wait)
+        .numa_node(args.numa_node)
+        .hugepages(args.hugepages)
+        .prefault(args.prefault);
     if let Some(max) = &args.max_record {
         builder = builder.max_record(parse_size(max).context("--max-record")?);
     }
@@ -28,8 +34,15 @@ pub fn run(args: CreateArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
+        let mut placement = String::new();
+        if let Some(node) = info.numa_node {
+            placement += &format!(", NUMA node {node}");
+        }
+        if args.hugepages {
+            placement += &format!(", {} of huge pages", format_size(info.size));
+        }
         println!(
-            "created {} ({}, {} ring of {}, max record {}, mode {:04o})",
+            "created {} ({}, {} ring of {}, max record {}, mode {:04o}{placement})",
             info.name,
             info.backend,
             info.kind.name(),

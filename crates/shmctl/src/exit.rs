@@ -57,7 +57,7 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
                 CreateError::InvalidOptions { .. } => USAGE,
                 CreateError::Exists { .. } => CANT_CREATE,
                 CreateError::Permission { .. } | CreateError::UnsafeDirectory { .. } => NO_PERM,
-                CreateError::NoSpace { .. } | CreateError::Io { .. } => IO,
+                CreateError::NoSpace { .. } | CreateError::HugePages { .. } | CreateError::Io { .. } => IO,
             };
         }
         if let Some(e) = cause.downcast_ref::<AttachError>() {

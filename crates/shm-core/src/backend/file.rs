@@ -1,5 +1,6 @@
 //! Segments in regular files, mapped shared: a ring that survives restarts of both
-//! sides (and, with a flush policy, of the machine).
+//! sides (and, with a flush policy, of the machine). A file on hugetlbfs (such as
+//! `/dev/hugepages/ring`) is how a named segment gets huge pages.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -12,12 +13,51 @@ use super::{
 };
 use crate::error::{CreateError, OpenError, UnlinkError};
 use crate::name::Location;
+use crate::placement;
 
-pub(crate) fn create(path: &Path, location: &Location, spec: CreateSpec) -> Result<Backing, CreateError> {
-    let dir = match path.parent() {
+/// The directory a file segment is created in.
+fn directory(path: &Path) -> &Path {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
+    }
+}
+
+/// Refuses placement options the file's filesystem cannot honour: huge pages need
+/// hugetlbfs (and hugetlbfs needs them), a NUMA binding needs memory-backed pages
+/// (tmpfs or hugetlbfs; a disk filesystem's page cache ignores `mbind`).
+pub(crate) fn check_placement(
+    path: &Path,
+    location: &Location,
+    hugepages: bool,
+    numa_node: Option<u32>,
+) -> Result<(), CreateError> {
+    let dir = directory(path);
+    let io = |source| CreateError::Io { location: location.clone(), op: "statfs of the directory", source };
+    let invalid = |reason: String| CreateError::InvalidOptions { location: location.clone(), reason };
+    let on_hugetlbfs = placement::is_hugetlbfs(dir).map_err(io)?;
+    if hugepages && !on_hugetlbfs {
+        return Err(invalid(format!(
+            "huge pages need the file on a hugetlbfs mount, and {} is not one (mount one, for example `mount -t hugetlbfs none /dev/hugepages`, and put the segment there), or use the sysv or anon backend",
+            dir.display()
+        )));
+    }
+    if !hugepages && on_hugetlbfs {
+        return Err(invalid(format!("{} is a hugetlbfs mount: create the segment with huge pages", dir.display())));
+    }
+    if let Some(node) = numa_node
+        && !placement::honours_numa_policy(dir).map_err(io)?
+    {
+        return Err(invalid(format!(
+            "NUMA node {node}: {} is on a disk filesystem, whose page cache ignores a NUMA binding; put the file on tmpfs or hugetlbfs, or use the posix or sysv backend",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn create(path: &Path, location: &Location, spec: CreateSpec) -> Result<Backing, CreateError> {
+    let dir = directory(path);
     let meta = std::fs::metadata(dir).map_err(|source| CreateError::Io {
         location: location.clone(),
         op: "stat of the directory",

@@ -22,6 +22,7 @@ use crate::error::{CreateError, OpenError, io_err};
 use crate::layout::{HEADER_SIZE, Header, MAGIC};
 use crate::mapping::Mapping;
 use crate::name::Location;
+use crate::placement::HugePages;
 use crate::sync::Ordering;
 
 /// A created or opened segment's memory and lock file.
@@ -39,6 +40,12 @@ pub(crate) struct CreateSpec {
     pub(crate) size: u64,
     pub(crate) mode: u32,
     pub(crate) group: Option<u32>,
+    /// The NUMA node to bind the memory to, before any of it is allocated.
+    pub(crate) numa_node: Option<u32>,
+    /// Huge pages (hugetlbfs, `SHM_HUGETLB`): `size` is whole pages of this pool.
+    pub(crate) huge: Option<HugePages>,
+    /// Map every page at create, not only reserve it.
+    pub(crate) prefault: bool,
 }
 
 /// What an opener accepts.
@@ -66,15 +73,46 @@ pub(crate) fn finish_create(fd: OwnedFd, location: &Location, spec: CreateSpec) 
         location: location.clone(),
         reason: format!("size {} is too large", spec.size),
     })?;
-    nix::unistd::ftruncate(&fd, size).map_err(|e| no_space_or(location, spec.size, e, "ftruncate"))?;
-    // Reserve every page now, so a full /dev/shm is ENOSPC here and never SIGBUS later.
-    nix::fcntl::posix_fallocate(&fd, 0, size).map_err(|e| no_space_or(location, spec.size, e, "posix_fallocate"))?;
+    nix::unistd::ftruncate(&fd, size).map_err(|e| shortage(location, spec, e, "ftruncate"))?;
     let len = usize::try_from(spec.size).map_err(|_| CreateError::InvalidOptions {
         location: location.clone(),
         reason: "size does not fit this address space".into(),
     })?;
-    let mapping = Mapping::map_fd(&fd, len, true).map_err(|e| no_space_or(location, spec.size, e, "mmap"))?;
+    // Map before allocating anything, so the NUMA binding is in place for every page.
+    let mapping = Mapping::map_fd(&fd, len, true).map_err(|e| shortage(location, spec, e, "mmap"))?;
+    allocate(&mapping, location, spec, Some((&fd, size)))?;
     Ok(Backing { mapping, lock_fd: Some(fd), sysv_id: None })
+}
+
+/// Allocates a new segment's memory, after binding it to its NUMA node: with
+/// `posix_fallocate` when there is a file (on tmpfs it honours the binding, which belongs
+/// to the object; `fallocate` is the fd and its size), else (SysV, huge pages, whose `fallocate` ignores the binding) by
+/// faulting every page in through the mapping. Either way a shortage is an error now,
+/// never SIGBUS later. `prefault` also maps the fallocated pages into this process.
+pub(crate) fn allocate(
+    mapping: &Mapping,
+    location: &Location,
+    spec: CreateSpec,
+    fallocate: Option<(&OwnedFd, i64)>,
+) -> Result<(), CreateError> {
+    if let Some(node) = spec.numa_node {
+        mapping.bind_to_node(node).map_err(|source| CreateError::Io {
+            location: location.clone(),
+            op: "mbind to the NUMA node",
+            source,
+        })?;
+    }
+    match fallocate {
+        Some((fd, size)) if spec.huge.is_none() => {
+            // Reserve every page now, so a full /dev/shm is ENOSPC here and never SIGBUS later.
+            nix::fcntl::posix_fallocate(fd, 0, size).map_err(|e| shortage(location, spec, e, "posix_fallocate"))?;
+            if spec.prefault {
+                mapping.populate_new().map_err(|e| shortage(location, spec, e, "madvise(MADV_POPULATE_WRITE)"))?;
+            }
+        }
+        _ => mapping.populate_new().map_err(|e| shortage(location, spec, e, "madvise(MADV_POPULATE_WRITE)"))?,
+    }
+    Ok(())
 }
 
 /// Maps a failed exclusive create of the file at `path` (the segment's name) to a
@@ -96,12 +134,27 @@ pub(crate) fn exclusive_create_error(
     }
 }
 
-fn no_space_or(location: &Location, size: u64, e: nix::errno::Errno, op: &'static str) -> CreateError {
-    match e {
-        nix::errno::Errno::ENOSPC | nix::errno::Errno::ENOMEM | nix::errno::Errno::EFBIG => {
-            CreateError::NoSpace { location: location.clone(), size, source: io_err(e) }
+/// Maps a failure to get memory to [`CreateError::NoSpace`], or for huge pages to
+/// [`CreateError::HugePages`] with the pool as it is now; anything else to `Io`.
+pub(crate) fn shortage(location: &Location, spec: CreateSpec, e: nix::errno::Errno, op: &'static str) -> CreateError {
+    use nix::errno::Errno;
+    match (e, spec.huge) {
+        (Errno::ENOSPC | Errno::ENOMEM | Errno::EFAULT, Some(before)) => {
+            let now = HugePages::read().unwrap_or(before);
+            CreateError::HugePages {
+                location: location.clone(),
+                page_size: now.page_size,
+                needed: spec.size.div_ceil(now.page_size),
+                available: now.available(),
+                total: now.total,
+                source: Some(io_err(e)),
+            }
         }
-        e => CreateError::Io { location: location.clone(), op, source: io_err(e) },
+        // EFAULT: MADV_POPULATE_WRITE met a page that would have been SIGBUS (tmpfs full).
+        (Errno::ENOSPC | Errno::ENOMEM | Errno::EFBIG | Errno::EFAULT, _) => {
+            CreateError::NoSpace { location: location.clone(), size: spec.size, source: io_err(e) }
+        }
+        (e, _) => CreateError::Io { location: location.clone(), op, source: io_err(e) },
     }
 }
 

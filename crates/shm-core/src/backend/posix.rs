@@ -1,4 +1,5 @@
 //! POSIX shared-memory objects (`shm_open`), the default backend.
+//! They live on `/dev/shm` (tmpfs), which cannot hold huge pages.
 //! See [shm_open(3)](https://man7.org/linux/man-pages/man3/shm_open.3.html).
 
 use nix::fcntl::OFlag;

@@ -130,8 +130,13 @@ pub(crate) fn create(key: SysvKey, location: &Location, spec: CreateSpec) -> Res
         location: location.clone(),
         reason: "size does not fit this address space".into(),
     })?;
-    let flags = libc::IPC_CREAT | libc::IPC_EXCL | (spec.mode & 0o777) as i32;
+    let huge = if spec.huge.is_some() { libc::SHM_HUGETLB } else { 0 };
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | huge | (spec.mode & 0o777) as i32;
     let id = shmget(key, size, flags).map_err(|source| match source.raw_os_error() {
+        // The huge page pool is reserved at shmget.
+        Some(e @ (libc::ENOMEM | libc::ENOSPC)) if spec.huge.is_some() => {
+            super::shortage(location, spec, nix::errno::Errno::from_raw(e), "shmget")
+        }
         Some(libc::EEXIST) => {
             CreateError::Exists { location: location.clone(), owner: id_of(key).and_then(stat).ok().map(|s| s.uid) }
         }
@@ -147,12 +152,9 @@ pub(crate) fn create(key: SysvKey, location: &Location, spec: CreateSpec) -> Res
             set_group(id, gid).map_err(io("IPC_SET"))?;
         }
         let mapping = Mapping::attach_sysv(id, size, true).map_err(io("shmat"))?;
-        // SysV has no fallocate: touch every page now so a shortage is an error, not SIGBUS.
-        mapping.populate().map_err(|e| CreateError::NoSpace {
-            location: location.clone(),
-            size: spec.size,
-            source: io_err(e),
-        })?;
+        // SysV has no fallocate: touch every page now (after the NUMA binding) so a
+        // shortage is an error, not SIGBUS.
+        super::allocate(&mapping, location, spec, None)?;
         let lock = create_lock_file(key, location, spec)?;
         Ok(Backing { mapping, lock_fd: Some(lock), sysv_id: Some(id) })
     })();

@@ -1,0 +1,122 @@
+//! Placement options of the daemons, on real processes.
+//!
+//! - `pinned_ring_threads_on_a_bound_prefaulted_segment_move_every_record`: producerd
+//!   creates the segment with `numa_node = 0` and `prefault = true` and pins its ring
+//!   thread to the first allowed CPU; consumerd opens it with `prefault = true` and pins
+//!   its ring thread to the last. Both log what they applied, the kernel reports each
+//!   `ring` thread's `Cpus_allowed_list` as configured (and the main thread unpinned),
+//!   the segment is bound to node 0, and the verify sink counts every record produced.
+//! - `a_cpu_the_process_may_not_use_is_a_config_error`: `cpu_affinity = [4096]` (and a
+//!   NUMA node that does not exist) make both daemons exit 78, with `--check-config` and
+//!   when starting, naming the key, its line and the CPU; no segment is created.
+
+use std::process::Command;
+use std::time::Duration;
+
+use shm_core::Segment;
+use shm_core::placement::{allowed_cpus, format_list};
+use shmring_tests::daemons::{Daemon, Kind, PATIENCE, observe, segment_section};
+use shmring_tests::{Backend, Fixture, fixture};
+
+/// `Cpus_allowed_list` of each thread of `pid` named `name` (`/proc/PID/task/*/comm`).
+fn threads_cpus(pid: u32, name: &str) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the daemon's tasks");
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            (comm.trim() == name).then_some(())?;
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|v| v.trim().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn pinned_ring_threads_on_a_bound_prefaulted_segment_move_every_record() {
+    let fx = Fixture::new("place-pin");
+    let location = fx.location(Backend::Posix);
+    let allowed = allowed_cpus().expect("sched_getaffinity");
+    let (first, last) = (allowed[0], allowed[allowed.len() - 1]);
+    if first == last {
+        println!("note: one CPU allowed ({first}); both ring threads go on it");
+    }
+    let producer_config = format!(
+        "{}[source]\nkind = \"generator\"\nrate = 50000\ncpu_affinity = [{first}]\n",
+        segment_section(&location, &["capacity = \"256KiB\"", "numa_node = 0", "prefault = true"])
+    );
+    let consumer_config = format!(
+        "{}[sink]\nkind = \"verify\"\ncpu_affinity = [{last}]\n",
+        segment_section(&location, &["wait_for_segment = \"10s\"", "prefault = true"])
+    );
+    let producer = Daemon::ready(&fx, Kind::Producer, &producer_config);
+    let consumer = Daemon::ready(&fx, Kind::Consumer, &consumer_config);
+    // The ring thread pins itself as it starts, which may be just after READY=1.
+    producer.wait_log(&fx, "ring thread pinned");
+    consumer.wait_log(&fx, "ring thread pinned");
+    for (daemon, cpu) in [(&producer, first), (&consumer, last)] {
+        assert_eq!(threads_cpus(daemon.pid(), "ring"), [cpu.to_string()], "{} ring thread", daemon.proc().label());
+        let main_thread = threads_cpus(daemon.pid(), daemon.proc().label());
+        assert_eq!(main_thread, [format_list(&allowed)], "{}: only the ring thread is pinned", daemon.proc().label());
+    }
+    assert!(producer.log().contains("created=true"), "placement not logged:\n{}", producer.log());
+    assert_eq!(observe(&location).info().expect("info").numa_node, Some(0), "the segment is bound to node 0");
+    std::thread::sleep(Duration::from_millis(500));
+
+    producer.stop(&fx).assert_success();
+    consumer.stop(&fx).assert_success();
+    let stats = observe(&location).stats();
+    consumer.summary().assert_verified(stats.total_produced);
+    assert_eq!(stats.total_consumed, stats.total_produced, "{stats:#?}");
+    assert!(stats.total_produced > 2_000, "the stream hardly ran: {stats:#?}");
+    println!(
+        "{} records; producer log: {}",
+        stats.total_produced,
+        producer
+            .log()
+            .lines()
+            .filter(|l| l.contains("pinned") || l.contains("placement"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+}
+
+#[test]
+fn a_cpu_the_process_may_not_use_is_a_config_error() {
+    let fx = Fixture::new("place-badcpu");
+    let location = fx.location(Backend::Posix);
+    let section = segment_section(&location, &[]);
+    let cases = [
+        (
+            Kind::Producer,
+            format!("{section}[source]\ncpu_affinity = [4096]\n"),
+            ["source.cpu_affinity (line 5)", "4096"],
+        ),
+        (
+            Kind::Consumer,
+            format!("{section}[sink]\nkind = \"discard\"\ncpu_affinity = [4096]\n"),
+            ["sink.cpu_affinity (line 6)", "4096"],
+        ),
+        (Kind::Producer, segment_section(&location, &["numa_node = 999"]), ["segment.numa_node (line 4)", "999"]),
+    ];
+    for (kind, config, names) in cases {
+        let launch = Daemon::launch(&fx, kind, &config);
+        let check = fx.spawn(
+            "check-config",
+            Command::new(fixture::binary(kind.binary()))
+                .arg("--check-config")
+                .arg("--config")
+                .arg(launch.config_path()),
+        );
+        let checked = fx.wait(&check, PATIENCE);
+        let started = launch.start(&fx).wait(&fx);
+        for out in [&checked, &started] {
+            out.assert_code(78);
+            for name in names {
+                assert!(out.stderr.contains(name), "{} stderr lacks {name:?}: {}", kind.binary(), out.stderr);
+            }
+        }
+        println!("{}: {}", kind.binary(), started.stderr.trim());
+    }
+    assert!(Segment::builder(location).read_only().open().is_err(), "a refused daemon created the segment");
+}
