@@ -54,6 +54,13 @@ shmctl publish /high_perf_ring --file record.bin --type 7")]
     #[command(after_help = "Examples:\n  shmctl demo\n  shmctl demo --seconds 10 --rate 100000\n\n\
 The daemons are looked up beside shmctl (cargo build --release puts all three in target/release).")]
     Demo(DemoArgs),
+    /// Measure shmring against pipes, sockets, TCP and a minimal ring on this machine
+    /// (throughput, round-trip latency, idle CPU), or run one of the placement benches.
+    #[command(after_help = "Examples:\n  shmctl bench\n  \
+shmctl bench --transports shmring-hybrid,pipe,minimal-ring --sizes 64,4096 --duration 2s\n  \
+shmctl bench --json bench.json --plot bench.svg\n  \
+shmctl bench false-sharing\n  shmctl bench numa")]
+    Bench(crate::bench::BenchArgs),
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  shmctl completions bash > /etc/bash_completion.d/shmctl\n  \
 shmctl completions zsh > ~/.zfunc/_shmctl")]
@@ -105,6 +112,16 @@ pub struct CreateArgs {
     /// Wait strategy hint stored in the segment: spin, yield, futex, hybrid.
     #[arg(long, default_value = "hybrid")]
     pub wait: String,
+    /// Bind the segment's memory to this NUMA node (mbind, before any page is allocated).
+    #[arg(long, value_name = "N")]
+    pub numa_node: Option<u32>,
+    /// Back it with huge pages: sysv, or a file on a hugetlbfs mount (not posix); the system
+    /// must have enough free (sysctl vm.nr_hugepages=N).
+    #[arg(long)]
+    pub hugepages: bool,
+    /// Map every page now, so the first records take no page faults.
+    #[arg(long)]
+    pub prefault: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

@@ -3,6 +3,7 @@
 //! Thin by design: parse the command line, call `shm-core`, print, and map every error
 //! to a documented exit code (see [`exit`]).
 
+mod bench;
 mod cli;
 mod create;
 mod demo;
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Command::Publish(a) => publish::run(a),
         Command::Peek(a) => peek::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "shmctl", &mut std::io::stdout());
             Ok(())

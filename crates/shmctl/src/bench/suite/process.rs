@@ -1,0 +1,324 @@
+//! Two processes per case: the parent measures, a forked child is the other side. They
+//! meet on a control page (an anonymous shared mapping): a start line, the consumer's stop
+//! flag, the child's results, and the child's error if it failed.
+
+use std::io::Write as _;
+use std::num::NonZeroUsize;
+use std::panic::AssertUnwindSafe;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use super::cleanup;
+use super::{CaseError, ErrorKind};
+
+/// How long any one wait may last before the case is declared stuck.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+const PAGE: usize = 4096;
+// Word offsets in bytes, each flag on its own 128-byte line.
+const READY: usize = 0;
+const GO: usize = 128;
+const STOP: usize = 256;
+const FAILED: usize = 384;
+/// `RESULTS` u64 slots for the child to report measurements.
+const RESULTS: usize = 512;
+pub const RESULT_SLOTS: usize = 64;
+const MESSAGE_LEN: usize = RESULTS + RESULT_SLOTS * 8;
+const MESSAGE: usize = MESSAGE_LEN + 8;
+const MESSAGE_MAX: usize = PAGE - MESSAGE;
+const _: () = assert!(MESSAGE < PAGE);
+
+/// The page both processes of a case share.
+pub struct Control {
+    base: NonNull<u8>,
+}
+
+impl Control {
+    pub fn new() -> Result<Control, CaseError> {
+        // SAFETY: a fresh shared anonymous page at an address the kernel picks: it aliases
+        // nothing, is zeroed, and a forked child inherits it.
+        let base = unsafe {
+            mmap_anonymous(
+                None,
+                NonZeroUsize::new(PAGE).expect("non-zero"),
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )
+        }
+        .map_err(|e| CaseError::other(format!("mmap: {e}")))?;
+        Ok(Control { base: base.cast() })
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset % 4 == 0 && offset < PAGE);
+        // SAFETY: `offset` is 4-aligned and inside the page (the callers pass the constants
+        // above), and the page is only accessed as atomics while `self` keeps it mapped.
+        unsafe { self.base.add(offset).cast::<AtomicU32>().as_ref() }
+    }
+
+    fn slot(&self, index: usize) -> &AtomicU64 {
+        assert!(index < RESULT_SLOTS, "result slot {index}");
+        // SAFETY: 8-aligned and inside the page (index checked), accessed only as atomics.
+        unsafe { self.base.add(RESULTS + index * 8).cast::<AtomicU64>().as_ref() }
+    }
+
+    /// Child: ready (set up and attached), then wait for the parent's go.
+    pub fn child_ready(&self) -> Result<(), CaseError> {
+        // Release/Acquire: the child's setup is done before the parent starts its clock.
+        self.word(READY).store(1, Ordering::Release);
+        let mut spin = Spinner::new("waiting for the parent's go");
+        while self.word(GO).load(Ordering::Acquire) == 0 {
+            spin.step()?;
+            std::thread::yield_now(); // on one CPU, the parent needs it to say go
+        }
+        Ok(())
+    }
+
+    /// Parent: wait until the child is ready (failing early if it failed), start the
+    /// clock, say go.
+    pub fn parent_go(&self) -> Result<Instant, CaseError> {
+        let mut spin = Spinner::new("waiting for the child to start");
+        // Acquire: pairs with the Release store in `child_ready`.
+        while self.word(READY).load(Ordering::Acquire) == 0 {
+            if let Some(e) = self.failure() {
+                return Err(e);
+            }
+            spin.step()?;
+            std::thread::yield_now(); // on one CPU, the child needs it to get ready
+        }
+        let start = Instant::now();
+        self.word(GO).store(1, Ordering::Release);
+        Ok(start)
+    }
+
+    /// Consumer: asks the producer to stop.
+    pub fn stop(&self) {
+        // Relaxed: the producer only needs to see it eventually; the records are ordered
+        // by the transport itself.
+        self.word(STOP).store(1, Ordering::Relaxed);
+    }
+
+    /// Producer: whether the consumer asked it to stop.
+    #[inline]
+    pub fn stopped(&self) -> bool {
+        // Relaxed: see `stop`.
+        self.word(STOP).load(Ordering::Relaxed) != 0
+    }
+
+    /// Child: stores result `index`. The parent reads it after reaping the child.
+    pub fn set_result(&self, index: usize, value: u64) {
+        // Relaxed: read only after `waitpid`, which orders it.
+        self.slot(index).store(value, Ordering::Relaxed);
+    }
+
+    /// Result `index`, as the child (or the parent) left it.
+    pub fn result(&self, index: usize) -> u64 {
+        // Relaxed: see `set_result`.
+        self.slot(index).load(Ordering::Relaxed)
+    }
+
+    /// Child: records why it failed, for the parent to report.
+    fn fail(&self, error: &CaseError) {
+        let text = error.message.as_bytes();
+        let len = text.len().min(MESSAGE_MAX);
+        for (i, &b) in text[..len].iter().enumerate() {
+            // Relaxed: published by the Release store of FAILED below.
+            self.byte(MESSAGE + i).store(b, Ordering::Relaxed);
+        }
+        self.slot_at(MESSAGE_LEN).store(len as u64, Ordering::Relaxed);
+        let code = match error.kind {
+            ErrorKind::Sequence => 2,
+            ErrorKind::Other => 1,
+        };
+        self.word(FAILED).store(code, Ordering::Release);
+    }
+
+    /// The child's error, if it recorded one.
+    pub fn failure(&self) -> Option<CaseError> {
+        // Acquire: pairs with the Release store in `fail`; the message is complete.
+        let code = self.word(FAILED).load(Ordering::Acquire);
+        if code == 0 {
+            return None;
+        }
+        let len = (self.slot_at(MESSAGE_LEN).load(Ordering::Relaxed) as usize).min(MESSAGE_MAX);
+        let bytes: Vec<u8> = (0..len).map(|i| self.byte(MESSAGE + i).load(Ordering::Relaxed)).collect();
+        let message = format!("other process: {}", String::from_utf8_lossy(&bytes));
+        Some(CaseError { kind: if code == 2 { ErrorKind::Sequence } else { ErrorKind::Other }, message })
+    }
+
+    fn byte(&self, offset: usize) -> &std::sync::atomic::AtomicU8 {
+        assert!(offset < PAGE);
+        // SAFETY: inside the page, accessed only as atomics while `self` keeps it mapped.
+        unsafe { self.base.add(offset).cast::<std::sync::atomic::AtomicU8>().as_ref() }
+    }
+
+    fn slot_at(&self, offset: usize) -> &AtomicU64 {
+        debug_assert!(offset % 8 == 0 && offset + 8 <= PAGE);
+        // SAFETY: 8-aligned and inside the page (the callers pass the constants above),
+        // accessed only as atomics.
+        unsafe { self.base.add(offset).cast::<AtomicU64>().as_ref() }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `new` with this length; no reference into it outlives `self`.
+        let _ = unsafe { munmap(self.base.cast(), PAGE) };
+    }
+}
+
+/// A busy wait that gives up after [`TIMEOUT`], looking at the clock only now and then.
+pub struct Spinner {
+    what: &'static str,
+    spins: u32,
+    start: Option<Instant>,
+}
+
+impl Spinner {
+    pub fn new(what: &'static str) -> Spinner {
+        Spinner { what, spins: 0, start: None }
+    }
+
+    #[inline]
+    pub fn step(&mut self) -> Result<(), CaseError> {
+        std::hint::spin_loop();
+        self.spins = self.spins.wrapping_add(1);
+        if self.spins % 4096 == 0 {
+            let start = *self.start.get_or_insert_with(Instant::now);
+            if start.elapsed() > TIMEOUT {
+                return Err(CaseError::other(format!("{}: waited more than {TIMEOUT:?}", self.what)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// CPU pinning: the parent on the first CPU it may use, children on the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Pins {
+    /// The parent: consumer of throughput cases, pinger of round trips.
+    pub parent_cpu: usize,
+    /// The child: producer, echoer.
+    pub child_cpu: usize,
+}
+
+/// Pins this process to the first allowed CPU and returns the plan, or `None` when fewer
+/// than two CPUs are allowed.
+pub fn pin_parent() -> anyhow::Result<Option<Pins>> {
+    let set = sched_getaffinity(Pid::from_raw(0))?;
+    let mut cpus = (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false));
+    let Some((parent_cpu, child_cpu)) = cpus.next().zip(cpus.next()) else { return Ok(None) };
+    pin(parent_cpu).map_err(|e| anyhow::anyhow!(e.message))?;
+    Ok(Some(Pins { parent_cpu, child_cpu }))
+}
+
+fn pin(cpu: usize) -> Result<(), CaseError> {
+    let mut set = CpuSet::new();
+    set.set(cpu).map_err(|e| CaseError::other(format!("CPU {cpu}: {e}")))?;
+    sched_setaffinity(Pid::from_raw(0), &set)
+        .map_err(|e| CaseError::other(format!("sched_setaffinity(CPU {cpu}): {e}")))
+}
+
+/// Runs `child` in a forked child process (pinned per `pins`) and `parent` here, then
+/// reaps the child. Fails if either side fails; a failing parent kills the child.
+pub fn run_pair<T>(
+    control: &Control,
+    pins: Option<Pins>,
+    child: impl FnOnce(&Control) -> Result<(), CaseError>,
+    parent: impl FnOnce(&Control) -> Result<T, CaseError>,
+) -> Result<T, CaseError> {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: shmctl bench runs no other thread, so the child is a complete copy of a
+    // single-threaded process and may run any code.
+    match unsafe { fork() }.map_err(|e| CaseError::other(format!("fork: {e}")))? {
+        ForkResult::Child => {
+            drop(parent); // the parent's ends of the transports, closed here
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                if let Some(p) = pins {
+                    pin(p.child_cpu)?;
+                }
+                child(control)
+            }));
+            let code = match outcome {
+                Ok(Ok(())) => 0,
+                Ok(Err(e)) => {
+                    control.fail(&e);
+                    1
+                }
+                Err(_) => {
+                    control.fail(&CaseError::other("panicked"));
+                    2
+                }
+            };
+            // Ends the child without unwinding into the parent's frames, whose guards
+            // (segment unlinks) belong to the parent.
+            std::process::exit(code)
+        }
+        ForkResult::Parent { child: pid } => {
+            drop(child); // the child's ends, so that a dead child gives EOF
+            let mut reaper = Reaper::new(pid);
+            let value = parent(control).map_err(|e| control.failure().unwrap_or(e))?;
+            match reaper.wait()? {
+                WaitStatus::Exited(_, 0) => Ok(value),
+                status => {
+                    Err(control.failure().unwrap_or_else(|| CaseError::other(format!("other process: {status:?}"))))
+                }
+            }
+        }
+    }
+}
+
+/// Reaps the child; kills it first when dropped before [`Reaper::wait`] (the parent failed).
+struct Reaper(Option<Pid>);
+
+impl Reaper {
+    fn new(pid: Pid) -> Reaper {
+        cleanup::set_child(Some(pid));
+        Reaper(Some(pid))
+    }
+
+    /// Waits up to [`TIMEOUT`] for the child to exit, then kills it.
+    fn wait(&mut self) -> Result<WaitStatus, CaseError> {
+        let pid = self.0.take().expect("waited once");
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                Ok(WaitStatus::StillAlive) => {
+                    let _ = kill(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                    cleanup::set_child(None);
+                    return Err(CaseError::other(format!("the other process did not exit within {TIMEOUT:?}")));
+                }
+                Ok(status) => break status,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    cleanup::set_child(None);
+                    return Err(CaseError::other(format!("waitpid: {e}")));
+                }
+            }
+        };
+        cleanup::set_child(None);
+        Ok(status)
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            cleanup::set_child(None);
+        }
+    }
+}
