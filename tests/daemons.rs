@@ -421,7 +421,8 @@ pub fn wait_drained(segment: &Segment) -> StatsSnapshot {
     let mut stats = segment.stats();
     fixture::wait_until(PATIENCE, "the ring is drained", || {
         stats = segment.stats();
-        stats.read_cursor == stats.write_cursor
+        // The consumed counters are stored just after the read cursor: wait for both.
+        stats.read_cursor == stats.write_cursor && stats.total_consumed == stats.total_produced
     });
     stats
 }

@@ -336,12 +336,14 @@ impl Producer {
     ///
     /// Write the payload through the returned [`Claim`], then [`Claim::commit`] it;
     /// dropping the claim abandons it and leaves the ring as it was.
+    #[inline]
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, TryClaimError> {
         self.claim_inner(len, false)
     }
 
     /// Claims space for `len` payload bytes, waiting up to `timeout` (forever when `None`)
     /// with the handle's wait strategy.
+    #[inline]
     pub fn claim(&mut self, len: usize, timeout: Option<Duration>) -> Result<Claim<'_>, ClaimError> {
         let need = self.need(len).map_err(need_error)?;
         if !self.fits(need)? {
@@ -351,6 +353,7 @@ impl Producer {
     }
 
     /// Copies `data` into the ring as one record of type 0, without waiting.
+    #[inline]
     pub fn try_publish(&mut self, data: &[u8]) -> Result<(), TryClaimError> {
         let mut claim = self.try_claim(data.len())?;
         claim.copy_from_slice(data);
@@ -359,6 +362,7 @@ impl Producer {
     }
 
     /// Copies `data` into the ring as one record of type 0, waiting up to `timeout` for space.
+    #[inline]
     pub fn publish(&mut self, data: &[u8], timeout: Option<Duration>) -> Result<(), ClaimError> {
         let mut claim = self.claim(data.len(), timeout)?;
         claim.copy_from_slice(data);
@@ -405,6 +409,7 @@ impl Producer {
     }
 
     /// Bytes a claim of `len` needs from the current position, padding included.
+    #[inline]
     fn need(&self, len: usize) -> Result<(u64, u64, u64), TryClaimError> {
         let len64 = len as u64;
         if len64 > self.ring.max_record {
@@ -441,6 +446,7 @@ impl Producer {
         (self.cached_head + self.ring.capacity).saturating_sub(self.pos)
     }
 
+    #[inline]
     fn claim_inner(&mut self, len: usize, batched: bool) -> Result<Claim<'_>, TryClaimError> {
         let need = self.need(len)?;
         if !self.fits(need)? {
@@ -472,6 +478,7 @@ impl Producer {
     }
 
     /// Finishes a claim: writes its frame header and advances the local position.
+    #[inline]
     fn commit_frame(&mut self, start: u64, len: u32, record_type: u32) {
         let index = self.ring.data.index(start);
         self.ring.data.write_word(index, frame::encode(len, record_type));
@@ -558,6 +565,7 @@ impl Claim<'_> {
     }
 
     /// Commits the whole claimed length.
+    #[inline]
     pub fn commit(self) {
         let len = self.len;
         self.commit_len(len as usize);
@@ -568,6 +576,7 @@ impl Claim<'_> {
     ///
     /// # Panics
     /// If `len` is larger than the claim.
+    #[inline]
     pub fn commit_len(self, len: usize) {
         assert!(len <= self.len as usize, "commit_len({len}) exceeds the claim of {} bytes", self.len);
         let (start, record_type, batched) = (self.start, self.record_type, self.batched);
@@ -581,6 +590,7 @@ impl Claim<'_> {
 
 impl Deref for Claim<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         let ring = &self.producer.ring;
         // SAFETY: the claim owns `index + 8 .. index + 8 + len`, inside the region (the
@@ -590,6 +600,7 @@ impl Deref for Claim<'_> {
 }
 
 impl DerefMut for Claim<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         let ring = &self.producer.ring;
         // SAFETY: as in `deref`, and `&mut self` makes this the only live view.
@@ -611,11 +622,13 @@ impl std::fmt::Debug for Batch<'_> {
 
 impl Batch<'_> {
     /// Claims space for one record in the batch, without waiting.
+    #[inline]
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, TryClaimError> {
         self.producer.claim_inner(len, true)
     }
 
     /// Copies `data` in as one record of type 0, without waiting.
+    #[inline]
     pub fn try_push(&mut self, data: &[u8]) -> Result<(), TryClaimError> {
         let mut claim = self.try_claim(data.len())?;
         claim.copy_from_slice(data);
@@ -641,8 +654,11 @@ pub struct Consumer {
     pos: u64,
     /// Last value stored in `read_cursor`.
     released: u64,
-    /// Records and payload bytes read (guards dropped) but not yet released: between
-    /// `released` and `pos`. See "Lazy release" in the module docs.
+    /// End of the last record read one at a time (its guard dropped); the records
+    /// between `released` and here are read but not yet released. See "Lazy release" in
+    /// the module docs. A batch in progress reads past it without moving it.
+    read_to: u64,
+    /// How many records and payload bytes lie between `released` and `read_to`.
     pending: (u64, u64),
     /// Last `write_cursor` seen.
     cached_tail: u64,
@@ -710,6 +726,7 @@ impl Consumer {
             strategy,
             pos: head,
             released: head,
+            read_to: head,
             pending: (0, 0),
             cached_tail: tail,
             flip,
@@ -741,6 +758,7 @@ impl Consumer {
     /// Borrows the next committed record in place, without waiting. Dropping the guard
     /// marks it read (its space goes back to the producer, see "Lazy release" in the
     /// module docs); [`ReadGuard::unread`] keeps it.
+    #[inline]
     pub fn try_read(&mut self) -> Result<ReadGuard<'_>, TryReadError> {
         match self.next_frame()? {
             Some(f) => Ok(self.guard(f)),
@@ -752,6 +770,7 @@ impl Consumer {
     }
 
     /// Borrows the next committed record, waiting up to `timeout` (forever when `None`).
+    #[inline]
     pub fn read(&mut self, timeout: Option<Duration>) -> Result<ReadGuard<'_>, ReadError> {
         let f = self.wait_frame(timeout)?;
         Ok(self.guard(f))
@@ -863,8 +882,9 @@ impl Consumer {
         }
     }
 
-    /// Everything known is read: returns its space, then reloads `write_cursor`.
-    /// Whether there is more to read.
+    /// Everything known is read: returns the space of the records read one at a time
+    /// (not of a batch in progress, which its end releases), then reloads
+    /// `write_cursor`. Whether there is more to read.
     #[inline(never)]
     fn refresh_tail(&mut self) -> Result<bool, Corruption> {
         // Before looking for more, waiting or sleeping, so a producer waiting for space
@@ -880,6 +900,7 @@ impl Consumer {
         Ok(tail != self.pos)
     }
 
+    #[inline]
     fn guard(&mut self, f: DataFrame) -> ReadGuard<'_> {
         ReadGuard { consumer: self, index: f.index, len: f.len, record_type: f.record_type, next: f.next, keep: false }
     }
@@ -893,7 +914,6 @@ impl Consumer {
     /// (see "Lazy release" in the module docs) are released with them.
     #[inline(never)]
     fn release_to(&mut self, pos: u64, records: u64, bytes: u64) {
-        self.pos = pos;
         let (pending_records, pending_bytes) = std::mem::take(&mut self.pending);
         self.counters.add(Counter::TotalConsumed, records.saturating_add(pending_records));
         self.counters.add(Counter::BytesConsumed, bytes.saturating_add(pending_bytes));
@@ -909,6 +929,7 @@ impl Consumer {
         cursor.read_cursor.store(pos, Ordering::Release);
         self.flip ^= 1;
         self.released = pos;
+        self.read_to = pos;
         // Stored after the cursor, so a reader never sees a record counted as consumed
         // before it is counted as produced.
         self.counters.store(&self.ring, Counter::TotalConsumed);
@@ -922,8 +943,8 @@ impl Consumer {
     /// [`ReadGuard`] does this lazily (see "Lazy release" in the module docs); so does
     /// dropping the consumer.
     pub fn release_read(&mut self) {
-        if self.pos != self.released {
-            self.release_to(self.pos, 0, 0);
+        if self.read_to != self.released {
+            self.release_to(self.read_to, 0, 0);
         }
     }
 
@@ -934,6 +955,7 @@ impl Consumer {
     #[inline]
     fn finish_read(&mut self, next: u64, len: u32) {
         self.pos = next;
+        self.read_to = next;
         self.pending.0 += 1;
         self.pending.1 += u64::from(len);
         let quarter = self.ring.capacity / 4;
@@ -1007,6 +1029,7 @@ impl ReadGuard<'_> {
 
 impl Deref for ReadGuard<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: `frame_at_pos` validated the frame inside the region and below the
         // published cursor; the producer cannot reuse it until this guard releases it.
@@ -1015,6 +1038,7 @@ impl Deref for ReadGuard<'_> {
 }
 
 impl Drop for ReadGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         if !self.keep {
             self.consumer.ring.data.track(self.index, u64::from(self.len) + FRAME_HEADER, false);
@@ -1121,6 +1145,7 @@ struct DataFrame {
 /// Reads and checks the frame at `pos`, which must be below the published cursor `tail`
 /// (so `pos + framed` cannot overflow). The one place frames from shared memory are
 /// validated: for the consumer, `peek`, and a restarted producer.
+#[inline]
 fn read_frame(ring: &RingRefs, pos: u64, tail: u64) -> Result<Frame, Corruption> {
     let index = ring.data.index(pos);
     let to_end = ring.capacity - index;
@@ -1349,7 +1374,38 @@ mod tests {
 
     /// The read cursor as stored in the ring, and the consumed count as displayed.
     fn released(c: &Consumer) -> (u64, u64) {
-        (c.ring.cursor().read_cursor.load(Ordering::Relaxed), c.ring.counters().unwrap().load(Counter::TotalConsumed))
+        released_in(&c.ring)
+    }
+
+    fn released_in(ring: &RingRefs) -> (u64, u64) {
+        (ring.cursor().read_cursor.load(Ordering::Relaxed), ring.counters().unwrap().load(Counter::TotalConsumed))
+    }
+
+    /// A durable batch that reaches the end of what was published looks for more before
+    /// it returns: that look may release records read one at a time, never the batch's
+    /// own before its hook has run (a file sink would lose them to a kill).
+    #[test]
+    fn a_durable_batch_releases_nothing_of_its_own_before_its_hook() {
+        let (mut p, mut c) = pair(4096);
+        for i in 0..3u8 {
+            p.try_publish(&[i]).unwrap();
+        }
+        // 16-byte frames. Record 0 is read one at a time, and not yet released.
+        drop(c.try_read().unwrap());
+        let mut at_hook = None;
+        let n = c
+            .read_batch_durable(
+                10,
+                |_| Ok::<(), ()>(()),
+                |pos| {
+                    at_hook = Some((pos, released_in(&p.ring)));
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(at_hook, Some((48, (16, 1))), "at the hook only the record read before the batch is released");
+        assert_eq!(released(&c), (48, 3));
     }
 
     #[test]
