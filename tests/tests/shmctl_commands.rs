@@ -66,10 +66,10 @@ fn create_defaults_to_mode_0600(backend: Backend) {
     let fx = Fixture::new("create-default");
     let location = fx.location(backend);
     let out = create(&fx, &location, &[]);
-    let expected = format!("created {} ({}, spsc ring of 1 MiB, ", name(&location), backend.name());
+    let expected = format!("created {} ({}, spsc ring of 16 MiB, ", name(&location), backend.name());
     assert!(out.stdout.starts_with(&expected) && out.stdout.contains("mode 0600"), "{}", out.stdout);
     let os = os_stat(&location).expect("the object exists");
-    assert_eq!((os.mode, os.uid, os.size), (0o600, euid(), HEADER + (1 << 20)), "{os:?}");
+    assert_eq!((os.mode, os.uid, os.size), (0o600, euid(), HEADER + (16 << 20)), "{os:?}");
 }
 
 fn create_with_options_and_json(backend: Backend) {

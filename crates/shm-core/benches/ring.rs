@@ -1,7 +1,7 @@
 //! In-process cost of the spsc ring over heap memory: one thread alternates producing
 //! and consuming 64-byte records, so the figures are the ring's own instructions and
 //! cache traffic, with no second core, no syscall and no waiting. For regression
-//! tracking; the two-process figures are in `two_process.rs` and `docs/BENCHMARKS.md`.
+//! tracking; the two-process figures come from `shmctl bench` (see `docs/BENCHMARKS.md`).
 //!
 //! `cargo bench -p shm-core --bench ring`
 

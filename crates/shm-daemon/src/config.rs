@@ -161,7 +161,7 @@ pub struct RawSegment {
     pub name: Option<Spanned<String>>,
     /// `posix`, `sysv` or `file`.
     pub backend: Option<Spanned<String>>,
-    /// Ring data bytes (`"1MiB"`).
+    /// Ring data bytes (`"16MiB"`, the library default).
     pub capacity: Option<Spanned<SizeValue>>,
     /// Largest record (`"4KiB"`).
     pub max_record: Option<Spanned<SizeValue>>,
@@ -258,7 +258,8 @@ impl RawSegment {
         let name = text(&self.name, "/high_perf_ring");
         let location =
             Location::parse(&backend, &name).map_err(|e| src.error("segment.name", self.name.as_ref(), e))?;
-        let capacity = size_key(src, "segment.capacity", &self.capacity)?.unwrap_or(1 << 20);
+        let capacity =
+            size_key(src, "segment.capacity", &self.capacity)?.unwrap_or(shm_core::segment::DEFAULT_CAPACITY);
         if !capacity.is_power_of_two()
             || !(shm_core::layout::MIN_CAPACITY..=shm_core::layout::MAX_CAPACITY).contains(&capacity)
         {

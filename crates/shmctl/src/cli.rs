@@ -95,7 +95,7 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub target: Target,
     /// Ring data bytes, a power of two from 4KiB to 1TiB (units: KiB, MiB, GiB).
-    #[arg(long, default_value = "1MiB")]
+    #[arg(long, default_value = "16MiB")]
     pub capacity: String,
     /// Largest record (default: capacity/2 - 8).
     #[arg(long)]

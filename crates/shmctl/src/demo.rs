@@ -187,6 +187,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         count(end.producer_blocks),
         count(end.consumer_blocks)
     );
+    if args.rate == 0 && end.producer_blocks > 0 {
+        println!(
+            "  (the generator outran the verifier and kept the ring full, so the latency above is \
+             mostly queueing: try --rate 100000 for the ring's own latency)"
+        );
+    }
     println!("  exits       producerd {producer_status}, consumerd {consumer_status}");
     if !args.keep {
         println!("  {location} removed (--keep leaves it for shmctl stat)");

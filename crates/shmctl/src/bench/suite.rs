@@ -64,7 +64,7 @@ pub struct SuiteArgs {
     #[arg(long, value_parser = parse_idle)]
     pub idle: Option<Duration>,
     /// Ring data bytes of the rings (larger when a record needs it: at least twice the record).
-    #[arg(long, default_value = "1MiB")]
+    #[arg(long, default_value = "16MiB")]
     pub capacity: String,
     /// Also run shmring-hybrid and minimal-ring at each of these ring sizes (e.g. 4KiB,64KiB,1GiB).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
