@@ -424,6 +424,25 @@ fn list_shows_segments_with_liveness(backend: Backend) {
     }
 }
 
+/// A segment created bound to a NUMA node says so in `stat`, human and JSON; one created
+/// without a node says nothing of the kind.
+#[test]
+fn stat_shows_the_numa_binding() {
+    let fx = Fixture::new("stat-numa");
+    let bound = fx.location(Backend::Posix);
+    let free = fx.location(Backend::Posix);
+    create(&fx, &bound, &["--capacity", "64KiB", "--numa-node", "0"]);
+    create(&fx, &free, &["--capacity", "64KiB"]);
+    let human = shmctl_on(&fx, "stat", &bound, &[]);
+    human.assert_success();
+    assert!(line_of(&human.stdout, "owner").ends_with("bound to NUMA node 0"), "{}", human.stdout);
+    assert_eq!(stat_json(&fx, &bound)["segment"]["numa_node"], 0, "the JSON names the node");
+    let human = shmctl_on(&fx, "stat", &free, &[]);
+    human.assert_success();
+    assert!(!human.stdout.contains("NUMA"), "{}", human.stdout);
+    assert!(stat_json(&fx, &free)["segment"]["numa_node"].is_null(), "no node in the JSON");
+}
+
 #[test]
 fn list_all_adds_foreign_shared_memory_like_lsipc() {
     let fx = Fixture::new("list-all");

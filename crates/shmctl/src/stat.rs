@@ -96,11 +96,12 @@ fn render(r: &StatReport, rates: Option<&Rates>) -> String {
     let _ = writeln!(o, "{}  ({}{}){}", s.name, s.backend, path, if s.unlinked { "  [UNLINKED]" } else { "" });
     let _ = writeln!(
         o,
-        "  owner     {}:{}  mode {:04o}  size {}",
+        "  owner     {}:{}  mode {:04o}  size {}{}",
         render::user(s.uid),
         render::group(s.gid),
         s.mode,
-        format_size(s.size)
+        format_size(s.size),
+        s.numa_node.map(|n| format!("  bound to NUMA node {n}")).unwrap_or_default()
     );
     let _ = writeln!(
         o,
