@@ -146,8 +146,15 @@ fn service(
             Ok((new, _)) => {
                 log.set_level(&new.log.level);
                 shared.rotate.store(true, Ordering::Relaxed);
-                if new.segment.location != current.segment.location || new.sink != current.sink {
-                    warn!("segment or sink changed in the config: that takes a restart");
+                let mut restart = current.segment.changed_keys(&new.segment);
+                if new.sink != current.sink {
+                    restart.push("sink");
+                }
+                if new.cpu_affinity != current.cpu_affinity {
+                    restart.push("sink.cpu_affinity");
+                }
+                if !restart.is_empty() {
+                    warn!(keys = %restart.join(", "), "changed in the config, kept as running: they take a restart");
                 }
                 info!(level = %new.log.level, "config reloaded");
             }

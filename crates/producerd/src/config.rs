@@ -231,6 +231,18 @@ mod tests {
         assert_eq!(defaults.cpu_affinity, None);
     }
 
+    /// What a reload reports as needing a restart: the changed `[segment]` keys, and
+    /// nothing when only `wait_for_segment` (which a reload may change) differs.
+    #[test]
+    fn a_reload_names_the_segment_keys_that_take_a_restart() {
+        let settings = |text: &str| load(&Source::embedded(text)).expect(text).segment;
+        let running = settings("[segment]\ncapacity = \"1MiB\"\n");
+        let changed = settings("[segment]\ncapacity = \"2MiB\"\nnuma_node = 0\nprefault = true\n");
+        assert_eq!(running.changed_keys(&changed), ["segment.capacity", "segment.numa_node", "segment.prefault"]);
+        let same = settings("[segment]\ncapacity = \"1MiB\"\nwait_for_segment = \"3s\"\n");
+        assert!(running.changed_keys(&same).is_empty());
+    }
+
     #[test]
     fn placement_errors_name_the_key_the_line_and_the_fix() {
         let cases: [(&str, &[&str]); 6] = [

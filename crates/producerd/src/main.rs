@@ -134,10 +134,15 @@ fn service(
                 if let config::SourceKind::Generator { rate, .. } = new.source {
                     shared.rate.store(rate, Ordering::Relaxed);
                 }
-                if new.segment.location != current.segment.location
-                    || std::mem::discriminant(&new.source) != std::mem::discriminant(&current.source)
-                {
-                    warn!("segment or source kind changed in the config: that takes a restart");
+                let mut restart = current.segment.changed_keys(&new.segment);
+                if std::mem::discriminant(&new.source) != std::mem::discriminant(&current.source) {
+                    restart.push("source.kind");
+                }
+                if new.cpu_affinity != current.cpu_affinity {
+                    restart.push("source.cpu_affinity");
+                }
+                if !restart.is_empty() {
+                    warn!(keys = %restart.join(", "), "changed in the config, kept as running: they take a restart");
                 }
                 info!(level = %new.log.level, "config reloaded");
             }

@@ -233,6 +233,29 @@ pub struct SegmentSettings {
     pub prefault: bool,
 }
 
+impl SegmentSettings {
+    /// The `[segment]` keys whose new values only a restart applies (the segment is
+    /// attached, and created, once): every key but `wait_for_segment`.
+    pub fn changed_keys(&self, new: &SegmentSettings) -> Vec<&'static str> {
+        let changes = [
+            ("segment.name/backend", self.location != new.location),
+            ("segment.capacity", self.capacity != new.capacity),
+            ("segment.max_record", self.max_record != new.max_record),
+            ("segment.mode", self.mode != new.mode),
+            ("segment.group", self.group != new.group),
+            ("segment.create", self.create != new.create),
+            ("segment.wait", self.wait != new.wait),
+            ("segment.flush", self.flush != new.flush),
+            ("segment.owner", self.owner != new.owner),
+            ("segment.on_unlinked", self.recreate_when_unlinked != new.recreate_when_unlinked),
+            ("segment.numa_node", self.numa_node != new.numa_node),
+            ("segment.hugepages", self.hugepages != new.hugepages),
+            ("segment.prefault", self.prefault != new.prefault),
+        ];
+        changes.into_iter().filter_map(|(key, changed)| changed.then_some(key)).collect()
+    }
+}
+
 /// Defaults of `[segment]` that differ between the daemons.
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentDefaults {
