@@ -46,7 +46,7 @@
 //! let mut consumer = segment.consumer()?;
 //! let first = consumer.read(Some(Duration::from_secs(1)))?; // borrowed in place
 //! assert_eq!(&*first, b"hello");
-//! drop(first);                                                // releases it
+//! drop(first);                                                // read: released lazily
 //! let mut seen = Vec::new();
 //! consumer.read_batch(16, |r| { seen.push(r.data.to_vec()); Ok::<_, std::convert::Infallible>(()) })?;
 //! assert_eq!(seen, [b"world".to_vec()]);

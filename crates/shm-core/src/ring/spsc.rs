@@ -1069,7 +1069,9 @@ impl ReadGuard<'_> {
         self.consumer.pos
     }
 
-    /// Releases the record now (the same as dropping the guard).
+    /// Marks the record read (the same as dropping the guard); its space goes back to the
+    /// producer as "Lazy release" in the module docs says. [`Consumer::release_read`]
+    /// returns it at once.
     pub fn release(self) {}
 
     /// Leaves the record in the ring: the next read returns it again.
