@@ -489,14 +489,20 @@ impl Producer {
     /// Finishes a claim: writes its frame header and advances the local position.
     #[inline]
     fn commit_frame(&mut self, start: u64, len: u32, record_type: u32) {
-        let index = self.ring.data.index(start);
-        self.ring.data.write_word(index, frame::encode(len, record_type));
-        self.ring.data.track(index, u64::from(len) + FRAME_HEADER, true);
-        // Cannot overflow: the claim was checked against the free space.
-        self.pos = start + frame::framed_len_u32(len);
-        self.last_start = start;
+        self.end_frame(start, self.ring.data.index(start), len, record_type);
         self.counters.add(Counter::TotalProduced, 1);
         self.counters.add(Counter::BytesProduced, u64::from(len));
+    }
+
+    /// Writes the header of the frame at `start` (data index `index`), whose payload is
+    /// written, and moves the local position past it (uncounted: the caller counts it).
+    #[inline]
+    fn end_frame(&mut self, start: u64, index: u64, len: u32, record_type: u32) {
+        self.ring.data.write_word(index, frame::encode(len, record_type));
+        self.ring.data.track(index, u64::from(len) + FRAME_HEADER, true);
+        // Cannot overflow: the space was checked before the payload was written.
+        self.pos = start + frame::framed_len_u32(len);
+        self.last_start = start;
     }
 
     /// Makes every committed frame visible to the consumer and wakes it if it sleeps.
@@ -662,9 +668,7 @@ impl Batch<'_> {
                 // producer writes there, and nothing below `pos` is published until the
                 // batch ends.
                 unsafe { p.ring.data.slice_mut(index + FRAME_HEADER, data.len()) }.copy_from_slice(data);
-                p.ring.data.write_word(index, frame::encode(len, 0));
-                p.pos = start + framed;
-                p.last_start = start;
+                p.end_frame(start, index, len, 0);
                 self.records += 1;
                 self.bytes += u64::from(len);
                 return Ok(());
