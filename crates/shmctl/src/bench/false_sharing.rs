@@ -14,20 +14,19 @@
 use std::io::Write;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid, getppid};
 use serde::Serialize;
 use shm_core::layout::{LINE, Line};
+use shm_core::placement;
 
+use super::{SharedAnon, median};
 use crate::cli::parse_interval;
 use crate::render::count;
 
@@ -118,8 +117,7 @@ impl Increment {
 /// One case's shared memory: the counters in their layout, then [`Control`], then one
 /// [`Report`] per worker.
 struct Arena {
-    base: NonNull<u8>,
-    len: usize,
+    map: SharedAnon,
     layout: Layout,
     control_offset: usize,
 }
@@ -132,24 +130,15 @@ impl Arena {
         };
         let control_offset = counters.next_multiple_of(align_of::<Control>());
         let len = control_offset + size_of::<Control>() + workers * size_of::<Report>();
-        // SAFETY: a fresh anonymous mapping aliases nothing; the kernel zero-fills it and
-        // all-zero bytes are valid atomics.
-        let base = unsafe {
-            mmap_anonymous(
-                None,
-                NonZeroUsize::new(len).expect("at least the control block"),
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-            )
-        }
-        .context("mmap of the counters")?;
-        Ok(Arena { base: base.cast(), len, layout, control_offset })
+        let map = SharedAnon::new(NonZeroUsize::new(len).expect("at least the control block"))
+            .context("mmap of the counters")?;
+        Ok(Arena { map, layout, control_offset })
     }
 
     fn control(&self) -> &Control {
         // SAFETY: `control_offset` is a multiple of 128 inside the page-aligned mapping, which
         // lives as long as `&self`; the block is only ever accessed through its atomics.
-        unsafe { self.base.add(self.control_offset).cast::<Control>().as_ref() }
+        unsafe { self.map.ptr().add(self.control_offset).cast::<Control>().as_ref() }
     }
 
     /// Worker `i`'s counter (`i` below the worker count given to [`Arena::new`]).
@@ -157,9 +146,9 @@ impl Arena {
         match self.layout {
             // SAFETY: line `i / 8` is inside the counters region sized for every worker, 64-aligned
             // in the page-aligned mapping, which lives as long as `&self`; only atomics touch it.
-            Layout::Packed => unsafe { &self.base.cast::<Packed>().add(i / PER_LINE).as_ref().0[i % PER_LINE] },
+            Layout::Packed => unsafe { &self.map.ptr().cast::<Packed>().add(i / PER_LINE).as_ref().0[i % PER_LINE] },
             // SAFETY: block `i` is inside the counters region, 128-aligned, alive as long as `&self`.
-            Layout::Padded => unsafe { &self.base.cast::<Padded>().add(i).as_ref().0 },
+            Layout::Padded => unsafe { &self.map.ptr().cast::<Padded>().add(i).as_ref().0 },
         }
     }
 
@@ -168,37 +157,21 @@ impl Arena {
         let offset = self.control_offset + size_of::<Control>() + i * size_of::<Report>();
         // SAFETY: report `i` lies inside the mapping (sized for every worker), 16-aligned,
         // alive as long as `&self`, accessed only through its atomics.
-        unsafe { self.base.add(offset).cast::<Report>().as_ref() }
+        unsafe { self.map.ptr().add(offset).cast::<Report>().as_ref() }
     }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        // SAFETY: mapped in `new` with this length; every reference into it borrows `self`.
-        let _ = unsafe { munmap(self.base.cast(), self.len) };
-    }
-}
-
-/// Pins the calling thread (or single-threaded process) to `cpu`.
-fn pin(cpu: usize) -> nix::Result<()> {
-    let mut set = CpuSet::new();
-    set.set(cpu)?;
-    sched_setaffinity(Pid::from_raw(0), &set)
 }
 
 /// The CPUs this process may run on, lowest first.
 fn allowed_cpus() -> Vec<usize> {
-    match sched_getaffinity(Pid::from_raw(0)) {
-        Ok(set) => (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect(),
-        Err(_) => (0..std::thread::available_parallelism().map_or(1, usize::from)).collect(),
-    }
+    placement::allowed_cpus()
+        .unwrap_or_else(|_| (0..std::thread::available_parallelism().map_or(1, usize::from)).collect())
 }
 
 /// One worker: pin, say ready, wait for go, increment until stop, report. Takes the atomics
 /// it touches rather than the [`Arena`], whose raw pointer is not for sharing between threads.
 fn work(control: &Control, counter: &AtomicU64, report: &Report, cpu: Option<usize>, increment: Increment) {
     if let Some(cpu) = cpu
-        && pin(cpu).is_ok()
+        && placement::pin_current_thread(&[cpu]).is_ok()
     {
         report.pinned.store(1, Ordering::Relaxed);
     }
@@ -400,14 +373,6 @@ fn run_processes(plan: &Plan, arena: &Arena) -> Result<Duration> {
     Ok(elapsed)
 }
 
-/// The median of `values` (not empty); the mean of the middle two for an even count.
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 { sorted[mid] } else { (sorted[mid - 1] + sorted[mid]) / 2.0 }
-}
-
 #[derive(Serialize)]
 struct RepJson {
     packed: f64,
@@ -498,6 +463,7 @@ pub fn run(args: &FalseSharingArgs) -> Result<()> {
     let packed: Vec<f64> = reps.iter().map(|r| r.packed).collect();
     let padded: Vec<f64> = reps.iter().map(|r| r.padded).collect();
     let ratios: Vec<f64> = reps.iter().map(|r| r.padded / r.packed).collect();
+    let median = |values: &[f64]| median(values.iter().copied()).expect("at least one repetition");
     let (median_packed, median_padded, median_ratio) = (median(&packed), median(&padded), median(&ratios));
 
     println!();

@@ -5,18 +5,18 @@
 use std::io::Write as _;
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
+use shm_core::placement;
+
 use super::cleanup;
 use super::{CaseError, ErrorKind};
+use crate::bench::SharedAnon;
 
 /// How long any one wait may last before the case is declared stuck.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,36 +37,27 @@ const _: () = assert!(MESSAGE < PAGE);
 
 /// The page both processes of a case share.
 pub struct Control {
-    base: NonNull<u8>,
+    map: SharedAnon,
 }
 
 impl Control {
     pub fn new() -> Result<Control, CaseError> {
-        // SAFETY: a fresh shared anonymous page at an address the kernel picks: it aliases
-        // nothing, is zeroed, and a forked child inherits it.
-        let base = unsafe {
-            mmap_anonymous(
-                None,
-                NonZeroUsize::new(PAGE).expect("non-zero"),
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-            )
-        }
-        .map_err(|e| CaseError::other(format!("mmap: {e}")))?;
-        Ok(Control { base: base.cast() })
+        let map = SharedAnon::new(NonZeroUsize::new(PAGE).expect("non-zero"))
+            .map_err(|e| CaseError::other(format!("mmap: {e}")))?;
+        Ok(Control { map })
     }
 
     fn word(&self, offset: usize) -> &AtomicU32 {
         debug_assert!(offset % 4 == 0 && offset < PAGE);
         // SAFETY: `offset` is 4-aligned and inside the page (the callers pass the constants
         // above), and the page is only accessed as atomics while `self` keeps it mapped.
-        unsafe { self.base.add(offset).cast::<AtomicU32>().as_ref() }
+        unsafe { self.map.ptr().add(offset).cast::<AtomicU32>().as_ref() }
     }
 
     fn slot(&self, index: usize) -> &AtomicU64 {
         assert!(index < RESULT_SLOTS, "result slot {index}");
         // SAFETY: 8-aligned and inside the page (index checked), accessed only as atomics.
-        unsafe { self.base.add(RESULTS + index * 8).cast::<AtomicU64>().as_ref() }
+        unsafe { self.map.ptr().add(RESULTS + index * 8).cast::<AtomicU64>().as_ref() }
     }
 
     /// Child: ready (set up and attached), then wait for the parent's go.
@@ -156,21 +147,14 @@ impl Control {
     fn byte(&self, offset: usize) -> &std::sync::atomic::AtomicU8 {
         assert!(offset < PAGE);
         // SAFETY: inside the page, accessed only as atomics while `self` keeps it mapped.
-        unsafe { self.base.add(offset).cast::<std::sync::atomic::AtomicU8>().as_ref() }
+        unsafe { self.map.ptr().add(offset).cast::<std::sync::atomic::AtomicU8>().as_ref() }
     }
 
     fn slot_at(&self, offset: usize) -> &AtomicU64 {
         debug_assert!(offset % 8 == 0 && offset + 8 <= PAGE);
         // SAFETY: 8-aligned and inside the page (the callers pass the constants above),
         // accessed only as atomics.
-        unsafe { self.base.add(offset).cast::<AtomicU64>().as_ref() }
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        // SAFETY: mapped in `new` with this length; no reference into it outlives `self`.
-        let _ = unsafe { munmap(self.base.cast(), PAGE) };
+        unsafe { self.map.ptr().add(offset).cast::<AtomicU64>().as_ref() }
     }
 }
 
@@ -212,18 +196,14 @@ pub struct Pins {
 /// Pins this process to the first allowed CPU and returns the plan, or `None` when fewer
 /// than two CPUs are allowed.
 pub fn pin_parent() -> anyhow::Result<Option<Pins>> {
-    let set = sched_getaffinity(Pid::from_raw(0))?;
-    let mut cpus = (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false));
+    let mut cpus = placement::allowed_cpus()?.into_iter();
     let Some((parent_cpu, child_cpu)) = cpus.next().zip(cpus.next()) else { return Ok(None) };
     pin(parent_cpu).map_err(|e| anyhow::anyhow!(e.message))?;
     Ok(Some(Pins { parent_cpu, child_cpu }))
 }
 
 fn pin(cpu: usize) -> Result<(), CaseError> {
-    let mut set = CpuSet::new();
-    set.set(cpu).map_err(|e| CaseError::other(format!("CPU {cpu}: {e}")))?;
-    sched_setaffinity(Pid::from_raw(0), &set)
-        .map_err(|e| CaseError::other(format!("sched_setaffinity(CPU {cpu}): {e}")))
+    placement::pin_current_thread(&[cpu]).map_err(|e| CaseError::other(format!("sched_setaffinity(CPU {cpu}): {e}")))
 }
 
 /// Runs `child` in a forked child process (pinned per `pins`) and `parent` here, then

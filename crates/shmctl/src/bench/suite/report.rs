@@ -11,6 +11,7 @@ use super::measure::{Counters, ring_capacity};
 use super::process::Pins;
 use super::transport::Transport;
 use super::{Case, CaseError, ErrorKind, Outcome, Plan};
+use crate::bench::median;
 
 /// Sizes from which the throughput table compares with memcpy.
 const LARGE: usize = 64 * 1024;
@@ -226,18 +227,6 @@ pub struct Failure {
     /// `sequence` (a record skipped, repeated or torn) or `other`.
     pub kind: &'static str,
     pub message: String,
-}
-
-/// The median, or `None` for no values.
-pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
-    let mut v: Vec<f64> = values.into_iter().filter(|x| !x.is_nan()).collect();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
 }
 
 type Runs = Vec<Result<Outcome, CaseError>>;
