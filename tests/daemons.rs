@@ -81,6 +81,16 @@ impl Launch {
         &self.config
     }
 
+    /// Runs the daemon with `--check-config` on this config and waits for it to finish.
+    #[track_caller]
+    pub fn check_config(&self, fx: &Fixture) -> Finished {
+        let check = fx.spawn(
+            "check-config",
+            Command::new(fixture::binary(self.kind.binary())).arg("--check-config").arg("--config").arg(&self.config),
+        );
+        fx.wait(&check, PATIENCE)
+    }
+
     /// Spawns the daemon; does not wait for it to be ready.
     #[track_caller]
     pub fn start(&self, fx: &Fixture) -> Daemon {

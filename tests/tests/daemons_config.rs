@@ -10,12 +10,11 @@
 //! - `a_second_*_is_refused`: a role already held by a live daemon: exit 69, and the
 //!   first one runs on.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shm_core::{Location, Segment};
-use shmring_tests::daemons::{Daemon, Kind, PATIENCE, segment_section};
-use shmring_tests::{Backend, Fixture, fixture};
+use shmring_tests::daemons::{Daemon, Kind, segment_section};
+use shmring_tests::{Backend, Fixture};
 
 /// A config the daemon must refuse, and what its message must name.
 struct Refused {
@@ -35,12 +34,7 @@ fn assert_all_refused(fx: &Fixture, location: &Location, cases: &[Refused]) {
     let mut failures = Vec::new();
     for case in cases {
         let launch = Daemon::launch(fx, case.kind, &case.config);
-        let binary = fixture::binary(case.kind.binary());
-        let check = fx.spawn(
-            "check-config",
-            Command::new(binary).arg("--check-config").arg("--config").arg(launch.config_path()),
-        );
-        let checked = fx.wait(&check, PATIENCE);
+        let checked = launch.check_config(fx);
         let started = launch.start(fx);
         let start = started.wait(fx);
         for (mode, out) in [("--check-config", &checked), ("starting", &start)] {
@@ -82,14 +76,7 @@ fn config_a_valid_one_passes_the_check() {
     for (kind, extra) in [(Kind::Producer, "[source]\nrate = 1000\n"), (Kind::Consumer, "[sink]\nkind = \"discard\"\n")]
     {
         let launch = Daemon::launch(&fx, kind, &format!("{}{extra}", segment_section(&location, &[])));
-        let check = fx.spawn(
-            "check-config",
-            Command::new(fixture::binary(kind.binary()))
-                .arg("--check-config")
-                .arg("--config")
-                .arg(launch.config_path()),
-        );
-        let out = fx.wait(&check, PATIENCE);
+        let out = launch.check_config(&fx);
         out.assert_success();
         assert!(out.stdout.contains("config OK"), "{out:?}");
     }

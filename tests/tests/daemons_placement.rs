@@ -10,13 +10,12 @@
 //!   NUMA node that does not exist) make both daemons exit 78, with `--check-config` and
 //!   when starting, naming the key, its line and the CPU; no segment is created.
 
-use std::process::Command;
 use std::time::Duration;
 
 use shm_core::Segment;
 use shm_core::placement::{allowed_cpus, format_list};
-use shmring_tests::daemons::{Daemon, Kind, PATIENCE, observe, segment_section};
-use shmring_tests::{Backend, Fixture, fixture};
+use shmring_tests::daemons::{Daemon, Kind, observe, segment_section};
+use shmring_tests::{Backend, Fixture};
 
 /// `Cpus_allowed_list` of each thread of `pid` named `name` (`/proc/PID/task/*/comm`).
 fn threads_cpus(pid: u32, name: &str) -> Vec<String> {
@@ -101,14 +100,7 @@ fn a_cpu_the_process_may_not_use_is_a_config_error() {
     ];
     for (kind, config, names) in cases {
         let launch = Daemon::launch(&fx, kind, &config);
-        let check = fx.spawn(
-            "check-config",
-            Command::new(fixture::binary(kind.binary()))
-                .arg("--check-config")
-                .arg("--config")
-                .arg(launch.config_path()),
-        );
-        let checked = fx.wait(&check, PATIENCE);
+        let checked = launch.check_config(&fx);
         let started = launch.start(&fx).wait(&fx);
         for out in [&checked, &started] {
             out.assert_code(78);
