@@ -47,6 +47,18 @@
 //! released when a reader dies). [`Consumer::read_batch_durable`] releases its records
 //! in the same call, for exactly-once sinks.
 //!
+//! # Backing off from a stream
+//! A consumer that reads one record at a time is usually faster than its producer, so
+//! it keeps catching up. Every look at `write_cursor` then pulls the producer's line
+//! into the consumer's cache, and the producer's next publish must take it back: a
+//! cross-core round trip per record. So when its last look found two or more new
+//! records (the producer publishes faster than the consumer looks), a blocking read
+//! that has read them all pauses about a microsecond (`STREAM_BACKOFF_SPINS`) before
+//! it looks again, and finds a longer stretch. A consumer that keeps up with one
+//! record in flight (ping-pong, or a producer slower than a microsecond per record)
+//! finds at most one record per look and never pauses, so its latency is unchanged.
+//! Non-blocking calls never pause.
+//!
 //! # Waking (no lost wake-ups)
 //! Each direction has a wake word (`data_wake`: the consumer sleeps there for data;
 //! `space_wake`: the producer sleeps there for space). The sleeper stores `1` in the
@@ -76,6 +88,12 @@ use crate::sync::{self, Ordering, fence};
 
 /// How many spins between two looks at the clock.
 const SPINS_PER_CLOCK_CHECK: u32 = 64;
+
+/// Spin-loop hints a blocking read pauses for when it catches up with a streaming
+/// producer ("Backing off from a stream" in the module docs): about a microsecond.
+/// Measured with `shmctl bench` (docs/BENCHMARKS.md): 8 barely helped, 32 to 128 all
+/// cut the consumer's empty looks from one per two records to one per 5,000 or more.
+const STREAM_BACKOFF_SPINS: u32 = 64;
 
 /// A deadline for a blocking call, and the strategy's spinning budget. The clock is
 /// first read after [`SPINS_PER_CLOCK_CHECK`] spins, not when the wait starts: a
@@ -717,6 +735,11 @@ pub struct Consumer {
     pending: (u64, u64),
     /// Last `write_cursor` seen.
     cached_tail: u64,
+    /// Records read since `write_cursor` was last loaded.
+    stretch: u64,
+    /// Whether the stretch before the last load held two or more records: the producer
+    /// is streaming ("Backing off from a stream" in the module docs).
+    streaming: bool,
     /// Which release slot the next release writes.
     flip: usize,
     counters: LocalCounters,
@@ -784,6 +807,8 @@ impl Consumer {
             read_to: head,
             pending: (0, 0),
             cached_tail: tail,
+            stretch: 0,
+            streaming: false,
             flip,
             counters,
             _attachment: attachment,
@@ -838,6 +863,9 @@ impl Consumer {
 
     /// Waits for the next data frame, up to `timeout`.
     fn wait_frame(&mut self, timeout: Option<Duration>) -> Result<DataFrame, ReadError> {
+        if self.streaming && self.pos == self.cached_tail {
+            stream_backoff();
+        }
         if let Some(f) = self.next_frame()? {
             return Ok(f);
         }
@@ -905,6 +933,7 @@ impl Consumer {
             bytes += u64::from(f.len);
             self.pos = f.next;
         };
+        self.stretch += accepted as u64;
         if accepted == 0 {
             if outcome.is_ok() {
                 self.count_block();
@@ -952,6 +981,8 @@ impl Consumer {
             return Err(Corruption { what: "write cursor outside the ring", value: tail, position: self.pos });
         }
         self.cached_tail = tail;
+        self.streaming = self.stretch >= 2;
+        self.stretch = 0;
         Ok(tail != self.pos)
     }
 
@@ -1011,6 +1042,7 @@ impl Consumer {
     fn finish_read(&mut self, next: u64, len: u32) {
         self.pos = next;
         self.read_to = next;
+        self.stretch += 1;
         self.pending.0 += 1;
         self.pending.1 += u64::from(len);
         let quarter = self.ring.capacity / 4;
@@ -1243,6 +1275,16 @@ fn last_frame_at(ring: &RingRefs, start: u64, cursor: u64) -> Option<DataFrame> 
     }
 }
 
+/// The pause of a blocking read that caught up with a streaming producer ("Backing off
+/// from a stream" in the module docs). Only a hint for speed, so loom models skip it.
+#[inline(never)]
+fn stream_backoff() {
+    #[cfg(not(loom))]
+    for _ in 0..STREAM_BACKOFF_SPINS {
+        std::hint::spin_loop();
+    }
+}
+
 /// The waker half of the wake-up protocol (module docs), called right after storing
 /// this side's cursor: wakes the other side if it announced that it sleeps. Returns
 /// whether it did; a busy ring returns `false` without a syscall.
@@ -1463,6 +1505,37 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(at_hook, Some((48, (16, 1))), "at the hook only the record read before the batch is released");
         assert_eq!(released(&c), (48, 3));
+    }
+
+    #[test]
+    fn a_consumer_backs_off_only_after_a_look_that_found_a_stretch() {
+        let (mut p, mut c) = pair(4096);
+        // Ping-pong: every look finds one record, so the consumer never pauses.
+        for i in 0..5u8 {
+            p.try_publish(&[i]).unwrap();
+            assert_eq!(&*c.read(Some(Duration::ZERO)).unwrap(), &[i]);
+            assert!(c.read(Some(Duration::ZERO)).is_err(), "caught up");
+            assert!(!c.streaming, "one record per look is not a stream");
+        }
+        // A producer ahead by three: the look that found them makes the next one wait.
+        for i in 0..3u8 {
+            p.try_publish(&[i]).unwrap();
+        }
+        for _ in 0..3 {
+            drop(c.read(Some(Duration::ZERO)).unwrap());
+        }
+        assert!(c.try_read().is_err());
+        assert!(c.streaming, "the look after a stretch of three");
+        // The next look finds nothing new: not a stream any more.
+        assert!(c.try_read().is_err());
+        assert!(!c.streaming);
+        // Batches count their records too.
+        for i in 0..2u8 {
+            p.try_publish(&[i]).unwrap();
+        }
+        assert_eq!(c.read_batch(10, |_| Ok::<(), ()>(())).unwrap(), 2);
+        assert_eq!(c.read_batch(10, |_| Ok::<(), ()>(())).unwrap(), 0);
+        assert!(c.streaming);
     }
 
     #[test]
