@@ -359,3 +359,16 @@ fn prefault_control_without_it_only_the_header_is_mapped() {
     let maps = mappings_of(&needle(&named.0));
     assert!(maps.iter().all(|m| m.rss <= HEADER_SIZE as u64), "{maps:?}");
 }
+
+#[test]
+fn prefault_of_an_open_segment_maps_every_page_into_this_process() {
+    let size = HEADER_SIZE as u64 + CAP;
+    let named = Named::new("posix");
+    let _segment = Segment::builder(named.0.clone()).capacity(CAP).create().expect("create");
+    let opened = Segment::builder(named.0.clone()).open().expect("open");
+    let maps = mappings_of(&needle(&named.0));
+    assert!(maps.iter().all(|m| m.rss <= HEADER_SIZE as u64), "before: {maps:?}");
+    opened.prefault().expect("prefault");
+    let maps = mappings_of(&needle(&named.0));
+    assert_eq!(maps.iter().filter(|m| m.rss == size).count(), 1, "only the prefaulted mapping is whole: {maps:?}");
+}
