@@ -135,20 +135,31 @@ fn quick_run_covers_every_transport_and_writes_json_and_svg() {
     );
     assert!(report["idle"].as_array().is_some_and(|i| !i.is_empty()));
     assert!(report["memcpy"][0]["median_mb_per_s"].as_f64() > Some(0.0));
+    // No transport: each busy window lasts at least its 250 ns, and the table says what it is.
+    let busy = &report["busy_windows"];
+    assert_eq!(busy["transport"], "busy-250ns", "{busy:#}");
+    assert!(busy["median"]["p50_ns"].as_f64() >= Some(250.0), "{busy:#}");
+    assert!(busy["median"]["round_trips"].as_u64() > Some(0), "{busy:#}");
+    assert!(stdout.contains("busy-250ns is no transport"), "{stdout}");
+    assert_eq!(report["settings"]["cold"], false);
+    assert!(stdout.contains("every page mapped in both processes first"), "{stdout}");
 
     let svg = std::fs::read_to_string(&plot_path).expect("SVG written");
     assert!(svg.contains("<svg"), "{svg}");
 }
 
 #[test]
-fn small_and_large_records_work() {
+fn small_and_large_records_work_and_cold_rings_too() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = TmpDir::new();
     let report_path = tmp.file("bench.json");
-    let out =
-        bench(&tmp, &["--quick", "--sizes", "8,64KiB", "--idle", "0", "--json", report_path.to_str().expect("utf-8")]);
+    let out = bench(
+        &tmp,
+        &["--quick", "--cold", "--sizes", "8,64KiB", "--idle", "0", "--json", report_path.to_str().expect("utf-8")],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let report = json(&report_path);
+    assert_eq!(report["settings"]["cold"], true, "--cold reaches the report");
     for transport in TRANSPORTS {
         for size in [8, 65536] {
             let r = row(&report, transport, size);

@@ -78,6 +78,11 @@ pub struct SuiteArgs {
     /// A smoke run of a few seconds: short runs, one repetition, few round trips.
     #[arg(long)]
     pub quick: bool,
+    /// Leave the rings' pages unmapped when the clock starts, so every first touch of a
+    /// page in each process is a page fault (by default both processes map every page
+    /// first, as a ring is after its first lap, or from the start with `prefault`).
+    #[arg(long)]
+    pub cold: bool,
 }
 
 fn parse_idle(text: &str) -> Result<Duration, String> {
@@ -118,6 +123,8 @@ pub enum Case {
     Idle { transport: Transport },
     /// Delay from a publish to a sleeping consumer seeing it.
     WakeUp { transport: Transport },
+    /// No transport: busy windows timed on a pinned CPU (`measure::busy_windows`).
+    BusyWindows,
 }
 
 impl Case {
@@ -131,6 +138,7 @@ impl Case {
             Case::RoundTrip { transport, size: s } => format!("{} {} round trip", transport.name(), size(s)),
             Case::Idle { transport } => format!("{} idle", transport.name()),
             Case::WakeUp { transport } => format!("{} wake-up", transport.name()),
+            Case::BusyWindows => "no transport: busy windows".into(),
         }
     }
 }
@@ -160,6 +168,7 @@ pub struct Plan {
     pub capacity: u64,
     pub capacities: Vec<u64>,
     pub quick: bool,
+    pub cold: bool,
 }
 
 impl Plan {
@@ -214,6 +223,7 @@ impl Plan {
             capacity,
             capacities,
             quick: args.quick,
+            cold: args.cold,
         })
     }
 
@@ -240,6 +250,9 @@ impl Plan {
             for &transport in self.transports.iter().filter(|t| t.has_latency()) {
                 add(Case::RoundTrip { transport, size });
             }
+        }
+        if self.transports.iter().any(|t| t.has_latency()) {
+            add(Case::BusyWindows);
         }
         if !self.idle.is_zero() {
             let waits: Vec<WaitStrategy> = self.transports.iter().filter_map(|t| t.wait_strategy()).collect();
@@ -322,7 +335,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
     println!("{}", report::header(&machine, &plan));
 
     let scratch = cleanup::Scratch::default();
-    let env = Env { pins, scratch: &scratch };
+    let env = Env { pins, scratch: &scratch, cold: plan.cold };
     let cases = plan.cases();
     let mut results: Vec<Vec<Result<Outcome, CaseError>>> = cases.iter().map(|_| Vec::new()).collect();
     let mut progress =
@@ -371,6 +384,7 @@ fn run_case(env: &Env, plan: &Plan, case: &Case) -> Result<Outcome, CaseError> {
             let hist = measure::round_trips(env, transport, size, plan.capacity, plan.round_trips)?;
             Outcome::RoundTrip(report::Latency::of(&hist))
         }
+        Case::BusyWindows => Outcome::RoundTrip(report::Latency::of(&measure::busy_windows(env, plan.round_trips)?)),
         Case::Idle { transport } => Outcome::Sleeper(measure::sleeper(env, transport, 1, plan.idle, plan.capacity)?),
         Case::WakeUp { transport } => {
             Outcome::Sleeper(measure::sleeper(env, transport, plan.wakes, plan.wake_gap, plan.capacity)?)

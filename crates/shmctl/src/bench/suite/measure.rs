@@ -17,6 +17,8 @@ use super::transport::{Checker, END, Link, Rx, Transport, Tx};
 pub struct Env<'a> {
     pub pins: Option<Pins>,
     pub scratch: &'a Scratch,
+    /// `--cold`: the rings' pages are not mapped before the clock starts.
+    pub cold: bool,
 }
 
 /// The ring size for records of `size` bytes: at least `capacity`, and large enough that
@@ -77,7 +79,7 @@ pub fn stream(
     capacity: u64,
     duration: Duration,
 ) -> Result<Streamed, CaseError> {
-    let Link { send, recv, segment } = Link::open(transport, size, ring_capacity(size, capacity), env.scratch)?;
+    let Link { send, recv, segment } = Link::open(transport, size, ring_capacity(size, capacity), env)?;
     let control = Control::new()?;
     let (records, seconds, received) = run_pair(
         &control,
@@ -166,8 +168,8 @@ pub fn round_trips(
     plan: RoundTrips,
 ) -> Result<Histogram<u64>, CaseError> {
     let capacity = ring_capacity(size, capacity);
-    let down = Link::open(transport, size, capacity, env.scratch)?;
-    let up = Link::open(transport, size, capacity, env.scratch)?;
+    let down = Link::open(transport, size, capacity, env)?;
+    let up = Link::open(transport, size, capacity, env)?;
     let (down_tx, down_rx, up_tx, up_rx) = (down.send, down.recv, up.send, up.recv);
     let control = Control::new()?;
     run_pair(
@@ -231,6 +233,54 @@ fn echo(rx: &mut dyn Rx, tx: &mut dyn Tx, size: usize) -> Result<(), CaseError> 
     }
 }
 
+/// The length of a busy window in [`busy_windows`].
+pub const BUSY_WINDOW: Duration = Duration::from_nanos(250);
+
+/// No transport at all: the parent times back-to-back busy windows of [`BUSY_WINDOW`]
+/// (about a fast round trip) while the child spins on the other CPU, as many and for as
+/// long at most as a round-trip run. A window that takes longer lost its CPU for the
+/// difference, so this histogram's tail is what the machine (other tasks, interrupts, a
+/// hypervisor) takes from any round trip of that length, whatever carries it.
+pub fn busy_windows(env: &Env, plan: RoundTrips) -> Result<Histogram<u64>, CaseError> {
+    let control = Control::new()?;
+    run_pair(
+        &control,
+        env.pins,
+        |control| {
+            control.child_ready()?;
+            while !control.stopped() {
+                std::hint::spin_loop();
+            }
+            Ok(())
+        },
+        |control| {
+            let started = control.parent_go()?;
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(CaseError::other)?;
+            let warm_up_until = started + plan.max_time / 10;
+            let mut since = None;
+            loop {
+                let t0 = Instant::now();
+                let mut t1 = t0;
+                while t1 - t0 < BUSY_WINDOW {
+                    t1 = Instant::now();
+                }
+                match since {
+                    Some(since) => {
+                        hist.saturating_record((t1 - t0).as_nanos() as u64);
+                        if hist.len() >= plan.count || t1 - since >= plan.max_time {
+                            break;
+                        }
+                    }
+                    None if t1 >= warm_up_until => since = Some(t1),
+                    None => {}
+                }
+            }
+            control.stop();
+            Ok(hist)
+        },
+    )
+}
+
 /// What a sleeping consumer did: the CPU it used while waiting, and how late it saw each
 /// record.
 #[derive(Debug, Clone)]
@@ -255,7 +305,7 @@ pub fn sleeper(
     // Result slots: CPU ns, wall ns, then the publish times, then the times seen.
     let wakes = wakes.clamp(1, (RESULT_SLOTS - 2) / 2);
     let (published, seen) = (2, 2 + wakes);
-    let Link { send, recv, segment: _segment } = Link::open(transport, SIZE, capacity, env.scratch)?;
+    let Link { send, recv, segment: _segment } = Link::open(transport, SIZE, capacity, env)?;
     let control = Control::new()?;
     run_pair(
         &control,

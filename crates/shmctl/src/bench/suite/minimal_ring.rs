@@ -12,7 +12,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap, munmap};
 
 use super::CaseError;
 use super::cleanup::TempShm;
@@ -33,6 +33,8 @@ pub struct MinimalRing {
     record: usize,
     slot: usize,
     mask: u64,
+    /// Whether each side maps every page before it starts (as the shmring rings do).
+    prefault: bool,
 }
 
 // SAFETY: the mapping is plain shared memory; the cursors are accessed only as atomics and
@@ -43,7 +45,7 @@ unsafe impl Sync for MinimalRing {}
 
 impl MinimalRing {
     /// A ring of at most `capacity` data bytes (at least two slots) for `record`-byte records.
-    pub fn new(capacity: u64, record: usize) -> Result<MinimalRing, CaseError> {
+    pub fn new(capacity: u64, record: usize, prefault: bool) -> Result<MinimalRing, CaseError> {
         let slot = record.next_multiple_of(8);
         let slots = (capacity as usize / slot).max(2);
         let slots = if slots.is_power_of_two() { slots } else { slots.next_power_of_two() / 2 };
@@ -62,7 +64,18 @@ impl MinimalRing {
             )
         }
         .map_err(|e| CaseError::other(format!("mmap: {e}")))?;
-        Ok(MinimalRing { base: base.cast(), len, record, slot, mask: slots as u64 - 1 })
+        Ok(MinimalRing { base: base.cast(), len, record, slot, mask: slots as u64 - 1, prefault })
+    }
+
+    /// Maps every page into this process, if the ring was made to (a forked child shares
+    /// the mapping but not its page tables).
+    fn prefault(&self) -> Result<(), CaseError> {
+        if !self.prefault {
+            return Ok(());
+        }
+        // SAFETY: exactly this live mapping; the advice changes no contents.
+        unsafe { madvise(self.base.cast(), self.len, MmapAdvise::MADV_POPULATE_WRITE) }
+            .map_err(|e| CaseError::other(format!("minimal ring: madvise(MADV_POPULATE_WRITE): {e}")))
     }
 
     fn cursor(&self, offset: usize) -> &AtomicU64 {
@@ -92,9 +105,10 @@ pub struct MinimalTx {
 }
 
 impl MinimalTx {
-    pub fn new(ring: Arc<MinimalRing>) -> MinimalTx {
+    pub fn new(ring: Arc<MinimalRing>) -> Result<MinimalTx, CaseError> {
+        ring.prefault()?;
         let record = vec![0x5a; ring.record];
-        MinimalTx { ring, tail: 0, cached_head: 0, record }
+        Ok(MinimalTx { ring, tail: 0, cached_head: 0, record })
     }
 }
 
@@ -124,8 +138,9 @@ pub struct MinimalRx {
 }
 
 impl MinimalRx {
-    pub fn new(ring: Arc<MinimalRing>) -> MinimalRx {
-        MinimalRx { ring, head: 0, cached_tail: 0 }
+    pub fn new(ring: Arc<MinimalRing>) -> Result<MinimalRx, CaseError> {
+        ring.prefault()?;
+        Ok(MinimalRx { ring, head: 0, cached_tail: 0 })
     }
 }
 

@@ -86,12 +86,17 @@ pub fn header(m: &Machine, plan: &Plan) -> String {
     let _ = writeln!(
         o,
         "plan: {} transports, records of {}; {} per throughput run; {} repetition(s), every case once per \
-         repetition in turn; rings of {} (more for large records); pipe and socket buffers: kernel defaults",
+         repetition in turn; rings of {} (more for large records), {}; pipe and socket buffers: kernel defaults",
         plan.transports.len(),
         sizes.join(", "),
         seconds(plan.duration.as_secs_f64()),
         plan.reps,
         format_size(plan.capacity),
+        if plan.cold {
+            "cold (--cold: each first touch of a page is a page fault)"
+        } else {
+            "every page mapped in both processes first (--cold to leave them)"
+        },
     );
     let rt = plan.round_trips;
     let _ = write!(
@@ -133,6 +138,8 @@ pub struct Settings {
     pub capacity: u64,
     pub capacities: Vec<u64>,
     pub quick: bool,
+    /// `--cold`: the rings' pages were not mapped before the clock started.
+    pub cold: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,6 +150,9 @@ pub struct Report {
     pub memcpy: Vec<MemcpyRow>,
     pub throughput: Vec<ThroughputRow>,
     pub latency: Vec<LatencyRow>,
+    /// No transport: busy windows timed on a pinned CPU, the machine's own tail
+    /// (`measure::busy_windows`); `transport` names the window.
+    pub busy_windows: Option<LatencyRow>,
     pub idle: Vec<IdleRow>,
     pub wake_up: Vec<WakeUpRow>,
     pub failures: Vec<Failure>,
@@ -231,6 +241,28 @@ pub struct Failure {
 
 type Runs = Vec<Result<Outcome, CaseError>>;
 
+/// A round-trip table row: each statistic's median over the repetitions that ran.
+fn latency_row(transport: String, size: usize, runs: &Runs, sequence_errors: usize, failed: bool) -> LatencyRow {
+    let reps: Vec<Option<Latency>> = runs
+        .iter()
+        .map(|r| match r {
+            Ok(Outcome::RoundTrip(l)) => Some(*l),
+            _ => None,
+        })
+        .collect();
+    let ok: Vec<Latency> = reps.iter().flatten().copied().collect();
+    let stat = |f: fn(&Latency) -> f64| median(ok.iter().map(f)).unwrap_or(0.0);
+    let median = (!ok.is_empty()).then(|| Latency {
+        round_trips: stat(|l| l.round_trips as f64) as u64,
+        p50_ns: stat(|l| l.p50_ns),
+        p99_ns: stat(|l| l.p99_ns),
+        p999_ns: stat(|l| l.p999_ns),
+        max_ns: stat(|l| l.max_ns),
+        mean_ns: stat(|l| l.mean_ns),
+    });
+    LatencyRow { transport, size, reps, median, sequence_errors, failed }
+}
+
 impl Report {
     pub fn build(machine: Machine, plan: &Plan, cases: &[Case], results: &[Runs]) -> Report {
         let find = |want: Case| cases.iter().position(|&c| c == want).map(|i| &results[i]);
@@ -260,10 +292,12 @@ impl Report {
                 capacity: plan.capacity,
                 capacities: plan.capacities.clone(),
                 quick: plan.quick,
+                cold: plan.cold,
             },
             memcpy: Vec::new(),
             throughput: Vec::new(),
             latency: Vec::new(),
+            busy_windows: None,
             idle: Vec::new(),
             wake_up: Vec::new(),
             failures: Vec::new(),
@@ -339,31 +373,11 @@ impl Report {
                     });
                 }
                 Case::RoundTrip { transport, size } => {
-                    let reps: Vec<Option<Latency>> = runs
-                        .iter()
-                        .map(|r| match r {
-                            Ok(Outcome::RoundTrip(l)) => Some(*l),
-                            _ => None,
-                        })
-                        .collect();
-                    let ok: Vec<Latency> = reps.iter().flatten().copied().collect();
-                    let stat = |f: fn(&Latency) -> f64| median(ok.iter().map(f)).unwrap_or(0.0);
-                    let median = (!ok.is_empty()).then(|| Latency {
-                        round_trips: stat(|l| l.round_trips as f64) as u64,
-                        p50_ns: stat(|l| l.p50_ns),
-                        p99_ns: stat(|l| l.p99_ns),
-                        p999_ns: stat(|l| l.p999_ns),
-                        max_ns: stat(|l| l.max_ns),
-                        mean_ns: stat(|l| l.mean_ns),
-                    });
-                    report.latency.push(LatencyRow {
-                        transport: transport.name(),
-                        size,
-                        reps,
-                        median,
-                        sequence_errors,
-                        failed,
-                    });
+                    report.latency.push(latency_row(transport.name(), size, runs, sequence_errors, failed));
+                }
+                Case::BusyWindows => {
+                    let name = format!("busy-{}ns", super::measure::BUSY_WINDOW.as_nanos());
+                    report.busy_windows = Some(latency_row(name, 0, runs, sequence_errors, failed));
                 }
                 Case::Idle { transport } => {
                     let get = |f: fn(&super::measure::Sleeper) -> f64| -> Vec<Option<f64>> {
@@ -524,8 +538,10 @@ impl Report {
             let rows: Vec<Vec<String>> = self
                 .latency
                 .iter()
+                .chain(&self.busy_windows)
                 .map(|l| {
-                    let mut r = vec![l.transport.clone(), bytes(l.size)];
+                    let size = if l.size == 0 { "-".into() } else { bytes(l.size) };
+                    let mut r = vec![l.transport.clone(), size];
                     match l.median {
                         Some(m) if !l.failed => r.extend([
                             ns(m.p50_ns),
@@ -541,6 +557,15 @@ impl Report {
                 })
                 .collect();
             o.push_str(&table(&["transport", "size", "p50", "p99", "p99.9", "max", "mean", "round trips"], &rows));
+            if let Some(b) = &self.busy_windows {
+                let _ = writeln!(
+                    o,
+                    "\n{} is no transport: one pinned CPU timing back-to-back {} ns busy windows while the other \
+                     spins. Its tail is what this machine takes from any round trip that short.",
+                    b.transport,
+                    super::measure::BUSY_WINDOW.as_nanos()
+                );
+            }
         }
         if !self.idle.is_empty() {
             let _ = writeln!(

@@ -14,7 +14,8 @@ use std::time::Duration;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use shm_core::{BatchError, Consumer, Producer, Segment, TryClaimError, WaitStrategy};
 
-use super::cleanup::{Backing, Scratch, TempSegment};
+use super::cleanup::{Backing, TempSegment};
+use super::measure::Env;
 use super::minimal_ring::MinimalRing;
 use super::process::TIMEOUT;
 use super::{CaseError, ErrorKind};
@@ -221,14 +222,16 @@ pub struct Link {
     pub segment: Option<TempSegment>,
 }
 
+/// A ring end's `prefault`: map the ring's pages in the attaching process before the
+/// clock starts (the default; `--cold` leaves them to fault in during the run).
 pub enum SendEnd {
-    Ring { segment: Segment, wait: WaitStrategy, batch: bool },
+    Ring { segment: Segment, wait: WaitStrategy, batch: bool, prefault: bool },
     Minimal(Arc<MinimalRing>),
     Fd { file: File, batch: bool, max_message: Option<usize> },
 }
 
 pub enum RecvEnd {
-    Ring { segment: Segment, wait: WaitStrategy, batch: bool },
+    Ring { segment: Segment, wait: WaitStrategy, batch: bool, prefault: bool },
     Minimal(Arc<MinimalRing>),
     Fd { file: File, batch: bool, max_message: Option<usize> },
 }
@@ -236,13 +239,14 @@ pub enum RecvEnd {
 impl Link {
     /// Makes one direction of `transport` for records of `size` bytes; `capacity` is the
     /// ring size of the rings (already large enough for the record).
-    pub fn open(transport: Transport, size: usize, capacity: u64, scratch: &Scratch) -> Result<Link, CaseError> {
+    pub fn open(transport: Transport, size: usize, capacity: u64, env: &Env) -> Result<Link, CaseError> {
+        let prefault = !env.cold;
         let ring = |backing, wait, batch| -> Result<Link, CaseError> {
-            let temp = TempSegment::create(backing, scratch, capacity, wait)?;
+            let temp = TempSegment::create(backing, env.scratch, capacity, wait)?;
             let segment = temp.segment.clone();
             Ok(Link {
-                send: SendEnd::Ring { segment: segment.clone(), wait, batch },
-                recv: RecvEnd::Ring { segment, wait, batch },
+                send: SendEnd::Ring { segment: segment.clone(), wait, batch, prefault },
+                recv: RecvEnd::Ring { segment, wait, batch, prefault },
                 segment: Some(temp),
             })
         };
@@ -256,7 +260,7 @@ impl Link {
             Transport::Shmring { wait, batch } => ring(Backing::Posix, wait, batch)?,
             Transport::ShmringFile => ring(Backing::File, WaitStrategy::Hybrid, false)?,
             Transport::Minimal => {
-                let ring = Arc::new(MinimalRing::new(capacity, size)?);
+                let ring = Arc::new(MinimalRing::new(capacity, size, prefault)?);
                 Link { send: SendEnd::Minimal(ring.clone()), recv: RecvEnd::Minimal(ring), segment: None }
             }
             Transport::Pipe { batch } => fds(nix::unistd::pipe().map_err(|e| sys("pipe", &e))?, batch, None),
@@ -289,11 +293,14 @@ impl SendEnd {
     pub fn attach(self, size: usize) -> Result<Box<dyn Tx>, CaseError> {
         let batch = |b: bool| if b { batch_records(size) } else { 1 };
         Ok(match self {
-            SendEnd::Ring { segment, wait, batch: b } => Box::new(RingTx {
-                producer: segment.producer_with(wait).map_err(CaseError::other)?,
+            SendEnd::Ring { segment, wait, batch: b, prefault } => Box::new(RingTx {
+                producer: {
+                    prefault_ring(&segment, prefault)?;
+                    segment.producer_with(wait).map_err(CaseError::other)?
+                },
                 records: Records::new(size, batch(b)),
             }),
-            SendEnd::Minimal(ring) => Box::new(super::minimal_ring::MinimalTx::new(ring)),
+            SendEnd::Minimal(ring) => Box::new(super::minimal_ring::MinimalTx::new(ring)?),
             SendEnd::Fd { file, batch: b, max_message } => {
                 Box::new(FdTx { file, records: Records::new(size, batch(b)), max_message })
             }
@@ -306,12 +313,15 @@ impl RecvEnd {
     /// a ring read gives up after `timeout` without data.
     pub fn attach(self, size: usize, timeout: Duration) -> Result<Box<dyn Rx>, CaseError> {
         Ok(match self {
-            RecvEnd::Ring { segment, wait, batch } => Box::new(RingRx {
-                consumer: segment.consumer_with(wait).map_err(CaseError::other)?,
+            RecvEnd::Ring { segment, wait, batch, prefault } => Box::new(RingRx {
+                consumer: {
+                    prefault_ring(&segment, prefault)?;
+                    segment.consumer_with(wait).map_err(CaseError::other)?
+                },
                 batch: if batch { batch_records(size) } else { 1 },
                 timeout,
             }),
-            RecvEnd::Minimal(ring) => Box::new(super::minimal_ring::MinimalRx::new(ring)),
+            RecvEnd::Minimal(ring) => Box::new(super::minimal_ring::MinimalRx::new(ring)?),
             RecvEnd::Fd { file, batch, max_message } => {
                 // Each read asks for what one write of the sender carries: one record, a
                 // batch, or (seqpacket) a whole message, never less, or a message would be cut.
@@ -378,6 +388,15 @@ impl Rx for RingRx {
         }
         Ok(())
     }
+}
+
+/// Maps the ring's pages into this process (see [`SendEnd`]): the child of the fork
+/// shares the mapping but not its page tables.
+fn prefault_ring(segment: &Segment, prefault: bool) -> Result<(), CaseError> {
+    if prefault {
+        segment.prefault().map_err(|e| CaseError::other(format!("prefaulting the ring: {e}")))?;
+    }
+    Ok(())
 }
 
 /// A pipe or socket end: one write per record, or per batch of records.
