@@ -6,6 +6,10 @@
 //!   its ring thread to the last. Both log what they applied, the kernel reports each
 //!   `ring` thread's `Cpus_allowed_list` as configured (and the main thread unpinned),
 //!   the segment is bound to node 0, and the verify sink counts every record produced.
+//! - `the_daemons_prefault_unless_told_not_to`: with no `prefault` key, producerd's and
+//!   consumerd's mappings of the segment are whole (`Rss` in `/proc/PID/smaps` is the
+//!   segment's size) while they stream; with `prefault = false`, neither is whole
+//!   before a record has moved.
 //! - `a_cpu_the_process_may_not_use_is_a_config_error`: `cpu_affinity = [4096]` (and a
 //!   NUMA node that does not exist) make both daemons exit 78, with `--check-config` and
 //!   when starting, naming the key, its line and the CPU; no segment is created.
@@ -78,6 +82,61 @@ fn pinned_ring_threads_on_a_bound_prefaulted_segment_move_every_record() {
             .collect::<Vec<_>>()
             .join(" | ")
     );
+}
+
+/// `Rss` in bytes of each mapping of `pid` whose path ends with `name`.
+fn mapped_bytes(pid: u32, name: &str) -> Vec<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let mut found = Vec::new();
+    let mut ours = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            ours = line.trim_end().trim_end_matches(" (deleted)").ends_with(name);
+        } else if ours && let Some(kb) = line.strip_prefix("Rss:") {
+            found.push(kb.trim().trim_end_matches("kB").trim().parse::<u64>().expect("Rss in kB") * 1024);
+        }
+    }
+    found
+}
+
+#[test]
+fn the_daemons_prefault_unless_told_not_to() {
+    const CAPACITY: u64 = 1 << 20;
+    let size = shm_core::layout::HEADER_SIZE as u64 + CAPACITY;
+    for prefault in [None, Some(false)] {
+        let fx = Fixture::new("place-prefault");
+        let location = fx.location(Backend::Posix);
+        let name = location.to_string();
+        let setting = prefault.map(|p| format!("prefault = {p}"));
+        let mut producer_keys = vec!["capacity = \"1MiB\""];
+        let mut consumer_keys = vec!["wait_for_segment = \"10s\""];
+        producer_keys.extend(setting.as_deref());
+        consumer_keys.extend(setting.as_deref());
+        // A slow stream: 100 records a second touch 2 pages of the 256 in a second.
+        let producer = Daemon::ready(
+            &fx,
+            Kind::Producer,
+            &format!("{}[source]\nkind = \"generator\"\nrate = 100\n", segment_section(&location, &producer_keys)),
+        );
+        let consumer = Daemon::ready(
+            &fx,
+            Kind::Consumer,
+            &format!("{}[sink]\nkind = \"verify\"\n", segment_section(&location, &consumer_keys)),
+        );
+        for daemon in [&producer, &consumer] {
+            let label = daemon.proc().label();
+            let maps = mapped_bytes(daemon.pid(), &name);
+            assert!(!maps.is_empty(), "{label} has no mapping of {name}");
+            if prefault.is_none() {
+                assert!(maps.contains(&size), "{label}: not every page of {name} is mapped: {maps:?} of {size}");
+            } else {
+                assert!(maps.iter().all(|&m| m < size / 2), "{label}: prefault = false, yet mapped {maps:?}");
+            }
+        }
+        producer.stop(&fx).assert_success();
+        consumer.stop(&fx).assert_success();
+    }
 }
 
 #[test]

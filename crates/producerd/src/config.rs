@@ -226,7 +226,8 @@ mod tests {
         let defaults = load(&Source::embedded("")).expect("valid");
         assert_eq!(
             (defaults.segment.numa_node, defaults.segment.hugepages, defaults.segment.prefault),
-            (None, false, false)
+            (None, false, true),
+            "prefault is on unless turned off"
         );
         assert_eq!(defaults.cpu_affinity, None);
     }
@@ -237,7 +238,7 @@ mod tests {
     fn a_reload_names_the_segment_keys_that_take_a_restart() {
         let settings = |text: &str| load(&Source::embedded(text)).expect(text).segment;
         let running = settings("[segment]\ncapacity = \"1MiB\"\n");
-        let changed = settings("[segment]\ncapacity = \"2MiB\"\nnuma_node = 0\nprefault = true\n");
+        let changed = settings("[segment]\ncapacity = \"2MiB\"\nnuma_node = 0\nprefault = false\n");
         assert_eq!(running.changed_keys(&changed), ["segment.capacity", "segment.numa_node", "segment.prefault"]);
         let same = settings("[segment]\ncapacity = \"1MiB\"\nwait_for_segment = \"3s\"\n");
         assert!(running.changed_keys(&same).is_empty());
