@@ -54,7 +54,7 @@
 //! cross-core round trip per record. So when its last look found two or more new
 //! records (the producer publishes faster than the consumer looks), a blocking read
 //! that has read them all pauses about a microsecond (`STREAM_BACKOFF_SPINS`) before
-//! it looks again, and finds a longer stretch. A consumer that keeps up with one
+//! it looks again, and finds a longer stretch; a look that finds nothing ends it. A consumer that keeps up with one
 //! record in flight (ping-pong, or a producer slower than a microsecond per record)
 //! finds at most one record per look and never pauses, so its latency is unchanged.
 //! Non-blocking calls never pause.
@@ -735,11 +735,9 @@ pub struct Consumer {
     pending: (u64, u64),
     /// Last `write_cursor` seen.
     cached_tail: u64,
-    /// Records read since `write_cursor` was last loaded.
+    /// Records read since `write_cursor` was last loaded: once they are all read, how
+    /// many that look found ("Backing off from a stream" in the module docs).
     stretch: u64,
-    /// Whether the stretch before the last load held two or more records: the producer
-    /// is streaming ("Backing off from a stream" in the module docs).
-    streaming: bool,
     /// Which release slot the next release writes.
     flip: usize,
     counters: LocalCounters,
@@ -808,7 +806,6 @@ impl Consumer {
             pending: (0, 0),
             cached_tail: tail,
             stretch: 0,
-            streaming: false,
             flip,
             counters,
             _attachment: attachment,
@@ -863,7 +860,7 @@ impl Consumer {
 
     /// Waits for the next data frame, up to `timeout`.
     fn wait_frame(&mut self, timeout: Option<Duration>) -> Result<DataFrame, ReadError> {
-        if self.streaming && self.pos == self.cached_tail {
+        if self.backs_off() {
             stream_backoff();
         }
         if let Some(f) = self.next_frame()? {
@@ -981,9 +978,15 @@ impl Consumer {
             return Err(Corruption { what: "write cursor outside the ring", value: tail, position: self.pos });
         }
         self.cached_tail = tail;
-        self.streaming = self.stretch >= 2;
         self.stretch = 0;
         Ok(tail != self.pos)
+    }
+
+    /// Whether a blocking read pauses before it looks for more: it has read everything
+    /// its last look at `write_cursor` found, and that was two or more records.
+    #[inline]
+    fn backs_off(&self) -> bool {
+        self.stretch >= 2 && self.pos == self.cached_tail
     }
 
     #[inline]
@@ -1514,28 +1517,28 @@ mod tests {
         for i in 0..5u8 {
             p.try_publish(&[i]).unwrap();
             assert_eq!(&*c.read(Some(Duration::ZERO)).unwrap(), &[i]);
-            assert!(c.read(Some(Duration::ZERO)).is_err(), "caught up");
-            assert!(!c.streaming, "one record per look is not a stream");
+            assert!(!c.backs_off(), "one record per look is not a stream");
         }
-        // A producer ahead by three: the look that found them makes the next one wait.
+        // A producer ahead by three: once the consumer has read what that look found,
+        // its next blocking read pauses first.
         for i in 0..3u8 {
             p.try_publish(&[i]).unwrap();
         }
-        for _ in 0..3 {
+        for _ in 0..2 {
             drop(c.read(Some(Duration::ZERO)).unwrap());
+            assert!(!c.backs_off(), "records left from that look");
         }
+        drop(c.read(Some(Duration::ZERO)).unwrap());
+        assert!(c.backs_off(), "all three read");
+        // A look that finds nothing new ends it.
         assert!(c.try_read().is_err());
-        assert!(c.streaming, "the look after a stretch of three");
-        // The next look finds nothing new: not a stream any more.
-        assert!(c.try_read().is_err());
-        assert!(!c.streaming);
+        assert!(!c.backs_off());
         // Batches count their records too.
         for i in 0..2u8 {
             p.try_publish(&[i]).unwrap();
         }
         assert_eq!(c.read_batch(10, |_| Ok::<(), ()>(())).unwrap(), 2);
-        assert_eq!(c.read_batch(10, |_| Ok::<(), ()>(())).unwrap(), 0);
-        assert!(c.streaming);
+        assert!(c.backs_off());
     }
 
     #[test]
