@@ -248,8 +248,15 @@ pub fn busy_windows(env: &Env, plan: RoundTrips) -> Result<Histogram<u64>, CaseE
         env.pins,
         |control| {
             control.child_ready()?;
+            // Gives up if the parent never says stop (it died without killing us).
+            let deadline = Instant::now() + plan.max_time + TIMEOUT;
+            let mut spins = 0u32;
             while !control.stopped() {
                 std::hint::spin_loop();
+                spins = spins.wrapping_add(1);
+                if spins % 4096 == 0 && Instant::now() > deadline {
+                    return Err(CaseError::other("busy windows: the parent never said stop"));
+                }
             }
             Ok(())
         },
