@@ -10,7 +10,7 @@ use shm_core::Segment;
 
 use super::CaseError;
 use super::cleanup::Scratch;
-use super::process::{Control, Pins, RESULT_SLOTS, TIMEOUT, run_pair};
+use super::process::{Control, Pins, RESULT_SLOTS, Spinner, TIMEOUT, run_pair};
 use super::transport::{Checker, END, Link, Rx, Transport, Tx};
 
 /// What the parent needs for every case.
@@ -190,11 +190,43 @@ pub fn round_trips(
     )
 }
 
+/// The timings of a round-trip run: a warm-up, then up to `plan.count` samples or
+/// `plan.max_time` of them, whichever ends first.
+struct Samples {
+    hist: Histogram<u64>,
+    plan: RoundTrips,
+    /// When measuring started (the warm-up ended), once it has.
+    since: Option<Instant>,
+}
+
+impl Samples {
+    fn new(plan: RoundTrips) -> Result<Samples, CaseError> {
+        let hist = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(CaseError::other)?;
+        Ok(Samples { hist, plan, since: None })
+    }
+
+    /// Takes the sample `t0 .. t1` if the warm-up is over (`warmed_up` says whether it
+    /// is, until measuring starts). Returns whether the run is complete.
+    fn add(&mut self, t0: Instant, t1: Instant, warmed_up: bool) -> bool {
+        match self.since {
+            Some(since) => {
+                self.hist.saturating_record((t1 - t0).as_nanos().max(1) as u64);
+                self.hist.len() >= self.plan.count || t1 - since >= self.plan.max_time
+            }
+            None => {
+                if warmed_up {
+                    self.since = Some(t1);
+                }
+                false
+            }
+        }
+    }
+}
+
 fn ping(tx: &mut dyn Tx, rx: &mut dyn Rx, size: usize, plan: RoundTrips) -> Result<Histogram<u64>, CaseError> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(CaseError::other)?;
+    let mut samples = Samples::new(plan)?;
     let mut check = Checker::new(size);
     let warm_up_until = Instant::now() + plan.max_time / 10;
-    let mut measuring: Option<Instant> = None;
     let mut seq = 0;
     loop {
         let t0 = Instant::now();
@@ -204,19 +236,12 @@ fn ping(tx: &mut dyn Tx, rx: &mut dyn Rx, size: usize, plan: RoundTrips) -> Resu
         }
         let t1 = Instant::now();
         seq += 1;
-        match measuring {
-            Some(since) => {
-                hist.saturating_record((t1 - t0).as_nanos().max(1) as u64);
-                if hist.len() >= plan.count || t1 - since >= plan.max_time {
-                    break;
-                }
-            }
-            None if seq >= plan.warm_up || t1 >= warm_up_until => measuring = Some(t1),
-            None => {}
+        if samples.add(t0, t1, seq >= plan.warm_up || t1 >= warm_up_until) {
+            break;
         }
     }
     while tx.send(END, 1)? == 0 {}
-    Ok(hist)
+    Ok(samples.hist)
 }
 
 fn echo(rx: &mut dyn Rx, tx: &mut dyn Tx, size: usize) -> Result<(), CaseError> {
@@ -249,41 +274,28 @@ pub fn busy_windows(env: &Env, plan: RoundTrips) -> Result<Histogram<u64>, CaseE
         |control| {
             control.child_ready()?;
             // Gives up if the parent never says stop (it died without killing us).
-            let deadline = Instant::now() + plan.max_time + TIMEOUT;
-            let mut spins = 0u32;
+            let mut spin = Spinner::with_limit("busy windows: waiting for the parent's stop", plan.max_time + TIMEOUT);
             while !control.stopped() {
-                std::hint::spin_loop();
-                spins = spins.wrapping_add(1);
-                if spins % 4096 == 0 && Instant::now() > deadline {
-                    return Err(CaseError::other("busy windows: the parent never said stop"));
-                }
+                spin.step()?;
             }
             Ok(())
         },
         |control| {
             let started = control.parent_go()?;
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(CaseError::other)?;
+            let mut samples = Samples::new(plan)?;
             let warm_up_until = started + plan.max_time / 10;
-            let mut since = None;
             loop {
                 let t0 = Instant::now();
                 let mut t1 = t0;
                 while t1 - t0 < BUSY_WINDOW {
                     t1 = Instant::now();
                 }
-                match since {
-                    Some(since) => {
-                        hist.saturating_record((t1 - t0).as_nanos() as u64);
-                        if hist.len() >= plan.count || t1 - since >= plan.max_time {
-                            break;
-                        }
-                    }
-                    None if t1 >= warm_up_until => since = Some(t1),
-                    None => {}
+                if samples.add(t0, t1, t1 >= warm_up_until) {
+                    break;
                 }
             }
             control.stop();
-            Ok(hist)
+            Ok(samples.hist)
         },
     )
 }

@@ -158,16 +158,23 @@ impl Control {
     }
 }
 
-/// A busy wait that gives up after [`TIMEOUT`], looking at the clock only now and then.
+/// A busy wait that gives up after [`TIMEOUT`] (or its own limit), looking at the clock
+/// only now and then.
 pub struct Spinner {
     what: &'static str,
     spins: u32,
     start: Option<Instant>,
+    limit: Duration,
 }
 
 impl Spinner {
     pub fn new(what: &'static str) -> Spinner {
-        Spinner { what, spins: 0, start: None }
+        Spinner::with_limit(what, TIMEOUT)
+    }
+
+    /// A busy wait that gives up after `limit` instead.
+    pub fn with_limit(what: &'static str, limit: Duration) -> Spinner {
+        Spinner { what, spins: 0, start: None, limit }
     }
 
     #[inline]
@@ -176,8 +183,8 @@ impl Spinner {
         self.spins = self.spins.wrapping_add(1);
         if self.spins % 4096 == 0 {
             let start = *self.start.get_or_insert_with(Instant::now);
-            if start.elapsed() > TIMEOUT {
-                return Err(CaseError::other(format!("{}: waited more than {TIMEOUT:?}", self.what)));
+            if start.elapsed() > self.limit {
+                return Err(CaseError::other(format!("{}: waited more than {:?}", self.what, self.limit)));
             }
         }
         Ok(())
