@@ -74,8 +74,17 @@ impl MinimalRing {
             return Ok(());
         }
         // SAFETY: exactly this live mapping; the advice changes no contents.
-        unsafe { madvise(self.base.cast(), self.len, MmapAdvise::MADV_POPULATE_WRITE) }
-            .map_err(|e| CaseError::other(format!("minimal ring: madvise(MADV_POPULATE_WRITE): {e}")))
+        match unsafe { madvise(self.base.cast(), self.len, MmapAdvise::MADV_POPULATE_WRITE) } {
+            // A kernel older than 5.14: touch a byte of each page instead, as shm-core does.
+            Err(nix::errno::Errno::EINVAL) => {
+                for offset in (0..self.len).step_by(4096) {
+                    // SAFETY: inside this live mapping; a volatile load of shared memory.
+                    unsafe { self.base.as_ptr().add(offset).read_volatile() };
+                }
+                Ok(())
+            }
+            other => other.map_err(|e| CaseError::other(format!("minimal ring: madvise(MADV_POPULATE_WRITE): {e}"))),
+        }
     }
 
     fn cursor(&self, offset: usize) -> &AtomicU64 {
