@@ -54,10 +54,10 @@
 //! cross-core round trip per record. So when its last look found two or more new
 //! records (the producer publishes faster than the consumer looks), a blocking read
 //! that has read them all pauses about a microsecond (`STREAM_BACKOFF_SPINS`) before
-//! it looks again, and finds a longer stretch; a look that finds nothing ends it. A consumer that keeps up with one
-//! record in flight (ping-pong, or a producer slower than a microsecond per record)
-//! finds at most one record per look and never pauses, so its latency is unchanged.
-//! Non-blocking calls never pause.
+//! it looks again, and finds a longer stretch; a look that finds nothing ends it. A
+//! consumer that keeps up with one record in flight (ping-pong, or a producer slower
+//! than a microsecond per record) finds at most one record per look and never pauses,
+//! so its latency is unchanged. Non-blocking calls never pause.
 //!
 //! # Waking (no lost wake-ups)
 //! Each direction has a wake word (`data_wake`: the consumer sleeps there for data;
