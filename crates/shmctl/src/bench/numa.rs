@@ -31,7 +31,7 @@ use crate::exit::{USAGE, refuse};
 #[derive(Debug, Args)]
 pub struct NumaArgs {
     /// How long each measurement runs.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::cli::parse_interval)]
     pub duration: Duration,
     /// Payload bytes of each record of the stream.
     #[arg(long, default_value = "64")]

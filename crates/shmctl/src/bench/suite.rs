@@ -30,6 +30,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use shm_core::WaitStrategy;
+use shm_core::layout::{MAX_CAPACITY, MIN_CAPACITY};
 use shm_core::units::{format_size, parse_size};
 
 use crate::exit::{USAGE, refuse};
@@ -129,7 +130,7 @@ pub enum Case {
 
 impl Case {
     fn label(&self) -> String {
-        let size = |s: usize| format_size(s as u64).replace(' ', "");
+        let size = report::bytes;
         match *self {
             Case::Memcpy { size: s } => format!("memcpy {}", size(s)),
             Case::Stream { transport, size: s, capacity } => {
@@ -281,8 +282,15 @@ impl Plan {
 
 fn parse_capacity(text: &str) -> anyhow::Result<u64> {
     let c = parse_size(text)?;
-    if !c.is_power_of_two() || !(4096..=1 << 40).contains(&c) {
-        return Err(refuse(USAGE, format!("ring capacity {text:?} must be a power of two from 4 KiB to 1 TiB")));
+    if !c.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&c) {
+        return Err(refuse(
+            USAGE,
+            format!(
+                "ring capacity {text:?} must be a power of two from {} to {}",
+                format_size(MIN_CAPACITY),
+                format_size(MAX_CAPACITY)
+            ),
+        ));
     }
     Ok(c)
 }

@@ -660,7 +660,7 @@ fn opt(x: Option<f64>) -> String {
     x.map_or("-".into(), |x| fixed(x, 2))
 }
 
-fn bytes(size: usize) -> String {
+pub(super) fn bytes(size: usize) -> String {
     format_size(size as u64).replace(' ', "")
 }
 

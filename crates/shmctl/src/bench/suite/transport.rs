@@ -298,7 +298,8 @@ impl SendEnd {
                     prefault_ring(&segment, prefault)?;
                     segment.producer_with(wait).map_err(CaseError::other)?
                 },
-                records: Records::new(size, batch(b)),
+                record: Records::new(size, 1),
+                batch: batch(b),
             }),
             SendEnd::Minimal(ring) => Box::new(super::minimal_ring::MinimalTx::new(ring)?),
             SendEnd::Fd { file, batch: b, max_message } => {
@@ -335,25 +336,28 @@ impl RecvEnd {
 
 struct RingTx {
     producer: Producer,
-    records: Records,
+    /// One record, numbered as it is pushed: a batch stops where the ring is full, so
+    /// numbering a whole batch up front would redo the records that did not fit.
+    record: Records,
+    /// Records per call.
+    batch: usize,
 }
 
 impl Tx for RingTx {
     fn send(&mut self, first: u64, max: u64) -> Result<u64, CaseError> {
-        let n = (self.records.capacity() as u64).min(max) as usize;
+        let n = (self.batch as u64).min(max);
         if n == 1 {
-            let rec = self.records.numbered(first, 1);
+            let rec = self.record.numbered(first, 1);
             let mut claim = self.producer.claim(rec.len(), Some(TIMEOUT)).map_err(CaseError::other)?;
             claim.copy_from_slice(rec);
             claim.commit();
             return Ok(1);
         }
-        let size = self.records.size;
-        let recs = self.records.numbered(first, n);
+        let size = self.record.size;
         let mut pushed = 0;
         let mut batch = self.producer.batch();
-        for rec in recs.chunks_exact(size) {
-            match batch.try_push(rec) {
+        while pushed < n {
+            match batch.try_push(self.record.numbered(first + pushed, 1)) {
                 Ok(()) => pushed += 1,
                 Err(TryClaimError::Full) => break,
                 Err(e) => return Err(CaseError::other(e)),
