@@ -107,3 +107,26 @@ fn with_recreate_the_stream_continues_on_a_new_segment() {
         summary.u64("lost")
     );
 }
+
+/// A stop asked for while a daemon waits for its unlinked segment to come back is kept:
+/// the daemon stops as soon as it has the new segment, instead of attaching and running
+/// on (the signal once went to the listener of the run that had ended).
+#[test]
+fn a_stop_while_waiting_for_the_re_created_segment_is_kept() {
+    let fx = Fixture::new("unlinked-stop");
+    let location = fx.location(Backend::Posix);
+    let create = || Segment::builder(location.clone()).capacity(1 << 20).create().expect("create the segment");
+    let _first = create();
+    let keys = ["on_unlinked = \"recreate\"", "create = \"never\"", "wait_for_segment = \"20s\""];
+    let config = format!("{}[sink]\nkind = \"discard\"\n", segment_section(&location, &keys));
+    let consumerd = Daemon::ready(&fx, Kind::Consumer, &config);
+
+    Segment::unlink(&location).expect("unlink the running segment");
+    consumerd.wait_log(&fx, "waiting for it to be re-created");
+    consumerd.signal(&fx, nix::sys::signal::Signal::SIGTERM);
+    // Time is the point: the stop must arrive while the daemon waits for the segment.
+    std::thread::sleep(Duration::from_millis(200));
+    let _second = create();
+    let finished = fx.wait(consumerd.proc(), Duration::from_secs(5));
+    assert!(finished.status.success(), "{finished:?}\nlog:\n{}", consumerd.log());
+}

@@ -59,6 +59,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
     let log = Arc::new(log);
     let shared = Arc::new(daemon::Shared::default());
     let mut sink: Option<Box<dyn sinks::Sink>> = None;
+    let mut requests = shm_daemon::signals::listen().context("installing signal handlers")?;
     let sink = loop {
         let segment = shm_daemon::segment::open(&settings.segment)?;
         let consumer = segment.consumer_with(settings.segment.wait)?;
@@ -80,7 +81,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
                 .name("ring".into())
                 .spawn(move || daemon::run(consumer, segment, this_sink, drain, cpus.as_ref(), shared))?
         };
-        let (ended, result) = service(args, &settings, &segment, &shared, &log).run(ring)?;
+        let (ended, result) = service(args, &settings, &segment, &shared, &log).run(ring, &mut requests)?;
         let returned = result?;
         if ended != Ended::Unlinked {
             break returned;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Parser;
 use shm_core::Segment;
 use shm_daemon::service::{Ended, Service};
@@ -58,6 +58,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         shared.rate.store(rate, Ordering::Relaxed);
     }
     let mut source = daemon::open(&settings.source)?;
+    let mut requests = shm_daemon::signals::listen().context("installing signal handlers")?;
     loop {
         let segment = shm_daemon::segment::open(&settings.segment)?;
         let producer = segment.producer_with(settings.segment.wait)?;
@@ -72,7 +73,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
             })?
         };
         let service = service(args, &settings, &segment, &shared, &log);
-        let (ended, (returned, result)) = service.run(ring)?;
+        let (ended, (returned, result)) = service.run(ring, &mut requests)?;
         source = returned;
         result?;
         if ended != Ended::Unlinked {

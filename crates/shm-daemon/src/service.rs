@@ -17,7 +17,9 @@ use tracing::{info, warn};
 
 use crate::metrics::{self, Render};
 use crate::notify::{Notifier, watchdog_interval};
-use crate::signals::{self, Request};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::signals::Request;
 
 /// How often the loop checks that the segment's name still leads to it.
 const UNLINK_CHECK: Duration = Duration::from_millis(500);
@@ -56,9 +58,12 @@ pub enum Ended {
 impl Service {
     /// Runs until a stop signal, the ring thread's end, or the segment's unlinking; then
     /// stops the ring thread and returns why, with what the ring thread returned.
-    pub fn run<T>(mut self, ring: JoinHandle<T>) -> Result<(Ended, T)> {
+    ///
+    /// `requests` comes from [`crate::signals::listen`], called once per process: a daemon that
+    /// goes round again on a re-created segment keeps it, so a signal that arrives
+    /// between two runs waits in it rather than going to a listener nobody reads.
+    pub fn run<T>(mut self, ring: JoinHandle<T>, requests: &mut UnboundedReceiver<Request>) -> Result<(Ended, T)> {
         let notifier = Notifier::from_env();
-        let mut requests = signals::listen().context("installing signal handlers")?;
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
         let ended = runtime.block_on(async {
