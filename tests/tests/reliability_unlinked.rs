@@ -130,3 +130,41 @@ fn a_stop_while_waiting_for_the_re_created_segment_is_kept() {
     let finished = fx.wait(consumerd.proc(), Duration::from_secs(5));
     assert!(finished.status.success(), "{finished:?}\nlog:\n{}", consumerd.log());
 }
+
+/// A generator's `count` counts across a re-created segment: the records sent before
+/// and after the unlink add up to it, with the sequence carried on.
+#[test]
+fn a_generator_count_spans_the_re_created_segment() {
+    const COUNT: u64 = 6000;
+    let fx = Fixture::new("unlinked-count");
+    let location = fx.location(Backend::Posix);
+    let recreate = ["on_unlinked = \"recreate\""];
+    let consumerd = Daemon::launch(&fx, Kind::Consumer, &consumer(&location, &recreate)).start(&fx);
+    let config = format!(
+        "{}[source]\nkind = \"generator\"\nrate = 5000\ncount = {COUNT}\n",
+        segment_section(&location, &recreate)
+    );
+    let producerd = Daemon::ready(&fx, Kind::Producer, &config);
+    let old = observe(&location);
+    wait_consumed(&old, 1000);
+    let old_created = old.info().expect("info").created_unix_ns;
+    drop(old);
+
+    Segment::unlink(&location).expect("unlink the running segment");
+    producerd.wait_log(&fx, "re-creating it");
+    let produced = producerd.wait(&fx);
+    assert!(produced.status.success(), "{produced:?}");
+    let new = observe(&location);
+    assert_ne!(new.info().expect("info").created_unix_ns, old_created, "still the old segment");
+    wait_until(Duration::from_secs(10), "the rest consumed", || {
+        let s = new.stats();
+        s.total_consumed == s.total_produced
+    });
+    let consumed = consumerd.stop(&fx);
+    assert!(consumed.status.success(), "{consumed:?}");
+    let summary = consumerd.summary();
+    assert_eq!(summary.u64("received"), COUNT, "{}", summary.0);
+    for key in ["lost", "duplicated", "reordered", "corrupt"] {
+        assert_eq!(summary.u64(key), 0, "{key}: {}", summary.0);
+    }
+}

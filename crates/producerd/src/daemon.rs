@@ -42,9 +42,6 @@ pub struct Shared {
     pub dropped: AtomicU64,
     /// Input that could not become a record (too large, truncated, I/O errors).
     pub source_errors: AtomicU64,
-    /// The generator's next sequence number plus one (0: none yet), kept across a
-    /// re-created segment so the stream continues rather than restarting at 0.
-    pub next_seq_plus_one: AtomicU64,
 }
 
 impl Shared {
@@ -59,12 +56,7 @@ impl Shared {
 /// A source, opened (sockets bound) before the daemon reports ready.
 pub enum Opened {
     /// The generator.
-    Generator {
-        /// Records to send, 0 for forever.
-        count: u64,
-        /// Record size range.
-        sizes: (usize, usize),
-    },
+    Generator(Generator),
     /// Standard input.
     Stdin {
         /// Length-prefixed records instead of lines.
@@ -76,12 +68,26 @@ pub enum Opened {
     Unix(std::os::unix::net::UnixDatagram, std::path::PathBuf),
 }
 
+/// The generator's settings and where it has got to. It lives with the source, so a
+/// daemon that re-creates an unlinked segment carries the stream on: the sequence
+/// continues rather than restarting at 0, and `count` counts across segments.
+pub struct Generator {
+    /// Records to send, 0 for forever.
+    count: u64,
+    /// Record size range.
+    sizes: (usize, usize),
+    /// The next sequence number, once a run has generated.
+    next: Option<u64>,
+    /// Sequence numbers used so far (records committed or dropped), all segments together.
+    used: u64,
+}
+
 /// Opens the configured source: a socket that cannot be bound fails here, before
 /// READY=1, so systemd sees the start fail.
 pub fn open(source: &SourceKind) -> Result<Opened> {
     Ok(match source {
         SourceKind::Generator { count, min_size, max_size, .. } => {
-            Opened::Generator { count: *count, sizes: (*min_size, *max_size) }
+            Opened::Generator(Generator { count: *count, sizes: (*min_size, *max_size), next: None, used: 0 })
         }
         SourceKind::Stdin { binary } => Opened::Stdin { binary: *binary },
         SourceKind::Udp { bind } => {
@@ -114,9 +120,7 @@ pub fn run(
         cpus.pin_this_thread()?;
     }
     match source {
-        Opened::Generator { count, sizes } => {
-            generate(&mut producer, &segment, *count, *sizes, drop_when_full, &shared)
-        }
+        Opened::Generator(generator) => generate(&mut producer, &segment, generator, drop_when_full, &shared),
         Opened::Stdin { binary } => read_stream(&mut producer, std::io::stdin().lock(), *binary, &shared),
         Opened::Udp(sock) => receive_datagrams(&mut producer, sock.as_fd(), &shared),
         Opened::Unix(sock, _) => receive_datagrams(&mut producer, sock.as_fd(), &shared),
@@ -167,22 +171,40 @@ impl Sizes {
 fn generate(
     producer: &mut Producer,
     segment: &Segment,
-    count: u64,
+    generator: &mut Generator,
+    drop_when_full: bool,
+    shared: &Shared,
+) -> Result<()> {
+    let mut seq = resume_sequence(producer, segment).max(generator.next.unwrap_or(0));
+    let first = seq;
+    // What `count` leaves for this segment, when it is set.
+    let budget = (generator.count != 0).then(|| generator.count.saturating_sub(generator.used));
+    let result = generate_from(producer, &mut seq, budget, generator.sizes, drop_when_full, shared);
+    (generator.next, generator.used) = (Some(seq), generator.used + (seq - first));
+    if result.is_ok() && budget.is_some_and(|b| seq - first >= b) {
+        info!(records = generator.count, "generator finished");
+    }
+    result
+}
+
+/// Generates from `*seq` (left at the next number however it ends), at most `budget`
+/// records when set, until stopped.
+fn generate_from(
+    producer: &mut Producer,
+    seq: &mut u64,
+    budget: Option<u64>,
     (min, max): (usize, usize),
     drop_when_full: bool,
     shared: &Shared,
 ) -> Result<()> {
-    let remembered = shared.next_seq_plus_one.load(Ordering::Relaxed).checked_sub(1);
-    let mut seq = resume_sequence(producer, segment).max(remembered.unwrap_or(0));
-    let first = seq;
-    let mut sizes = Sizes { state: 0x9E37_79B9_7F4A_7C15 ^ seq, min, span: (max - min) as u64 };
+    let first = *seq;
+    let mut sizes = Sizes { state: 0x9E37_79B9_7F4A_7C15 ^ first, min, span: (max - min) as u64 };
     let mut rate = shared.rate.load(Ordering::Relaxed);
     let mut rate_since = Instant::now();
     let mut sent_since = 0u64;
     while !shared.stopping() {
         shared.beat();
-        if count != 0 && seq - first >= count {
-            info!(records = count, "generator finished");
+        if budget.is_some_and(|b| *seq - first >= b) {
             break;
         }
         let now_rate = shared.rate.load(Ordering::Relaxed);
@@ -198,8 +220,8 @@ fn generate(
                 continue;
             }
         }
-        if count != 0 {
-            due = due.min(count - (seq - first));
+        if let Some(b) = budget {
+            due = due.min(b - (*seq - first));
         }
         let mut next_size = sizes.next();
         let mut written = 0u64;
@@ -208,9 +230,9 @@ fn generate(
             while written < due {
                 match batch.try_claim(next_size) {
                     Ok(mut claim) => {
-                        record::encode(&mut claim, seq, record::monotonic_ns());
+                        record::encode(&mut claim, *seq, record::monotonic_ns());
                         claim.commit();
-                        seq += 1;
+                        *seq += 1;
                         written += 1;
                         next_size = sizes.next();
                     }
@@ -221,14 +243,12 @@ fn generate(
         }
         sent_since += written;
         shared.committed.fetch_add(written, Ordering::Relaxed);
-        shared.next_seq_plus_one.store(seq + 1, Ordering::Relaxed);
         if written < due {
             if drop_when_full && rate != 0 {
                 // The dropped records still take their sequence numbers, so a verify
                 // sink downstream counts them as lost: dropping is never silent.
                 let dropped = due - written;
-                seq += dropped;
-                shared.next_seq_plus_one.store(seq + 1, Ordering::Relaxed);
+                *seq += dropped;
                 sent_since += dropped;
                 shared.dropped.fetch_add(dropped, Ordering::Relaxed);
             } else {
