@@ -392,7 +392,7 @@ impl Producer {
     /// with one cursor store and at most one wake-up, when the batch ends.
     pub fn batch(&mut self) -> Batch<'_> {
         let limit = self.fast_limit();
-        Batch { producer: self, limit, records: 0, bytes: 0 }
+        Batch { producer: self, limit }
     }
 
     /// How far frames can be written from `pos` with no further check: to the end of the
@@ -507,20 +507,14 @@ impl Producer {
     /// Finishes a claim: writes its frame header and advances the local position.
     #[inline]
     fn commit_frame(&mut self, start: u64, len: u32, record_type: u32) {
-        self.end_frame(start, self.ring.data.index(start), len, record_type);
-        self.counters.add(Counter::TotalProduced, 1);
-        self.counters.add(Counter::BytesProduced, u64::from(len));
-    }
-
-    /// Writes the header of the frame at `start` (data index `index`), whose payload is
-    /// written, and moves the local position past it (uncounted: the caller counts it).
-    #[inline]
-    fn end_frame(&mut self, start: u64, index: u64, len: u32, record_type: u32) {
+        let index = self.ring.data.index(start);
         self.ring.data.write_word(index, frame::encode(len, record_type));
         self.ring.data.track(index, u64::from(len) + FRAME_HEADER, true);
         // Cannot overflow: the space was checked before the payload was written.
         self.pos = start + frame::framed_len_u32(len);
         self.last_start = start;
+        self.counters.add(Counter::TotalProduced, 1);
+        self.counters.add(Counter::BytesProduced, u64::from(len));
     }
 
     /// Makes every committed frame visible to the consumer and wakes it if it sleeps.
@@ -646,14 +640,11 @@ impl DerefMut for Claim<'_> {
 ///
 /// [`try_push`](Batch::try_push) has a fast path: while frames fit below `limit` (the
 /// end of the ring's lap, and the space the cached read cursor leaves), a record is a
-/// header store and a copy, and its counts are added once, when the batch publishes.
+/// copy and a commit, with no space or wrap check.
 pub struct Batch<'a> {
     producer: &'a mut Producer,
     /// Frames ending at or below this position need no space or wrap check.
     limit: u64,
-    /// Records and payload bytes pushed on the fast path, not yet in the counters.
-    records: u64,
-    bytes: u64,
 }
 
 impl std::fmt::Debug for Batch<'_> {
@@ -686,9 +677,7 @@ impl Batch<'_> {
                 // producer writes there, and nothing below `pos` is published until the
                 // batch ends.
                 unsafe { p.ring.data.slice_mut(index + FRAME_HEADER, data.len()) }.copy_from_slice(data);
-                p.end_frame(start, index, len, 0);
-                self.records += 1;
-                self.bytes += u64::from(len);
+                p.commit_frame(start, len, 0);
                 return Ok(());
             }
         }
@@ -712,10 +701,7 @@ impl Batch<'_> {
 
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
-        let p = &mut *self.producer;
-        p.counters.add(Counter::TotalProduced, std::mem::take(&mut self.records));
-        p.counters.add(Counter::BytesProduced, std::mem::take(&mut self.bytes));
-        p.publish_pending();
+        self.producer.publish_pending();
     }
 }
 
@@ -1508,6 +1494,19 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(at_hook, Some((48, (16, 1))), "at the hook only the record read before the batch is released");
         assert_eq!(released(&c), (48, 3));
+    }
+
+    #[test]
+    fn a_forgotten_batch_still_counts_the_records_a_later_publish_makes_visible() {
+        let (mut p, mut c) = pair(4096);
+        let mut batch = p.batch();
+        batch.try_push(&[1; 8]).unwrap();
+        batch.try_push(&[2; 8]).unwrap();
+        std::mem::forget(batch);
+        p.try_publish(&[3; 8]).unwrap();
+        assert_eq!(c.read_batch(10, |_| Ok::<(), ()>(())).unwrap(), 3);
+        assert_eq!(p.counters.get(Counter::TotalProduced), 3);
+        assert_eq!(p.counters.get(Counter::BytesProduced), 24);
     }
 
     #[test]
