@@ -717,8 +717,6 @@ pub struct Consumer {
     /// between `released` and here are read but not yet released. See "Lazy release" in
     /// the module docs. A batch in progress reads past it without moving it.
     read_to: u64,
-    /// How many records and payload bytes lie between `released` and `read_to`.
-    pending: (u64, u64),
     /// Last `write_cursor` seen.
     cached_tail: u64,
     /// Records read since `write_cursor` was last loaded: once they are all read, how
@@ -789,7 +787,6 @@ impl Consumer {
             pos: head,
             released: head,
             read_to: head,
-            pending: (0, 0),
             cached_tail: tail,
             stretch: 0,
             flip,
@@ -989,9 +986,10 @@ impl Consumer {
     /// (see "Lazy release" in the module docs) are released with them.
     #[inline(never)]
     fn release_to(&mut self, pos: u64, records: u64, bytes: u64) {
-        let (pending_records, pending_bytes) = std::mem::take(&mut self.pending);
-        self.counters.add(Counter::TotalConsumed, records.saturating_add(pending_records));
-        self.counters.add(Counter::BytesConsumed, bytes.saturating_add(pending_bytes));
+        // Records read one at a time were counted as they were read: the counters reach
+        // the segment only here, with the cursor that releases them.
+        self.counters.add(Counter::TotalConsumed, records);
+        self.counters.add(Counter::BytesConsumed, bytes);
         let cursor = self.ring.cursor();
         // Relaxed: published by the Release store of read_cursor just below; a successor
         // uses this slot only if it sees that store.
@@ -1032,8 +1030,8 @@ impl Consumer {
         self.pos = next;
         self.read_to = next;
         self.stretch += 1;
-        self.pending.0 += 1;
-        self.pending.1 += u64::from(len);
+        self.counters.add(Counter::TotalConsumed, 1);
+        self.counters.add(Counter::BytesConsumed, u64::from(len));
         let quarter = self.ring.capacity / 4;
         if next == self.cached_tail
             || self.cached_tail - self.released > self.ring.capacity - quarter
