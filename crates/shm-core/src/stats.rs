@@ -79,17 +79,36 @@ impl Counter {
         self as usize
     }
 
-    /// Whether the consumer writes it.
+    /// The counters the producer writes.
+    pub const PRODUCER_SIDE: [Counter; 6] = [
+        Counter::TotalProduced,
+        Counter::BytesProduced,
+        Counter::ProducerBlocks,
+        Counter::ProducerSleeps,
+        Counter::ProducerWakes,
+        Counter::ProducerMissedWakes,
+    ];
+
+    /// The counters the consumer writes.
+    pub const CONSUMER_SIDE: [Counter; 6] = [
+        Counter::TotalConsumed,
+        Counter::BytesConsumed,
+        Counter::ConsumerBlocks,
+        Counter::ConsumerSleeps,
+        Counter::ConsumerWakes,
+        Counter::ConsumerMissedWakes,
+    ];
+
+    /// Whether the consumer writes it (it is in [`Counter::CONSUMER_SIDE`]).
     pub const fn is_consumer_side(self) -> bool {
-        matches!(
-            self,
-            Counter::TotalConsumed
-                | Counter::BytesConsumed
-                | Counter::ConsumerBlocks
-                | Counter::ConsumerSleeps
-                | Counter::ConsumerWakes
-                | Counter::ConsumerMissedWakes
-        )
+        let mut i = 0;
+        while i < Counter::CONSUMER_SIDE.len() {
+            if Counter::CONSUMER_SIDE[i] as usize == self as usize {
+                return true;
+            }
+            i += 1;
+        }
+        false
     }
 }
 
@@ -197,16 +216,16 @@ impl StatsSnapshot {
         // moves and as consumed after, so reading consumed first can only under-count it,
         // never report consumed > produced.
         let consumer_side = |slot: usize| Counter::ALL.get(slot).is_some_and(|c| c.is_consumer_side());
-        let mut values = [None; STAT_SLOTS];
+        let mut values = [0; STAT_SLOTS];
         for pass_consumer in [true, false] {
             for (slot, line) in header.stats.iter().enumerate() {
                 if consumer_side(slot) == pass_consumer {
                     // Relaxed: each counter is monotonic on its own; no data depends on it.
-                    values[slot] = Some(line.0.value.load(Ordering::Relaxed));
+                    values[slot] = line.0.value.load(Ordering::Relaxed);
                 }
             }
         }
-        let value = |c: Counter| values[c.slot()].unwrap_or(0);
+        let value = |c: Counter| values[c.slot()];
         // Acquire: pairs with the Release stores of the cursors; reading the read cursor
         // after the write cursor keeps `used` from exceeding what is really there.
         let write_cursor = header.producer.0.write_cursor.load(Ordering::Acquire);
@@ -217,7 +236,7 @@ impl StatsSnapshot {
             .iter()
             .zip(values)
             .filter(|(line, _)| line.0.in_use.load(Ordering::Relaxed) == 1)
-            .filter_map(|(line, v)| Some(LabelledCounter { label: read_label(&line.0)?, value: v? }))
+            .filter_map(|(line, value)| Some(LabelledCounter { label: read_label(&line.0)?, value }))
             .collect();
         StatsSnapshot {
             capacity,

@@ -202,24 +202,6 @@ impl LocalCounters {
     }
 }
 
-const PRODUCER_COUNTERS: [Counter; 6] = [
-    Counter::TotalProduced,
-    Counter::BytesProduced,
-    Counter::ProducerBlocks,
-    Counter::ProducerSleeps,
-    Counter::ProducerWakes,
-    Counter::ProducerMissedWakes,
-];
-
-const CONSUMER_COUNTERS: [Counter; 6] = [
-    Counter::TotalConsumed,
-    Counter::BytesConsumed,
-    Counter::ConsumerBlocks,
-    Counter::ConsumerSleeps,
-    Counter::ConsumerWakes,
-    Counter::ConsumerMissedWakes,
-];
-
 /// The producing end of a spsc ring. One per ring at a time (the segment enforces it
 /// with a kernel lock), `Send` but not `Sync`.
 pub struct Producer {
@@ -269,7 +251,7 @@ impl Producer {
         let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
         let head = ring.cursor().read_cursor.load(Ordering::Acquire);
         check_cursors(head, tail, ring.capacity)?;
-        let mut counters = LocalCounters::load(&ring, &PRODUCER_COUNTERS);
+        let mut counters = LocalCounters::load(&ring, &Counter::PRODUCER_SIDE);
         let (mut last_start, mut flip) = (u64::MAX, 0);
         let line = ring.producer_line();
         // The publish slot of the current cursor was written before the cursor, so it is
@@ -762,7 +744,7 @@ impl Consumer {
         let head = ring.cursor().read_cursor.load(Ordering::Acquire);
         let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
         check_cursors(head, tail, ring.capacity)?;
-        let mut counters = LocalCounters::load(&ring, &CONSUMER_COUNTERS);
+        let mut counters = LocalCounters::load(&ring, &Counter::CONSUMER_SIDE);
         let cursor = ring.cursor();
         let mut flip = 0;
         // As for the producer: the release slot of the current cursor is complete.
