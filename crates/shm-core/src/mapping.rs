@@ -87,21 +87,12 @@ impl Mapping {
     /// other process writes the memory, as during create.
     /// See [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html).
     pub(crate) fn populate_new(&self) -> nix::Result<()> {
-        match self.madvise(nix::sys::mman::MmapAdvise::MADV_POPULATE_WRITE) {
-            Err(nix::errno::Errno::EINVAL) => {
-                for offset in (0..self.len).step_by(PAGE) {
-                    // SAFETY: `offset` is inside this live, writable mapping, and during
-                    // create nobody else writes it (openers wait for the header), so the
-                    // read-then-write of the same byte loses nothing.
-                    unsafe {
-                        let p = self.ptr.as_ptr().add(offset);
-                        p.write_volatile(p.read_volatile());
-                    }
-                }
-                Ok(())
-            }
-            other => other,
-        }
+        self.populate(nix::sys::mman::MmapAdvise::MADV_POPULATE_WRITE, |p| {
+            // SAFETY: `p` is inside this live, writable mapping, and during create nobody
+            // else writes it (openers wait for the header), so the read-then-write of the
+            // same byte loses nothing.
+            unsafe { p.write_volatile(p.read_volatile()) }
+        })
     }
 
     /// Maps every page of an existing segment into this process without changing any
@@ -110,12 +101,21 @@ impl Mapping {
     pub(crate) fn prefault(&self) -> nix::Result<()> {
         use nix::sys::mman::MmapAdvise;
         let advice = if self.writable { MmapAdvise::MADV_POPULATE_WRITE } else { MmapAdvise::MADV_POPULATE_READ };
+        self.populate(advice, |p| {
+            // SAFETY: `p` is inside this live mapping; a volatile read of a byte another
+            // process may be writing is a plain load of shared memory.
+            unsafe { p.read_volatile() };
+        })
+    }
+
+    /// `advice` (a POPULATE one) over the whole mapping; on a kernel without it
+    /// (`EINVAL`, before 5.14), `touch` on the first byte of each page instead.
+    fn populate(&self, advice: nix::sys::mman::MmapAdvise, touch: impl Fn(*mut u8)) -> nix::Result<()> {
         match self.madvise(advice) {
             Err(nix::errno::Errno::EINVAL) => {
                 for offset in (0..self.len).step_by(PAGE) {
-                    // SAFETY: `offset` is inside this live mapping; a volatile read of a
-                    // byte another process may be writing is a plain load of shared memory.
-                    unsafe { self.ptr.as_ptr().add(offset).read_volatile() };
+                    // SAFETY: `offset < len`, so the pointer is inside this live mapping.
+                    touch(unsafe { self.ptr.as_ptr().add(offset) });
                 }
                 Ok(())
             }
