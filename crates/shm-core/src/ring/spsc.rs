@@ -113,16 +113,33 @@ impl Waiting {
         Waiting { timeout, started: None, spinning: strategy == WaitStrategy::Hybrid, spins: 0 }
     }
 
-    /// When the wait started, as far as the clock knows (read at the first call).
-    fn started(&mut self) -> Instant {
-        *self.started.get_or_insert_with(Instant::now)
+    /// Time since the wait started, as far as the clock knows: the first call starts
+    /// the clock. One clock read either way.
+    fn elapsed(&mut self) -> Duration {
+        match self.started {
+            Some(started) => started.elapsed(),
+            None => {
+                self.started = Some(Instant::now());
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Time left before the deadline (at most [`MAX_SLEEP`]) once `elapsed` has passed;
+    /// `None` when the deadline has passed.
+    fn left_after(&self, elapsed: Duration) -> Option<Duration> {
+        let Some(timeout) = self.timeout else { return Some(MAX_SLEEP) };
+        let left = timeout.checked_sub(elapsed).filter(|r| !r.is_zero())?;
+        Some(left.min(MAX_SLEEP))
     }
 
     /// Time left before the deadline (at most [`MAX_SLEEP`]); `None` when it has passed.
     fn remaining(&mut self) -> Option<Duration> {
-        let Some(timeout) = self.timeout else { return Some(MAX_SLEEP) };
-        let left = timeout.checked_sub(self.started().elapsed()).filter(|r| !r.is_zero())?;
-        Some(left.min(MAX_SLEEP))
+        if self.timeout.is_none() {
+            return Some(MAX_SLEEP);
+        }
+        let elapsed = self.elapsed();
+        self.left_after(elapsed)
     }
 
     /// The error value of a wait that timed out.
@@ -135,12 +152,14 @@ impl Waiting {
     fn spin_step(&mut self, strategy: WaitStrategy) -> Result<bool, Duration> {
         self.spins = self.spins.wrapping_add(1);
         let check_clock = self.spins % SPINS_PER_CLOCK_CHECK == 0;
+        // Read once per check, for the hybrid budget and the deadline alike.
+        let mut elapsed = None;
         match strategy {
             WaitStrategy::Spin => sync::spin_loop(),
             WaitStrategy::Yield => sync::yield_now(),
             WaitStrategy::Futex => return Ok(false),
             WaitStrategy::Hybrid => {
-                if check_clock && self.spinning && self.started().elapsed() >= HYBRID_SPIN {
+                if check_clock && self.spinning && *elapsed.insert(self.elapsed()) >= HYBRID_SPIN {
                     self.spinning = false;
                 }
                 if !self.spinning {
@@ -149,8 +168,11 @@ impl Waiting {
                 sync::spin_loop();
             }
         }
-        if (check_clock || strategy == WaitStrategy::Yield) && self.remaining().is_none() {
-            return Err(self.timeout());
+        if (check_clock || strategy == WaitStrategy::Yield) && self.timeout.is_some() {
+            let elapsed = elapsed.unwrap_or_else(|| self.elapsed());
+            if self.left_after(elapsed).is_none() {
+                return Err(self.timeout());
+            }
         }
         Ok(true)
     }
