@@ -60,8 +60,8 @@ fn generator_to_verify(backend: Backend) {
     let mut consumer = Daemon::launch(&fx, Kind::Consumer, &verify(&location)).start(&fx);
     producer.wait_for(&fx, "READY=1");
     consumer.wait_for(&fx, "READY=1");
-    // The point is a stream that has run for a while: about 50 000 records.
-    std::thread::sleep(Duration::from_secs(1));
+    // The point is a stream that has run for a while: 10 000 records at least.
+    wait_produced(&observe(&location), 10_000);
 
     let p = producer.stop(&fx);
     p.assert_success();
@@ -190,8 +190,8 @@ fn udp_to_file() {
         format!("{}[source]\nkind = \"udp\"\nbind = \"127.0.0.1:{port}\"\n", segment_section(&location, &[]));
     let _producer = Daemon::ready(&fx, Kind::Producer, &producer_config);
     let consumer = Daemon::ready(&fx, Kind::Consumer, &file_sink(&location, &out, "lines"));
-    // READY=1 says the segment is attached; the ring thread binds the socket meanwhile.
-    wait_until(daemons::PATIENCE, "producerd has bound its UDP port", || daemons::udp_port_bound(port));
+    // producerd binds its source before it says READY=1.
+    assert!(daemons::udp_port_bound(port), "producerd is ready but UDP port {port} is not bound");
 
     let sender = UdpSocket::bind("127.0.0.1:0").expect("bind a sender");
     sender.connect(("127.0.0.1", port)).expect("connect");
@@ -233,7 +233,7 @@ fn unix_datagrams_to_file() {
     );
     let producer = Daemon::ready(&fx, Kind::Producer, &producer_config);
     let consumer = Daemon::ready(&fx, Kind::Consumer, &file_sink(&location, &out, "binary"));
-    wait_until(daemons::PATIENCE, "producerd has bound its socket", || socket.exists());
+    assert!(socket.exists(), "producerd is ready but {} is not bound", socket.display());
 
     // A Unix datagram sender blocks while the receiver's queue is full: nothing drops.
     let sender = UnixDatagram::unbound().expect("a socket");

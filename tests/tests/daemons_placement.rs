@@ -14,11 +14,9 @@
 //!   NUMA node that does not exist) make both daemons exit 78, with `--check-config` and
 //!   when starting, naming the key, its line and the CPU; no segment is created.
 
-use std::time::Duration;
-
 use shm_core::Segment;
 use shm_core::placement::{allowed_cpus, format_list};
-use shmring_tests::daemons::{Daemon, Kind, observe, segment_section};
+use shmring_tests::daemons::{Daemon, Kind, observe, segment_section, wait_produced};
 use shmring_tests::{Backend, Fixture};
 
 /// `Cpus_allowed_list` of each thread of `pid` named `name` (`/proc/PID/task/*/comm`).
@@ -64,7 +62,7 @@ fn pinned_ring_threads_on_a_bound_prefaulted_segment_move_every_record() {
     }
     assert!(producer.log().contains("created=true"), "placement not logged:\n{}", producer.log());
     assert_eq!(observe(&location).info().expect("info").numa_node, Some(0), "the segment is bound to node 0");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_produced(&observe(&location), 5_000);
 
     producer.stop(&fx).assert_success();
     consumer.stop(&fx).assert_success();
