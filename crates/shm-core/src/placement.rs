@@ -116,9 +116,16 @@ pub fn node_exists(node: u32) -> bool {
     Path::new(NODE_DIR).join(format!("node{node}")).is_dir()
 }
 
-/// The CPUs of NUMA node `node` (`/sys/devices/system/node/nodeN/cpulist`).
+/// The CPUs of NUMA node `node` (`/sys/devices/system/node/nodeN/cpulist`). A kernel
+/// without NUMA support has no node directory: node 0 then has every online CPU
+/// (`/sys/devices/system/cpu/online`), as [`online_nodes`] says node 0 is the one node.
 pub fn node_cpus(node: u32) -> io::Result<Vec<u32>> {
-    read_list(&Path::new(NODE_DIR).join(format!("node{node}/cpulist")))
+    match read_list(&Path::new(NODE_DIR).join(format!("node{node}/cpulist"))) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && node == 0 && !Path::new(NODE_DIR).exists() => {
+            read_list(Path::new("/sys/devices/system/cpu/online"))
+        }
+        other => other,
+    }
 }
 
 /// Binds `len` bytes at `addr` to NUMA node `node` (`MPOL_BIND`, moving any page already

@@ -182,17 +182,7 @@ fn discover() -> std::io::Result<Vec<Node>> {
     let with_memory = placement::memory_nodes()?;
     placement::online_nodes()?
         .into_iter()
-        .map(|id| {
-            // A kernel without NUMA has no node directory: all CPUs are node 0's.
-            let cpus = placement::node_cpus(id).or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(placement::allowed_cpus()?.into_iter().map(|c| c as u32).collect())
-                } else {
-                    Err(e)
-                }
-            })?;
-            Ok(Node { id, cpus, has_memory: with_memory.contains(&id) })
-        })
+        .map(|id| Ok(Node { id, cpus: placement::node_cpus(id)?, has_memory: with_memory.contains(&id) }))
         .collect()
 }
 
