@@ -7,6 +7,7 @@
 //!   duplicated, reordered or torn.
 //! - [`progress`]: how a peer tells a test how far it got, so the test can kill it at a
 //!   chosen point and bound what it had done.
+//! - [`reliability`]: the `RELIABILITY` line of the reliability tests.
 //!
 //! The tests themselves are in `tests/`; the peer is `src/bin/ring-peer.rs`, which they
 //! find as `env!("CARGO_BIN_EXE_ring-peer")`.
@@ -15,6 +16,7 @@ pub mod daemons;
 pub mod fixture;
 pub mod progress;
 pub mod records;
+pub mod reliability;
 pub mod stream;
 
 pub use fixture::{Backend, Finished, Fixture, ObjectStat, Proc, Summary, location_args, os_stat, seed, wait_until};

@@ -38,6 +38,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use serde_json::Value;
 use shm_core::layout::{HEADER_SIZE, max_payload_for};
 use shm_core::{CreateError, Location, OpenError, Segment};
 use shmctl_support::{
@@ -115,16 +116,8 @@ impl Drop for Reliability {
         } else {
             self.outcome.clone().unwrap_or_else(|| "failed: no outcome recorded".to_owned())
         };
-        let text = |s: &str| serde_json::to_string(s).expect("strings serialise");
-        println!(
-            "RELIABILITY {{\"test\": {}, \"fault\": {}, \"runs\": {}, \"outcome\": {}, \"lost\": {}, \"duplicated\": {}}}",
-            text(self.test),
-            text(self.fault),
-            self.runs,
-            text(&outcome),
-            self.lost,
-            self.duplicated
-        );
+        let (runs, lost, duplicated) = (self.runs, self.lost, self.duplicated);
+        shmring_tests::reliability::report(self.test, self.fault, runs, &outcome, lost, duplicated, Value::Null);
     }
 }
 

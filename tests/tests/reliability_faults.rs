@@ -81,25 +81,10 @@ fn env_count(var: &str, default: u64) -> u64 {
     }
 }
 
-/// Prints the machine-readable line: `RELIABILITY` and a JSON object holding the common
-/// keys, in the documented order, then those of `extra`.
+/// Prints the test's `RELIABILITY` line: `pass` or `fail`, then `extra`.
 fn report(test: &str, fault: &str, runs: u64, pass: bool, lost: u64, duplicated: u64, extra: Value) {
     let outcome = if pass { "pass" } else { "fail" };
-    let common = [
-        ("test", json!(test)),
-        ("fault", json!(fault)),
-        ("runs", json!(runs)),
-        ("outcome", json!(outcome)),
-        ("lost", json!(lost)),
-        ("duplicated", json!(duplicated)),
-    ];
-    let mut fields: Vec<(String, Value)> = common.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    if let Value::Object(extra) = extra {
-        fields.extend(extra);
-    }
-    // serde_json's own maps sort their keys; the line keeps the documented order.
-    let body: Vec<String> = fields.iter().map(|(k, v)| format!("{}: {v}", json!(k))).collect();
-    println!("RELIABILITY {{{}}}", body.join(", "));
+    shmring_tests::reliability::report(test, fault, runs, outcome, lost, duplicated, extra);
 }
 
 /// A producer config: a generator at `rate` records per second (`0`: as fast as the

@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use shm_core::{Location, Segment};
 use shmring_tests::daemons::{Daemon, Kind, observe, observe_when_created, segment_section};
-use shmring_tests::{Backend, Fixture, wait_until};
+use shmring_tests::{Backend, Fixture, reliability, wait_until};
 
 /// The exit code of a daemon whose segment was unlinked (`shm_daemon::exit::UNLINKED`).
 const UNLINKED: i32 = 75;
@@ -53,11 +54,14 @@ fn by_default_both_daemons_exit_75_soon_after_the_unlink() {
             assert_eq!(summary.u64(key), 0, "{backend:?} {key}: {}", summary.0);
         }
         assert!(summary.u64("received") >= 1000, "{backend:?}: {}", summary.0);
-        println!(
-            "RELIABILITY {{\"test\": \"unlinked_exit_{}\", \"fault\": \"segment unlinked under running daemons (on_unlinked = exit)\", \"runs\": 1, \"outcome\": \"both exited 75 within {:.1} s\", \"lost\": {}, \"duplicated\": 0}}",
-            backend.name(),
-            noticed.as_secs_f64(),
-            summary.u64("lost")
+        reliability::report(
+            &format!("unlinked_exit_{}", backend.name()),
+            "segment unlinked under running daemons (on_unlinked = exit)",
+            1,
+            &format!("both exited 75 within {:.1} s", noticed.as_secs_f64()),
+            summary.u64("lost"),
+            0,
+            Value::Null,
         );
     }
 }
@@ -101,10 +105,14 @@ fn with_recreate_the_stream_continues_on_a_new_segment() {
         assert_eq!(summary.u64(key), 0, "{key}: {}", summary.0);
     }
     assert!(summary.u64("received") > consumed_before + 1000, "{}", summary.0);
-    println!(
-        "RELIABILITY {{\"test\": \"unlinked_recreate\", \"fault\": \"segment unlinked under running daemons (on_unlinked = recreate)\", \"runs\": 1, \"outcome\": \"both carried on on a re-created segment, {} records verified\", \"lost\": {}, \"duplicated\": 0}}",
-        summary.u64("received"),
-        summary.u64("lost")
+    reliability::report(
+        "unlinked_recreate",
+        "segment unlinked under running daemons (on_unlinked = recreate)",
+        1,
+        &format!("both carried on on a re-created segment, {} records verified", summary.u64("received")),
+        summary.u64("lost"),
+        0,
+        Value::Null,
     );
 }
 
