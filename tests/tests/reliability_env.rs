@@ -40,10 +40,10 @@ use std::process::Command;
 
 use serde_json::Value;
 use shm_core::layout::{HEADER_SIZE, max_payload_for};
-use shm_core::{CreateError, Location, OpenError, Segment};
+use shm_core::{CreateError, Location, OpenError, Segment, SysvKey};
 use shmctl_support::{
-    CANT_CREATE, IO, NO_PERM, PATIENCE, PEER, args_on, assert_fails, command, create, exists, name, num, raw_bytes,
-    run, shared_location, shmctl_on, stat_json,
+    CANT_CREATE, IO, NO_PERM, PATIENCE, PEER, args_on, assert_fails, create, exists, name, num, raw_bytes, run,
+    shared_location, shmctl_as, shmctl_on, stat_json, sysv_id,
 };
 use shmring_tests::daemons::{Daemon, Kind, segment_section};
 use shmring_tests::fixture::binary;
@@ -218,11 +218,7 @@ fn location_on(fx: &Fixture, backend: Backend, mnt: &Path) -> Location {
 
 /// The file behind a location on a mount point.
 fn object_path(location: &Location) -> PathBuf {
-    match location {
-        Location::Posix(name) => name.dev_shm_path(),
-        Location::File(path) => path.clone(),
-        other => panic!("{other} has no path"),
-    }
+    shmctl_support::object_path(location).unwrap_or_else(|| panic!("{location} has no path"))
 }
 
 /// The file name of the object behind `location` on its mount point.
@@ -467,27 +463,16 @@ fn full_filesystem_after_create_never_sigbus_file() {
 
 // ---- Another user -------------------------------------------------------------------
 
-/// Makes `cmd` run as nobody:nogroup with no supplementary groups.
+/// Makes `cmd` run as nobody:nogroup; std drops the supplementary groups when root
+/// changes the uid.
 fn as_nobody(cmd: &mut Command) -> &mut Command {
-    let (uid, gid) = NOBODY;
-    // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed: setgroups, setgid and setuid are single
-    // system calls (std makes the same ones for `Command::uid`), and an error becomes an
-    // `io::Error` from its errno without allocating.
-    unsafe {
-        cmd.pre_exec(move || {
-            let errno = |e: nix::errno::Errno| std::io::Error::from_raw_os_error(e as i32);
-            nix::unistd::setgroups(&[]).map_err(errno)?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)).map_err(errno)?;
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).map_err(errno)
-        })
-    }
+    cmd.uid(NOBODY.0).gid(NOBODY.1)
 }
 
 /// Runs `shmctl SUB <location> EXTRA...` as nobody.
 #[track_caller]
 fn shmctl_as_nobody(fx: &Fixture, sub: &str, location: &Location, extra: &[&str]) -> Finished {
-    run(fx, as_nobody(&mut command(args_on(sub, location, extra))))
+    shmctl_as(fx, NOBODY.0, NOBODY.1, args_on(sub, location, extra))
 }
 
 /// Panics unless our `shmctl create` over `location` exits 73 naming uid 65534, our
@@ -558,8 +543,7 @@ fn sysv_key_pre_created_by_another_user_is_refused_and_untouched() {
     };
     let mut cmd = Command::new("true");
     as_nobody(&mut cmd);
-    // SAFETY: `take_key` runs in the forked child after `as_nobody`'s closure, before
-    // exec: shmget is a single system call, and its error an errno turned into an
+    // SAFETY: `take_key` runs in the forked child after the uid change, before exec: shmget is a single system call, and its error an errno turned into an
     // `io::Error` without allocating.
     unsafe {
         cmd.pre_exec(take_key);
@@ -572,7 +556,7 @@ fn sysv_key_pre_created_by_another_user_is_refused_and_untouched() {
     assert_theirs_refused(&fx, &location);
     report.ran();
     assert_eq!(os_stat(&location).expect("still there"), before, "nobody's segment changed");
-    let ds = sysv_ds(raw_key);
+    let ds = sysv_ds(key);
     assert_eq!((ds.shm_nattch, ds.shm_atime), (0, 0), "we attached nobody's segment");
     assert!(
         std::fs::symlink_metadata(shm_core::sysv_lock_path(key)).is_err(),
@@ -580,21 +564,14 @@ fn sysv_key_pre_created_by_another_user_is_refused_and_untouched() {
     );
     // Clean up as root, as an operator would.
     // SAFETY: IPC_RMID takes no buffer.
-    let removed = unsafe { libc::shmctl(sysv_ds_id(raw_key), libc::IPC_RMID, std::ptr::null_mut()) };
+    let removed = unsafe { libc::shmctl(sysv_id(key), libc::IPC_RMID, std::ptr::null_mut()) };
     assert_ne!(removed, -1, "IPC_RMID as root: {}", std::io::Error::last_os_error());
     report.pass("refused: create exit 73 naming uid 65534, open WrongOwner; theirs never attached or changed");
 }
 
-fn sysv_ds_id(key: i32) -> i32 {
-    // SAFETY: plain integer arguments; size 0 and no flags only look the key up.
-    let id = unsafe { libc::shmget(key, 0, 0) };
-    assert_ne!(id, -1, "shmget {key:#x}: {}", std::io::Error::last_os_error());
-    id
-}
-
 /// `IPC_STAT` of the SysV segment with `key`.
-fn sysv_ds(key: i32) -> libc::shmid_ds {
-    let id = sysv_ds_id(key);
+fn sysv_ds(key: SysvKey) -> libc::shmid_ds {
+    let id = sysv_id(key);
     // SAFETY: all-zero bytes are a valid `shmid_ds`.
     let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
     // SAFETY: `ds` is a valid, writable `shmid_ds` for the kernel to fill.

@@ -209,7 +209,8 @@ pub fn object_path(location: &Location) -> Option<PathBuf> {
     }
 }
 
-fn sysv_id(key: SysvKey) -> i32 {
+/// The id of the SysV segment with `key`, which must exist.
+pub fn sysv_id(key: SysvKey) -> i32 {
     // SAFETY: plain integer arguments; size 0 and no flags only look the key up.
     let id = unsafe { libc::shmget(key.raw(), 0, 0) };
     assert_ne!(id, -1, "shmget {key}: {}", std::io::Error::last_os_error());
