@@ -236,6 +236,11 @@ impl Daemon {
         self.notify.inbox.seen().clone()
     }
 
+    /// Whether it has sent `READY=1` yet.
+    pub fn has_been_ready(&self) -> bool {
+        self.notifications().iter().any(|(_, d)| d.lines().any(|l| l == "READY=1"))
+    }
+
     /// Sends `signal`; panics, with its output, if it is not running any more.
     #[track_caller]
     pub fn signal(&self, fx: &Fixture, signal: Signal) {
@@ -389,6 +394,18 @@ impl Report {
 /// A TOML basic string holding `text`.
 pub fn toml_string(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A producer config: a generator at `rate` records per second (`0`: as fast as the ring
+/// takes them) on a 256 KiB ring at `location`.
+pub fn generator(location: &Location, rate: u64) -> String {
+    format!("{}[source]\nkind = \"generator\"\nrate = {rate}\n", segment_section(location, &["capacity = \"256KiB\""]))
+}
+
+/// The `[sink]` lines of a file sink into `path`, binary format (generator records may
+/// hold any byte).
+pub fn binary_file_sink(path: &Path) -> String {
+    format!("kind = \"file\"\nformat = \"binary\"\npath = {}", toml_string(&path.display().to_string()))
 }
 
 /// A `[segment]` section naming `location`, followed by the `extra` lines

@@ -16,14 +16,13 @@
 //!
 //! Kill moments are random: the seed is printed, and `SHMRING_TEST_SEED` repeats a run.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use shm_core::{Location, Segment};
 use shmring_tests::daemons::{
-    self, Daemon, Kind, assert_generator_file, assert_generator_stream, observe, segment_section, toml_string,
-    wait_drained, wait_produced,
+    self, Daemon, Kind, assert_generator_file, assert_generator_stream, binary_file_sink, generator, observe,
+    segment_section, toml_string, wait_drained, wait_produced,
 };
 use shmring_tests::records::splitmix64;
 use shmring_tests::{Backend, Fixture, seed, wait_until};
@@ -31,19 +30,9 @@ use shmring_tests::{Backend, Fixture, seed, wait_until};
 /// Restarts in each kill test.
 const KILLS: u64 = 5;
 
-/// A producer config: a generator at `rate` records per second on `location`.
-fn generator(location: &Location, rate: u64) -> String {
-    format!("{}[source]\nkind = \"generator\"\nrate = {rate}\n", segment_section(location, &["capacity = \"256KiB\""]))
-}
-
 /// A consumer config on `location` with the `[sink]` lines `sink`.
 fn consumer(location: &Location, sink: &str) -> String {
     format!("{}[sink]\n{sink}\n", segment_section(location, &["wait_for_segment = \"10s\""]))
-}
-
-/// A file sink into `path`, binary format (generator records may hold any byte).
-fn file_sink(path: &Path) -> String {
-    format!("kind = \"file\"\nformat = \"binary\"\npath = {}", toml_string(&path.display().to_string()))
 }
 
 /// Lets the stream run to a random moment in the next 100 ms (the point is *where* the
@@ -83,7 +72,7 @@ fn consumer_killed_file_sink_keeps_every_record_exactly_once() {
     let fx = Fixture::new("kill-c-file");
     let location = fx.location(Backend::Posix);
     let out = fx.path("records.bin");
-    let (last, produced) = kill_consumers(&fx, &location, &file_sink(&out), "consumer_killed_file_sink");
+    let (last, produced) = kill_consumers(&fx, &location, &binary_file_sink(&out), "consumer_killed_file_sink");
     assert!(last.log().contains("file sink resumes after its recorded progress"), "{}", last.log());
     assert_generator_file(&out, produced);
 }
@@ -118,7 +107,7 @@ fn consumer_killed_in_its_first_batch_file_sink_keeps_every_record_exactly_once(
         Daemon::launch(&fx, Kind::Producer, &config).start(&fx).wait(&fx).assert_success();
         let ring = observe(&location);
         let out = fx.path("records.bin");
-        let sink = format!("{}\nfsync = \"batch\"", file_sink(&out));
+        let sink = format!("{}\nfsync = \"batch\"", binary_file_sink(&out));
         let launch = Daemon::launch(&fx, Kind::Consumer, &consumer(&location, &sink));
 
         // Kill it as soon as the file has bytes of the first batch: written, and (unless
@@ -263,7 +252,7 @@ fn sighup_reopens_the_file_sink_for_log_rotation() {
     let out = fx.path("records.bin");
     let rotated = fx.path("records.bin.1");
     let producer = Daemon::ready(&fx, Kind::Producer, &generator(&location, 50_000));
-    let mut consumer = Daemon::ready(&fx, Kind::Consumer, &consumer(&location, &file_sink(&out)));
+    let mut consumer = Daemon::ready(&fx, Kind::Consumer, &consumer(&location, &binary_file_sink(&out)));
     let ring = observe(&location);
     wait_until(daemons::PATIENCE, "records are consumed", || ring.stats().total_consumed > 5_000);
 

@@ -12,16 +12,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shm_core::Location;
-use shmring_tests::daemons::{self, Daemon, Kind, observe, segment_section, wait_produced};
+use shmring_tests::daemons::{self, Daemon, Kind, generator, observe, segment_section, wait_produced};
 use shmring_tests::{Backend, Fixture, wait_until};
-
-/// A producer config: a generator at `rate` records per second on `location`, then `extra`.
-fn generator(location: &Location, rate: u64, extra: &str) -> String {
-    format!(
-        "{}[source]\nkind = \"generator\"\nrate = {rate}\n{extra}",
-        segment_section(location, &["capacity = \"256KiB\""])
-    )
-}
 
 /// A consumer config: the verify sink on `location`, then `extra`.
 fn verify(location: &Location, extra: &str) -> String {
@@ -32,7 +24,7 @@ fn verify(location: &Location, extra: &str) -> String {
 fn notify_lifecycle() {
     let fx = Fixture::new("notify");
     let location = fx.location(Backend::Posix);
-    let mut producer = Daemon::launch(&fx, Kind::Producer, &generator(&location, 20_000, "")).start(&fx);
+    let mut producer = Daemon::launch(&fx, Kind::Producer, &generator(&location, 20_000)).start(&fx);
     let mut consumer = Daemon::launch(&fx, Kind::Consumer, &verify(&location, "")).start(&fx);
     for (daemon, status) in [(&mut producer, "records committed"), (&mut consumer, "records delivered")] {
         let ready = daemon.wait_for(&fx, "READY=1");
@@ -60,14 +52,13 @@ fn notify_lifecycle() {
 fn watchdog_pings_while_running() {
     let fx = Fixture::new("watchdog");
     let location = fx.location(Backend::Posix);
-    let mut producer = Daemon::launch(&fx, Kind::Producer, &generator(&location, 20_000, ""))
-        .env("WATCHDOG_USEC", "200000")
-        .start(&fx);
+    let mut producer =
+        Daemon::launch(&fx, Kind::Producer, &generator(&location, 20_000)).env("WATCHDOG_USEC", "200000").start(&fx);
     let mut consumer =
         Daemon::launch(&fx, Kind::Consumer, &verify(&location, "")).env("WATCHDOG_USEC", "200000").start(&fx);
     // A producer on a segment of its own, told the watchdog is some other process's.
     let other = fx.location(Backend::Posix);
-    let mut not_ours = Daemon::launch(&fx, Kind::Producer, &generator(&other, 1000, ""))
+    let mut not_ours = Daemon::launch(&fx, Kind::Producer, &generator(&other, 1000))
         .env("WATCHDOG_USEC", "200000")
         .env("WATCHDOG_PID", "1")
         .start(&fx);
@@ -111,7 +102,7 @@ fn metrics_endpoint_serves_prometheus_text() {
     let producer = Daemon::ready(
         &fx,
         Kind::Producer,
-        &generator(&location, 20_000, &format!("[metrics]\nlisten = \"{p_addr}\"\n")),
+        &format!("{}[metrics]\nlisten = \"{p_addr}\"\n", generator(&location, 20_000)),
     );
     let consumer =
         Daemon::ready(&fx, Kind::Consumer, &verify(&location, &format!("[metrics]\nlisten = \"{c_addr}\"\n")));

@@ -21,15 +21,10 @@ use std::time::Duration;
 
 use shm_core::Location;
 use shmring_tests::daemons::{
-    self, Daemon, Kind, binary_frames, observe, observe_when_created, segment_section, split_binary, toml_string,
-    wait_drained, wait_produced,
+    self, Daemon, Kind, binary_frames, generator, observe, observe_when_created, segment_section, split_binary,
+    toml_string, wait_drained, wait_produced,
 };
 use shmring_tests::{Backend, Fixture, wait_until};
-
-/// A producer config: a generator at `rate` records per second on `location`.
-fn generator(location: &Location, rate: u64) -> String {
-    format!("{}[source]\nkind = \"generator\"\nrate = {rate}\n", segment_section(location, &["capacity = \"256KiB\""]))
-}
 
 /// A consumer config: the verify sink on `location`.
 fn verify(location: &Location) -> String {

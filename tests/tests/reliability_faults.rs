@@ -40,8 +40,8 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use shm_core::{Liveness, Location, Role, Segment, StatsSnapshot, WaitStrategy};
 use shmring_tests::daemons::{
-    self, Daemon, Kind, PATIENCE, fifo, generator_seq, observe, observe_when_created, open_fifo_writer,
-    segment_section, toml_string, wait_drained, wait_produced,
+    self, Daemon, Kind, PATIENCE, binary_file_sink, fifo, generator_seq, observe, observe_when_created,
+    open_fifo_writer, segment_section, wait_drained, wait_produced,
 };
 use shmring_tests::fixture::binary;
 use shmring_tests::records::{self, Api, splitmix64};
@@ -101,19 +101,9 @@ fn consumer(location: &Location, segment: &[&str], sink: &str) -> String {
     format!("{}[sink]\n{sink}\n", segment_section(location, segment))
 }
 
-/// A file sink into `path`, binary format (generator records may hold any byte).
-fn file_sink(path: &Path) -> String {
-    format!("kind = \"file\"\nformat = \"binary\"\npath = {}", toml_string(&path.display().to_string()))
-}
-
-/// Whether the daemon has sent `READY=1` yet.
-fn has_been_ready(daemon: &Daemon) -> bool {
-    daemon.notifications().iter().any(|(_, d)| d.lines().any(|l| l == "READY=1"))
-}
-
 /// Waits for `READY=1` unless the daemon has sent it already.
 fn ensure_ready(fx: &Fixture, daemon: &mut Daemon) {
-    if !has_been_ready(daemon) {
+    if !daemon.has_been_ready() {
         daemon.wait_for(fx, "READY=1");
     }
 }
@@ -202,7 +192,7 @@ fn kill9_torture_file_sink_keeps_every_committed_record_exactly_once() {
     let out = fx.path("records.bin");
     let segment = ["capacity = \"256KiB\"", "wait_for_segment = \"10s\""];
     let producer_launch = Daemon::launch(&fx, Kind::Producer, &generator(&location, &segment, TORTURE_RATE, (24, 64)));
-    let consumer_launch = Daemon::launch(&fx, Kind::Consumer, &consumer(&location, &segment, &file_sink(&out)));
+    let consumer_launch = Daemon::launch(&fx, Kind::Consumer, &consumer(&location, &segment, &binary_file_sink(&out)));
     let mut producer = producer_launch.start(&fx);
     producer.wait_for(&fx, "READY=1");
     let ring = observe(&location);
@@ -232,7 +222,7 @@ fn kill9_torture_file_sink_keeps_every_committed_record_exactly_once() {
             Kind::Producer => (&mut producer, &producer_launch, &mut producer_kills),
             Kind::Consumer => (&mut consumer, &consumer_launch, &mut consumer_kills),
         };
-        if !has_been_ready(daemon) {
+        if !daemon.has_been_ready() {
             early_kills += 1;
         }
         // Asserts that it was still running and died of SIGKILL: every kill counts.
