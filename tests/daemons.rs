@@ -465,6 +465,17 @@ pub fn wait_produced(segment: &Segment, records: u64) -> StatsSnapshot {
     stats
 }
 
+/// Waits until `segment` counts at least `records` records consumed; returns its stats.
+#[track_caller]
+pub fn wait_consumed(segment: &Segment, records: u64) -> StatsSnapshot {
+    let mut stats = segment.stats();
+    fixture::wait_until(PATIENCE, &format!("{records} records are consumed"), || {
+        stats = segment.stats();
+        stats.total_consumed >= records
+    });
+    stats
+}
+
 /// FNV-1a, 64-bit, as the generator's record format specifies it.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))

@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 use shm_core::{Liveness, Location, Role, Segment, StatsSnapshot, WaitStrategy};
 use shmring_tests::daemons::{
     self, Daemon, Kind, PATIENCE, binary_file_sink, fifo, generator_seq, observe, observe_when_created,
-    open_fifo_writer, segment_section, wait_drained, wait_produced,
+    open_fifo_writer, segment_section, wait_consumed, wait_drained, wait_produced,
 };
 use shmring_tests::fixture::binary;
 use shmring_tests::records::{self, Api, splitmix64};
@@ -240,7 +240,7 @@ fn kill9_torture_file_sink_keeps_every_committed_record_exactly_once() {
     ensure_ready(&fx, &mut consumer);
     let after = ring.stats();
     wait_produced(&ring, after.total_produced + 10_000);
-    wait_until(PATIENCE, "the consumer moves again", || ring.stats().total_consumed >= after.total_produced);
+    wait_consumed(&ring, after.total_produced);
     producer.stop(&fx).assert_success();
     wait_drained(&ring);
     consumer.stop(&fx).assert_success();
@@ -354,7 +354,7 @@ fn sigstop(victim: Kind) {
         }
         Kind::Consumer => {
             let waiting = ring.stats().total_produced;
-            wait_until(PATIENCE, "the records that waited are delivered", || ring.stats().total_consumed >= waiting);
+            wait_consumed(&ring, waiting);
         }
     }
     producer.stop(&fx).assert_success();
@@ -631,7 +631,7 @@ fn if_missing_round(fx: &Fixture, backend: Backend) -> (daemons::Report, u64, bo
     ensure_ready(fx, &mut racers[p].1);
     ensure_ready(fx, &mut racers[c].1);
     wait_produced(&ring, 10_000);
-    wait_until(PATIENCE, "the consumer receives", || ring.stats().total_consumed >= 10_000);
+    wait_consumed(&ring, 10_000);
     racers[p].1.stop(fx).assert_success();
     let stats = wait_drained(&ring);
     let finished = racers[c].1.stop(fx);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shm_core::{Location, Segment};
-use shmring_tests::daemons::{Daemon, Kind, observe, observe_when_created, segment_section};
+use shmring_tests::daemons::{Daemon, Kind, observe, observe_when_created, segment_section, wait_consumed};
 use shmring_tests::{Backend, Fixture, reliability, wait_until};
 
 /// The exit code of a daemon whose segment was unlinked (`shm_daemon::exit::UNLINKED`).
@@ -22,13 +22,6 @@ fn consumer(location: &Location, extra: &[&str]) -> String {
     let mut lines = vec!["wait_for_segment = \"10s\""];
     lines.extend_from_slice(extra);
     format!("{}[sink]\nkind = \"verify\"\n", segment_section(location, &lines))
-}
-
-/// Waits until the ring has moved at least `records` records end to end.
-fn wait_consumed(segment: &Segment, records: u64) {
-    wait_until(Duration::from_secs(10), &format!("{records} records consumed"), || {
-        segment.stats().total_consumed >= records
-    });
 }
 
 #[test]
