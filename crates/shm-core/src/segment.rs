@@ -235,16 +235,8 @@ impl SegmentBuilder {
         if self.hugepages {
             let pool = HugePages::read().map_err(|e| invalid(format!("huge pages: {e}")))?;
             spec.size = pool.round_up(size).ok_or_else(|| invalid(format!("size {size} is too large")))?;
-            let needed = spec.size / pool.page_size;
-            if pool.available() < needed {
-                return Err(CreateError::HugePages {
-                    location: location.clone(),
-                    page_size: pool.page_size,
-                    needed,
-                    available: pool.available(),
-                    total: pool.total,
-                    source: None,
-                });
+            if pool.available() < spec.size / pool.page_size {
+                return Err(crate::backend::hugepages_shortage(location, &pool, spec.size, None));
             }
             spec.huge = Some(pool);
         }

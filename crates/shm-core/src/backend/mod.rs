@@ -140,21 +140,31 @@ pub(crate) fn shortage(location: &Location, spec: CreateSpec, e: nix::errno::Err
     use nix::errno::Errno;
     match (e, spec.huge) {
         (Errno::ENOSPC | Errno::ENOMEM | Errno::EFAULT, Some(before)) => {
-            let now = HugePages::read().unwrap_or(before);
-            CreateError::HugePages {
-                location: location.clone(),
-                page_size: now.page_size,
-                needed: spec.size.div_ceil(now.page_size),
-                available: now.available(),
-                total: now.total,
-                source: Some(io_err(e)),
-            }
+            hugepages_shortage(location, &HugePages::read().unwrap_or(before), spec.size, Some(io_err(e)))
         }
         // EFAULT: MADV_POPULATE_WRITE met a page that would have been SIGBUS (tmpfs full).
         (Errno::ENOSPC | Errno::ENOMEM | Errno::EFBIG | Errno::EFAULT, _) => {
             CreateError::NoSpace { location: location.clone(), size: spec.size, source: io_err(e) }
         }
         (e, _) => CreateError::Io { location: location.clone(), op, source: io_err(e) },
+    }
+}
+
+/// [`CreateError::HugePages`]: `size` bytes of huge pages wanted from `pool` (as read
+/// when the shortage was found).
+pub(crate) fn hugepages_shortage(
+    location: &Location,
+    pool: &HugePages,
+    size: u64,
+    source: Option<std::io::Error>,
+) -> CreateError {
+    CreateError::HugePages {
+        location: location.clone(),
+        page_size: pool.page_size,
+        needed: size.div_ceil(pool.page_size),
+        available: pool.available(),
+        total: pool.total,
+        source,
     }
 }
 
