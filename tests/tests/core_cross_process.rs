@@ -206,9 +206,11 @@ fn restart(backend: Backend, victim: Role, random_kills: u64) -> StatsSnapshot {
     let spread = RESTART_RECORDS / random_kills;
     let mut kills = 0;
     // A victim runs on between the moment it is seen far enough and its kill; on a
-    // loaded machine that can be many thousands of records. The kills stop at half the
-    // stream, so the stall and the last victim below always have records left to do.
-    while kills < random_kills && done < RESTART_RECORDS / 2 {
+    // loaded machine that can be many thousands of records. The kills stop with an
+    // eighth of the stream left, so the stall and the last victim below always have
+    // records to do.
+    let kills_end = RESTART_RECORDS - RESTART_RECORDS / 8;
+    while kills < random_kills && done < kills_end {
         let kill = kills;
         let (progress, path) = progress(&fx, "progress");
         let resume = if kill == 0 { vec![] } else { vec!["--resume"] };
@@ -236,7 +238,7 @@ fn restart(backend: Backend, victim: Role, random_kills: u64) -> StatsSnapshot {
 
     // Then one stops for good in the middle of a record (a producer holding a
     // half-written claim, a consumer holding a checked record unreleased).
-    let stall_at = begun + 1000 + random(RESTART_RECORDS / 4);
+    let stall_at = begun + 1000 + random((RESTART_RECORDS - begun) / 4);
     let (progress, path) = progress(&fx, "progress");
     let proc = spawn_victim(&["--resume", "--progress", &path, "--stall-at", &stall_at.to_string()]);
     wait_until(REACH, &format!("the {victim} stalls"), || {
@@ -286,10 +288,10 @@ fn restart(backend: Backend, victim: Role, random_kills: u64) -> StatsSnapshot {
     let counter = |label| stats.get(label).unwrap_or_else(|| panic!("no {label} counter: {stats:#?}"));
     let missed = counter("producer_missed_wakes") + counter("consumer_missed_wakes");
     assert!(missed <= kills, "{missed} missed wake-ups with {kills} random kills: {stats:#?}");
-    assert!(kills >= random_kills.min(10), "only {kills} of {random_kills} kills before half the stream");
+    assert!(kills >= random_kills.min(10), "only {kills} of {random_kills} kills in the stream");
     if kills < random_kills {
         eprintln!(
-            "{victim}: {kills} of {random_kills} kills before half the stream (the victims ran on past their kill points)"
+            "{victim}: {kills} of {random_kills} kills in the stream (the victims ran on past their kill points)"
         );
     }
     stats
