@@ -295,7 +295,7 @@ fn peek_on_a_busy_ring_never_reports_corruption_or_a_torn_record() {
 // ---------------------------------------------------------------------------------------
 
 /// Random images in a CI run; `SHMRING_FUZZ_CASES` raises it for a long run.
-const FUZZ_CASES: u32 = 1500;
+const FUZZ_CASES: u32 = 20_000;
 /// The longest one image may take through every step before the watchdog aborts.
 const IMAGE_DEADLINE: Duration = Duration::from_secs(10);
 

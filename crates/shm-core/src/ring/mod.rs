@@ -266,12 +266,18 @@ pub(crate) fn loom_cells(capacity: u64) -> Arc<[loom::cell::UnsafeCell<()>]> {
 /// `RingRefs::_keep` lives.
 ///
 /// Who may touch which bytes when is the ring protocol's business; `Region` only turns
-/// positions into pointers. Under loom it also records every access to each 8-byte word
-/// in a loom cell, so a frame read that is not ordered after its write (a missing
-/// Release/Acquire pair) fails the model.
+/// positions into pointers. The word accessors are safe to call with any index: they
+/// mask it to an 8-byte-aligned index inside the region in every build, so a position
+/// taken from a hostile segment can give a wrong value (which the caller validates),
+/// never an access outside the mapping. Under loom it also records every access to each
+/// 8-byte word in a loom cell, so a frame read that is not ordered after its write (a
+/// missing Release/Acquire pair) fails the model.
 pub(crate) struct Region {
     base: NonNull<u8>,
     mask: u64,
+    /// `mask` without the low three bits: any index `& word_mask` names a whole,
+    /// aligned word inside the region.
+    word_mask: u64,
     #[cfg(loom)]
     cells: Arc<[loom::cell::UnsafeCell<()>]>,
 }
@@ -285,6 +291,7 @@ impl Region {
         Region {
             base,
             mask: capacity - 1,
+            word_mask: (capacity - 1) & !7,
             #[cfg(loom)]
             cells: loom_cells(capacity),
         }
@@ -302,7 +309,7 @@ impl Region {
         cells: Arc<[loom::cell::UnsafeCell<()>]>,
     ) -> Self {
         debug_assert!(cells.len() as u64 == capacity / 8);
-        Region { base, mask: capacity - 1, cells }
+        Region { base, mask: capacity - 1, word_mask: (capacity - 1) & !7, cells }
     }
 
     /// Index in the data region of ring position `pos`.
@@ -311,34 +318,58 @@ impl Region {
         pos & self.mask
     }
 
+    /// The address of byte `index`; only computed here (no access), so it needs no
+    /// precondition. Whoever reads or writes through it shows that the access stays
+    /// inside the region.
     #[inline]
     fn ptr(&self, index: u64) -> *mut u8 {
-        // SAFETY: callers pass `index <= capacity` (an index from `index()` plus a length
-        // checked against the space to the end), so the result stays within the region.
-        unsafe { self.base.as_ptr().add(index as usize) }
+        self.base.as_ptr().wrapping_add(index as usize)
     }
 
-    /// Reads the frame header word at `index` (8-aligned, `< capacity`).
+    /// The aligned word index that `index` names: itself when the caller validated it
+    /// (8-aligned, below capacity), else some word inside the region.
+    #[inline]
+    fn word_index(&self, index: u64) -> u64 {
+        debug_assert!(index % 8 == 0 && index <= self.mask, "unchecked word index {index}");
+        index & self.word_mask
+    }
+
+    /// Reads the word at `index` (callers pass an 8-aligned index below capacity, which
+    /// they have checked; any other index reads some other word of the region).
     ///
     /// A volatile read: another process may be changing these bytes (a hostile one, or
     /// a producer reusing space), so the value is read exactly once, into a local.
     #[inline]
     pub(crate) fn read_word(&self, index: u64) -> u64 {
+        let index = self.word_index(index);
         self.track(index, 8, false);
-        debug_assert!(index % 8 == 0 && index <= self.mask);
-        // SAFETY: `index` is 8-aligned and below capacity, and `base` is 8-aligned, so
-        // the 8 bytes are inside the region and aligned.
+        // SAFETY: `word_index` masks the index to an 8-aligned one below capacity, and
+        // `base` is 8-aligned and valid for `capacity` bytes, so the 8 bytes are inside
+        // the region and aligned.
         u64::from_le(unsafe { self.ptr(index).cast::<u64>().read_volatile() })
     }
 
-    /// Writes a frame header word at `index` (8-aligned, `< capacity`).
+    /// Writes the word at `index` (as [`read_word`](Self::read_word)).
     #[inline]
     pub(crate) fn write_word(&self, index: u64, word: u64) {
+        let index = self.word_index(index);
         self.track(index, 8, true);
-        debug_assert!(index % 8 == 0 && index <= self.mask);
-        // SAFETY: as in `read_word`. Only the producer writes the data region, and only
-        // at positions the protocol has handed to it.
+        // SAFETY: in bounds and aligned, as in `read_word`. Only the producer writes the
+        // data region, and only at positions the protocol has handed to it.
         unsafe { self.ptr(index).cast::<u64>().write_volatile(word.to_le()) }
+    }
+
+    /// Copies `len` bytes from `index` (8-aligned) with volatile word reads, for bytes
+    /// another process may be writing meanwhile: no reference to them is ever made, and
+    /// the copy is the caller's to validate. Reads whole words, so the bytes up to the
+    /// next multiple of 8 must belong to the same frame (frames are padded to 8).
+    pub(crate) fn copy_words(&self, index: u64, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len.next_multiple_of(8));
+        for word in 0..len.div_ceil(8) as u64 {
+            out.extend_from_slice(&self.read_word(index + 8 * word).to_le_bytes());
+        }
+        out.truncate(len);
+        out
     }
 
     /// The bytes `index .. index + len`.

@@ -961,7 +961,7 @@ impl Consumer {
         // Acquire: pairs with the producer's Release store in `publish_pending`; the
         // frames below `tail` are fully written before we read them.
         let tail = self.ring.producer_line().write_cursor.load(Ordering::Acquire);
-        if tail < self.cached_tail || tail > CURSOR_LIMIT || tail - self.pos > self.ring.capacity {
+        if tail < self.cached_tail || tail > CURSOR_LIMIT || tail - self.pos > self.ring.capacity || tail % 8 != 0 {
             return Err(Corruption { what: "write cursor outside the ring", value: tail, position: self.pos });
         }
         self.cached_tail = tail;
@@ -1138,38 +1138,80 @@ pub struct PeekedRecord {
     pub data: Vec<u8>,
 }
 
+/// How many times [`peek`] starts again when the consumer overtook it before it had
+/// copied anything: enough for any real stream, and a bound on what a hostile cursor
+/// that keeps moving can cost.
+const PEEK_ATTEMPTS: u32 = 1000;
+
 /// Copies up to `max` committed, unreleased records, oldest first, without writing to
-/// the ring (it works on a read-only mapping). A record the consumer releases while it
-/// is being copied may be overwritten by the producer at any moment, so each copy is
-/// kept only if the read cursor had not passed its frame when the copy was finished.
+/// the ring (it works on a read-only mapping).
+///
+/// The consumer may release a record while it is being copied, and the producer may
+/// then overwrite it, so nothing is trusted until it is checked against the read cursor
+/// afterwards: each frame (header and payload) is copied out with volatile word reads
+/// (never lent as a `&[u8]`), then `fence(Acquire)`, then the read cursor is loaded
+/// again. If it has passed the frame, the copy, or the error the frame gave, may come
+/// from overwritten bytes: the records copied before it are returned, or, if there are
+/// none, peek starts again from the new read cursor (at most [`PEEK_ATTEMPTS`] times,
+/// then it returns nothing: the ring moved too fast to catch a record). A frame that
+/// is wrong while the cursor has not passed it is corruption.
+///
+/// Why the re-check is sound: the producer writes into released space only after its
+/// Acquire load of the read cursor saw it released, so a frame read that saw the new
+/// bytes was preceded, for every observer, by the cursor store that released them
+/// (x86-64 is TSO; AArch64 is other-multi-copy-atomic), and the Acquire fence keeps the
+/// frame reads from being satisfied after the cursor load. The language's memory model
+/// does not cover a race on plain bytes, which is why the bytes are copied with volatile
+/// reads and never trusted unchecked.
 pub(crate) fn peek(ring: &RingRefs, max: usize) -> Result<Vec<PeekedRecord>, Corruption> {
+    for _ in 0..PEEK_ATTEMPTS {
+        if let Some(records) = peek_once(ring, max)? {
+            return Ok(records);
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// One pass of [`peek`] from the current read cursor; `None` when the consumer overtook
+/// it before it had copied a record.
+fn peek_once(ring: &RingRefs, max: usize) -> Result<Option<Vec<PeekedRecord>>, Corruption> {
     // Acquire: pairs with the Release stores of both cursors.
-    let mut pos = ring.cursor().read_cursor.load(Ordering::Acquire);
+    let head = ring.cursor().read_cursor.load(Ordering::Acquire);
     let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
-    if tail < pos || tail - pos > ring.capacity {
-        return Err(Corruption { what: "cursors out of range", value: tail, position: pos });
+    // The same checks as an attaching consumer's: aligned, ordered, at most a ring apart,
+    // far from overflow. Then each step moves `pos` forward by at least 8 bytes and never
+    // past `tail`, so the walk takes at most capacity / 8 steps, whatever the frames say.
+    if let Err(corrupt) = check_cursors(head, tail, ring.capacity) {
+        // Between the two loads a busy ring may have moved on by more than a ring's worth
+        // (released, then refilled): not corruption if the read cursor has moved since.
+        // Relaxed: only whether the value changed matters.
+        let moved = ring.cursor().read_cursor.load(Ordering::Relaxed) != head;
+        return if moved { Ok(None) } else { Err(corrupt) };
     }
     let mut out = Vec::new();
+    let mut pos = head;
     while pos < tail && out.len() < max {
-        let f = match read_frame(ring, pos, tail)? {
-            Frame::Padding { next } => {
-                pos = next;
-                continue;
-            }
-            Frame::Data(f) => f,
+        let frame = read_frame(ring, pos, tail);
+        let data = match &frame {
+            Ok(Frame::Data(f)) => ring.data.copy_words(f.index + FRAME_HEADER, f.len as usize),
+            _ => Vec::new(),
         };
-        // SAFETY: the payload lies inside the region (`read_frame` checked). The producer
-        // may be overwriting it if the consumer released it meanwhile; the bytes are
-        // copied out and discarded in that case (checked below), never trusted.
-        let data = unsafe { ring.data.slice(f.index + FRAME_HEADER, f.len as usize) }.to_vec();
-        // Acquire: orders the copy above before this check of the read cursor.
-        if ring.cursor().read_cursor.load(Ordering::Acquire) > pos {
-            break;
+        // Acquire fence: the frame reads above are done before the cursor load below
+        // (see the function docs for why that detects a frame overwritten meanwhile).
+        fence(Ordering::Acquire);
+        // Relaxed: ordered after the frame reads by the fence above.
+        if ring.cursor().read_cursor.load(Ordering::Relaxed) > pos {
+            return Ok((!out.is_empty()).then_some(out));
         }
-        out.push(PeekedRecord { position: pos, record_type: f.record_type, data });
-        pos = f.next;
+        match frame? {
+            Frame::Padding { next } => pos = next,
+            Frame::Data(f) => {
+                out.push(PeekedRecord { position: pos, record_type: f.record_type, data });
+                pos = f.next;
+            }
+        }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// The error of a blocking claim whose [`Producer::need`] failed (only with `TooLarge`).
@@ -1222,21 +1264,25 @@ struct DataFrame {
     next: u64,
 }
 
-/// Reads and checks the frame at `pos`, which must be below the published cursor `tail`
-/// (so `pos + framed` cannot overflow). The one place frames from shared memory are
-/// validated: for the consumer, `peek`, and a restarted producer.
+/// Reads and checks the frame at `pos`, which must end at or below the published cursor
+/// `tail`. The one place frames from shared memory are validated: for the consumer,
+/// `peek`, and a restarted producer. `pos` may itself come from shared memory: it is
+/// checked for alignment before the word is read, and every sum is checked.
 #[inline]
 fn read_frame(ring: &RingRefs, pos: u64, tail: u64) -> Result<Frame, Corruption> {
+    if pos % 8 != 0 {
+        return Err(Corruption { what: "frame position not 8-byte aligned", value: pos, position: pos });
+    }
     let index = ring.data.index(pos);
     let to_end = ring.capacity - index;
     let (len, record_type) = frame::decode(ring.data.read_word(index));
     let bad = |what| Corruption { what, value: u64::from(len), position: pos };
     let framed = frame::framed_len_u32(len);
     if record_type == PADDING {
-        if framed != to_end || pos + to_end > tail {
-            return Err(bad("padding frame does not end at the ring's end"));
+        match pos.checked_add(to_end) {
+            Some(next) if framed == to_end && next <= tail => return Ok(Frame::Padding { next }),
+            _ => return Err(bad("padding frame does not end at the ring's end")),
         }
-        return Ok(Frame::Padding { next: pos + to_end });
     }
     if record_type >= RESERVED_TYPES {
         return Err(Corruption { what: "reserved record type", value: u64::from(record_type), position: pos });
@@ -1247,10 +1293,10 @@ fn read_frame(ring: &RingRefs, pos: u64, tail: u64) -> Result<Frame, Corruption>
     if framed > to_end {
         return Err(bad("record straddles the end of the ring"));
     }
-    if pos + framed > tail {
-        return Err(bad("record extends past the write cursor"));
+    match pos.checked_add(framed) {
+        Some(next) if next <= tail => Ok(Frame::Data(DataFrame { index, len, record_type, position: pos, next })),
+        _ => Err(bad("record extends past the write cursor")),
     }
-    Ok(Frame::Data(DataFrame { index, len, record_type, position: pos, next: pos + framed }))
 }
 
 /// The record frame that starts at `start` and ends exactly at `cursor`, if there is
