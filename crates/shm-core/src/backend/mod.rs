@@ -6,6 +6,19 @@
 //! (`fstat` or `IPC_STAT`) before mapping it, and waits up to a timeout for a creator
 //! that is still initialising. Header initialisation and validation are the same for
 //! every backend and live in [`crate::segment`].
+//!
+//! # A co-tenant that changes the size
+//! Everything inside a segment is validated before use, but its size is the kernel's
+//! business. Another process that may write a posix or file segment can `ftruncate` it
+//! shorter: every process that then touches a page past the new end gets `SIGBUS` and
+//! dies (producers, consumers, `shmctl peek`). Nothing in a mapping can prevent that;
+//! only the permissions can, which is why segments are created `0600` (or shared with a
+//! trusted group) and opening refuses world-writable ones. A SysV segment cannot be
+//! resized once created (`shmget` fixes its size). The anon backend's memfd is sealed
+//! against shrinking and growing once sized ([`anon`]). Our own tools never resize a
+//! segment: the only `ftruncate` here sizes a new object in [`finish_create`], on the
+//! descriptor the exclusive create just returned, before anything maps it; opening
+//! compares the size with the header and refuses a mismatch, it never repairs it.
 
 pub(crate) mod anon;
 pub(crate) mod file;
