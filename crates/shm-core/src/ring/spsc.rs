@@ -896,41 +896,49 @@ impl Consumer {
     ) -> Result<usize, BatchError<E>> {
         let mut accepted = 0;
         let mut bytes = 0u64;
-        let start = self.pos;
+        // If the sink or the hook panics, the guard puts the position back when it drops,
+        // so a caller that catches the panic and keeps the consumer gets the same records
+        // again: nothing the hook did not see is ever released.
+        let mut batch = Rewind { start: self.pos, consumer: self };
+        let this = &mut *batch.consumer;
         let outcome = loop {
             if accepted == max {
                 break Ok(());
             }
-            let f = match self.next_frame() {
+            let f = match this.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break Ok(()),
                 Err(c) => break Err(BatchError::Corrupt(c)),
             };
             // SAFETY: `read_frame` checked that the payload lies inside the region and
             // below the published cursor; the producer does not write it until we release.
-            let data = unsafe { self.ring.data.slice(f.index + FRAME_HEADER, f.len as usize) };
+            let data = unsafe { this.ring.data.slice(f.index + FRAME_HEADER, f.len as usize) };
             if let Err(error) = sink(Record { data, record_type: f.record_type, position: f.position }) {
                 break Err(BatchError::Sink { accepted, error });
             }
-            self.ring.data.track(f.index, u64::from(f.len) + FRAME_HEADER, false);
+            this.ring.data.track(f.index, u64::from(f.len) + FRAME_HEADER, false);
             accepted += 1;
             bytes += u64::from(f.len);
-            self.pos = f.next;
+            this.pos = f.next;
         };
-        self.stretch += accepted as u64;
+        this.stretch += accepted as u64;
         if accepted == 0 {
             if outcome.is_ok() {
-                self.count_block();
+                this.count_block();
             }
+            // No sink saw a record: keep the padding skipped, if any.
+            batch.start = batch.consumer.pos;
             return outcome.map(|()| 0);
         }
         // `pos` is at the first record not accepted (padding before it already skipped,
         // which is harmless to release with the rest).
-        if let Err(error) = before_release(self.pos) {
-            self.pos = start;
+        if let Err(error) = before_release(this.pos) {
             return Err(BatchError::Sink { accepted: 0, error });
         }
-        self.release_to(self.pos, accepted as u64, bytes);
+        let end = this.pos;
+        batch.start = end;
+        let this = &mut *batch.consumer;
+        this.release_to(end, accepted as u64, bytes);
         outcome.map(|()| accepted)
     }
 
@@ -1060,6 +1068,20 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         self.release_read();
+    }
+}
+
+/// A batch in progress: puts the consumer's position back to `start` when dropped. A
+/// batch that ends normally moves `start` to what it releases first; one that returns
+/// early or unwinds leaves it at the batch's start, so its records are read again.
+struct Rewind<'a> {
+    consumer: &'a mut Consumer,
+    start: u64,
+}
+
+impl Drop for Rewind<'_> {
+    fn drop(&mut self) {
+        self.consumer.pos = self.start;
     }
 }
 
@@ -1682,6 +1704,41 @@ mod tests {
         let cells = p.ring.counters().unwrap();
         assert_eq!((cells.load(Counter::TotalProduced), cells.load(Counter::BytesProduced)), (pushed, bytes));
         assert_eq!((cells.load(Counter::TotalConsumed), cells.load(Counter::BytesConsumed)), (pushed, bytes));
+    }
+
+    /// A sink or a durability hook that panics, caught by a caller that keeps the
+    /// consumer: nothing the hook did not see is released, and the records come again.
+    #[test]
+    fn a_panicking_sink_or_hook_releases_nothing_the_hook_did_not_see() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let (mut p, mut c) = pair(4096);
+        for i in 0..3u8 {
+            p.try_publish(&[i]).unwrap();
+        }
+        let sink_panics = catch_unwind(AssertUnwindSafe(|| {
+            c.read_batch_durable(10, |r| if r.data[0] == 1 { panic!("sink") } else { Ok::<(), ()>(()) }, |_| Ok(()))
+        }));
+        assert!(sink_panics.is_err());
+        let hook_panics =
+            catch_unwind(AssertUnwindSafe(|| c.read_batch_durable(10, |_| Ok::<(), ()>(()), |_| panic!("hook"))));
+        assert!(hook_panics.is_err());
+        assert_eq!(released(&c), (0, 0), "nothing released");
+        p.try_publish(&[3]).unwrap();
+        let (mut got, mut hooked) = (Vec::new(), None);
+        c.read_batch_durable(
+            10,
+            |r| -> Result<(), ()> {
+                got.push(r.data[0]);
+                Ok(())
+            },
+            |pos| {
+                hooked = Some(pos);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(got, [0, 1, 2, 3], "every record the hook did not see is delivered again");
+        assert_eq!((hooked, released(&c)), (Some(64), (64, 4)));
     }
 
     #[test]
