@@ -33,9 +33,11 @@ pub enum Counter {
     ProducerWakes = 8,
     /// Futex wakes the consumer issued (the producer was asleep).
     ConsumerWakes = 9,
-    /// Producer sleeps that timed out although space had been freed: lost wake-ups (must stay 0).
+    /// Producer sleeps that timed out although space had been freed, and whose waker went on
+    /// without waking it: lost wake-ups (must stay 0; a stalled or killed waker is not one).
     ProducerMissedWakes = 10,
-    /// Consumer sleeps that timed out although data had arrived: lost wake-ups (must stay 0).
+    /// Consumer sleeps that timed out although data had arrived, and whose waker went on
+    /// without waking it: lost wake-ups (must stay 0; a stalled or killed waker is not one).
     ConsumerMissedWakes = 11,
 }
 

@@ -71,8 +71,11 @@
 //! the waker sees the announcement, and because the waker changes the word before
 //! waking, a sleeper that has not yet reached `FUTEX_WAIT` finds the word changed and
 //! does not sleep. A busy ring therefore makes no syscall at all. Every sleep is bounded
-//! by [`super::MAX_SLEEP`] and re-checks; a sleep that times out while data was already
-//! there is counted (`*_missed_wakes` would show a protocol bug; tests assert it is 0).
+//! by [`super::MAX_SLEEP`] and re-checks. A sleep that times out while the other side
+//! had moved is counted in `*_missed_wakes` only when the waker is seen to have finished
+//! its check and left the word set (it moved its cursor again): a real protocol bug
+//! (tests assert the counters stay 0). A waker preempted, stopped or killed between its
+//! cursor store and its check is not counted; see `missed_wake` for how the two differ.
 
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
@@ -555,10 +558,10 @@ impl Producer {
     /// Sleeps until the consumer frees space (its cursor moves) or `timeout` passes.
     fn sleep_for_space(&mut self, timeout: Duration) {
         let (ring, head) = (&self.ring, self.cached_head);
-        // Relaxed is enough to decide whether to sleep; `fits` reloads with Acquire.
-        let slept = sleep_unless_moved(ring.space_wake(), timeout, || {
-            ring.cursor().read_cursor.load(Ordering::Relaxed) != head
-        });
+        // Acquire: pairs with the consumer's Release store of read_cursor (what
+        // `missed_wake` needs; `fits` reloads it anyway).
+        let slept =
+            sleep_unless_moved(ring.space_wake(), timeout, head, || ring.cursor().read_cursor.load(Ordering::Acquire));
         self.counters.record_sleep(&self.ring, slept, Counter::ProducerSleeps, Counter::ProducerMissedWakes);
     }
 }
@@ -1056,9 +1059,10 @@ impl Consumer {
     /// Sleeps until the producer publishes (its cursor moves) or `timeout` passes.
     fn sleep_for_data(&mut self, timeout: Duration) -> Result<(), Corruption> {
         let (ring, tail) = (&self.ring, self.cached_tail);
-        // Relaxed is enough to decide whether to sleep; `poll` reloads with Acquire.
-        let slept = sleep_unless_moved(ring.data_wake(), timeout, || {
-            ring.producer_line().write_cursor.load(Ordering::Relaxed) != tail
+        // Acquire: pairs with the producer's Release store of write_cursor (what
+        // `missed_wake` needs; `next_frame` reloads it anyway).
+        let slept = sleep_unless_moved(ring.data_wake(), timeout, tail, || {
+            ring.producer_line().write_cursor.load(Ordering::Acquire)
         });
         self.counters.record_sleep(&self.ring, slept, Counter::ConsumerSleeps, Counter::ConsumerMissedWakes);
         Ok(())
@@ -1375,16 +1379,17 @@ enum Slept {
 }
 
 /// The sleeper half of the wake-up protocol (module docs): announce on `wake`, re-check
-/// with `moved` (has the other side's cursor moved since we last looked?), sleep at most
-/// `timeout` only if it has not, then withdraw the announcement.
-fn sleep_unless_moved(wake: &WakeWord, timeout: Duration, moved: impl Fn() -> bool) -> Slept {
+/// the other side's `cursor` (has it moved from `seen`, the value we last looked at?),
+/// sleep at most `timeout` only if it has not, then withdraw the announcement.
+fn sleep_unless_moved(wake: &WakeWord, timeout: Duration, seen: u64, cursor: impl Fn() -> u64) -> Slept {
     let word = wake.word();
     word.store(1, Ordering::Relaxed);
     // SeqCst fence: orders the announcement before the re-check.
     fence(Ordering::SeqCst);
+    let moved = || cursor() != seen;
     let slept = if moved() {
         Slept::No
-    } else if wake.wait(1, Some(timeout)) && moved() && missed_wake(word) {
+    } else if wake.wait(1, Some(timeout)) && moved() && missed_wake(word, &cursor) {
         Slept::MissedWake
     } else {
         Slept::Yes
@@ -1405,21 +1410,41 @@ impl LocalCounters {
     }
 }
 
-/// Decides whether a sleep that timed out although the other side had moved was a
-/// missed wake-up. If the waker saw our announcement it clears the word before waking,
-/// so a word still `1` means it did not; the one legitimate exception is a waker caught
-/// between its cursor store and its word check just as our timeout expired, which a
-/// short grace period rules out.
-fn missed_wake(word: &crate::sync::AtomicU32) -> bool {
-    for _ in 0..1000 {
-        // Relaxed: only the value matters; the waker's store needs no ordering here.
+/// How long a sleeper that timed out although the other side moved watches the waker
+/// before deciding ([`missed_wake`]): long enough for a preempted waker to run again.
+const MISSED_WAKE_GRACE: Duration = Duration::from_millis(10);
+
+/// Decides whether a sleep that timed out although the other side's cursor had moved was
+/// a real missed wake-up (a protocol bug), not a waker that was preempted, stopped or
+/// killed between its cursor store and its check of the word.
+///
+/// Every publish (or release) made after our announcement checks the word and, seeing it
+/// set, clears it before it wakes us ("Waking" in the module docs), and the waker's next
+/// cursor store comes after that check in its program order. So, with `first` the
+/// cursor as it is now: a word that becomes `0` means the waker got to its check (late):
+/// no miss. A cursor that moves past `first` while the word is still set means the waker
+/// finished the publish of `first`, check included, and left the word set: a real miss.
+/// If neither happens within [`MISSED_WAKE_GRACE`], the waker is stalled or dead between
+/// its store and its check, which is no fault of the protocol: not counted.
+fn missed_wake(word: &crate::sync::AtomicU32, cursor: impl Fn() -> u64) -> bool {
+    let first = cursor();
+    let deadline = Instant::now() + MISSED_WAKE_GRACE;
+    loop {
+        // Relaxed: only the value matters here; see below for the decisive load.
         if word.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        sync::spin_loop();
+        if cursor() != first {
+            // `cursor` loads with Acquire, pairing with the waker's Release store of the
+            // new value, which follows its clearing of the word in its program order: a
+            // word still set now was never cleared.
+            return word.load(Ordering::Relaxed) != 0;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(50));
     }
-    std::thread::sleep(Duration::from_millis(1));
-    word.load(Ordering::Relaxed) != 0
 }
 
 /// The largest cursor value accepted from a segment. A real ring would need to move
@@ -1453,6 +1478,7 @@ fn check_cursors(head: u64, tail: u64, capacity: u64) -> Result<(), Corruption> 
 mod tests {
     use super::*;
     use crate::ring::heap::spsc_pair;
+    use crate::sync::AtomicU64;
 
     fn pair(capacity: u64) -> (Producer, Consumer) {
         spsc_pair(capacity, crate::layout::max_payload_for(capacity), WaitStrategy::Spin).unwrap()
@@ -1810,6 +1836,61 @@ mod tests {
         p.try_publish(&[0; 24]).unwrap();
         p.try_publish(&[0; 24]).unwrap();
         assert_eq!(p.publish(&[0; 24], Some(t)).unwrap_err(), ClaimError::TimedOut(t));
+    }
+
+    /// Plays the producer's half of the wake-up protocol by hand against a consumer that
+    /// sleeps for data (20 ms at most): once it has announced its sleep, `publish` stores
+    /// cursors the way the producer would, but never clears the word nor wakes it, as a
+    /// producer that stalled (or died) after its store, or one with a broken protocol.
+    /// Returns how the sleep ended, retrying until the consumer really slept.
+    fn sleep_against(publish: impl Fn(&AtomicU64) + Sync) -> Slept {
+        let (p, c) = pair(4096);
+        let cursor = &p.ring.producer_line().write_cursor;
+        for _ in 0..100 {
+            let seen = cursor.load(Ordering::Relaxed);
+            let wake = c.ring.data_wake();
+            let word = wake.word();
+            let slept = std::thread::scope(|s| {
+                let sleeper = s.spawn(|| {
+                    sleep_unless_moved(wake, Duration::from_millis(20), seen, || cursor.load(Ordering::Acquire))
+                });
+                while word.load(Ordering::Relaxed) == 0 {
+                    std::thread::yield_now();
+                }
+                std::thread::sleep(Duration::from_millis(5)); // let it reach FUTEX_WAIT
+                publish(cursor);
+                sleeper.join().unwrap()
+            });
+            if slept != Slept::No {
+                return slept;
+            }
+        }
+        panic!("the consumer never slept");
+    }
+
+    /// A producer that stored its cursor and then stalled before its word check (preempted,
+    /// stopped, killed) is not a lost wake-up: the protocol was never given its chance.
+    #[test]
+    fn a_waker_stalled_between_its_store_and_its_check_is_not_a_missed_wake() {
+        let slept = sleep_against(|cursor| {
+            let at = cursor.load(Ordering::Relaxed);
+            cursor.store(at + 16, Ordering::Release);
+        });
+        assert_eq!(slept, Slept::Yes);
+    }
+
+    /// A producer that goes on publishing while the sleeper's word stays set did check the
+    /// word after its first store and left it: a real lost wake-up, and it is counted.
+    #[test]
+    fn a_waker_that_moves_on_without_clearing_the_word_is_a_missed_wake() {
+        let slept = sleep_against(|cursor| {
+            for _ in 0..200 {
+                let at = cursor.load(Ordering::Relaxed);
+                cursor.store(at + 16, Ordering::Release);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        assert_eq!(slept, Slept::MissedWake);
     }
 
     #[test]
