@@ -1,4 +1,14 @@
 //! [`Segment`]: one named piece of shared memory holding a ring, whatever its backend.
+//!
+//! # A co-tenant that changes the size
+//! Everything inside a segment is validated before use, but its size is the kernel's.
+//! A process allowed to write a posix or file segment can `ftruncate` it shorter, and
+//! every process that then touches a page past the new end gets `SIGBUS`: only the
+//! permissions (`0600` by default; world-writable segments are refused) keep such a
+//! process out. A SysV segment's size is fixed by `shmget`; an anon segment's memfd is
+//! sealed against shrinking and growing once sized. shmring itself never resizes a
+//! segment after creating it: opening compares the size with the header and refuses a
+//! mismatch.
 
 use std::ptr::NonNull;
 use std::sync::Arc;

@@ -3,8 +3,9 @@
 //! Each counter has one writer (the producer or the consumer) and its own 128-byte
 //! line, so counting never contends. Writers keep the running value in their handle
 //! and *store* it once per publish or release (no read-modify-write), which costs one
-//! L1 store per batch. Readers load with `Relaxed`: each value is monotonic on its own,
-//! and [`StatsSnapshot`] orders its loads so that gauges stay within bounds.
+//! L1 store per batch. Writers store with `Release` and readers load with `Acquire`,
+//! consumer side first, so that a snapshot never shows more consumed than produced
+//! (see `read_values`); each value is monotonic on its own.
 
 use crate::layout::{Header, Line, STAT_SLOTS, StatSlot};
 use crate::sync::{AtomicU64, Ordering};
@@ -168,6 +169,28 @@ impl<'a> CounterCells<'a> {
     }
 }
 
+/// Every counter's value, each read once, the consumer's side first.
+///
+/// A record is counted as produced before the producer's cursor store publishes it, and
+/// as consumed (with a Release store) only after the consumer has seen that cursor. So a
+/// consumed total loaded with Acquire was stored after a produced total at least as
+/// large, and the produced total loaded next is at least that: a reader never sees more
+/// consumed than produced, on any CPU (the loom model `stats_never_show_more_consumed_than_produced`).
+pub(crate) fn read_values(slots: &[Line<StatSlot>; STAT_SLOTS]) -> [u64; STAT_SLOTS] {
+    let consumer_side = |slot: usize| Counter::ALL.get(slot).is_some_and(|c| c.is_consumer_side());
+    let mut values = [0; STAT_SLOTS];
+    for pass_consumer in [true, false] {
+        for (slot, line) in slots.iter().enumerate() {
+            if consumer_side(slot) == pass_consumer {
+                // Acquire: pairs with the Release store in `RingRefs::store_counter`, so
+                // the producer-side loads of the second pass see what that writer saw.
+                values[slot] = line.0.value.load(Ordering::Acquire);
+            }
+        }
+    }
+    values
+}
+
 /// A labelled counter as read from a segment.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LabelledCounter {
@@ -214,19 +237,7 @@ impl StatsSnapshot {
     /// counter is read once, and the typed fields and the labelled list come from the
     /// same reads.
     pub(crate) fn read(header: &Header, capacity: u64) -> Self {
-        // Consumer-side counters first: a record is counted as produced before its cursor
-        // moves and as consumed after, so reading consumed first can only under-count it,
-        // never report consumed > produced.
-        let consumer_side = |slot: usize| Counter::ALL.get(slot).is_some_and(|c| c.is_consumer_side());
-        let mut values = [0; STAT_SLOTS];
-        for pass_consumer in [true, false] {
-            for (slot, line) in header.stats.iter().enumerate() {
-                if consumer_side(slot) == pass_consumer {
-                    // Relaxed: each counter is monotonic on its own; no data depends on it.
-                    values[slot] = line.0.value.load(Ordering::Relaxed);
-                }
-            }
-        }
+        let values = read_values(&header.stats);
         let value = |c: Counter| values[c.slot()];
         // Acquire: pairs with the Release stores of the cursors; reading the read cursor
         // after the write cursor keeps `used` from exceeding what is really there.

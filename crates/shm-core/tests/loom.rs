@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use loom::thread;
-use shm_core::ring::heap::spsc_pair;
+use shm_core::ring::heap::{spsc_pair, spsc_pair_counted};
 use shm_core::{TryReadError, WaitStrategy};
 
 /// Preemption bound when `LOOM_MAX_PREEMPTIONS` is not set: enough to interleave the
@@ -182,5 +182,27 @@ fn read_batch_and_blocked_producer_hand_over_every_record() {
         assert_eq!(seen, RECORDS.map(<[u8]>::to_vec));
         producing.join().unwrap();
         assert_drained(&mut consumer);
+    });
+}
+
+/// (f) Counters: a reader that takes the totals the way `shmctl stat` does (consumed
+/// first, then produced) while a record moves through the ring never sees more records
+/// consumed than produced. The producer stores its total before its cursor; the consumer
+/// stores its total with Release after it has seen that cursor, and the reader loads it
+/// with Acquire, so the produced total it loads next is at least as new.
+#[test]
+fn stats_never_show_more_consumed_than_produced() {
+    check("stats_never_show_more_consumed_than_produced", || {
+        let (mut producer, mut consumer, totals) = spsc_pair_counted(64, 24, WaitStrategy::Futex).unwrap();
+        let reading = thread::spawn(move || {
+            for _ in 0..2 {
+                let (produced, consumed) = totals.read();
+                assert!(consumed <= produced, "stat read {consumed} consumed but only {produced} produced");
+            }
+        });
+        let producing = thread::spawn(move || producer.publish(b"a", None).unwrap());
+        assert_eq!(&*consumer.read(None).unwrap(), b"a");
+        producing.join().unwrap();
+        reading.join().unwrap();
     });
 }

@@ -23,11 +23,21 @@ pub struct HeapRingError {
 /// A producer and a consumer of one spsc ring on the heap (no liveness, no flush).
 /// Capacity may be as small as 16 bytes here, for tests and models.
 pub fn spsc_pair(capacity: u64, max_record: u64, wait: WaitStrategy) -> Result<(Producer, Consumer), HeapRingError> {
+    pair_over(capacity, max_record, wait, memory::refs)
+}
+
+/// The pair of a new ring over the memory `refs` allocates, once the geometry is checked.
+fn pair_over(
+    capacity: u64,
+    max_record: u64,
+    wait: WaitStrategy,
+    refs: fn(u64, u64) -> RingRefs,
+) -> Result<(Producer, Consumer), HeapRingError> {
     if !capacity.is_power_of_two() || capacity < 16 || max_record == 0 || max_record > max_payload_for(capacity) {
         return Err(HeapRingError { capacity, max_record });
     }
-    let producer = Producer::attach(memory::refs(capacity, max_record), wait, None, None)
-        .expect("a fresh ring has consistent cursors");
+    let producer =
+        Producer::attach(refs(capacity, max_record), wait, None, None).expect("a fresh ring has consistent cursors");
     let consumer =
         Consumer::attach(memory::refs_of(&producer), wait, None).expect("a fresh ring has consistent cursors");
     Ok((producer, consumer))
@@ -83,19 +93,47 @@ mod memory {
     }
 }
 
+/// A ring's produced and consumed totals, read as `shmctl stat` reads them (loom models).
+#[cfg(loom)]
+pub struct Totals(Arc<HeapSegment>);
+
+#[cfg(loom)]
+impl Totals {
+    /// `(total_produced, total_consumed)`, loaded consumer side first.
+    pub fn read(&self) -> (u64, u64) {
+        let values = crate::stats::read_values(self.0.stats.as_ref().expect("a counted pair has counters"));
+        use crate::stats::Counter;
+        (values[Counter::TotalProduced.slot()], values[Counter::TotalConsumed.slot()])
+    }
+}
+
+/// Like [`spsc_pair`], with the ring's counters kept, and a view of its totals (loom
+/// models only: the plain pair leaves counters out to keep the state space small).
+#[cfg(loom)]
+pub fn spsc_pair_counted(
+    capacity: u64,
+    max_record: u64,
+    wait: WaitStrategy,
+) -> Result<(Producer, Consumer, Totals), HeapRingError> {
+    let (producer, consumer) = pair_over(capacity, max_record, wait, memory::counted_refs)?;
+    let totals = Totals(producer.heap_owner().expect("heap producers own a HeapSegment"));
+    Ok((producer, consumer, totals))
+}
+
 #[cfg(loom)]
 mod memory {
     use super::*;
-    use crate::layout::{CursorSlot, ProducerLine, PublishSlot, ReleaseSlot, WakeWord};
+    use crate::layout::{CursorSlot, Line, ProducerLine, PublishSlot, ReleaseSlot, STAT_SLOTS, StatSlot, WakeWord};
     use crate::ring::Region;
-    use crate::sync::AtomicU64;
+    use crate::sync::{AtomicU32, AtomicU64};
 
-    /// The shared fields of one ring as separate loom objects (counters left out).
+    /// The shared fields of one ring as separate loom objects (counters only if asked for).
     pub(crate) struct HeapSegment {
         producer: ProducerLine,
         cursor: CursorSlot,
         data_wake: WakeWord,
         space_wake: WakeWord,
+        pub(super) stats: Option<Box<[Line<StatSlot>; STAT_SLOTS]>>,
         data: Box<[std::cell::UnsafeCell<u64>]>,
         /// One loom cell per data word, shared by the producer's and the consumer's
         /// regions so that loom checks every cross-side access.
@@ -110,11 +148,25 @@ mod memory {
     unsafe impl Sync for HeapSegment {}
 
     pub(super) fn refs(capacity: u64, max_record: u64) -> RingRefs {
+        new_refs(capacity, max_record, false)
+    }
+
+    pub(super) fn counted_refs(capacity: u64, max_record: u64) -> RingRefs {
+        new_refs(capacity, max_record, true)
+    }
+
+    fn stat_slot() -> Line<StatSlot> {
+        let z = || AtomicU64::new(0);
+        Line(StatSlot { value: z(), label: [z(), z(), z(), z()], in_use: AtomicU32::new(0) })
+    }
+
+    fn new_refs(capacity: u64, max_record: u64, counted: bool) -> RingRefs {
         let seg = Arc::new(HeapSegment {
             producer: ProducerLine { write_cursor: AtomicU64::new(0), publishes: [publish_slot(), publish_slot()] },
             cursor: CursorSlot { read_cursor: AtomicU64::new(0), releases: [release_slot(), release_slot()] },
             data_wake: WakeWord::new(),
             space_wake: WakeWord::new(),
+            stats: counted.then(|| Box::new(std::array::from_fn(|_| stat_slot()))),
             data: (0..capacity / 8).map(|_| std::cell::UnsafeCell::new(0)).collect(),
             cells: crate::ring::loom_cells(capacity),
             capacity,
@@ -144,7 +196,7 @@ mod memory {
             cursor: NonNull::from(&seg.cursor),
             data_wake: NonNull::from(&seg.data_wake),
             space_wake: NonNull::from(&seg.space_wake),
-            stats: None,
+            stats: seg.stats.as_deref().map(NonNull::from),
             // SAFETY: `capacity` bytes, 8-aligned, owned by `seg`, which the refs keep;
             // `seg.cells` has one cell per word.
             data: unsafe { Region::with_cells(data, seg.capacity, seg.cells.clone()) },

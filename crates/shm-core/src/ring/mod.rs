@@ -182,7 +182,7 @@ pub(crate) struct RingRefs {
     pub(crate) cursor: NonNull<CursorSlot>,
     pub(crate) data_wake: NonNull<WakeWord>,
     pub(crate) space_wake: NonNull<WakeWord>,
-    /// `None` only in loom models, which leave counters out to keep the state space small.
+    /// `None` in the loom models that leave counters out to keep the state space small.
     pub(crate) stats: Option<NonNull<[Line<StatSlot>; STAT_SLOTS]>>,
     pub(crate) data: Region,
     pub(crate) capacity: u64,
@@ -242,11 +242,12 @@ impl RingRefs {
         // SAFETY: as in `producer_line`.
         unsafe { self.space_wake.as_ref() }
     }
-    /// Stores a counter's running value. Relaxed: each counter has one writer and
-    /// readers only need a monotonic value.
+    /// Stores a counter's running value (each counter has one writer). Release: pairs
+    /// with the Acquire loads in `stats::read_values`, so a reader that sees a consumed
+    /// total also sees the produced total the consumer had seen (a plain store on x86-64).
     pub(crate) fn store_counter(&self, counter: crate::stats::Counter, value: u64) {
         if let Some(cells) = self.counters() {
-            cells.cell(counter).store(value, crate::sync::Ordering::Relaxed);
+            cells.cell(counter).store(value, crate::sync::Ordering::Release);
         }
     }
 

@@ -96,6 +96,7 @@ const SPINS_PER_CLOCK_CHECK: u32 = 64;
 /// producer ("Backing off from a stream" in the module docs): about a microsecond.
 /// Measured with `shmctl bench` (docs/BENCHMARKS.md): 8 barely helped, 32 to 128 all
 /// cut the consumer's empty looks from one per two records to one per 5,000 or more.
+#[cfg_attr(loom, allow(dead_code))] // loom models skip the pause
 const STREAM_BACKOFF_SPINS: u32 = 64;
 
 /// A deadline for a blocking call, and the strategy's spinning budget. The clock is
@@ -1005,6 +1006,12 @@ impl Consumer {
         // the segment only here, with the cursor that releases them.
         self.counters.add(Counter::TotalConsumed, records);
         self.counters.add(Counter::BytesConsumed, bytes);
+        // Stored (with Release) before the cursor, as the producer stores its totals
+        // before its cursor: we have seen the produced totals that cover these records,
+        // so a reader that loads these with Acquire never sees more consumed than
+        // produced (`stats::read_values`, and the loom model of it).
+        self.counters.store(&self.ring, Counter::TotalConsumed);
+        self.counters.store(&self.ring, Counter::BytesConsumed);
         let cursor = self.ring.cursor();
         // Relaxed: published by the Release store of read_cursor just below; a successor
         // uses this slot only if it sees that store.
@@ -1018,10 +1025,6 @@ impl Consumer {
         self.flip ^= 1;
         self.released = pos;
         self.read_to = pos;
-        // Stored after the cursor, so a reader never sees a record counted as consumed
-        // before it is counted as produced.
-        self.counters.store(&self.ring, Counter::TotalConsumed);
-        self.counters.store(&self.ring, Counter::BytesConsumed);
         if wake_sleeper(self.ring.space_wake()) {
             self.counters.bump(&self.ring, Counter::ConsumerWakes);
         }
