@@ -276,9 +276,6 @@ pub(crate) fn loom_cells(capacity: u64) -> Arc<[loom::cell::UnsafeCell<()>]> {
 pub(crate) struct Region {
     base: NonNull<u8>,
     mask: u64,
-    /// `mask` without the low three bits: any index `& word_mask` names a whole,
-    /// aligned word inside the region.
-    word_mask: u64,
     #[cfg(loom)]
     cells: Arc<[loom::cell::UnsafeCell<()>]>,
 }
@@ -292,7 +289,6 @@ impl Region {
         Region {
             base,
             mask: capacity - 1,
-            word_mask: (capacity - 1) & !7,
             #[cfg(loom)]
             cells: loom_cells(capacity),
         }
@@ -310,7 +306,7 @@ impl Region {
         cells: Arc<[loom::cell::UnsafeCell<()>]>,
     ) -> Self {
         debug_assert!(cells.len() as u64 == capacity / 8);
-        Region { base, mask: capacity - 1, word_mask: (capacity - 1) & !7, cells }
+        Region { base, mask: capacity - 1, cells }
     }
 
     /// Index in the data region of ring position `pos`.
@@ -332,7 +328,9 @@ impl Region {
     #[inline]
     fn word_index(&self, index: u64) -> u64 {
         debug_assert!(index % 8 == 0 && index <= self.mask, "unchecked word index {index}");
-        index & self.word_mask
+        // `mask` without its low three bits: the start of a whole word inside the region.
+        // Callers index with `pos & mask`, so this costs one AND with a constant.
+        index & self.mask & !7
     }
 
     /// Reads the word at `index` (callers pass an 8-aligned index below capacity, which

@@ -1295,13 +1295,12 @@ struct DataFrame {
 
 /// Reads and checks the frame at `pos`, which must end at or below the published cursor
 /// `tail`. The one place frames from shared memory are validated: for the consumer,
-/// `peek`, and a restarted producer. `pos` may itself come from shared memory: it is
-/// checked for alignment before the word is read, and every sum is checked.
+/// `peek`, and a restarted producer. `pos` is 8-aligned: every caller starts from
+/// cursors `check_cursors` accepted or checks it (`last_frame_at`), and frames and
+/// padding end on 8-byte boundaries (were it not, `Region::read_word` would still read
+/// a word inside the ring, only the wrong one). Every sum is checked.
 #[inline]
 fn read_frame(ring: &RingRefs, pos: u64, tail: u64) -> Result<Frame, Corruption> {
-    if pos % 8 != 0 {
-        return Err(Corruption { what: "frame position not 8-byte aligned", value: pos, position: pos });
-    }
     let index = ring.data.index(pos);
     let to_end = ring.capacity - index;
     let (len, record_type) = frame::decode(ring.data.read_word(index));
@@ -1332,7 +1331,7 @@ fn read_frame(ring: &RingRefs, pos: u64, tail: u64) -> Result<Frame, Corruption>
 /// one: how a restarted producer checks the last frame its publish slot names (`start`
 /// comes from shared memory, so it is checked before use).
 fn last_frame_at(ring: &RingRefs, start: u64, cursor: u64) -> Option<DataFrame> {
-    if start >= cursor || cursor - start > ring.capacity / 2 {
+    if start >= cursor || cursor - start > ring.capacity / 2 || start % 8 != 0 {
         return None;
     }
     match read_frame(ring, start, cursor) {
