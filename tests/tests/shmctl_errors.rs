@@ -174,7 +174,7 @@ fn a_damaged_segment_is_corrupt(backend: Backend) {
     // A write cursor far beyond the read cursor plus the capacity.
     poke(&location, WRITE_CURSOR, &(CAPACITY * 10).to_le_bytes());
     // (That peek's message names no segment is checked in `failures_name_the_segment`.)
-    assert_fails(&shmctl_on(&fx, "peek", &location, &[]), DATA, &["cursors out of range"]);
+    assert_fails(&shmctl_on(&fx, "peek", &location, &[]), DATA, &["more bytes in flight than the ring holds"]);
     assert_fails(&shmctl_on(&fx, "publish", &location, &["x"]), DATA, &[&n]);
     let stat = stat_json(&fx, &location);
     assert!(num(&stat, "/ring/used_bytes") <= CAPACITY, "{stat:#}");
