@@ -18,6 +18,7 @@ use shm_daemon::record;
 use tracing::{info, warn};
 
 use crate::config::SourceKind;
+use crate::ledger::Ledger;
 
 /// Records per batch: large enough to amortise the publish, small enough that a
 /// crashed batch never wraps onto the last published record.
@@ -198,6 +199,7 @@ fn generate_from(
     shared: &Shared,
 ) -> Result<()> {
     let first = *seq;
+    let mut ledger = Ledger::from_env()?;
     let mut sizes = Sizes { state: 0x9E37_79B9_7F4A_7C15 ^ first, min, span: (max - min) as u64 };
     let mut rate = shared.rate.load(Ordering::Relaxed);
     let mut rate_since = Instant::now();
@@ -241,6 +243,8 @@ fn generate_from(
                 }
             }
         }
+        // The batch has been published (its drop stored the write cursor).
+        ledger.acknowledge(*seq - written..*seq)?;
         sent_since += written;
         shared.committed.fetch_add(written, Ordering::Relaxed);
         if written < due {

@@ -5,6 +5,7 @@
 
 mod config;
 mod daemon;
+mod ledger;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
