@@ -13,6 +13,11 @@ pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use std::time::Duration;
 
+/// The address of the wake word whose next `FUTEX_WAKE` is dropped (0: none), set by the
+/// `fault-injection` test hook. Only ever tested on the wake path, which makes a syscall anyway.
+#[cfg(all(feature = "fault-injection", not(loom)))]
+static DROP_WAKE_OF: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Busy-wait hint; a scheduling point under loom so that spin loops terminate there.
 #[inline]
 pub(crate) fn spin_loop() {
@@ -76,7 +81,27 @@ impl WakeWord {
     /// Wakes every process sleeping on the word. The caller has already changed the word.
     #[cfg(not(loom))]
     pub(crate) fn wake(&self) {
+        #[cfg(feature = "fault-injection")]
+        if self.take_dropped_wake() {
+            return;
+        }
         crate::futex::wake_all(&self.word);
+    }
+
+    /// Arms the fault injection of [`crate::Producer::drop_next_wake`] for this word.
+    #[cfg(all(feature = "fault-injection", not(loom)))]
+    pub(crate) fn drop_next_wake(&self) {
+        // Relaxed: only this process's own later `wake` on the same thread reads it.
+        DROP_WAKE_OF.store(self.word.as_ptr() as usize, Ordering::Relaxed);
+    }
+
+    /// Whether the next wake on this word was to be dropped (and disarms it).
+    #[cfg(all(feature = "fault-injection", not(loom)))]
+    fn take_dropped_wake(&self) -> bool {
+        let me = self.word.as_ptr() as usize;
+        // Relaxed: a single flag with no data behind it.
+        DROP_WAKE_OF.load(Ordering::Relaxed) == me
+            && DROP_WAKE_OF.compare_exchange(me, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     /// Model of `FUTEX_WAIT`: checking the word and sleeping is atomic against `wake`.

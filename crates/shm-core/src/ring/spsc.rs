@@ -317,6 +317,17 @@ impl Producer {
         })
     }
 
+    /// Fault injection for tests (the `fault-injection` feature, off by default; without
+    /// it this method does not exist and the wake path has no check): the next
+    /// `FUTEX_WAKE` this process would issue on this ring's data word is dropped, as if
+    /// lost, so that a test can show it catches a lost wake-up. The word is still
+    /// cleared, so a consumer asleep in `FUTEX_WAIT` stays asleep until its sleep times out.
+    #[cfg(all(feature = "fault-injection", not(loom)))]
+    #[doc(hidden)]
+    pub fn drop_next_wake(&mut self) {
+        self.ring.data_wake().drop_next_wake();
+    }
+
     /// The heap memory of an in-process ring.
     pub(crate) fn heap_owner(&self) -> Option<std::sync::Arc<super::heap::HeapSegment>> {
         self.ring.heap.clone()
