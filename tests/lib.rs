@@ -7,16 +7,21 @@
 //!   duplicated, reordered or torn.
 //! - [`progress`]: how a peer tells a test how far it got, so the test can kill it at a
 //!   chosen point and bound what it had done.
+//! - [`ledger`]: the test's own record of what was published and what arrived, from
+//!   which every lost and duplicated figure is counted.
 //! - [`reliability`]: the `RELIABILITY` line of the reliability tests.
+//! - [`skip`]: how a test that cannot run here says so visibly (and fails in CI).
 //!
 //! The tests themselves are in `tests/`; the peer is `src/bin/ring-peer.rs`, which they
 //! find as `env!("CARGO_BIN_EXE_ring-peer")`.
 
 pub mod daemons;
 pub mod fixture;
+pub mod ledger;
 pub mod progress;
 pub mod records;
 pub mod reliability;
+pub mod skip;
 pub mod stream;
 
 pub use fixture::{Backend, Finished, Fixture, ObjectStat, Proc, Summary, location_args, os_stat, seed, wait_until};

@@ -47,6 +47,8 @@ use shmctl_support::{
 };
 use shmring_tests::daemons::{Daemon, Kind, segment_section};
 use shmring_tests::fixture::binary;
+use shmring_tests::ledger::{Figures, ring_peers};
+use shmring_tests::skip::{Need, skip};
 use shmring_tests::{Backend, Finished, Fixture, Summary, os_stat};
 
 /// The other user: nobody, and nobody's primary group, nogroup (Debian's ids).
@@ -70,13 +72,12 @@ struct Reliability {
     fault: &'static str,
     runs: u64,
     outcome: Option<String>,
-    lost: u64,
-    duplicated: u64,
+    figures: Figures,
 }
 
 impl Reliability {
     fn new(test: &'static str, fault: &'static str) -> Self {
-        Reliability { test, fault, runs: 0, outcome: None, lost: 0, duplicated: 0 }
+        Reliability { test, fault, runs: 0, outcome: None, figures: Figures::NoRecords }
     }
 
     /// Counts one more run of the fault.
@@ -102,8 +103,8 @@ impl Reliability {
             None
         };
         if let Some(reason) = &reason {
-            eprintln!("{}: skipped: {reason}", self.test);
             self.outcome = Some(format!("skipped: {reason}"));
+            skip(self.test, Need::Setup, reason);
         }
         reason.is_none()
     }
@@ -116,8 +117,7 @@ impl Drop for Reliability {
         } else {
             self.outcome.clone().unwrap_or_else(|| "failed: no outcome recorded".to_owned())
         };
-        let (runs, lost, duplicated) = (self.runs, self.lost, self.duplicated);
-        shmring_tests::reliability::report(self.test, self.fault, runs, &outcome, lost, duplicated, Value::Null);
+        shmring_tests::reliability::report(self.test, self.fault, self.runs, &outcome, &self.figures, Value::Null);
     }
 }
 
@@ -430,9 +430,11 @@ fn full_filesystem_after_create_never_sigbus(backend: Backend, test: &'static st
     let said = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     assert_eq!(out.exit_code("producer", "the producer"), 0, "{}", said(&producer_out));
     assert_eq!(out.exit_code("consumer", "the consumer"), 0, "{}", said(&consumer_out));
-    let consumed = said(&consumer_out);
+    let (produced, consumed) = (said(&producer_out), said(&consumer_out));
     let summary = Summary::parse(consumed.lines().last().unwrap_or_default());
-    report.lost = TOTAL.saturating_sub(summary.u64("count"));
+    let evidence = ring_peers(&Summary::parse(produced.lines().last().unwrap_or_default()), &summary);
+    report.figures = Figures::Counted(evidence.clone());
+    evidence.assert_exact();
     assert_eq!(summary.u64("count"), TOTAL, "{consumed}");
     assert_eq!(summary.u64("bytes"), streamed, "{consumed}");
     let mut left = out.listing("after");

@@ -193,11 +193,7 @@ pub fn euid() -> u32 {
 
 /// Whether the tests run as root; prints why `test` is skipped when not.
 pub fn root_or_skip(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("{test}: skipped: changing owners and running as other users needs root");
-    }
-    root
+    shmring_tests::skip::root_or_skip(test, "changing owners and running as other users")
 }
 
 /// The file behind a location with a path.
