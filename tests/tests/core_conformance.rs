@@ -356,8 +356,8 @@ fn a_world_writable_object_is_not_opened(backend: Backend) {
 }
 
 fn an_object_of_another_owner_is_not_opened(backend: Backend) {
-    if euid() != 0 {
-        eprintln!("skipped: giving a segment to another user needs root");
+    let test = format!("an_object_of_another_owner_is_not_opened ({})", backend.name());
+    if !shmring_tests::skip::root_or_skip(&test, "giving a segment to another user") {
         return;
     }
     let fx = Fixture::new("other-owner");

@@ -10,7 +10,8 @@
 //!   the pages needed and free, and the `sysctl`; with pages free (an operator ran
 //!   `echo 64 > /proc/sys/vm/nr_hugepages`), SysV and anon segments get them (bound to node
 //!   0 as well), and so does a file on a hugetlbfs mount if there is one. A case the
-//!   machine cannot run prints `SKIP` and why.
+//!   machine cannot run says so visibly, and fails under `SHMRING_NO_SKIPS=1` (CI
+//!   reserves huge pages and mounts hugetlbfs): see `tests/skip.rs` of the workspace.
 //! - `prefault_*`: with `prefault`, every page is resident (`mincore`) and mapped into the
 //!   creator (its `Rss` is the whole segment), and an opener with `prefault` maps every
 //!   page too; without it, only what the header touched is mapped (the control).
@@ -23,6 +24,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use shm_core::layout::HEADER_SIZE;
 use shm_core::placement::HugePages;
 use shm_core::{CreateError, Location, OpenError, Segment, SysvKey};
+
+// The workspace's one way of skipping (its `root_or_skip` is not needed here).
+#[allow(dead_code)]
+#[path = "../../../tests/skip.rs"]
+mod skip;
+use skip::{Need, skip};
 
 const CAP: u64 = 1 << 20;
 
@@ -220,7 +227,7 @@ fn hugepages_on_a_file_off_hugetlbfs_is_refused_with_the_fix() {
 
 /// The huge page pool, or `None` after printing why `test` is skipped.
 fn huge_page_pool(test: &str) -> Option<HugePages> {
-    HugePages::read().inspect_err(|e| println!("SKIP {test}: {e}")).ok()
+    HugePages::read().inspect_err(|e| skip(test, Need::Setup, &e.to_string())).ok()
 }
 
 #[test]
@@ -230,7 +237,8 @@ fn hugepages_more_than_are_free_is_refused_naming_the_shortage() {
     let want_pages = pool.available() + 1;
     let capacity = (want_pages * pool.page_size).next_power_of_two();
     if capacity > shm_core::layout::MAX_CAPACITY {
-        println!("SKIP hugepages_more_than_are_free: {} huge pages free, more than a 1 TiB ring needs", want_pages - 1);
+        let reason = format!("{} huge pages free, more than a 1 TiB ring needs", want_pages - 1);
+        skip("hugepages_more_than_are_free", Need::Setup, &reason);
         return;
     }
     for backend in ["sysv", "anon"] {
@@ -262,11 +270,12 @@ fn hugepages_when_free_back_sysv_and_anon_segments() {
     let needed = (HEADER_SIZE as u64 + CAP).div_ceil(pool.page_size);
     // Two segments at once, as the tests may run in parallel with the shortage test.
     if pool.available() < 2 * needed {
-        println!(
-            "SKIP hugepages_when_free: {} huge page(s) free, {} needed (reserve some: echo 64 > /proc/sys/vm/nr_hugepages)",
+        let reason = format!(
+            "{} huge page(s) free, {} needed (reserve some: echo 64 > /proc/sys/vm/nr_hugepages)",
             pool.available(),
             2 * needed
         );
+        skip("hugepages_when_free", Need::Setup, &reason);
         return;
     }
     for backend in ["sysv", "anon"] {
@@ -299,7 +308,11 @@ fn hugepages_when_free_back_sysv_and_anon_segments() {
         let f: Vec<&str> = l.split_whitespace().collect();
         (f.get(2) == Some(&"hugetlbfs")).then(|| f[1].to_owned())
     }) else {
-        println!("SKIP hugepages_when_free (file): no hugetlbfs mounted (mount -t hugetlbfs none /dev/hugepages)");
+        skip(
+            "hugepages_when_free (file)",
+            Need::Setup,
+            "no hugetlbfs mounted (mount -t hugetlbfs none /dev/hugepages)",
+        );
         return;
     };
     let dir = std::path::Path::new(&mount).join(format!("shmring-placement-{}", std::process::id()));

@@ -33,10 +33,17 @@ fn run_and_read(tag: &str, extra: &[&str]) -> (String, serde_json::Value) {
     (stdout, serde_json::from_str(&text).expect("valid JSON"))
 }
 
+// The workspace's one way of skipping (its `root_or_skip` is not needed here).
+#[allow(dead_code)]
+#[path = "../../../tests/skip.rs"]
+mod skip;
+
 #[test]
 fn compares_nodes_or_says_it_cannot() {
     let (stdout, json) = run_and_read("default", &[]);
     if shm_core::placement::memory_nodes().expect("the node list").len() < 2 {
+        let reason = "one NUMA node: the one-node answer is checked, the local-vs-remote comparison cannot run";
+        skip::skip("compares_nodes_or_says_it_cannot (two nodes)", skip::Need::Hardware, reason);
         assert!(stdout.contains("a local-vs-remote comparison needs two"), "{stdout}");
         assert!(stdout.contains("nothing measured"), "{stdout}");
         assert_eq!(json["measured"], false, "{json:#}");

@@ -89,6 +89,12 @@ use crate::layout::WakeWord;
 use crate::stats::Counter;
 use crate::sync::{self, Ordering, fence};
 
+/// The ordering of the store of `write_cursor` that publishes frames: `Release`. The loom
+/// mutation `mutation-publish-relaxed` (a feature only CI's loom step turns on, to show
+/// that the models fail without it) weakens it to `Relaxed`.
+const PUBLISH_ORDERING: Ordering =
+    if cfg!(feature = "mutation-publish-relaxed") { Ordering::Relaxed } else { Ordering::Release };
+
 /// How many spins between two looks at the clock.
 const SPINS_PER_CLOCK_CHECK: u32 = 64;
 
@@ -555,7 +561,7 @@ impl Producer {
         slot.position.store(self.pos, Ordering::Relaxed);
         // Release: pairs with the consumer's Acquire load of write_cursor; every frame
         // byte below `pos` is visible to a consumer that sees the new cursor.
-        line.write_cursor.store(self.pos, Ordering::Release);
+        line.write_cursor.store(self.pos, PUBLISH_ORDERING);
         self.flip ^= 1;
         self.published = self.pos;
         self.last_published_start = self.last_start;
@@ -1366,8 +1372,11 @@ fn stream_backoff() {
 /// whether it did; a busy ring returns `false` without a syscall.
 fn wake_sleeper(wake: &WakeWord) -> bool {
     // SeqCst fence: orders our cursor store before the load of the word, against the
-    // sleeper's announcement and re-check.
-    fence(Ordering::SeqCst);
+    // sleeper's announcement and re-check. (Left out only by the loom mutation
+    // `mutation-no-wake-fence`, to show the models catch its absence.)
+    if !cfg!(feature = "mutation-no-wake-fence") {
+        fence(Ordering::SeqCst);
+    }
     let word = wake.word();
     // Relaxed: ordered by the fence above.
     if word.load(Ordering::Relaxed) == 0 {
