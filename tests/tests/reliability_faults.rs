@@ -1,33 +1,42 @@
 //! The fault tests of the reliability catalogue (`RELIABILITY.md`), on real processes.
 //!
+//! Every lost and duplicated figure is counted by the test itself ([`shmring_tests::ledger`]):
+//! a ledger of what the producer was told was published (`producerd`'s test-only
+//! `SHMRING_TEST_LEDGER` file, or this process's own publishes) against what the test's
+//! reader received (the file sink's output decoded here, or a `ring-peer` consumer).
+//!
 //! - `kill9_torture_*`: a rate-limited generator streams into a `binary` file sink
 //!   through the real `producerd` and `consumerd`, while a controller `SIGKILL`s one of
 //!   them (chosen at random) every 50-300 ms, one time in eight the one just restarted
-//!   within 5 ms of its start, and restarts it: 200 kills (`SHMRING_TORTURE_KILLS` sets another number). Then both
-//!   stop cleanly, and the file must hold every record the ring committed
-//!   (`0..total_produced`) exactly once, in order, none torn or corrupt.
+//!   within 5 ms of its start, and restarts it: 200 kills (`SHMRING_TORTURE_KILLS` sets
+//!   another number), each asserted to have killed a running daemon. Then both stop
+//!   cleanly: every record in the generator's ledger is in the file exactly once, in
+//!   order, none torn or corrupt, and the ring's counters equal the file's count exactly.
 //! - `sigstop_*`: a producer (or consumer) is stopped with `SIGSTOP` for 3 s, longer than
 //!   every timeout of the daemons (100 ms steps) and the library (100 ms longest sleep).
 //!   Alive-but-slow is never reclaimed: a second daemon in that role is refused (69) and
-//!   `shmctl stat` shows the stopped one alive. After `SIGCONT` the stream goes on and the
-//!   verify sink counts nothing lost, duplicated, reordered or corrupt.
+//!   `shmctl stat` shows the stopped one alive. After `SIGCONT` the stream goes on, and
+//!   the ledger and the file sink's output match exactly.
 //! - `wakeup_storm_*`: 10^6 single-record bursts (`SHMRING_STORM_RECORDS` sets another
 //!   number) from this process, each published only once the consumer (a `ring-peer`
-//!   with the futex strategy) has taken the previous one and fallen asleep on the futex.
-//!   No wake-up may be lost (both missed-wake counters 0), every record arrives in order,
-//!   and the consumer must really have slept for most of them.
+//!   with the futex strategy) has released the previous one and is asleep on the futex
+//!   (its wake word set, its state `S`). A consumer still asleep 10 ms after a publish
+//!   was never woken: that fails the test, whatever the library's counters say, and
+//!   `wakeup_storm_catches_a_dropped_wakeup` shows it does by dropping one `FUTEX_WAKE`
+//!   on purpose (shm-core's `fault-injection` hook). Each burst's publish-to-release time
+//!   is reported as a maximum; bursts over 10 ms whose consumer was runnable (woken,
+//!   waiting for a CPU on a loaded machine) are counted apart.
 //! - `racing_creators_*`: 8 `shmctl create` on one name, released at the same moment by a
 //!   FIFO that all of them are blocked opening: exactly one exits 0, the others 73 with
-//!   "already exists". Then 8 daemons (4 `producerd`, 4 `consumerd`) with
-//!   `create = "if-missing"`, released the same way: one segment, created by one of them
-//!   and never re-initialised (its creation time stays), one producer and one consumer
-//!   attached, the others refused (69) naming the winner's pid, and a verified stream.
-//!   For posix, sysv and file.
+//!   "already exists", and a stream through the winner's segment arrives whole. Then 8
+//!   daemons (4 `producerd`, 4 `consumerd`) with `create = "if-missing"`, released the
+//!   same way: one segment, created by one of them and never re-initialised (its
+//!   creation time stays), one producer and one consumer attached, the others refused
+//!   (69) naming the winner's pid, and a stream that matches the ledger. For posix, sysv
+//!   and file.
 //!
-//! Each test prints one line `RELIABILITY {json}` to stdout (`"test"`, `"fault"`, `"runs"`,
-//! `"outcome"`, `"lost"`, `"duplicated"`, and figures of its own) for a report generator
-//! that reads `cargo test -- --nocapture`. Random choices print their seed;
-//! `SHMRING_TEST_SEED` repeats a run.
+//! Each test prints one line `RELIABILITY {json}` (see [`shmring_tests::reliability`]).
+//! Random choices print their seed; `SHMRING_TEST_SEED` repeats a run.
 
 use std::fs;
 use std::os::unix::fs::FileExt as _;
