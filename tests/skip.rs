@@ -37,7 +37,7 @@ pub fn skip(test: &str, need: Need, reason: &str) {
     };
     let line = format!("SKIPPED {test} ({kind}): {reason}\n");
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    if let Some(log) = std::env::var_os(SKIP_LOG_VAR) {
+    if let Some(log) = std::env::var_os(SKIP_LOG_VAR).map(std::path::PathBuf::from) {
         let appended =
             OpenOptions::new().create(true).append(true).open(&log).and_then(|mut f| f.write_all(line.as_bytes()));
         if let Err(e) = appended {

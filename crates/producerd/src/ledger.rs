@@ -26,7 +26,7 @@ pub struct Ledger(Option<File>);
 impl Ledger {
     /// Opens `$SHMRING_TEST_LEDGER` for appending, or nothing when it is unset.
     pub fn from_env() -> Result<Ledger> {
-        let Some(path) = std::env::var_os(VAR) else { return Ok(Ledger(None)) };
+        let Some(path) = std::env::var_os(VAR).map(std::path::PathBuf::from) else { return Ok(Ledger(None)) };
         let file = OpenOptions::new()
             .create(true)
             .append(true)

@@ -91,7 +91,8 @@ impl WakeWord {
     /// Arms the fault injection of [`crate::Producer::drop_next_wake`] for this word.
     #[cfg(all(feature = "fault-injection", not(loom)))]
     pub(crate) fn drop_next_wake(&self) {
-        // Relaxed: only this process's own later `wake` on the same thread reads it.
+        // Relaxed: a lone flag guarding no other data; the producer that arms it is the
+        // one whose next publish reads it.
         DROP_WAKE_OF.store(self.word.as_ptr() as usize, Ordering::Relaxed);
     }
 
