@@ -12,8 +12,15 @@
 //! causality failure: weakening the Release store of either cursor to Relaxed fails every
 //! model. Lost wake-ups (a missing wake or fence) are caught as deadlocks.
 //!
+//! That they can fail is checked, not assumed: CI runs them again with each of shm-core's
+//! `mutation-*` features and requires every run to fail. `mutation-publish-relaxed`
+//! (the write cursor's publishing store weakened to Relaxed) fails all five models;
+//! `mutation-no-wake-fence` (the waker's SeqCst fence left out) deadlocks all five.
+//!
 //! Run (a separate target dir keeps the normal build warm):
 //! `CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p shm-core --release --test loom`
+//! (add `--features mutation-publish-relaxed` or `--features mutation-no-wake-fence` to see
+//! them fail).
 #![cfg(loom)]
 
 use std::sync::Arc;
