@@ -13,10 +13,11 @@
 //! ring's counters and the verify sink's verdict play no part in either figure.
 
 use std::fs;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use shm_core::{Segment, TryClaimError, TryReadError};
+use shm_core::{Segment, TryReadError};
 
 use crate::daemons::{Launch, binary_file_sink, generator_seq, split_binary};
 use crate::fixture::{Fixture, Summary};
@@ -209,39 +210,52 @@ impl Figures {
     }
 }
 
-/// Streams `records` 8-byte records (their sequence numbers) through `segment` with a
-/// producer and a consumer of this process, taking both roles, and counts them: the ledger
-/// is every `publish` that returned `Ok`, the reader every record `try_read` returned.
-/// Proves a segment (say, the one a race left) carries a stream.
+/// What kept the ledger of [`publish_own`], for the report.
+pub const OWN_LEDGER: &str = "this test's producer (each publish that returned Ok)";
+/// What [`read_own`] is, for the report.
+pub const OWN_READER: &str = "this test's consumer";
+
+/// Publishes `seqs` into `segment` as 8-byte records (each its sequence number) through a
+/// producer of this process, attached for the call only, and returns the ledger: every
+/// sequence number whose publish returned `Ok`. Panics if the ring fills up.
 #[track_caller]
-pub fn stream_through(segment: &Segment, records: u64) -> Evidence {
+pub fn publish_own(segment: &Segment, seqs: Range<u64>) -> Vec<u64> {
     let mut producer = segment.producer().unwrap_or_else(|e| panic!("attach a producer: {e}"));
+    seqs.map(|seq| {
+        producer.try_publish(&seq.to_le_bytes()).unwrap_or_else(|e| panic!("publish {seq}: {e}"));
+        seq
+    })
+    .collect()
+}
+
+/// Reads every record waiting in `segment` through a consumer of this process, attached
+/// for the call only, and returns their sequence numbers in the order read (a record
+/// that is not 8 bytes reads as `u64::MAX`, which no ledger holds).
+#[track_caller]
+pub fn read_own(segment: &Segment) -> Vec<u64> {
     let mut consumer = segment.consumer().unwrap_or_else(|e| panic!("attach a consumer: {e}"));
-    let (mut acknowledged, mut delivered) = (Vec::new(), Vec::new());
-    let mut drain = |delivered: &mut Vec<u64>| loop {
+    let mut delivered = Vec::new();
+    loop {
         match consumer.try_read() {
-            Ok(record) => {
-                delivered.push(record.get(..8).map_or(u64::MAX, |b| u64::from_le_bytes(b.try_into().expect("8"))))
-            }
-            Err(TryReadError::Empty) => break,
+            Ok(record) => delivered.push(record.as_ref().try_into().map_or(u64::MAX, u64::from_le_bytes)),
+            Err(TryReadError::Empty) => return delivered,
             Err(e) => panic!("read: {e}"),
         }
-    };
-    for seq in 0..records {
-        // A full ring is drained by the same thread, so never wait in publish.
-        if let Err(TryClaimError::Full) = producer.try_publish(&seq.to_le_bytes()) {
-            drain(&mut delivered);
-            producer.try_publish(&seq.to_le_bytes()).unwrap_or_else(|e| panic!("publish {seq}: {e}"));
-        }
-        acknowledged.push(seq);
     }
-    drain(&mut delivered);
-    Evidence::compare(
-        "this test's producer (each publish that returned Ok)",
-        acknowledged,
-        "this test's consumer",
-        delivered,
-    )
+}
+
+/// Streams `records` records through `segment` with [`publish_own`] and [`read_own`], a
+/// thousand at a time, and counts them. Proves a segment (say, the one a race left)
+/// carries a stream.
+#[track_caller]
+pub fn stream_through(segment: &Segment, records: u64) -> Evidence {
+    const CHUNK: u64 = 1000;
+    let (mut acknowledged, mut delivered) = (Vec::new(), Vec::new());
+    for start in (0..records).step_by(CHUNK as usize) {
+        acknowledged.extend(publish_own(segment, start..(start + CHUNK).min(records)));
+        delivered.extend(read_own(segment));
+    }
+    Evidence::compare(OWN_LEDGER, acknowledged, OWN_READER, delivered)
 }
 
 /// The figures of a `ring-peer produce` / `ring-peer consume` pair from their summaries:

@@ -47,7 +47,7 @@ use shmctl_support::{
 };
 use shmring_tests::daemons::{Daemon, Kind, segment_section};
 use shmring_tests::fixture::binary;
-use shmring_tests::ledger::{Figures, ring_peers};
+use shmring_tests::ledger::{Evidence, Figures, OWN_LEDGER, OWN_READER, publish_own, read_own, ring_peers};
 use shmring_tests::skip::{Need, skip};
 use shmring_tests::{Backend, Finished, Fixture, Summary, os_stat};
 
@@ -59,6 +59,8 @@ const TOO_BIG: &str = "4MiB";
 const FITS: &str = "512KiB";
 /// [`FITS`] in bytes.
 const FITS_BYTES: u64 = 512 * 1024;
+/// Records of ours that wait in a segment while another user tries to get at it.
+const OURS: u64 = 100;
 /// The environment variable that makes the group-member test binary act as the member.
 const GROUP_MEMBER_ENV: &str = "SHMRING_TEST_GROUP_MEMBER_OF";
 
@@ -622,6 +624,10 @@ fn another_user_cannot_open_publish_or_remove_our_segment() {
     let fx = Fixture::new("not-theirs");
     let location = fx.location(Backend::Posix);
     create(&fx, &location, &["--capacity", "64KiB"]);
+    // Records of ours wait in it while the other user tries; all must come out, and
+    // nothing else.
+    let ours = Segment::builder(location.clone()).open().expect("open our segment");
+    let acknowledged = publish_own(&ours, 0..OURS);
     let n = name(&location);
     for sub in ["stat", "publish"] {
         let extra: &[&str] = if sub == "publish" { &["intruder"] } else { &[] };
@@ -633,7 +639,11 @@ fn another_user_cannot_open_publish_or_remove_our_segment() {
     report.ran();
     assert!(exists(&location), "nobody removed our segment");
     let stat = stat_json(&fx, &location);
-    assert_eq!(num(&stat, "/counters/total_produced"), 0, "nobody published: {stat:#}");
+    assert_eq!(num(&stat, "/counters/total_produced"), OURS, "nobody published: {stat:#}");
+    let evidence = Evidence::compare(OWN_LEDGER, acknowledged, OWN_READER, read_own(&ours));
+    report.figures = Figures::Counted(evidence.clone());
+    evidence.assert_exact();
+    assert_eq!(evidence.unacknowledged, 0, "a record we never published: {evidence:?}");
     report.pass("refused: stat, publish and unlink exit 77, unlink explaining the sticky /dev/shm; ours untouched");
 }
 
@@ -653,11 +663,14 @@ fn another_user_cannot_remove_our_segment_and_is_told_why_per_backend() {
     }
     let fx = Fixture::new("not-theirs-rm");
     let mut misleading = Vec::new();
+    let mut rounds = Vec::new();
     for backend in [Backend::Sysv, Backend::File] {
         // File segments in a directory nobody can reach (0755), so the refusal is the
         // removal's, not the path lookup's.
         let location = shared_location(&fx, backend);
         create(&fx, &location, &["--capacity", "64KiB"]);
+        let ours = Segment::builder(location.clone()).open().expect("open our segment");
+        let acknowledged = publish_own(&ours, 0..OURS);
         let f = shmctl_as_nobody(&fx, "unlink", &location, &[]);
         let reason = match backend {
             Backend::Sysv => "only its owner, its creator or root can remove it",
@@ -669,7 +682,11 @@ fn another_user_cannot_remove_our_segment_and_is_told_why_per_backend() {
         if f.stderr.contains("/dev/shm") {
             misleading.push(format!("{}: {}", backend.name(), f.stderr.trim()));
         }
+        rounds.push(Evidence::compare(OWN_LEDGER, acknowledged, OWN_READER, read_own(&ours)));
     }
+    let evidence = Evidence::sum(&rounds);
+    report.figures = Figures::Counted(evidence.clone());
+    evidence.assert_exact();
     assert!(
         misleading.is_empty(),
         "the refusal blames /dev/shm for segments that are not in it:\n{}",

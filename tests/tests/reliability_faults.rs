@@ -375,6 +375,7 @@ struct Storm {
     /// The library's own counters, for comparison.
     consumer_sleeps: u64,
     producer_wakes: u64,
+    consumer_missed_wakes: u64,
     seconds: f64,
 }
 
@@ -447,10 +448,13 @@ fn wakeup_storm(name: &str, count: u64, drop_wake_at: Option<u64>) -> Storm {
         acknowledged.push(seq);
         let mut asleep_late = false;
         while segment.stats().total_consumed == seq {
-            // Past the bound, a consumer still asleep was never woken; one that is
-            // runnable was woken and waits for a CPU.
-            if !asleep_late && published.elapsed() > WAKE_BOUND && segment.stats().total_consumed == seq {
-                asleep_late = proc_state(&stat) == Some(b'S');
+            // Past the bound, a consumer asleep with the record still unread was never
+            // woken; one that is runnable was woken and waits for a CPU. The record must
+            // be unread after the state was read too: this thread may be preempted
+            // between the two looks, long enough for the consumer to read the record
+            // and fall asleep again.
+            if !asleep_late && published.elapsed() > WAKE_BOUND {
+                asleep_late = proc_state(&stat) == Some(b'S') && segment.stats().total_consumed == seq;
                 if asleep_late {
                     asleep_past_bound.push(seq);
                 }
@@ -485,6 +489,7 @@ fn wakeup_storm(name: &str, count: u64, drop_wake_at: Option<u64>) -> Storm {
         asleep_past_bound,
         consumer_sleeps: get("consumer_sleeps"),
         producer_wakes: get("producer_wakes"),
+        consumer_missed_wakes: get("consumer_missed_wakes"),
         seconds,
     }
 }
@@ -507,6 +512,7 @@ fn wakeup_storm_single_record_bursts_to_a_sleeping_consumer_lose_no_wakeup() {
             "late_but_woken": storm.late_but_woken,
             "consumer_sleeps": storm.consumer_sleeps,
             "producer_wakes": storm.producer_wakes,
+            "consumer_missed_wakes": storm.consumer_missed_wakes,
             "seconds": storm.seconds,
         }),
     );
