@@ -35,6 +35,7 @@ use shm_core::layout::{CursorSlot, Header, Line, ParticipantSlot, ProducerLine, 
 use shm_core::ring::frame::{PADDING, encode};
 use shm_core::{AttachError, Counter, Location, OpenError, Segment, TryClaimError, TryReadError, WaitStrategy};
 use shmctl_support::{DATA, poke, raw_bytes, shmctl_on};
+use shmring_tests::ledger::Figures;
 use shmring_tests::{Backend, Finished, Fixture, reliability};
 
 /// Ring capacity of every image: the smallest a segment can have.
@@ -110,8 +111,7 @@ fn a_publish_slot_naming_an_unaligned_last_frame_does_not_crash_a_producer() {
         "publish slot's last frame unaligned, one byte short of the ring's end (crafted image)",
         3,
         "shmctl publish, peek, stat exit 0; the producer resumes without a last record",
-        0,
-        0,
+        &Figures::NoRecords,
         serde_json::Value::Null,
     );
 }
@@ -133,8 +133,7 @@ fn a_read_cursor_one_byte_short_of_the_ring_end_is_refused() {
         "read cursor one byte short of a 4 KiB ring's end (crafted image)",
         3,
         "shmctl peek and publish exit 65, stat exits 0",
-        0,
-        0,
+        &Figures::NoRecords,
         json!({ "peek": peek, "publish": publish }),
     );
 }
@@ -160,8 +159,7 @@ fn cursors_near_u64_max_with_padding_are_refused_not_walked() {
         "cursors near u64::MAX with padding frames (crafted image)",
         3,
         &format!("shmctl peek exits 65 in {} ms, publish exits 65, stat exits 0", took.as_millis()),
-        0,
-        0,
+        &Figures::NoRecords,
         json!({ "peek": peek, "publish": publish }),
     );
 }
@@ -279,8 +277,7 @@ fn peek_on_a_busy_ring_never_reports_corruption_or_a_torn_record() {
         "peek in a loop on a 4 KiB ring while a producer and a consumer stream through it",
         peeks,
         &format!("0 corruption reports, 0 torn copies; {with_records} peeks returned records"),
-        0,
-        0,
+        &Figures::NoRecords,
         json!({
             "records_streamed": consumed,
             "records_produced": produced,
@@ -625,8 +622,7 @@ fn mutated_segment_images_never_crash_hang_or_panic() {
         "segment images mutated word by word with boundary values in every field, then up to 4 at once",
         seen.images,
         &format!("no signal, panic or hang in {:.1} s; every refusal a typed error", took.as_secs_f64()),
-        0,
-        0,
+        &Figures::NoRecords,
         json!({
             "mutations": mutations.len(),
             "single_mutations": single,
