@@ -221,11 +221,13 @@ pub const OWN_READER: &str = "this test's consumer";
 #[track_caller]
 pub fn publish_own(segment: &Segment, seqs: Range<u64>) -> Vec<u64> {
     let mut producer = segment.producer().unwrap_or_else(|e| panic!("attach a producer: {e}"));
-    seqs.map(|seq| {
+    let mut acknowledged = Vec::new();
+    for seq in seqs {
         producer.try_publish(&seq.to_le_bytes()).unwrap_or_else(|e| panic!("publish {seq}: {e}"));
-        seq
-    })
-    .collect()
+        // Only now, with the publish returned: the ledger.
+        acknowledged.push(seq);
+    }
+    acknowledged
 }
 
 /// Reads every record waiting in `segment` through a consumer of this process, attached
