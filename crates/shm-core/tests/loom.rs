@@ -14,8 +14,8 @@
 //!
 //! That they can fail is checked, not assumed: CI runs them again with each of shm-core's
 //! `mutation-*` features and requires every run to fail. `mutation-publish-relaxed`
-//! (the write cursor's publishing store weakened to Relaxed) fails all five models;
-//! `mutation-no-wake-fence` (the waker's SeqCst fence left out) deadlocks all five.
+//! (the write cursor's publishing store weakened to Relaxed) fails every model;
+//! `mutation-no-wake-fence` (the waker's SeqCst fence left out) fails every model.
 //!
 //! Run (a separate target dir keeps the normal build warm):
 //! `CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p shm-core --release --test loom`
