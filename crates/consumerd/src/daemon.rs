@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use shm_core::{BatchError, Consumer, ReadError, Segment};
 use shm_daemon::config::CpuAffinity;
+use shm_daemon::service::Reloads;
 use tracing::{info, warn};
 
 use crate::sinks::{self, Sink};
@@ -29,11 +30,8 @@ pub struct Shared {
     pub stop: Arc<AtomicBool>,
     /// Bumped when records move or the ring is empty (not while the sink refuses them).
     pub heartbeat: Arc<AtomicU64>,
-    /// Bumped on SIGHUP: the ring thread re-opens the sink's outputs and takes the new
-    /// drain timeout, then stores the same number in `reload_applied`.
-    pub reload_requested: AtomicU64,
-    /// The last `reload_requested` the ring thread has put into effect.
-    pub reload_applied: AtomicU64,
+    /// SIGHUPs: the ring thread re-opens the sink's outputs and takes the new drain timeout.
+    pub reloads: Arc<Reloads>,
     /// `[shutdown] drain_timeout` in milliseconds, changeable on reload.
     pub drain_timeout_ms: AtomicU64,
     /// Records the sink accepted and the ring released.
@@ -61,15 +59,12 @@ pub fn run(
     let mut drain: Option<(u64, Instant)> = None;
     let beat = || shared.heartbeat.fetch_add(1, Ordering::Relaxed);
     loop {
-        // Acquire: pairs with the Release increment in the reload handler, so the new
-        // drain timeout stored before it is seen here.
-        let requested = shared.reload_requested.load(Ordering::Acquire);
-        if requested != shared.reload_applied.load(Ordering::Relaxed) {
+        if let Some(reload) = shared.reloads.pending() {
             if let Err(e) = sink.rotate() {
                 warn!("re-opening the sink failed: {e}");
             }
-            // Release: the service loop sends READY=1 once it sees this.
-            shared.reload_applied.store(requested, Ordering::Release);
+            // The drain timeout is read when a drain starts, so it is in effect now too.
+            shared.reloads.applied(reload);
         }
         if drain.is_none() && shared.stop.load(Ordering::Relaxed) {
             let target = segment.stats().write_cursor;

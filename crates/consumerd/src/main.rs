@@ -164,16 +164,8 @@ fn service(
                 }
             }
             // Whether or not the config loaded, SIGHUP re-opens the output (logrotate
-            // sends it after renaming the file). Release: pairs with the ring thread's
-            // Acquire load, which then sees the drain timeout stored above.
-            shared.reload_requested.fetch_add(1, Ordering::Release);
-        })
-    };
-    let reload_applied = {
-        let shared = shared.clone();
-        // Acquire: pairs with the ring thread's Release store once it re-opened.
-        Box::new(move || {
-            shared.reload_applied.load(Ordering::Acquire) == shared.reload_requested.load(Ordering::Relaxed)
+            // sends it after renaming the file).
+            shared.reloads.request();
         })
     };
     let unlinked = {
@@ -186,7 +178,7 @@ fn service(
         metrics,
         status,
         reload,
-        reload_applied,
+        reloads: shared.reloads.clone(),
         unlinked,
     }
 }

@@ -16,6 +16,7 @@ use shm_core::ring::frame::framed_len_u32;
 use shm_core::{Batch, ClaimError, Producer, Segment, TryClaimError};
 use shm_daemon::config::CpuAffinity;
 use shm_daemon::record;
+use shm_daemon::service::Reloads;
 use tracing::{info, warn};
 
 use crate::config::{SourceKind, max_generated_record};
@@ -35,10 +36,8 @@ pub struct Shared {
     pub stop: Arc<AtomicBool>,
     /// Bumped every loop turn.
     pub heartbeat: Arc<AtomicU64>,
-    /// Bumped on SIGHUP, after the new `rate` and `drop_when_full` are stored.
-    pub reload_requested: AtomicU64,
-    /// The last `reload_requested` the ring thread has seen (its next turn uses the new values).
-    pub reload_applied: AtomicU64,
+    /// SIGHUPs: the new `rate` and `drop_when_full` are read afresh every turn.
+    pub reloads: Arc<Reloads>,
     /// Generator rate, changeable on reload.
     pub rate: AtomicU64,
     /// `on_full = "drop"`, changeable on reload.
@@ -59,10 +58,9 @@ impl Shared {
     /// (every loop reads `rate` and `drop_when_full` afresh on its next turn).
     fn beat(&self) {
         self.heartbeat.fetch_add(1, Ordering::Relaxed);
-        // Acquire/Release: pairs with the reload handler's Release increment (after its
-        // stores of the new values) and with the service loop's Acquire load.
-        let requested = self.reload_requested.load(Ordering::Acquire);
-        self.reload_applied.store(requested, Ordering::Release);
+        if let Some(reload) = self.reloads.pending() {
+            self.reloads.applied(reload);
+        }
     }
 }
 

@@ -154,15 +154,7 @@ fn service(
                     info!(level = %new.log.level, "config reloaded");
                 }
             }
-            // Release: the ring thread's Acquire load of it then sees the values above.
-            shared.reload_requested.fetch_add(1, Ordering::Release);
-        })
-    };
-    let reload_applied = {
-        let shared = shared.clone();
-        // Acquire: pairs with the ring thread's Release store in `beat`.
-        Box::new(move || {
-            shared.reload_applied.load(Ordering::Acquire) == shared.reload_requested.load(Ordering::Relaxed)
+            shared.reloads.request();
         })
     };
     let unlinked = {
@@ -175,7 +167,7 @@ fn service(
         metrics,
         status,
         reload,
-        reload_applied,
+        reloads: shared.reloads.clone(),
         unlinked,
     }
 }

@@ -44,9 +44,9 @@ pub struct Service {
     pub status: Box<dyn FnMut() -> String>,
     /// Called on SIGHUP: reload what can change live.
     pub reload: Box<dyn FnMut()>,
-    /// Whether the ring thread has put the last reload into effect; `READY=1` follows
-    /// a reload only once it says so.
-    pub reload_applied: Box<dyn FnMut() -> bool>,
+    /// The reloads asked for and put into effect; `READY=1` follows a reload only once
+    /// the ring thread has put it into effect.
+    pub reloads: Arc<Reloads>,
     /// Whether the segment was unlinked under us (checked twice a second).
     pub unlinked: Box<dyn FnMut() -> bool>,
 }
@@ -106,7 +106,7 @@ impl Service {
                         if ring.is_finished() {
                             break Ended::RingFinished;
                         }
-                        if reload_pending && (self.reload_applied)() {
+                        if reload_pending && self.reloads.in_effect() {
                             reload_pending = false;
                             notifier.ready(&(self.status)());
                         }
@@ -178,6 +178,44 @@ impl Service {
         let result = ring.join().map_err(|_| anyhow::anyhow!("the ring thread panicked"))?;
         notifier.status(if ended == Ended::Unlinked { "segment unlinked" } else { "stopped" });
         Ok((ended, result))
+    }
+}
+
+/// Reloads (SIGHUP) asked for, and taken in by the ring thread: the reload handler
+/// stores the new live settings, then calls [`Reloads::request`]; the ring thread, at the
+/// start of its next turn, takes [`Reloads::pending`] in, puts it into effect (re-opens
+/// outputs, reads the new settings) and calls [`Reloads::applied`].
+#[derive(Debug, Default)]
+pub struct Reloads {
+    requested: AtomicU64,
+    applied: AtomicU64,
+}
+
+impl Reloads {
+    /// The reload handler: the new settings are stored; the ring thread is to take them in.
+    pub fn request(&self) {
+        // Release: pairs with the Acquire load in `pending`, so the ring thread that sees
+        // this request sees the settings stored before it.
+        self.requested.fetch_add(1, Ordering::Release);
+    }
+
+    /// The ring thread: the reload waiting to be put into effect, if any.
+    pub fn pending(&self) -> Option<u64> {
+        let requested = self.requested.load(Ordering::Acquire);
+        // Relaxed: only the ring thread stores `applied`.
+        (requested != self.applied.load(Ordering::Relaxed)).then_some(requested)
+    }
+
+    /// The ring thread: `reload` (from [`Reloads::pending`]) is in effect.
+    pub fn applied(&self, reload: u64) {
+        // Release: pairs with the Acquire load in `in_effect`.
+        self.applied.store(reload, Ordering::Release);
+    }
+
+    /// The service loop: whether every reload requested is in effect.
+    pub fn in_effect(&self) -> bool {
+        // Relaxed on `requested`: only this loop's thread requests.
+        self.applied.load(Ordering::Acquire) == self.requested.load(Ordering::Relaxed)
     }
 }
 
