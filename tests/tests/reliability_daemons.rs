@@ -14,7 +14,8 @@
 //!   `on_undeliverable = "stop"` and is skipped and counted under `skip_and_count`; the
 //!   records behind it arrive.
 //! - `watchdog_*`: no `WATCHDOG=1` while the sink refuses every record; pings while
-//!   waiting for a segment, and `SIGTERM` ends that wait at once.
+//!   waiting for a segment and between runs (`on_unlinked = "recreate"`), and `SIGTERM`
+//!   ends those waits at once.
 //! - `generator_resume_*`: producerd killed with `SIGKILL` mid-batch on tiny rings (4 KiB
 //!   with 64 B records, 1 MiB with 64 KiB records) resumes without reusing or skipping a
 //!   sequence number; under `on_full = "drop"` it never reuses one.
@@ -23,7 +24,8 @@
 //! - `sighup_*`: SIGHUP re-opens the file even when the reload is refused; `READY=1`
 //!   follows only once the ring thread re-opened it; every changed key is applied or named.
 //! - `metrics_*`: with `nofile = 64` and 190 idle connections the endpoint does not spin;
-//!   a request longer than 1024 bytes is answered.
+//!   a request longer than 1024 bytes is answered; an address already taken stops the
+//!   daemon cleanly (`STOPPING=1`, non-zero exit).
 //! - `verify_state_*`: a loss an earlier run found and persisted does not fail later runs.
 
 use std::fs;
@@ -691,4 +693,40 @@ fn metrics_bind_error_stops_the_daemon_cleanly() {
     let finished = p.wait(&fx);
     assert_ne!(finished.status.code(), Some(0), "{finished:?}");
     assert!(finished.stderr.contains("binding the metrics endpoint"), "{}", finished.stderr);
+}
+
+/// Between two runs (`on_unlinked = "recreate"`, waiting for the segment to come back)
+/// the watchdog is still fed, and SIGTERM ends the wait.
+#[test]
+fn watchdog_is_fed_between_runs_while_the_segment_is_re_created() {
+    let fx = Fixture::new("wd-between");
+    let location = fx.location(Backend::Posix);
+    let segment = Segment::builder(location.clone()).capacity(1 << 20).create().expect("create the segment");
+    let config = format!(
+        "{}[sink]\nkind = \"discard\"\n",
+        segment_section(&location, &["wait_for_segment = \"60s\"", "on_unlinked = \"recreate\""])
+    );
+    let mut c = Daemon::launch(&fx, Kind::Consumer, &config).env("WATCHDOG_USEC", "200000").start(&fx);
+    c.wait_for(&fx, "READY=1");
+    drop(segment);
+    Segment::unlink(&location).expect("unlink the segment");
+    c.wait_log(&fx, "waiting for it to be re-created");
+    let since = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let pings = pings_since(&c, since);
+    let asked = Instant::now();
+    c.signal(&fx, Signal::SIGTERM);
+    let finished = fx.wait(c.proc(), Duration::from_secs(3));
+    let took = asked.elapsed();
+    report(
+        "watchdog_is_fed_between_runs_while_the_segment_is_re_created",
+        "on_unlinked = recreate, segment gone: WATCHDOG=1 pings in one second of waiting (WatchdogSec 0.2 s), then SIGTERM",
+        1,
+        if pings >= 4 && finished.status.success() { "pass" } else { "FAIL" },
+        0,
+        0,
+        json!({ "watchdog_pings": pings, "sigterm_to_exit_ms": took.as_millis() as u64 }),
+    );
+    assert!(pings >= 4, "{pings} pings in a second of waiting; log:\n{}", c.log());
+    finished.assert_success();
 }
