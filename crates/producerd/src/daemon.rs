@@ -209,7 +209,16 @@ impl LastFrameGuard {
             capacity: producer.capacity(),
             // This process is the producer: the cursor is its own and does not move under it.
             published: segment.stats().write_cursor,
-            last_frame: producer.last_committed().map_or(0, |(_, data)| framed_len_u32(data.len() as u32)),
+            // Only a generator record is a resume point worth keeping; one larger than this
+            // ring's generator writes (an earlier config) is counted at that size, so the
+            // first record of a batch always fits and the generator never stalls.
+            last_frame: producer.last_committed().filter(|(_, data)| record::decode(data).is_some()).map_or(
+                0,
+                |(_, data)| {
+                    framed_len_u32(data.len() as u32)
+                        .min(framed_len_u32(max_generated_record(producer.capacity()) as u32))
+                },
+            ),
         }
     }
 
