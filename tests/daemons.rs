@@ -60,9 +60,16 @@ pub struct Launch {
     config: PathBuf,
     env: Vec<(String, String)>,
     stdin: Option<PathBuf>,
+    nofile: Option<u32>,
 }
 
 impl Launch {
+    /// Starts the daemon with at most `limit` open files (`RLIMIT_NOFILE`, soft and hard).
+    pub fn nofile(mut self, limit: u32) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
     /// Sets an environment variable for the daemon.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
@@ -97,17 +104,19 @@ impl Launch {
         let notify = Notifications::bind(fx);
         let binary = fixture::binary(self.kind.binary());
         let summary = (self.kind == Kind::Consumer).then(|| fx.path("summary.json"));
-        let mut cmd = match &self.stdin {
+        let mut cmd = if self.stdin.is_some() || self.nofile.is_some() {
             // The fixture gives every child `/dev/null` as stdin; `exec` keeps the pid, so
             // signals and the exit status are the daemon's own.
-            Some(stdin) => {
-                let mut sh = Command::new("/bin/sh");
-                sh.args(["-c", "exec \"$0\" \"$@\" <\"$SHMRING_TEST_STDIN\""])
-                    .arg(&binary)
-                    .env("SHMRING_TEST_STDIN", stdin);
-                sh
+            let limit = self.nofile.map(|n| format!("ulimit -n {n}; ")).unwrap_or_default();
+            let stdin = if self.stdin.is_some() { " <\"$SHMRING_TEST_STDIN\"" } else { "" };
+            let mut sh = Command::new("/bin/sh");
+            sh.args(["-c", &format!("{limit}exec \"$0\" \"$@\"{stdin}")]).arg(&binary);
+            if let Some(stdin) = &self.stdin {
+                sh.env("SHMRING_TEST_STDIN", stdin);
             }
-            None => Command::new(&binary),
+            sh
+        } else {
+            Command::new(&binary)
         };
         cmd.arg("--config").arg(&self.config);
         if let Some(s) = &summary {
@@ -144,7 +153,7 @@ impl Daemon {
     pub fn launch(fx: &Fixture, kind: Kind, config: &str) -> Launch {
         let path = fx.path(&format!("{}.toml", kind.binary()));
         fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        Launch { kind, config: path, env: Vec::new(), stdin: None }
+        Launch { kind, config: path, env: Vec::new(), stdin: None, nofile: None }
     }
 
     /// Starts a daemon of `kind` with `config` and waits for its `READY=1`.
@@ -491,6 +500,17 @@ pub fn generator_seq(record: &[u8]) -> Option<u64> {
     }
     let word = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().expect("8 bytes"));
     (fnv1a(&record[..n - 8]) == word(n - 8)).then(|| word(0))
+}
+
+/// A generator record of `len` bytes (at least 24) with sequence number `seq`, for a test
+/// that publishes the stream itself: the send time is 0, the payload zeros.
+pub fn generator_record(seq: u64, len: usize) -> Vec<u8> {
+    assert!(len >= 24, "a generator record has at least 24 bytes");
+    let mut out = vec![0u8; len];
+    out[..8].copy_from_slice(&seq.to_le_bytes());
+    let sum = fnv1a(&out[..len - 8]);
+    out[len - 8..].copy_from_slice(&sum.to_le_bytes());
+    out
 }
 
 /// Frames `records` as the `binary` format does (u32 LE length, then the bytes).

@@ -42,6 +42,7 @@ struct RawSink {
     fsync: Option<Spanned<String>>,
     target: Option<Spanned<String>>,
     state: Option<Spanned<String>>,
+    on_undeliverable: Option<Spanned<String>>,
     cpu_affinity: Option<Spanned<Vec<u32>>>,
 }
 
@@ -60,6 +61,16 @@ pub enum Fsync {
     Batch,
     /// At most this often.
     Interval(Duration),
+}
+
+/// What a datagram sink does with a record it can never send (larger than a datagram
+/// may be: `EMSGSIZE`). Retrying it would wedge every record behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undeliverable {
+    /// Skip it, count it (`undeliverable_skipped`), warn, and go on with the next.
+    SkipAndCount,
+    /// Stop the daemon with a clear error (exit 74); the record stays in the ring.
+    Stop,
 }
 
 /// Where records go.
@@ -90,11 +101,15 @@ pub enum SinkKind {
     Udp {
         /// Destination.
         target: SocketAddr,
+        /// A record too large for a datagram.
+        on_undeliverable: Undeliverable,
     },
     /// One Unix datagram per record.
     Unix {
         /// Destination socket path.
         target: PathBuf,
+        /// A record too large for a datagram.
+        on_undeliverable: Undeliverable,
     },
 }
 
@@ -117,6 +132,52 @@ pub struct Settings {
     pub origin: String,
 }
 
+impl SinkKind {
+    /// Each `[sink]` key this kind has, with its value as text (for a reload's comparison).
+    fn keys(&self) -> Vec<(&'static str, String)> {
+        let kind = |k: &str| ("sink.kind", k.to_owned());
+        let format = |binary: bool| ("sink.format", if binary { "binary" } else { "lines" }.to_owned());
+        match self {
+            SinkKind::Verify { state } => vec![kind("verify"), ("sink.state", format!("{state:?}"))],
+            SinkKind::Discard => vec![kind("discard")],
+            SinkKind::Stdout { binary } => vec![kind("stdout"), format(*binary)],
+            SinkKind::File { path, binary, fsync } => {
+                vec![
+                    kind("file"),
+                    ("sink.path", format!("{path:?}")),
+                    format(*binary),
+                    ("sink.fsync", format!("{fsync:?}")),
+                ]
+            }
+            SinkKind::Udp { target, on_undeliverable } => vec![
+                kind("udp"),
+                ("sink.target", target.to_string()),
+                ("sink.on_undeliverable", format!("{on_undeliverable:?}")),
+            ],
+            SinkKind::Unix { target, on_undeliverable } => vec![
+                kind("unix"),
+                ("sink.target", format!("{target:?}")),
+                ("sink.on_undeliverable", format!("{on_undeliverable:?}")),
+            ],
+        }
+    }
+}
+
+impl Settings {
+    /// The keys changed in `new` that a reload cannot apply (they take a restart). A
+    /// reload applies `log.level` and `shutdown.drain_timeout`; every other key that
+    /// changed is named here.
+    pub fn refused_on_reload(&self, new: &Settings) -> Vec<&'static str> {
+        let mut keys = self.segment.changed_keys(&new.segment);
+        keys.extend(shm_daemon::config::changed_values(&self.sink.keys(), &new.sink.keys()));
+        if self.cpu_affinity != new.cpu_affinity {
+            keys.push("sink.cpu_affinity");
+        }
+        keys.extend(shm_daemon::config::changed_log_and_metrics((&self.log, self.metrics), (&new.log, new.metrics)));
+        keys
+    }
+}
+
 /// Parses and validates a config.
 pub fn load(src: &Source) -> Result<Settings, ConfigError> {
     let raw: RawConfig = src.parse()?;
@@ -128,8 +189,9 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
     let key = |name: &'static str, v: &Option<Spanned<String>>| (name, v.as_ref().map(Spanned::span));
     let (format, path, fsync, target) =
         (key("format", &s.format), key("path", &s.path), key("fsync", &s.fsync), key("target", &s.target));
+    let undeliverable_key = key("on_undeliverable", &s.on_undeliverable);
     let only = |allowed: &[&str]| {
-        let others: Vec<_> = [format.clone(), path.clone(), fsync.clone(), target.clone()]
+        let others: Vec<_> = [format.clone(), path.clone(), fsync.clone(), target.clone(), undeliverable_key.clone()]
             .into_iter()
             .filter(|(n, _)| !allowed.contains(n))
             .collect();
@@ -141,6 +203,15 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
         Some(other) => {
             Err(src.error("sink.format", s.format.as_ref(), format!("{other:?} is not \"lines\" or \"binary\"")))
         }
+    };
+    let on_undeliverable = || match s.on_undeliverable.as_ref().map(|f| f.get_ref().as_str()) {
+        None | Some("skip_and_count") => Ok(Undeliverable::SkipAndCount),
+        Some("stop") => Ok(Undeliverable::Stop),
+        Some(other) => Err(src.error(
+            "sink.on_undeliverable",
+            s.on_undeliverable.as_ref(),
+            format!("{other:?} is not \"skip_and_count\" or \"stop\""),
+        )),
     };
     let required = |name: &str, v: &Option<Spanned<String>>| {
         v.as_ref().map(|t| t.get_ref().clone()).ok_or_else(|| {
@@ -172,9 +243,10 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
             SinkKind::File { path: PathBuf::from(required("path", &s.path)?), binary: binary()?, fsync }
         }
         "udp" => {
-            only(&["target"])?;
+            only(&["target", "on_undeliverable"])?;
             let t = required("target", &s.target)?;
             SinkKind::Udp {
+                on_undeliverable: on_undeliverable()?,
                 target: t.parse().map_err(|_| {
                     src.error(
                         "sink.target",
@@ -185,8 +257,11 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
             }
         }
         "unix" => {
-            only(&["target"])?;
-            SinkKind::Unix { target: PathBuf::from(required("target", &s.target)?) }
+            only(&["target", "on_undeliverable"])?;
+            SinkKind::Unix {
+                target: PathBuf::from(required("target", &s.target)?),
+                on_undeliverable: on_undeliverable()?,
+            }
         }
         other => {
             return Err(src.error(

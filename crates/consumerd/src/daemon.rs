@@ -1,16 +1,22 @@
 //! consumerd's ring thread: reads batches and hands them to the sink; the read cursor
 //! moves only after the sink has made them durable.
+//!
+//! The heartbeat (which the service loop turns into `WATCHDOG=1`) advances only when
+//! records move or the ring is really empty: a sink that refuses records, however
+//! healthy the thread, stops it, so systemd's watchdog sees the wedge. A sink error
+//! that retrying cannot cure (see `sinks::Unrecoverable`) ends the thread with it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use shm_core::{BatchError, Consumer, ReadError, Segment};
 use shm_daemon::config::CpuAffinity;
+use shm_daemon::service::Reloads;
 use tracing::{info, warn};
 
-use crate::sinks::Sink;
+use crate::sinks::{self, Sink};
 
 /// Records per batch.
 const BATCH: usize = 1024;
@@ -22,10 +28,12 @@ const STEP: Duration = Duration::from_millis(100);
 pub struct Shared {
     /// Set by the service loop to stop (after draining).
     pub stop: Arc<AtomicBool>,
-    /// Bumped every loop turn.
+    /// Bumped when records move or the ring is empty (not while the sink refuses them).
     pub heartbeat: Arc<AtomicU64>,
-    /// Set on SIGHUP: the sink re-opens its outputs.
-    pub rotate: AtomicBool,
+    /// SIGHUPs: the ring thread re-opens the sink's outputs and takes the new drain timeout.
+    pub reloads: Arc<Reloads>,
+    /// `[shutdown] drain_timeout` in milliseconds, changeable on reload.
+    pub drain_timeout_ms: AtomicU64,
     /// Records the sink accepted and the ring released.
     pub delivered: AtomicU64,
     /// Batches the sink refused (retried).
@@ -41,7 +49,6 @@ pub fn run(
     mut consumer: Consumer,
     segment: Segment,
     mut sink: Box<dyn Sink>,
-    drain_timeout: Duration,
     cpus: Option<&CpuAffinity>,
     shared: Arc<Shared>,
 ) -> Result<Box<dyn Sink>> {
@@ -50,21 +57,25 @@ pub fn run(
     }
     let mut last_warning: Option<Instant> = None;
     let mut drain: Option<(u64, Instant)> = None;
+    let beat = || shared.heartbeat.fetch_add(1, Ordering::Relaxed);
     loop {
-        shared.heartbeat.fetch_add(1, Ordering::Relaxed);
-        if shared.rotate.swap(false, Ordering::Relaxed)
-            && let Err(e) = sink.rotate()
-        {
-            warn!("re-opening the sink failed: {e}");
+        if let Some(reload) = shared.reloads.pending() {
+            if let Err(e) = sink.rotate() {
+                warn!("re-opening the sink failed: {e}");
+            }
+            // The drain timeout is read when a drain starts, so it is in effect now too.
+            shared.reloads.applied(reload);
         }
         if drain.is_none() && shared.stop.load(Ordering::Relaxed) {
             let target = segment.stats().write_cursor;
+            let timeout = Duration::from_millis(shared.drain_timeout_ms.load(Ordering::Relaxed));
             info!(unread_bytes = target.saturating_sub(consumer.position()), "draining");
-            drain = Some((target, Instant::now() + drain_timeout));
+            drain = Some((target, Instant::now() + timeout));
         }
         if let Some((target, deadline)) = drain {
             if consumer.position() >= target {
                 info!("drained");
+                beat();
                 break;
             }
             if Instant::now() >= deadline {
@@ -77,7 +88,11 @@ pub fn run(
         }
         match consumer.wait_for_data(Some(STEP)) {
             Ok(()) => {}
-            Err(ReadError::TimedOut(_)) => continue,
+            Err(ReadError::TimedOut(_)) => {
+                // Really idle: nothing to move.
+                beat();
+                continue;
+            }
             Err(ReadError::Corrupt(c)) => bail!("{}: {c}", segment.location()),
         }
         // Both callbacks need the sink; they never run at the same time.
@@ -90,10 +105,19 @@ pub fn run(
         match outcome {
             Ok(n) => {
                 shared.delivered.fetch_add(n as u64, Ordering::Relaxed);
+                beat();
             }
             Err(BatchError::Sink { accepted, error }) => {
                 shared.delivered.fetch_add(accepted as u64, Ordering::Relaxed);
                 shared.sink_errors.fetch_add(1, Ordering::Relaxed);
+                let abandoned = sink.abandon_batch();
+                if sinks::is_unrecoverable(&error) {
+                    return Err(anyhow::Error::new(error).context("the sink failed"));
+                }
+                abandoned.context("the sink cannot return to its last acknowledged state")?;
+                if accepted > 0 {
+                    beat();
+                }
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
                     warn!("sink refused records, retrying (they stay in the ring): {error}");
                     last_warning = Some(Instant::now());

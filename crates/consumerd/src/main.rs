@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result};
 use clap::Parser;
 use shm_core::Segment;
-use shm_daemon::service::{Ended, Service};
+use shm_daemon::service::{Ended, Service, StopRequested, Waiting};
 use shm_daemon::{exit, launch, logging, metrics};
 use tracing::{error, info, warn};
 
@@ -58,10 +58,18 @@ fn main() -> ExitCode {
 fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Result<u8> {
     let log = Arc::new(log);
     let shared = Arc::new(daemon::Shared::default());
+    shared.drain_timeout_ms.store(settings.drain_timeout.as_millis() as u64, Ordering::Relaxed);
     let mut sink: Option<Box<dyn sinks::Sink>> = None;
     let mut requests = shm_daemon::signals::listen().context("installing signal handlers")?;
     let sink = loop {
-        let segment = shm_daemon::segment::open(&settings.segment)?;
+        let segment = match shm_daemon::segment::open(&settings.segment, &mut Waiting::new(&mut requests)) {
+            Ok(segment) => segment,
+            Err(e) if e.is::<StopRequested>() => match sink {
+                Some(previous) => break previous,
+                None => return Ok(exit::OK),
+            },
+            Err(e) => return Err(e),
+        };
         let consumer = segment.consumer_with(settings.segment.wait)?;
         let created = segment.info()?.created_unix_ns;
         let this_sink = match sink.take() {
@@ -75,11 +83,11 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         shared.stop.store(false, Ordering::Relaxed);
         info!(segment = %segment.location(), config = %settings.origin, sink = ?settings.sink, "consumer attached");
         let ring = {
-            let (shared, segment, drain) = (shared.clone(), segment.clone(), settings.drain_timeout);
+            let (shared, segment) = (shared.clone(), segment.clone());
             let cpus = settings.cpu_affinity.clone();
             std::thread::Builder::new()
                 .name("ring".into())
-                .spawn(move || daemon::run(consumer, segment, this_sink, drain, cpus.as_ref(), shared))?
+                .spawn(move || daemon::run(consumer, segment, this_sink, cpus.as_ref(), shared))?
         };
         let (ended, result) = service(args, &settings, &segment, &shared, &log).run(ring, &mut requests)?;
         let returned = result?;
@@ -142,28 +150,35 @@ fn service(
     );
     let reload = {
         let (shared, config_path, current, log) = (shared.clone(), args.config.clone(), settings.clone(), log.clone());
-        Box::new(move || match load(config_path.as_deref()) {
-            Err(e) => warn!("reload failed, keeping the running config: {e}"),
-            Ok((new, _)) => {
-                log.set_level(&new.log.level);
-                shared.rotate.store(true, Ordering::Relaxed);
-                let mut restart = current.segment.changed_keys(&new.segment);
-                if new.sink != current.sink {
-                    restart.push("sink");
+        Box::new(move || {
+            match load(config_path.as_deref()) {
+                Err(e) => warn!("reload failed, keeping the running config: {e}"),
+                Ok((new, _)) => {
+                    log.set_level(&new.log.level);
+                    shared.drain_timeout_ms.store(new.drain_timeout.as_millis() as u64, Ordering::Relaxed);
+                    let refused = current.refused_on_reload(&new);
+                    if !refused.is_empty() {
+                        warn!(keys = %refused.join(", "), "changed in the config, kept as running: they take a restart");
+                    }
+                    info!(level = %new.log.level, drain_timeout = ?new.drain_timeout, "config reloaded");
                 }
-                if new.cpu_affinity != current.cpu_affinity {
-                    restart.push("sink.cpu_affinity");
-                }
-                if !restart.is_empty() {
-                    warn!(keys = %restart.join(", "), "changed in the config, kept as running: they take a restart");
-                }
-                info!(level = %new.log.level, "config reloaded");
             }
+            // Whether or not the config loaded, SIGHUP re-opens the output (logrotate
+            // sends it after renaming the file).
+            shared.reloads.request();
         })
     };
     let unlinked = {
         let segment = segment.clone();
         Box::new(move || segment.is_unlinked())
     };
-    Service { stop: shared.stop.clone(), heartbeat: shared.heartbeat.clone(), metrics, status, reload, unlinked }
+    Service {
+        stop: shared.stop.clone(),
+        heartbeat: shared.heartbeat.clone(),
+        metrics,
+        status,
+        reload,
+        reloads: shared.reloads.clone(),
+        unlinked,
+    }
 }

@@ -15,7 +15,7 @@ use shm_core::Record;
 use shm_daemon::record;
 use tracing::{info, warn};
 
-use crate::config::{Fsync, SinkKind};
+use crate::config::{Fsync, SinkKind, Undeliverable};
 
 /// A destination for records.
 pub trait Sink: Send {
@@ -24,6 +24,12 @@ pub trait Sink: Send {
     /// Makes the accepted records durable; `next_position` is where the read cursor
     /// moves once this returns. An error releases nothing (they are delivered again).
     fn make_durable(&mut self, next_position: u64) -> io::Result<()>;
+    /// Forgets a batch the ring did not release (an `accept` or `make_durable` failed):
+    /// the sink returns to its state after the last batch made durable, so the batch,
+    /// delivered again, is written once.
+    fn abandon_batch(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// Re-opens outputs (SIGHUP, for log rotation).
     fn rotate(&mut self) -> io::Result<()> {
         Ok(())
@@ -43,6 +49,22 @@ pub trait Sink: Send {
     }
 }
 
+/// A sink error that retrying cannot cure (a failed fsync, an undeliverable record
+/// under `on_undeliverable = "stop"`): the ring thread stops the daemon with it, and
+/// nothing of the batch is acknowledged.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unrecoverable(pub String);
+
+fn unrecoverable(message: String) -> io::Error {
+    io::Error::other(Unrecoverable(message))
+}
+
+/// Whether `error` came from [`unrecoverable`].
+pub fn is_unrecoverable(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|e| e.is::<Unrecoverable>())
+}
+
 /// How long a datagram send may block (a receiver that stopped reading): then the
 /// record stays in the ring and the ring loop gets to check its stop and drain deadlines.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
@@ -57,17 +79,17 @@ pub fn build(kind: &SinkKind, segment_created_ns: u64) -> io::Result<Box<dyn Sin
             Box::new(Stdout { out: BufWriter::new(io::stdout()), binary: *binary, written: 0 })
         }
         SinkKind::File { path, binary, fsync } => Box::new(FileSink::open(path, *binary, *fsync, segment_created_ns)?),
-        SinkKind::Udp { target } => {
+        SinkKind::Udp { target, on_undeliverable } => {
             let sock = std::net::UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
             sock.connect(target)?;
             sock.set_write_timeout(Some(SEND_TIMEOUT))?;
-            Box::new(Datagrams { send: Box::new(move |d| sock.send(d).map(drop)), sent: 0 })
+            Box::new(Datagrams::new(Box::new(move |d| sock.send(d).map(drop)), *on_undeliverable))
         }
-        SinkKind::Unix { target } => {
+        SinkKind::Unix { target, on_undeliverable } => {
             let sock = std::os::unix::net::UnixDatagram::unbound()?;
             sock.set_write_timeout(Some(SEND_TIMEOUT))?;
             let target = target.clone();
-            Box::new(Datagrams { send: Box::new(move |d| sock.send_to(d, &target).map(drop)), sent: 0 })
+            Box::new(Datagrams::new(Box::new(move |d| sock.send_to(d, &target).map(drop)), *on_undeliverable))
         }
     })
 }
@@ -100,6 +122,9 @@ pub struct Verify {
     state: Option<(StateFile, u64)>,
     skip_until: u64,
     skipped: u64,
+    /// Lost + duplicated + reordered + corrupt carried over from the state file: reported
+    /// once, by the run that found them; this run fails only for new ones.
+    inherited_problems: u64,
 }
 
 const MAX_TRACKED_GAPS: usize = 1 << 20;
@@ -124,20 +149,38 @@ impl Verify {
             state: None,
             skip_until: 0,
             skipped: 0,
+            inherited_problems: 0,
         };
         if let Some(path) = state {
-            let (file, resume) = StateFile::open(path, segment_created_ns, VERIFY_WORDS, false)?;
-            if let Some(Resume { skip_until, words }) = resume {
+            let (file, saved) = StateFile::open(path, VERIFY_WORDS, false)?;
+            if let Some(Saved { position: skip_until, words, .. }) =
+                saved.filter(|s| s.segment_created_ns == segment_created_ns)
+            {
                 let has_expected = words[0] == 1;
                 v.expected = has_expected.then_some(words[1]);
                 (v.received, v.lost, v.duplicated, v.reordered, v.corrupt) =
                     (words[2], words[3], words[4], words[5], words[6]);
                 v.skip_until = skip_until;
+                v.inherited_problems = v.problems();
                 info!(next_expected = ?v.expected, received = v.received, lost = v.lost, "verify: continuing from its state file");
+                if v.inherited_problems > 0 {
+                    warn!(
+                        lost = v.lost,
+                        duplicated = v.duplicated,
+                        reordered = v.reordered,
+                        corrupt = v.corrupt,
+                        "verify: the state file carries problems an earlier run found (and exited 1 for); \
+                         this run exits 1 only if it finds new ones"
+                    );
+                }
             }
             v.state = Some((file, segment_created_ns));
         }
         Ok(v)
+    }
+
+    fn problems(&self) -> u64 {
+        self.lost + self.duplicated + self.reordered + self.corrupt
     }
 }
 
@@ -230,12 +273,13 @@ impl Sink for Verify {
             "corrupt": self.corrupt,
             "next_expected": self.expected,
             "skipped_already_verified": self.skipped,
+            "problems_from_earlier_runs": self.inherited_problems,
             "latency_ns": { "p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": self.latency.max(), "mean": self.latency.mean().round() },
         })
     }
 
     fn failed(&self) -> bool {
-        self.lost + self.duplicated + self.reordered + self.corrupt > 0
+        self.problems() > self.inherited_problems
     }
 }
 
@@ -288,76 +332,135 @@ impl Sink for Stdout {
 /// Sends one datagram.
 type SendFn = Box<dyn FnMut(&[u8]) -> io::Result<()> + Send>;
 
-/// One datagram per record (UDP or Unix); a failed send leaves the record in the ring.
+/// One datagram per record (UDP or Unix). A failed send leaves the record in the ring
+/// (retried); a record no datagram can carry (`EMSGSIZE`) is skipped and counted, or
+/// stops the daemon, as `on_undeliverable` says: never retried for ever.
 pub struct Datagrams {
     send: SendFn,
+    on_undeliverable: Undeliverable,
     sent: u64,
+    undeliverable: u64,
+}
+
+impl Datagrams {
+    fn new(send: SendFn, on_undeliverable: Undeliverable) -> Self {
+        Datagrams { send, on_undeliverable, sent: 0, undeliverable: 0 }
+    }
 }
 
 impl Sink for Datagrams {
     fn accept(&mut self, r: Record<'_>) -> io::Result<()> {
-        (self.send)(r.data)?;
-        self.sent += 1;
-        Ok(())
+        match (self.send)(r.data) {
+            Ok(()) => {
+                self.sent += 1;
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EMSGSIZE) => {
+                let what = format!(
+                    "record at ring position {} ({} bytes) is too large for one datagram ({e})",
+                    r.position,
+                    r.data.len()
+                );
+                match self.on_undeliverable {
+                    Undeliverable::SkipAndCount => {
+                        self.undeliverable += 1;
+                        warn!(
+                            skipped_so_far = self.undeliverable,
+                            "{what}; skipped and counted (on_undeliverable = \"skip_and_count\")"
+                        );
+                        Ok(())
+                    }
+                    Undeliverable::Stop => Err(unrecoverable(format!(
+                        "{what}; stopping (on_undeliverable = \"stop\"): the record stays in the ring"
+                    ))),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
     fn make_durable(&mut self, _: u64) -> io::Result<()> {
         Ok(())
     }
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![("sent", self.sent)]
+        vec![("sent", self.sent), ("undeliverable_skipped", self.undeliverable)]
     }
     fn report(&self) -> serde_json::Value {
-        json!({ "sink": "datagrams", "records": self.sent })
+        json!({ "sink": "datagrams", "records": self.sent, "undeliverable_skipped": self.undeliverable })
     }
 }
 
-/// A small state file of little-endian `u64` words and their FNV-1a checksum,
-/// rewritten in place after every batch, before the ring releases it. The first two
-/// words are always the segment's creation time and the read-cursor position after the
-/// batch, so a restarted sink can tell which re-delivered records it already has.
+/// A small state file: two slots, each of little-endian `u64` words — a generation,
+/// the segment's creation time, the read-cursor position after the batch, the sink's
+/// own words — and their FNV-1a checksum. Each store rewrites the older slot in place,
+/// before the ring releases the batch; the newest slot whose checksum holds is the
+/// state. A store torn by a crash damages only the slot it was writing, so the one
+/// before it still says where the sink stood.
 struct StateFile {
     file: File,
     sync: bool,
+    words: usize,
+    generation: u64,
 }
 
-/// What a state file said at start-up, if it belongs to this segment.
-struct Resume {
+/// What a state file held at start-up.
+struct Saved {
+    /// The segment it was written for.
+    segment_created_ns: u64,
     /// Records before this ring position were handled before the restart.
-    skip_until: u64,
-    /// The sink's own words after the first two.
+    position: u64,
+    /// The sink's own words.
     words: Vec<u64>,
 }
 
+/// Opens `path` for reading and writing, creating it `0640`, never through a symlink.
+fn open_no_follow(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    options.mode(0o640).custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC).open(path)
+}
+
 impl StateFile {
-    /// Opens (or creates) `path` and reads what it holds for `segment_created_ns`.
-    fn open(path: &Path, segment_created_ns: u64, words: usize, sync: bool) -> io::Result<(Self, Option<Resume>)> {
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o640).open(path)?;
+    /// Opens (or creates) `path`, a state of `words` sink words, and reads what it holds.
+    fn open(path: &Path, words: usize, sync: bool) -> io::Result<(Self, Option<Saved>)> {
+        let mut file = open_no_follow(path, OpenOptions::new().read(true).write(true).create(true).truncate(false))?;
         let mut saved = Vec::new();
         file.read_to_end(&mut saved)?;
-        let decoded = decode_words(&saved, 2 + words);
-        let resume = match decoded {
-            Some(w) if w[0] == segment_created_ns => Some(Resume { skip_until: w[1], words: w[2..].to_vec() }),
-            Some(_) => {
-                info!(path = %path.display(), "state belongs to another segment; starting fresh");
-                None
-            }
+        let slot = Self::slot_len(words);
+        // The newest valid slot; the single-slot layout of earlier versions counts as
+        // generation 0.
+        let newest = if saved.len() == 2 * slot {
+            saved.chunks_exact(slot).filter_map(|s| decode_words(s, words + 3)).max_by_key(|w| w[0])
+        } else {
+            decode_words(&saved, words + 2).map(|w| [&[0][..], &w].concat())
+        };
+        let state = match &newest {
+            Some(w) => Some(Saved { segment_created_ns: w[1], position: w[2], words: w[3..].to_vec() }),
             None if !saved.is_empty() => {
                 warn!(path = %path.display(), "state file is unreadable; starting fresh");
                 None
             }
             None => None,
         };
-        Ok((StateFile { file, sync }, resume))
+        let generation = newest.map_or(0, |w| w[0]);
+        Ok((StateFile { file, sync, words, generation }, state))
     }
 
-    /// Rewrites the state: the segment, the position after the batch, the sink's words.
+    fn slot_len(words: usize) -> usize {
+        // generation, segment, position, the words, the checksum.
+        (words + 4) * 8
+    }
+
+    /// Writes the state into the older slot: the segment, the position after the batch,
+    /// the sink's words; fsynced when the sink promises machine-crash safety.
     fn store(&mut self, segment_created_ns: u64, next_position: u64, words: &[u64]) -> io::Result<()> {
-        let mut all = vec![segment_created_ns, next_position];
+        debug_assert_eq!(words.len(), self.words);
+        let generation = self.generation + 1;
+        let mut all = vec![generation, segment_created_ns, next_position];
         all.extend_from_slice(words);
-        self.file.write_all_at(&encode_words(&all), 0)?;
+        let offset = (generation % 2) * Self::slot_len(self.words) as u64;
+        self.file.write_all_at(&encode_words(&all), offset)?;
         if self.sync {
             self.file.sync_data()?;
         }
+        self.generation = generation;
         Ok(())
     }
 }
@@ -380,30 +483,73 @@ fn decode_words(bytes: &[u8], count: usize) -> Option<Vec<u64>> {
     Some(body.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
 }
 
+/// fsyncs the directory holding `path`, so that its entry (a new file, a new progress
+/// file) survives a machine crash.
+fn sync_directory_of(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// How much a file sink buffers before it writes: a batch is written in pieces this
+/// large, and made durable as a whole.
+const WRITE_CHUNK: usize = 1 << 16;
+
+/// `SHMRING_TEST_FAIL_FSYNC`: a documented test hook. When set to `N`, the file sink's
+/// `N`th data fsync (counting from 1) fails with `EIO` as a dying disk's would, so the
+/// integration tests can show what the daemon does then. Unset in production.
+const FAIL_FSYNC_HOOK: &str = "SHMRING_TEST_FAIL_FSYNC";
+
 /// Appends records to a file, exactly once across restarts of the consumer.
 ///
-/// Per batch: write the records, fsync per policy, record the progress in
-/// `PATH.progress` (file length, inode, and the read-cursor position that follows the
-/// batch), then the ring releases. A restart after a crash finds one of two states:
-/// bytes beyond the recorded length (a batch written but not recorded, and not
-/// released: truncated, it comes again), or a recorded position beyond the read cursor
-/// (recorded but not released: those records are skipped when they come again).
+/// Per batch: buffer the records and write them (in 64 KiB pieces), fsync per policy,
+/// record the progress in `PATH.progress` (acknowledged file length, inode, and the
+/// read-cursor position that follows the batch), then the ring releases.
+///
+/// - A crash after writing and before recording leaves bytes beyond the acknowledged
+///   length (not released: they come again); a crash after recording and before the
+///   release leaves a recorded position beyond the read cursor (those records are
+///   skipped when they come again). Start-up truncates the file it finds to its
+///   acknowledged length whenever the progress names its inode, whatever segment the
+///   progress was written for.
+/// - A write error (`ENOSPC`, `EIO` on write) rolls back: the buffer is dropped, the
+///   file truncated to its acknowledged length, the batch's counters reset; the batch
+///   stays in the ring and is written again, once, when the retry succeeds.
+/// - A failed fsync is fatal: after it Linux may have dropped the dirty pages, so a
+///   later fsync could succeed over lost data. The file is truncated back, nothing of
+///   the batch is acknowledged, and the daemon stops with the error.
+/// - With `fsync = "batch"`, the progress file is fsynced after the data and the
+///   directory after creating either file, so the promise survives a machine crash;
+///   `never` and intervals keep it for process crashes only.
 pub struct FileSink {
     path: PathBuf,
     binary: bool,
     fsync: Fsync,
-    out: BufWriter<File>,
+    file: File,
+    /// Framed records accepted and not written yet.
+    buffer: Vec<u8>,
     state: StateFile,
     segment_created_ns: u64,
+    /// Length of the file up to the last acknowledged batch.
     file_len: u64,
+    /// Bytes of the current batch written beyond `file_len`.
+    unacknowledged: u64,
+    /// Records of the current batch accepted (written) and skipped so far.
+    batch_written: u64,
+    batch_skipped: u64,
+    /// A write of the current batch failed: it must not be acknowledged.
+    batch_failed: bool,
     inode: u64,
     /// Read-cursor position after the last batch made durable.
     position: u64,
-    pending_bytes: u64,
     skip_until: u64,
     last_sync: Instant,
     written: u64,
     skipped: u64,
+    /// Data fsyncs left before the test hook makes one fail.
+    fail_fsync_in: Option<u64>,
 }
 
 fn progress_path(path: &Path) -> PathBuf {
@@ -413,61 +559,128 @@ fn progress_path(path: &Path) -> PathBuf {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+    open_no_follow(path, OpenOptions::new().create(true).append(true))
 }
 
 impl FileSink {
     fn open(path: &Path, binary: bool, fsync: Fsync, segment_created_ns: u64) -> io::Result<Self> {
+        let machine_crash_safe = fsync == Fsync::Batch;
         let file = open_append(path)?;
         let meta = file.metadata()?;
-        let (state, resume) = StateFile::open(&progress_path(path), segment_created_ns, 2, fsync == Fsync::Batch)?;
+        let progress = progress_path(path);
+        let (state, saved) = StateFile::open(&progress, 2, machine_crash_safe)?;
         let mut skip_until = 0;
-        if let Some(Resume { skip_until: position, words }) = resume {
-            let (file_len, inode) = (words[0], words[1]);
-            if inode == meta.ino() {
-                if meta.len() > file_len {
+        match saved {
+            Some(Saved { segment_created_ns: created, position, words }) if words[1] == meta.ino() => {
+                let acknowledged = words[0];
+                if meta.len() > acknowledged {
                     warn!(
                         path = %path.display(),
-                        bytes = meta.len() - file_len,
-                        "dropping the end of the file: written before a crash, never acknowledged; those records come again"
+                        bytes = meta.len() - acknowledged,
+                        "dropping the end of the file: written before a crash, never acknowledged"
                     );
-                    file.set_len(file_len)?;
-                } else if meta.len() < file_len {
+                    file.set_len(acknowledged)?;
+                } else if meta.len() < acknowledged {
                     warn!(path = %path.display(), "file is shorter than its recorded progress: it was truncated by someone else");
                 }
-            } else {
-                info!(path = %path.display(), "file was rotated since the progress was recorded");
+                if created == segment_created_ns {
+                    skip_until = position;
+                    info!(path = %path.display(), resume_position = position, "file sink resumes after its recorded progress");
+                } else {
+                    info!(path = %path.display(), "the recorded progress belongs to an earlier segment: this one's records start fresh");
+                }
             }
-            skip_until = position;
-            info!(path = %path.display(), resume_position = position, "file sink resumes after its recorded progress");
+            Some(_) => {
+                info!(path = %path.display(), "file was rotated or replaced since the progress was recorded; kept as found")
+            }
+            None => {}
         }
         let file_len = file.metadata()?.len();
+        let fail_fsync_in = std::env::var(FAIL_FSYNC_HOOK).ok().and_then(|v| v.trim().parse().ok());
         let mut sink = FileSink {
             path: path.to_path_buf(),
             binary,
             fsync,
-            out: BufWriter::with_capacity(1 << 16, file),
+            file,
+            buffer: Vec::with_capacity(WRITE_CHUNK),
             state,
             segment_created_ns,
             file_len,
+            unacknowledged: 0,
+            batch_written: 0,
+            batch_skipped: 0,
+            batch_failed: false,
             inode: meta.ino(),
             position: skip_until,
-            pending_bytes: 0,
             skip_until,
             last_sync: Instant::now(),
             written: 0,
             skipped: 0,
+            fail_fsync_in,
         };
         // Record where the file stands before the first batch, so that a crash during
         // it is truncated away on restart rather than kept next to its re-delivery.
         sink.store_progress()?;
+        if machine_crash_safe {
+            sink.file.sync_all()?;
+            sync_directory_of(&progress)?;
+        }
         Ok(sink)
     }
-}
 
-impl FileSink {
     fn store_progress(&mut self) -> io::Result<()> {
         self.state.store(self.segment_created_ns, self.position, &[self.file_len, self.inode])
+    }
+
+    /// Writes the buffer out (appending: the file is `O_APPEND`).
+    fn write_buffer(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        // Counted before the write: a partial write is truncated away all the same.
+        self.unacknowledged += self.buffer.len() as u64;
+        let result = self.file.write_all(&self.buffer);
+        self.buffer.clear();
+        result
+    }
+
+    /// Data fsync, through the test hook.
+    fn sync_data(&mut self) -> io::Result<()> {
+        if let Some(left) = &mut self.fail_fsync_in {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.fail_fsync_in = None;
+                return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+            }
+        }
+        self.file.sync_data()
+    }
+
+    /// Back to the last acknowledged state: the buffer dropped, the file truncated to
+    /// its acknowledged length, the batch's counters undone. Fails (unrecoverably) only
+    /// if the truncation itself fails.
+    fn roll_back(&mut self) -> io::Result<()> {
+        self.buffer.clear();
+        self.written -= self.batch_written;
+        self.skipped -= self.batch_skipped;
+        (self.batch_written, self.batch_skipped, self.batch_failed) = (0, 0, false);
+        if self.unacknowledged > 0 {
+            self.unacknowledged = 0;
+            self.file.set_len(self.file_len).map_err(|e| {
+                unrecoverable(format!(
+                    "{}: cannot truncate back to the acknowledged {} bytes after a failed write ({e})",
+                    self.path.display(),
+                    self.file_len
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Rolls back, then returns `error` (or the roll-back's own, worse, error).
+    fn fail(&mut self, error: io::Error) -> io::Result<()> {
+        self.roll_back()?;
+        Err(error)
     }
 }
 
@@ -475,43 +688,74 @@ impl Sink for FileSink {
     fn accept(&mut self, r: Record<'_>) -> io::Result<()> {
         if r.position < self.skip_until {
             self.skipped += 1;
+            self.batch_skipped += 1;
             return Ok(());
         }
-        self.pending_bytes += write_framed(&mut self.out, r.data, self.binary)?;
+        write_framed(&mut self.buffer, r.data, self.binary)?;
         self.written += 1;
+        self.batch_written += 1;
+        if self.buffer.len() >= WRITE_CHUNK
+            && let Err(e) = self.write_buffer()
+        {
+            self.batch_failed = true;
+            return Err(e);
+        }
         Ok(())
     }
 
     fn make_durable(&mut self, next_position: u64) -> io::Result<()> {
-        self.out.flush()?;
+        if self.batch_failed {
+            return self.fail(io::Error::other("a write earlier in this batch failed"));
+        }
+        if let Err(e) = self.write_buffer() {
+            return self.fail(e);
+        }
         let sync = match self.fsync {
             Fsync::Never => false,
             Fsync::Batch => true,
             Fsync::Interval(every) => self.last_sync.elapsed() >= every,
         };
         if sync {
-            self.out.get_ref().sync_data()?;
+            if let Err(e) = self.sync_data() {
+                self.roll_back()?;
+                return Err(unrecoverable(format!(
+                    "fsync of {} failed ({e}): the kernel may have dropped the written pages, so no later \
+                     fsync can prove them on disk; nothing of this batch was acknowledged, the file was \
+                     truncated back to its acknowledged {} bytes, stopping",
+                    self.path.display(),
+                    self.file_len
+                )));
+            }
             self.last_sync = Instant::now();
         }
-        self.file_len += self.pending_bytes;
-        self.pending_bytes = 0;
-        self.position = next_position;
-        self.store_progress()
+        let before = (self.file_len, self.position);
+        (self.file_len, self.position) = (self.file_len + self.unacknowledged, next_position);
+        if let Err(e) = self.store_progress() {
+            (self.file_len, self.position) = before;
+            return self.fail(e);
+        }
+        (self.unacknowledged, self.batch_written, self.batch_skipped) = (0, 0, 0);
+        Ok(())
+    }
+
+    fn abandon_batch(&mut self) -> io::Result<()> {
+        self.roll_back()
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        self.out.flush()?;
         let file = open_append(&self.path)?;
         let meta = file.metadata()?;
-        (self.inode, self.file_len) = (meta.ino(), meta.len());
-        self.out = BufWriter::with_capacity(1 << 16, file);
+        // Between batches: everything written is acknowledged, nothing is buffered.
+        (self.file, self.inode, self.file_len) = (file, meta.ino(), meta.len());
         self.store_progress()?;
+        if self.fsync == Fsync::Batch {
+            sync_directory_of(&self.path)?;
+        }
         info!(path = %self.path.display(), "file re-opened");
         Ok(())
     }
 
     fn switch_segment(&mut self, segment_created_ns: u64) -> io::Result<()> {
-        self.out.flush()?;
         (self.segment_created_ns, self.position, self.skip_until) = (segment_created_ns, 0, 0);
         self.store_progress()
     }
@@ -538,5 +782,32 @@ mod tests {
         assert_eq!(decode_words(&bad, 4), None);
         assert_eq!(decode_words(&bytes[..39], 4), None);
         assert_eq!(decode_words(&bytes, 3), None);
+    }
+
+    /// A store torn by a crash damages one slot; the state before it is still read. A
+    /// symlink at the path is refused, never followed.
+    #[test]
+    fn a_torn_state_store_leaves_the_previous_state_readable() {
+        let dir = std::env::temp_dir().join(format!("shmring-state-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("make a directory");
+        let path = dir.join("out.progress");
+        let (mut file, saved) = StateFile::open(&path, 2, false).expect("create");
+        assert!(saved.is_none());
+        file.store(7, 100, &[1, 2]).expect("store");
+        file.store(7, 200, &[3, 4]).expect("store");
+        let read = |path: &Path| {
+            let saved = StateFile::open(path, 2, false).expect("open").1.expect("a state");
+            (saved.segment_created_ns, saved.position, saved.words)
+        };
+        assert_eq!(read(&path), (7, 200, vec![3, 4]));
+        // Generation 2 is in slot 0: tear it.
+        file.file.write_all_at(&[0xff; 5], 12).expect("tear the slot");
+        assert_eq!(read(&path), (7, 100, vec![1, 2]));
+
+        let link = dir.join("link.progress");
+        std::os::unix::fs::symlink(&path, &link).expect("make a symlink");
+        let refused = StateFile::open(&link, 2, false).err().expect("a symlink is refused");
+        assert_eq!(refused.raw_os_error(), Some(nix::libc::ELOOP), "{refused}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -99,6 +99,50 @@ pub struct Settings {
     pub origin: String,
 }
 
+impl SourceKind {
+    /// Each `[source]` key of this kind that a reload cannot apply, with its value as
+    /// text (`rate` is applied live, so it is not here).
+    fn fixed_keys(&self) -> Vec<(&'static str, String)> {
+        match self {
+            SourceKind::Generator { count, min_size, max_size, .. } => vec![
+                ("source.kind", "generator".into()),
+                ("source.count", count.to_string()),
+                ("source.min_size", min_size.to_string()),
+                ("source.max_size", max_size.to_string()),
+            ],
+            SourceKind::Stdin { binary } => {
+                vec![("source.kind", "stdin".into()), ("source.format", binary.to_string())]
+            }
+            SourceKind::Udp { bind } => vec![("source.kind", "udp".into()), ("source.bind", bind.to_string())],
+            SourceKind::Unix { path } => vec![("source.kind", "unix".into()), ("source.path", format!("{path:?}"))],
+        }
+    }
+}
+
+impl Settings {
+    /// The keys changed in `new` that a reload cannot apply (they take a restart). A
+    /// reload applies `log.level`, `source.rate` and `source.on_full`; every other key
+    /// that changed is named here.
+    pub fn refused_on_reload(&self, new: &Settings) -> Vec<&'static str> {
+        let mut keys = self.segment.changed_keys(&new.segment);
+        keys.extend(shm_daemon::config::changed_values(&self.source.fixed_keys(), &new.source.fixed_keys()));
+        if self.cpu_affinity != new.cpu_affinity {
+            keys.push("source.cpu_affinity");
+        }
+        keys.extend(shm_daemon::config::changed_log_and_metrics((&self.log, self.metrics), (&new.log, new.metrics)));
+        keys
+    }
+}
+
+/// The largest record the generator writes into a ring of `capacity` bytes: three of its
+/// frames fit in the ring, so a record being written (with the padding before it) never
+/// reaches the last published one, which a restart resumes after (see
+/// `daemon::LastFrameGuard`).
+pub fn max_generated_record(capacity: u64) -> usize {
+    // A frame is 8 header bytes and the payload rounded up to 8.
+    ((capacity / 3) & !7).saturating_sub(8) as usize
+}
+
 /// Parses and validates a config.
 pub fn load(src: &Source) -> Result<Settings, ConfigError> {
     let raw: RawConfig = src.parse()?;
@@ -120,68 +164,74 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
     let refuse = |keys: &[&[KeySpan<'_>]]| -> Result<(), ConfigError> {
         keys.iter().try_for_each(|k| refuse_keys(src, "source", &context, k))
     };
-    let source = match kind {
-        "generator" => {
-            refuse(&[&format_key, &bind_key, &path_key])?;
-            let min_size = size_key(src, "source.min_size", &s.min_size)?.unwrap_or(64) as usize;
-            let max_size = size_key(src, "source.max_size", &s.max_size)?.unwrap_or(min_size.max(64) as u64) as usize;
-            let max_record = segment.max_record.unwrap_or(shm_core::layout::max_payload_for(segment.capacity)) as usize;
-            if min_size < shm_daemon::record::OVERHEAD || max_size < min_size || max_size > max_record {
-                return Err(src.error("source.max_size", s.max_size.as_ref().or(s.min_size.as_ref()), format!(
-                    "sizes must satisfy {} <= min_size ({min_size}) <= max_size ({max_size}) <= the ring's max record ({max_record})",
+    let source =
+        match kind {
+            "generator" => {
+                refuse(&[&format_key, &bind_key, &path_key])?;
+                let min_size = size_key(src, "source.min_size", &s.min_size)?.unwrap_or(64) as usize;
+                let max_size =
+                    size_key(src, "source.max_size", &s.max_size)?.unwrap_or(min_size.max(64) as u64) as usize;
+                let max_record =
+                    segment.max_record.unwrap_or(shm_core::layout::max_payload_for(segment.capacity)) as usize;
+                let max_generated = max_generated_record(segment.capacity).min(max_record);
+                if min_size < shm_daemon::record::OVERHEAD || max_size < min_size || max_size > max_generated {
+                    return Err(src.error("source.max_size", s.max_size.as_ref().or(s.min_size.as_ref()), format!(
+                    "sizes must satisfy {} <= min_size ({min_size}) <= max_size ({max_size}) <= {max_generated} \
+                     (the ring's max record, and a third of its capacity framed, so that the generator's \
+                     resume point survives a crash)",
                     shm_daemon::record::OVERHEAD
                 )));
-            }
-            SourceKind::Generator {
-                rate: s.rate.as_ref().map_or(0, |r| *r.get_ref()),
-                count: s.count.as_ref().map_or(0, |c| *c.get_ref()),
-                min_size,
-                max_size,
-            }
-        }
-        "stdin" => {
-            refuse(&[&generator_keys, &bind_key, &path_key])?;
-            let binary = match s.format.as_ref().map(|f| f.get_ref().as_str()) {
-                None | Some("lines") => false,
-                Some("binary") => true,
-                Some(other) => {
-                    return Err(src.error(
-                        "source.format",
-                        s.format.as_ref(),
-                        format!("{other:?} is not \"lines\" or \"binary\""),
-                    ));
                 }
-            };
-            SourceKind::Stdin { binary }
-        }
-        "udp" => {
-            refuse(&[&generator_keys, &format_key, &path_key])?;
-            let bind = s.bind.as_ref().map_or("127.0.0.1:9000", |b| b.get_ref().as_str());
-            let bind = bind.parse().map_err(|_| {
-                src.error(
-                    "source.bind",
-                    s.bind.as_ref(),
-                    format!("{bind:?} is not an address such as \"127.0.0.1:9000\""),
-                )
-            })?;
-            SourceKind::Udp { bind }
-        }
-        "unix" => {
-            refuse(&[&generator_keys, &format_key, &bind_key])?;
-            let path = s
-                .path
-                .as_ref()
-                .ok_or_else(|| src.error("source.path", None::<&Spanned<()>>, "is required for kind = \"unix\""))?;
-            SourceKind::Unix { path: PathBuf::from(path.get_ref()) }
-        }
-        other => {
-            return Err(src.error(
-                "source.kind",
-                s.kind.as_ref(),
-                format!("{other:?} is not one of generator, stdin, udp, unix"),
-            ));
-        }
-    };
+                SourceKind::Generator {
+                    rate: s.rate.as_ref().map_or(0, |r| *r.get_ref()),
+                    count: s.count.as_ref().map_or(0, |c| *c.get_ref()),
+                    min_size,
+                    max_size,
+                }
+            }
+            "stdin" => {
+                refuse(&[&generator_keys, &bind_key, &path_key])?;
+                let binary = match s.format.as_ref().map(|f| f.get_ref().as_str()) {
+                    None | Some("lines") => false,
+                    Some("binary") => true,
+                    Some(other) => {
+                        return Err(src.error(
+                            "source.format",
+                            s.format.as_ref(),
+                            format!("{other:?} is not \"lines\" or \"binary\""),
+                        ));
+                    }
+                };
+                SourceKind::Stdin { binary }
+            }
+            "udp" => {
+                refuse(&[&generator_keys, &format_key, &path_key])?;
+                let bind = s.bind.as_ref().map_or("127.0.0.1:9000", |b| b.get_ref().as_str());
+                let bind = bind.parse().map_err(|_| {
+                    src.error(
+                        "source.bind",
+                        s.bind.as_ref(),
+                        format!("{bind:?} is not an address such as \"127.0.0.1:9000\""),
+                    )
+                })?;
+                SourceKind::Udp { bind }
+            }
+            "unix" => {
+                refuse(&[&generator_keys, &format_key, &bind_key])?;
+                let path = s
+                    .path
+                    .as_ref()
+                    .ok_or_else(|| src.error("source.path", None::<&Spanned<()>>, "is required for kind = \"unix\""))?;
+                SourceKind::Unix { path: PathBuf::from(path.get_ref()) }
+            }
+            other => {
+                return Err(src.error(
+                    "source.kind",
+                    s.kind.as_ref(),
+                    format!("{other:?} is not one of generator, stdin, udp, unix"),
+                ));
+            }
+        };
     let drop_when_full = match s.on_full.as_ref().map(|f| f.get_ref().as_str()) {
         None | Some("block") => false,
         Some("drop") => true,

@@ -12,16 +12,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use shm_core::{ClaimError, Producer, Segment, TryClaimError};
+use shm_core::ring::frame::framed_len_u32;
+use shm_core::{Batch, ClaimError, Producer, Segment, TryClaimError};
 use shm_daemon::config::CpuAffinity;
 use shm_daemon::record;
+use shm_daemon::service::Reloads;
 use tracing::{info, warn};
 
-use crate::config::SourceKind;
+use crate::config::{SourceKind, max_generated_record};
 use crate::ledger::Ledger;
 
-/// Records per batch: large enough to amortise the publish, small enough that a
-/// crashed batch never wraps onto the last published record.
+/// Records per batch at most: large enough to amortise the publish. A batch also ends
+/// before it would reach the last published record (see [`LastFrameGuard`]).
 const BATCH: usize = 256;
 /// How long one blocking step may take before the loop checks the stop flag.
 const STEP: Duration = Duration::from_millis(100);
@@ -35,8 +37,12 @@ pub struct Shared {
     pub stop: Arc<AtomicBool>,
     /// Bumped every loop turn.
     pub heartbeat: Arc<AtomicU64>,
+    /// SIGHUPs: the new `rate` and `drop_when_full` are read afresh every turn.
+    pub reloads: Arc<Reloads>,
     /// Generator rate, changeable on reload.
     pub rate: AtomicU64,
+    /// `on_full = "drop"`, changeable on reload.
+    pub drop_when_full: AtomicBool,
     /// Records this daemon committed.
     pub committed: AtomicU64,
     /// Records dropped because the ring was full (`on_full = "drop"`).
@@ -49,8 +55,13 @@ impl Shared {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+    /// One turn of the ring thread's loop: the heartbeat, and the last reload taken in
+    /// (every loop reads `rate` and `drop_when_full` afresh on its next turn).
     fn beat(&self) {
         self.heartbeat.fetch_add(1, Ordering::Relaxed);
+        if let Some(reload) = self.reloads.pending() {
+            self.reloads.applied(reload);
+        }
     }
 }
 
@@ -59,10 +70,7 @@ pub enum Opened {
     /// The generator.
     Generator(Generator),
     /// Standard input.
-    Stdin {
-        /// Length-prefixed records instead of lines.
-        binary: bool,
-    },
+    Stdin(StdinBuffer),
     /// A bound UDP socket.
     Udp(std::net::UdpSocket),
     /// A bound Unix datagram socket, removed when the daemon stops.
@@ -90,7 +98,9 @@ pub fn open(source: &SourceKind) -> Result<Opened> {
         SourceKind::Generator { count, min_size, max_size, .. } => {
             Opened::Generator(Generator { count: *count, sizes: (*min_size, *max_size), next: None, used: 0 })
         }
-        SourceKind::Stdin { binary } => Opened::Stdin { binary: *binary },
+        SourceKind::Stdin { binary } => {
+            Opened::Stdin(StdinBuffer { binary: *binary, pending: Vec::new(), discarding: Discarding::Nothing })
+        }
         SourceKind::Udp { bind } => {
             let sock = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
             info!(%bind, "receiving UDP datagrams");
@@ -113,7 +123,6 @@ pub fn run(
     mut producer: Producer,
     segment: Segment,
     source: &mut Opened,
-    drop_when_full: bool,
     cpus: Option<&CpuAffinity>,
     shared: Arc<Shared>,
 ) -> Result<()> {
@@ -121,10 +130,21 @@ pub fn run(
         cpus.pin_this_thread()?;
     }
     match source {
-        Opened::Generator(generator) => generate(&mut producer, &segment, generator, drop_when_full, &shared),
-        Opened::Stdin { binary } => read_stream(&mut producer, std::io::stdin().lock(), *binary, &shared),
+        Opened::Generator(generator) => generate(&mut producer, &segment, generator, &shared),
+        Opened::Stdin(buffer) => read_stream(&mut producer, std::io::stdin().lock(), buffer, &shared),
         Opened::Udp(sock) => receive_datagrams(&mut producer, sock.as_fd(), &shared),
         Opened::Unix(sock, _) => receive_datagrams(&mut producer, sock.as_fd(), &shared),
+    }
+}
+
+impl Opened {
+    /// What the source had taken in and not committed when the daemon stops: records
+    /// and bytes (stdin's buffer; the others hold nothing between records).
+    pub fn uncommitted(&self) -> (u64, usize) {
+        match self {
+            Opened::Stdin(buffer) => buffer.uncommitted(),
+            _ => (0, 0),
+        }
     }
 }
 
@@ -169,18 +189,71 @@ impl Sizes {
     }
 }
 
-fn generate(
-    producer: &mut Producer,
-    segment: &Segment,
-    generator: &mut Generator,
-    drop_when_full: bool,
-    shared: &Shared,
-) -> Result<()> {
+/// Keeps the generator's resume point readable: a restart resumes after the last
+/// published record ([`resume_sequence`]), so no write may reach its bytes before the
+/// next publish moves the cursor past something newer. A batch writes from the
+/// published cursor on (the padding at a wrap included); it ends before a record that
+/// would bring it within the last published frame's bytes, one lap on. With records of
+/// at most a third of the ring framed (the config's `max_size` bound), the first record
+/// of a batch always fits, so every batch makes progress.
+struct LastFrameGuard {
+    capacity: u64,
+    /// The write cursor as last published.
+    published: u64,
+    /// Bytes of the last published frame (0: none).
+    last_frame: u64,
+}
+
+impl LastFrameGuard {
+    fn new(producer: &Producer, segment: &Segment) -> Self {
+        LastFrameGuard {
+            capacity: producer.capacity(),
+            // This process is the producer: the cursor is its own and does not move under it.
+            published: segment.stats().write_cursor,
+            // Only a generator record is a resume point worth keeping; one larger than this
+            // ring's generator writes (an earlier config) is counted at that size, so the
+            // first record of a batch always fits and the generator never stalls.
+            last_frame: producer.last_committed().filter(|(_, data)| record::decode(data).is_some()).map_or(
+                0,
+                |(_, data)| {
+                    framed_len_u32(data.len() as u32)
+                        .min(framed_len_u32(max_generated_record(producer.capacity()) as u32))
+                },
+            ),
+        }
+    }
+
+    /// Whether a record of `len` bytes, claimed where the batch has got to (`end`),
+    /// stays clear of the last published frame.
+    fn allows(&self, end: u64, len: usize) -> bool {
+        let framed = framed_len_u32(len as u32);
+        let to_end = self.capacity - end % self.capacity;
+        let advance = if framed <= to_end { framed } else { to_end + framed };
+        end + advance - self.published <= self.capacity - self.last_frame
+    }
+
+    /// A batch ending at `end` with a last record of `len` bytes was published.
+    fn published(&mut self, end: u64, len: usize) {
+        (self.published, self.last_frame) = (end, framed_len_u32(len as u32));
+    }
+}
+
+fn generate(producer: &mut Producer, segment: &Segment, generator: &mut Generator, shared: &Shared) -> Result<()> {
+    let largest = max_generated_record(producer.capacity());
+    if generator.sizes.1 > largest {
+        bail!(
+            "generator: max_size {} is more than {largest} bytes, the most a ring of {} bytes takes while \
+             keeping the resume point safe",
+            generator.sizes.1,
+            producer.capacity()
+        );
+    }
     let mut seq = resume_sequence(producer, segment).max(generator.next.unwrap_or(0));
     let first = seq;
     // What `count` leaves for this segment, when it is set.
     let budget = (generator.count != 0).then(|| generator.count.saturating_sub(generator.used));
-    let result = generate_from(producer, &mut seq, budget, generator.sizes, drop_when_full, shared);
+    let mut guard = LastFrameGuard::new(producer, segment);
+    let result = generate_from(producer, &mut guard, &mut seq, budget, generator.sizes, shared);
     (generator.next, generator.used) = (Some(seq), generator.used + (seq - first));
     if result.is_ok() && budget.is_some_and(|b| seq - first >= b) {
         info!(records = generator.count, "generator finished");
@@ -192,10 +265,10 @@ fn generate(
 /// records when set, until stopped.
 fn generate_from(
     producer: &mut Producer,
+    guard: &mut LastFrameGuard,
     seq: &mut u64,
     budget: Option<u64>,
     (min, max): (usize, usize),
-    drop_when_full: bool,
     shared: &Shared,
 ) -> Result<()> {
     let first = *seq;
@@ -225,30 +298,18 @@ fn generate_from(
         if let Some(b) = budget {
             due = due.min(b - (*seq - first));
         }
-        let mut next_size = sizes.next();
-        let mut written = 0u64;
-        {
-            let mut batch = producer.batch();
-            while written < due {
-                match batch.try_claim(next_size) {
-                    Ok(mut claim) => {
-                        record::encode(&mut claim, *seq, record::monotonic_ns());
-                        claim.commit();
-                        *seq += 1;
-                        written += 1;
-                        next_size = sizes.next();
-                    }
-                    Err(TryClaimError::Full) => break,
-                    Err(e) => bail!("generator: {e}"),
-                }
-            }
+        let Filled { written, full, next_size, end, last_len } =
+            fill_batch(&mut producer.batch(), guard, seq, due, &mut sizes)?;
+        // The batch was published as it was dropped, at the end of the line above.
+        if written > 0 {
+            guard.published(end, last_len);
         }
         // The batch has been published (its drop stored the write cursor).
         ledger.acknowledge(*seq - written..*seq)?;
         sent_since += written;
         shared.committed.fetch_add(written, Ordering::Relaxed);
-        if written < due {
-            if drop_when_full && rate != 0 {
+        if full {
+            if shared.drop_when_full.load(Ordering::Relaxed) && rate != 0 {
                 // The dropped records still take their sequence numbers, so a verify
                 // sink downstream counts them as lost: dropping is never silent.
                 let dropped = due - written;
@@ -266,6 +327,50 @@ fn generate_from(
     Ok(())
 }
 
+/// What filling one batch did.
+struct Filled {
+    /// Records written.
+    written: u64,
+    /// It stopped because the ring was full.
+    full: bool,
+    /// The size of the record it did not write.
+    next_size: usize,
+    /// Where the batch ends in the ring, and its last record's size.
+    end: u64,
+    last_len: usize,
+}
+
+/// Writes up to `due` generator records into `batch`, from sequence `*seq` on (left at
+/// the next one), until the ring is full or `guard` stops it; the caller publishes it.
+fn fill_batch(
+    batch: &mut Batch<'_>,
+    guard: &LastFrameGuard,
+    seq: &mut u64,
+    due: u64,
+    sizes: &mut Sizes,
+) -> Result<Filled> {
+    let mut filled = Filled { written: 0, full: false, next_size: sizes.next(), end: guard.published, last_len: 0 };
+    while filled.written < due && guard.allows(filled.end, filled.next_size) {
+        match batch.try_claim(filled.next_size) {
+            Ok(mut claim) => {
+                filled.end = claim.position() + framed_len_u32(filled.next_size as u32);
+                filled.last_len = filled.next_size;
+                record::encode(&mut claim, *seq, record::monotonic_ns());
+                claim.commit();
+                *seq += 1;
+                filled.written += 1;
+                filled.next_size = sizes.next();
+            }
+            Err(TryClaimError::Full) => {
+                filled.full = true;
+                break;
+            }
+            Err(e) => bail!("generator: {e}"),
+        }
+    }
+    Ok(filled)
+}
+
 /// Commits one record, waiting for space in steps; gives up only when stopping and the
 /// grace period has passed (the record is then reported lost).
 fn commit_waiting(producer: &mut Producer, data: &[u8], shared: &Shared) -> Result<bool> {
@@ -281,7 +386,7 @@ fn commit_waiting(producer: &mut Producer, data: &[u8], shared: &Shared) -> Resu
                 if shared.stopping() {
                     let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + STOP_GRACE);
                     if Instant::now() >= deadline {
-                        warn!("stopping with the ring still full: one record taken in was not committed");
+                        warn!("stopping with the ring still full: the record taken in stays buffered, uncommitted");
                         return Ok(false);
                     }
                 }
@@ -296,14 +401,162 @@ fn commit_waiting(producer: &mut Producer, data: &[u8], shared: &Shared) -> Resu
     }
 }
 
-/// stdin: lines, or u32 LE length-prefixed records, until EOF or stop.
-fn read_stream(producer: &mut Producer, mut input: impl Read + AsFd, binary: bool, shared: &Shared) -> Result<()> {
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+/// What stdin has read and not committed yet. It belongs to the source, not to one
+/// run: a daemon that moves to a re-created segment carries a partial record (or whole
+/// ones a full ring did not take before the stop) over to it, and one that stops
+/// counts what it leaves ([`Opened::uncommitted`]).
+pub struct StdinBuffer {
+    /// Length-prefixed records instead of lines.
+    binary: bool,
+    pending: Vec<u8>,
+    discarding: Discarding,
+}
+
+/// A record too large for the ring, being skipped as it arrives (so the buffer never
+/// holds more than one record of the ring's maximum size and a read's worth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Discarding {
+    Nothing,
+    /// The rest of an over-long line.
+    UntilNewline,
+    /// The rest of an over-long length-prefixed record.
+    Bytes(u64),
+}
+
+/// The next thing in a stdin buffer.
+enum Next {
+    /// A record at `start..start + len`; `used` bytes consumed with its framing.
+    Record { start: usize, len: usize, used: usize },
+    /// `used` bytes skipped (part of a record too large for the ring); `started` when
+    /// they begin such a record (counted once as a source error).
+    Skipped { used: usize, started: bool },
+    /// Nothing complete yet.
+    Incomplete,
+}
+
+/// Finds the next record in `rest` (stdin's buffer from some point on); a record larger
+/// than `max_record` starts a discard.
+fn next_record(discarding: &mut Discarding, binary: bool, rest: &[u8], eof: bool, max_record: usize) -> Next {
+    match *discarding {
+        Discarding::Bytes(left) => {
+            let used = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            *discarding = if used as u64 == left { Discarding::Nothing } else { Discarding::Bytes(left - used as u64) };
+            return if used == 0 { Next::Incomplete } else { Next::Skipped { used, started: false } };
+        }
+        Discarding::UntilNewline => {
+            return match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    *discarding = Discarding::Nothing;
+                    Next::Skipped { used: i + 1, started: false }
+                }
+                None if rest.is_empty() => Next::Incomplete,
+                None => Next::Skipped { used: rest.len(), started: false },
+            };
+        }
+        Discarding::Nothing => {}
+    }
+    if binary {
+        let Some(prefix) = rest.get(..4) else { return Next::Incomplete };
+        let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if len > max_record {
+            warn!(len, max_record, "stdin: a record larger than the ring's maximum; skipped and counted");
+            *discarding = Discarding::Bytes(len as u64);
+            return Next::Skipped { used: 4, started: true };
+        }
+        if rest.len() < 4 + len {
+            return Next::Incomplete;
+        }
+        Next::Record { start: 4, len, used: 4 + len }
+    } else {
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(i) if i > max_record => {
+                warn!(len = i, max_record, "stdin: a line longer than the ring's maximum record; skipped and counted");
+                Next::Skipped { used: i + 1, started: true }
+            }
+            Some(i) => Next::Record { start: 0, len: i, used: i + 1 },
+            None if rest.len() > max_record => {
+                warn!(max_record, "stdin: a line longer than the ring's maximum record; skipped and counted");
+                *discarding = Discarding::UntilNewline;
+                Next::Skipped { used: rest.len(), started: true }
+            }
+            None if eof && !rest.is_empty() => Next::Record { start: 0, len: rest.len(), used: rest.len() },
+            None => Next::Incomplete,
+        }
+    }
+}
+
+impl StdinBuffer {
+    /// Records (whole or begun) and bytes still buffered.
+    fn uncommitted(&self) -> (u64, usize) {
+        let mut discarding = self.discarding;
+        let (mut records, mut at) = (0, 0);
+        loop {
+            match next_record(&mut discarding, self.binary, &self.pending[at..], false, usize::MAX) {
+                Next::Record { used, .. } => {
+                    records += 1;
+                    at += used;
+                }
+                Next::Skipped { used, .. } => at += used,
+                Next::Incomplete => break,
+            }
+        }
+        (records + u64::from(at < self.pending.len()), self.pending.len())
+    }
+}
+
+/// stdin: lines, or u32 LE length-prefixed records, until EOF or stop. The buffer holds
+/// at most one record of the ring's maximum size and one read beyond it.
+fn read_stream(
+    producer: &mut Producer,
+    mut input: impl Read + AsFd,
+    buffer: &mut StdinBuffer,
+    shared: &Shared,
+) -> Result<()> {
+    let max_record = producer.max_record() as usize;
     let mut chunk = vec![0u8; 1 << 16];
+    let mut eof = false;
     loop {
         shared.beat();
+        // What is buffered goes first: a record carried over from an earlier segment too.
+        let mut used = 0;
+        let mut committed_all = true;
+        loop {
+            match next_record(&mut buffer.discarding, buffer.binary, &buffer.pending[used..], eof, max_record) {
+                Next::Record { start, len, used: n } => {
+                    let at = used + start;
+                    if !commit_waiting(producer, &buffer.pending[at..at + len], shared)? {
+                        committed_all = false;
+                        break;
+                    }
+                    used += n;
+                }
+                Next::Skipped { used: n, started } => {
+                    if started {
+                        shared.source_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    used += n;
+                }
+                Next::Incomplete => break,
+            }
+        }
+        buffer.pending.drain(..used);
+        if !committed_all {
+            return Ok(());
+        }
+        if eof {
+            if !buffer.pending.is_empty() {
+                warn!(
+                    bytes = buffer.pending.len(),
+                    "stdin ended inside a length-prefixed record; the partial record was dropped"
+                );
+                shared.source_errors.fetch_add(1, Ordering::Relaxed);
+                buffer.pending.clear();
+            }
+            info!("stdin ended");
+            return Ok(());
+        }
         if shared.stopping() {
-            break;
+            return Ok(());
         }
         let mut fds = [nix::poll::PollFd::new(input.as_fd(), nix::poll::PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)) {
@@ -312,44 +565,9 @@ fn read_stream(producer: &mut Producer, mut input: impl Read + AsFd, binary: boo
             Err(e) => bail!("polling stdin: {e}"),
         }
         let n = input.read(&mut chunk).context("reading stdin")?;
-        let eof = n == 0;
-        buf.extend_from_slice(&chunk[..n]);
-        let mut start = 0;
-        loop {
-            let rest = &buf[start..];
-            let (record, used) = if binary {
-                if rest.len() < 4 {
-                    break;
-                }
-                let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-                if rest.len() < 4 + len {
-                    break;
-                }
-                (&rest[4..4 + len], 4 + len)
-            } else {
-                match rest.iter().position(|&b| b == b'\n') {
-                    Some(i) => (&rest[..i], i + 1),
-                    None if eof && !rest.is_empty() => (rest, rest.len()),
-                    None => break,
-                }
-            };
-            let record = record.to_vec();
-            start += used;
-            if !commit_waiting(producer, &record, shared)? {
-                return Ok(());
-            }
-        }
-        buf.drain(..start);
-        if eof {
-            if !buf.is_empty() {
-                warn!(bytes = buf.len(), "stdin ended inside a length-prefixed record; the partial record was dropped");
-                shared.source_errors.fetch_add(1, Ordering::Relaxed);
-            }
-            info!("stdin ended");
-            break;
-        }
+        eof = n == 0;
+        buffer.pending.extend_from_slice(&chunk[..n]);
     }
-    Ok(())
 }
 
 /// UDP or Unix datagrams, each received straight into a claim in the ring.
@@ -381,4 +599,52 @@ fn receive_datagrams(producer: &mut Producer, sock: std::os::fd::BorrowedFd<'_>,
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use shm_core::Location;
+
+    use super::*;
+
+    /// A batch that dies half-written (never published) leaves the last published
+    /// record readable, so a restart resumes right after it: on a ring smaller than a
+    /// batch of small records, and on one that holds a few large ones.
+    #[test]
+    fn a_crashed_batch_never_overwrites_the_resume_point() {
+        for (capacity, size) in [(4096u64, 64usize), (1 << 20, 64 << 10)] {
+            let name = format!("/shmring-unit-resume-{}-{capacity}", std::process::id());
+            let location = Location::parse("posix", &name).expect("a valid name");
+            let _ = Segment::unlink(&location);
+            let segment = Segment::builder(location.clone()).capacity(capacity).create().expect("create");
+            let mut consumer = segment.consumer().expect("consumer");
+            let mut producer = segment.producer().expect("producer");
+            let mut sizes = Sizes { state: 1, min: size, span: 0 };
+            let mut seq = 0;
+            let mut guard = LastFrameGuard::new(&producer, &segment);
+            // Laps of published batches, each read entirely, as a fast consumer would.
+            for _ in 0..5 {
+                let filled =
+                    fill_batch(&mut producer.batch(), &guard, &mut seq, BATCH as u64, &mut sizes).expect("fill");
+                guard.published(filled.end, filled.last_len);
+                consumer.read_batch(usize::MAX, |_| Ok::<(), ()>(())).expect("read");
+            }
+            let published = seq;
+            // Then a batch that never gets published: the process dies in it.
+            let mut batch = producer.batch();
+            fill_batch(&mut batch, &guard, &mut seq, BATCH as u64, &mut sizes).expect("fill");
+            std::mem::forget(batch);
+            drop(producer);
+            let restarted = segment.producer().expect("a new producer");
+            let resumed = resume_sequence(&restarted, &segment);
+            drop((restarted, consumer, segment));
+            let _ = Segment::unlink(&location);
+            assert_eq!(
+                resumed,
+                published,
+                "capacity {capacity}, records of {size} bytes: {} written unpublished",
+                seq - published
+            );
+        }
+    }
 }

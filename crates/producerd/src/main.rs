@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use shm_core::Segment;
-use shm_daemon::service::{Ended, Service};
+use shm_daemon::service::{Ended, Service, StopRequested, Waiting};
 use shm_daemon::{exit, launch, logging, metrics};
 use tracing::{error, info, warn};
 
@@ -58,18 +58,23 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
     if let config::SourceKind::Generator { rate, .. } = settings.source {
         shared.rate.store(rate, Ordering::Relaxed);
     }
+    shared.drop_when_full.store(settings.drop_when_full, Ordering::Relaxed);
     let mut source = daemon::open(&settings.source)?;
     let mut requests = shm_daemon::signals::listen().context("installing signal handlers")?;
     loop {
-        let segment = shm_daemon::segment::open(&settings.segment)?;
+        let segment = match shm_daemon::segment::open(&settings.segment, &mut Waiting::new(&mut requests)) {
+            Ok(segment) => segment,
+            Err(e) if e.is::<StopRequested>() => break,
+            Err(e) => return Err(e),
+        };
         let producer = segment.producer_with(settings.segment.wait)?;
         shared.stop.store(false, Ordering::Relaxed);
         info!(segment = %segment.location(), config = %settings.origin, source = ?settings.source, "producer attached");
         let ring = {
             let (shared, segment) = (shared.clone(), segment.clone());
-            let (drop_when_full, cpus) = (settings.drop_when_full, settings.cpu_affinity.clone());
+            let cpus = settings.cpu_affinity.clone();
             std::thread::Builder::new().name("ring".into()).spawn(move || {
-                let result = daemon::run(producer, segment, &mut source, drop_when_full, cpus.as_ref(), shared);
+                let result = daemon::run(producer, segment, &mut source, cpus.as_ref(), shared);
                 (source, result)
             })?
         };
@@ -85,6 +90,11 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
             return Ok(exit::UNLINKED);
         }
         info!(segment = %segment.location(), "re-creating it (on_unlinked = \"recreate\")");
+    }
+    let (records, bytes) = source.uncommitted();
+    if bytes > 0 {
+        warn!(records, bytes, "stopping with input taken in and not committed: dropped, and counted as source errors");
+        shared.source_errors.fetch_add(records, Ordering::Relaxed);
     }
     info!(
         committed = shared.committed.load(Ordering::Relaxed),
@@ -129,30 +139,36 @@ fn service(
     let reload = {
         let (shared, current, log) = (shared.clone(), settings.clone(), log.clone());
         let config_path = args.config.clone();
-        Box::new(move || match load(config_path.as_deref()) {
-            Err(e) => warn!("reload failed, keeping the running config: {e}"),
-            Ok((new, _)) => {
-                log.set_level(&new.log.level);
-                if let config::SourceKind::Generator { rate, .. } = new.source {
-                    shared.rate.store(rate, Ordering::Relaxed);
+        Box::new(move || {
+            match load(config_path.as_deref()) {
+                Err(e) => warn!("reload failed, keeping the running config: {e}"),
+                Ok((new, _)) => {
+                    log.set_level(&new.log.level);
+                    if let config::SourceKind::Generator { rate, .. } = new.source {
+                        shared.rate.store(rate, Ordering::Relaxed);
+                    }
+                    shared.drop_when_full.store(new.drop_when_full, Ordering::Relaxed);
+                    let refused = current.refused_on_reload(&new);
+                    if !refused.is_empty() {
+                        warn!(keys = %refused.join(", "), "changed in the config, kept as running: they take a restart");
+                    }
+                    info!(level = %new.log.level, "config reloaded");
                 }
-                let mut restart = current.segment.changed_keys(&new.segment);
-                if std::mem::discriminant(&new.source) != std::mem::discriminant(&current.source) {
-                    restart.push("source.kind");
-                }
-                if new.cpu_affinity != current.cpu_affinity {
-                    restart.push("source.cpu_affinity");
-                }
-                if !restart.is_empty() {
-                    warn!(keys = %restart.join(", "), "changed in the config, kept as running: they take a restart");
-                }
-                info!(level = %new.log.level, "config reloaded");
             }
+            shared.reloads.request();
         })
     };
     let unlinked = {
         let segment = segment.clone();
         Box::new(move || segment.is_unlinked())
     };
-    Service { stop: shared.stop.clone(), heartbeat: shared.heartbeat.clone(), metrics, status, reload, unlinked }
+    Service {
+        stop: shared.stop.clone(),
+        heartbeat: shared.heartbeat.clone(),
+        metrics,
+        status,
+        reload,
+        reloads: shared.reloads.clone(),
+        unlinked,
+    }
 }

@@ -258,6 +258,35 @@ impl SegmentSettings {
     }
 }
 
+/// The keys whose values differ between `old` and `new` (each a list of a key and its
+/// value as text; a key in one list only counts as changed), in `old`'s order then `new`'s.
+pub fn changed_values<'k>(old: &[(&'k str, String)], new: &[(&'k str, String)]) -> Vec<&'k str> {
+    let value = |list: &[(&'k str, String)], key: &str| list.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+    let mut keys: Vec<&'k str> = Vec::new();
+    for (key, _) in old.iter().chain(new) {
+        if !keys.contains(key) && value(old, key) != value(new, key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// What a reload cannot apply in `[log]` and `[metrics]` (the level it can): the keys
+/// that changed.
+pub fn changed_log_and_metrics(
+    (old_log, old_metrics): (&LogSettings, Option<SocketAddr>),
+    (new_log, new_metrics): (&LogSettings, Option<SocketAddr>),
+) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old_log.json != new_log.json {
+        keys.push("log.format");
+    }
+    if old_metrics != new_metrics {
+        keys.push("metrics.listen");
+    }
+    keys
+}
+
 /// Defaults of `[segment]` that differ between the daemons.
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentDefaults {

@@ -6,7 +6,7 @@
 //! | 1  | any other failure (including a verify sink that saw lost or corrupt records) |
 //! | 66 | the segment does not exist and `create = "never"` (or it never appeared) |
 //! | 69 | the role is taken: another live producer/consumer is attached |
-//! | 74 | I/O error, or no space to reserve the segment (a full /dev/shm or filesystem) |
+//! | 74 | I/O error (a sink's failed fsync, an undeliverable record under `stop`), or no space to reserve the segment (a full /dev/shm or filesystem) |
 //! | 75 | the segment was unlinked while in use (`on_unlinked = "exit"`): restart to recreate it |
 //! | 77 | permission denied, or the segment's owner or mode is not trusted |
 //! | 78 | invalid configuration |
@@ -68,6 +68,10 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
                 _ => FAILURE,
             };
         }
+    }
+    // An I/O error no shmring type claimed above: a sink's output.
+    if err.chain().any(|c| c.is::<std::io::Error>()) {
+        return IO;
     }
     FAILURE
 }

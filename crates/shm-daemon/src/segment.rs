@@ -7,6 +7,7 @@ use shm_core::{OpenError, Segment, SegmentBuilder};
 use tracing::{info, warn};
 
 use crate::config::{CreateMode, SegmentSettings};
+use crate::service::Waiting;
 
 fn builder(s: &SegmentSettings) -> SegmentBuilder {
     let mut b = Segment::builder(s.location.clone())
@@ -28,10 +29,11 @@ fn builder(s: &SegmentSettings) -> SegmentBuilder {
 }
 
 /// Opens or creates the segment. With `create = "never"`, waits up to
-/// `wait_for_segment` for it to appear, logging once that it waits. Never
-/// re-initialises an existing segment; a geometry different from the config is logged
-/// and the segment's own is used.
-pub fn open(s: &SegmentSettings) -> Result<Segment> {
+/// `wait_for_segment` for it to appear, logging once that it waits, and calling
+/// `waiting.tick()` every 20 ms (the watchdog, a stop request: then this fails with
+/// [`StopRequested`](crate::service::StopRequested)). Never re-initialises an existing
+/// segment; a geometry different from the config is logged and the segment's own is used.
+pub fn open(s: &SegmentSettings, waiting: &mut Waiting<'_>) -> Result<Segment> {
     let b = builder(s);
     let segment = match s.create {
         CreateMode::Always => b.create().context("creating the segment")?,
@@ -46,6 +48,7 @@ pub fn open(s: &SegmentSettings) -> Result<Segment> {
                             info!(segment = %s.location, timeout = ?s.wait_for_segment, "waiting for the segment to appear");
                             said = true;
                         }
+                        waiting.tick()?;
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     other => break other.context("opening the segment")?,

@@ -2,9 +2,13 @@
 //!
 //! The ring thread moves records; this loop, on a single-threaded tokio runtime,
 //! handles signals (stop, reload), tells systemd how things are (`READY=1` once the
-//! ring is attached, `STATUS=` every second, `WATCHDOG=1` only while the ring thread's
-//! heartbeat advances, `STOPPING=1` on shutdown), and serves metrics. It never touches
-//! the ring and never waits on a futex.
+//! ring is attached and again once a reload is in effect, `STATUS=` every second,
+//! `WATCHDOG=1` only while the ring thread's heartbeat advances, `STOPPING=1` on
+//! shutdown), and serves metrics. It never touches the ring and never waits on a futex.
+//!
+//! Between two runs of the loop (waiting for a segment to appear, or for a re-created
+//! one) a [`Waiting`] keeps the watchdog fed and honours `SIGTERM`; while the ring
+//! thread drains after the loop ends, the loop still pings as long as it progresses.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +44,9 @@ pub struct Service {
     pub status: Box<dyn FnMut() -> String>,
     /// Called on SIGHUP: reload what can change live.
     pub reload: Box<dyn FnMut()>,
+    /// The reloads asked for and put into effect; `READY=1` follows a reload only once
+    /// the ring thread has put it into effect.
+    pub reloads: Arc<Reloads>,
     /// Whether the segment was unlinked under us (checked twice a second).
     pub unlinked: Box<dyn FnMut() -> bool>,
 }
@@ -66,6 +73,7 @@ impl Service {
         let notifier = Notifier::from_env();
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+        let watchdog = watchdog_interval();
         let ended = runtime.block_on(async {
             if let Some((addr, render)) = self.metrics.take() {
                 let listener =
@@ -74,8 +82,8 @@ impl Service {
                 tokio::spawn(metrics::serve(listener, render));
             }
             notifier.ready(&(self.status)());
+            let mut reload_pending = false;
             let mut tick = tokio::time::interval(Duration::from_millis(100));
-            let watchdog = watchdog_interval();
             let mut since_status = Duration::ZERO;
             let mut since_watchdog = Duration::ZERO;
             let mut last_beat = self.heartbeat.load(Ordering::Relaxed);
@@ -87,7 +95,7 @@ impl Service {
                         Some(Request::Reload) => {
                             notifier.reloading();
                             (self.reload)();
-                            notifier.ready(&(self.status)());
+                            reload_pending = true;
                         }
                         Some(Request::Stop) | None => {
                             info!("stop requested");
@@ -97,6 +105,10 @@ impl Service {
                     _ = tick.tick() => {
                         if ring.is_finished() {
                             break Ended::RingFinished;
+                        }
+                        if reload_pending && self.reloads.in_effect() {
+                            reload_pending = false;
+                            notifier.ready(&(self.status)());
                         }
                         since_unlink_check += Duration::from_millis(100);
                         if since_unlink_check >= UNLINK_CHECK {
@@ -129,13 +141,125 @@ impl Service {
                 }
             };
             anyhow::Ok(ended)
-        })?;
+        });
+        let ended = match ended {
+            Ok(ended) => ended,
+            Err(e) => {
+                // A failed start (the metrics address taken): the whole daemon stops,
+                // the ring thread first.
+                notifier.stopping();
+                self.stop.store(true, Ordering::Relaxed);
+                let _ = ring.join();
+                return Err(e);
+            }
+        };
         if ended != Ended::Unlinked {
             notifier.stopping();
         }
         self.stop.store(true, Ordering::Relaxed);
+        // The ring thread drains; the watchdog is fed while it progresses.
+        let mut last_beat = self.heartbeat.load(Ordering::Relaxed);
+        let mut last_progress = std::time::Instant::now();
+        let mut last_ping = std::time::Instant::now();
+        while !ring.is_finished() {
+            std::thread::sleep(Duration::from_millis(20));
+            let beat = self.heartbeat.load(Ordering::Relaxed);
+            if beat != last_beat {
+                (last_beat, last_progress) = (beat, std::time::Instant::now());
+            }
+            if let Some(every) = watchdog
+                && last_ping.elapsed() >= every
+                && last_progress.elapsed() < every.max(STALLED)
+            {
+                notifier.watchdog();
+                last_ping = std::time::Instant::now();
+            }
+        }
         let result = ring.join().map_err(|_| anyhow::anyhow!("the ring thread panicked"))?;
         notifier.status(if ended == Ended::Unlinked { "segment unlinked" } else { "stopped" });
         Ok((ended, result))
+    }
+}
+
+/// Reloads (SIGHUP) asked for, and taken in by the ring thread: the reload handler
+/// stores the new live settings, then calls [`Reloads::request`]; the ring thread, at the
+/// start of its next turn, takes [`Reloads::pending`] in, puts it into effect (re-opens
+/// outputs, reads the new settings) and calls [`Reloads::applied`].
+#[derive(Debug, Default)]
+pub struct Reloads {
+    requested: AtomicU64,
+    applied: AtomicU64,
+}
+
+impl Reloads {
+    /// The reload handler: the new settings are stored; the ring thread is to take them in.
+    pub fn request(&self) {
+        // Release: pairs with the Acquire load in `pending`, so the ring thread that sees
+        // this request sees the settings stored before it.
+        self.requested.fetch_add(1, Ordering::Release);
+    }
+
+    /// The ring thread: the reload waiting to be put into effect, if any.
+    pub fn pending(&self) -> Option<u64> {
+        let requested = self.requested.load(Ordering::Acquire);
+        // Relaxed: only the ring thread stores `applied`.
+        (requested != self.applied.load(Ordering::Relaxed)).then_some(requested)
+    }
+
+    /// The ring thread: `reload` (from [`Reloads::pending`]) is in effect.
+    pub fn applied(&self, reload: u64) {
+        // Release: pairs with the Acquire load in `in_effect`.
+        self.applied.store(reload, Ordering::Release);
+    }
+
+    /// The service loop: whether every reload requested is in effect.
+    pub fn in_effect(&self) -> bool {
+        // Relaxed on `requested`: only this loop's thread requests.
+        self.applied.load(Ordering::Acquire) == self.requested.load(Ordering::Relaxed)
+    }
+}
+
+/// `SIGTERM` or `SIGINT` arrived while the daemon waited between runs (for its segment
+/// to appear or to be re-created): a clean stop, exit 0.
+#[derive(Debug, thiserror::Error)]
+#[error("stop requested while waiting for the segment")]
+pub struct StopRequested;
+
+/// A wait outside the service loop (for a segment to appear, or to be re-created): it
+/// feeds the watchdog, since waiting is the daemon's job then, and ends on a stop
+/// request. A reload request there is logged and dropped: the config is read again at
+/// the next start.
+pub struct Waiting<'a> {
+    notifier: Notifier,
+    watchdog: Option<Duration>,
+    last_ping: Option<std::time::Instant>,
+    requests: &'a mut UnboundedReceiver<Request>,
+}
+
+impl<'a> Waiting<'a> {
+    /// A wait that reads `requests` (from [`crate::signals::listen`]).
+    pub fn new(requests: &'a mut UnboundedReceiver<Request>) -> Self {
+        Waiting { notifier: Notifier::from_env(), watchdog: watchdog_interval(), last_ping: None, requests }
+    }
+
+    /// Called every few milliseconds while waiting: pings the watchdog when due;
+    /// `Err(StopRequested)` once a stop was requested.
+    pub fn tick(&mut self) -> Result<(), StopRequested> {
+        while let Ok(request) = self.requests.try_recv() {
+            match request {
+                Request::Stop => {
+                    info!("stop requested while waiting for the segment");
+                    return Err(StopRequested);
+                }
+                Request::Reload => warn!("SIGHUP while waiting for the segment: nothing to reload yet; ignored"),
+            }
+        }
+        if let Some(every) = self.watchdog
+            && self.last_ping.is_none_or(|t| t.elapsed() >= every)
+        {
+            self.notifier.watchdog();
+            self.last_ping = Some(std::time::Instant::now());
+        }
+        Ok(())
     }
 }
