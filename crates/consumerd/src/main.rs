@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         "consumerd",
         args.check_config,
         || load(args.config.as_deref()),
-        |s| &s.log,
+        |s| (&s.log, &s.segment),
         |settings, log| run(&args, settings, log),
     )
 }

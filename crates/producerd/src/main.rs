@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         "producerd",
         args.check_config,
         || load(args.config.as_deref()),
-        |s| &s.log,
+        |s| (&s.log, &s.segment),
         |settings, log| run(&args, settings, log),
     )
 }
