@@ -40,7 +40,7 @@ pub fn main<S>(
     let (settings, origin) = match load() {
         Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("{daemon}: {e}");
+            eprintln!("{}{daemon}: {e}", logging::error_prefix());
             return ExitCode::from(exit::CONFIG);
         }
     };

@@ -36,8 +36,7 @@ pub fn init(settings: &LogSettings, segment: &str) -> LogHandle {
     let filter = if from_env { EnvFilter::from_default_env() } else { EnvFilter::new(&settings.level) };
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    let journal_stream = std::env::var_os("JOURNAL_STREAM");
-    let journal_error = if stderr_is_journal(journal_stream.as_deref(), stderr_device_inode()) {
+    let journal_error = if logs_to_journal() {
         match tracing_journald::layer() {
             Ok(journal) => {
                 let journal = journal
@@ -71,6 +70,18 @@ pub fn init(settings: &LogSettings, segment: &str) -> LogHandle {
         tracing::warn!(%error, "stderr is the journal but its socket cannot be reached; logging text to stderr");
     }
     LogHandle { handle, from_env }
+}
+
+/// Whether stderr is the journal (systemd's `$JOURNAL_STREAM` test, see the module docs).
+fn logs_to_journal() -> bool {
+    stderr_is_journal(std::env::var_os("JOURNAL_STREAM").as_deref(), stderr_device_inode())
+}
+
+/// What starts an error line written straight to stderr before logging is set up: the
+/// journal's `<3>` (sd-daemon(3) priority prefix, `err`) when stderr is the journal, so
+/// `journalctl -p err` finds it; nothing elsewhere.
+pub fn error_prefix() -> &'static str {
+    if logs_to_journal() { "<3>" } else { "" }
 }
 
 /// Whether `$JOURNAL_STREAM` (`DEVICE:INODE`, decimal) names the stream that stderr is,
