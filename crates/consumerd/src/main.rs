@@ -73,7 +73,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
             }
         };
         shared.stop.store(false, Ordering::Relaxed);
-        info!(segment = %segment.location(), config = %settings.origin, sink = ?settings.sink, "consumer attached");
+        info!(segment = %segment.location(), config = %settings.origin, sink = settings.sink.kind(), "consumer attached");
         let ring = {
             let (shared, segment, drain) = (shared.clone(), segment.clone(), settings.drain_timeout);
             let cpus = settings.cpu_affinity.clone();

@@ -63,7 +63,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         let segment = shm_daemon::segment::open(&settings.segment)?;
         let producer = segment.producer_with(settings.segment.wait)?;
         shared.stop.store(false, Ordering::Relaxed);
-        info!(segment = %segment.location(), config = %settings.origin, source = ?settings.source, "producer attached");
+        info!(segment = %segment.location(), config = %settings.origin, source = settings.source.kind(), "producer attached");
         let ring = {
             let (shared, segment) = (shared.clone(), segment.clone());
             let (drop_when_full, cpus) = (settings.drop_when_full, settings.cpu_affinity.clone());
