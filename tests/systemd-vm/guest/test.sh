@@ -419,8 +419,8 @@ check_mutants() {
     local m unit survived=() src=/etc/systemd/system/producerd.service
     for m in "${MUTANTS[@]}"; do
         sed "s|^name = \"/high_perf_ring\"|name = \"/mutant_${m//-/_}\"|" /etc/shmring/producerd.toml >"/etc/shmring/mutant-$m.toml"
+        mutate "$m" <"$src" | cmp -s - "$src" && { why="mutant $m: the edit changes nothing in $src"; return 1; }
         mutate "$m" <"$src" | sed "s|/etc/shmring/producerd.toml|/etc/shmring/mutant-$m.toml|" >"/etc/systemd/system/producerd-mutant-$m.service"
-        cmp -s "$src" "/etc/systemd/system/producerd-mutant-$m.service" && { why="mutant $m: the edit changed nothing"; return 1; }
     done
     systemctl daemon-reload
     for m in "${MUTANTS[@]}"; do
