@@ -173,6 +173,9 @@ install -m 0644 "$here/guest/shmring-vm-test.service" "$guest/etc/systemd/system
 if [[ $shell == 1 ]]; then
     touch "$guest/etc/shmring-vm-keep"
     sed -i 's/^TimeoutStartSec=.*/TimeoutStartSec=infinity/' "$guest/etc/systemd/system/shmring-vm-test.service"
+else
+    # The guest's own bound, a minute inside this script's, so the guest still powers off.
+    sed -i "s/^TimeoutStartSec=.*/TimeoutStartSec=$((timeout_s > 120 ? timeout_s - 60 : 60))/" "$guest/etc/systemd/system/shmring-vm-test.service"
 fi
 ln -s ../shmring-vm-test.service "$guest/etc/systemd/system/multi-user.target.wants/shmring-vm-test.service"
 # No login prompt on the console the test prints to.
