@@ -15,13 +15,17 @@
 # for the whole boot and test, default 600), SHMRING_VM_ACCEL (default tcg: nested KVM
 # hangs on our machines), SHMRING_VM_BUILD=1 (run cargo build even when target/release
 # has the binaries; by default it builds only the missing ones),
-# SHMRING_VM_KEEP=1 (keep the scratch folder and the serial log).
+# SHMRING_VM_KEEP=1 (keep the scratch folder), SHMRING_VM_SHELL=1 (after the checks, keep
+# the VM up with a root shell on the serial console, which is this terminal; no timeout).
+# Each run's serial log is $cache/serial-<time>-<pid>.log, kept when the run fails (its
+# path is printed), removed when it passes; last-serial.log points at the latest failure's.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${SHMRING_VM_CACHE:-/var/cache/shmring-vm}
-timeout_s=${SHMRING_VM_TIMEOUT:-600}
+timeout_s=${SHMRING_VM_TIMEOUT:-900}
+shell=${SHMRING_VM_SHELL:-0}
 accel=${SHMRING_VM_ACCEL:-tcg}
 suite=bookworm
 # What the guest root holds. udev comes with initramfs-tools anyway; jq reads shmctl's JSON.
@@ -154,16 +158,25 @@ install -m 0644 "$repo"/systemd/*.service "$guest/etc/systemd/system/"
 install -D -m 0644 "$repo/systemd/shmring.sysusers" "$guest/usr/lib/sysusers.d/shmring.conf"
 install -D -m 0644 "$repo/systemd/shmring.tmpfiles" "$guest/usr/lib/tmpfiles.d/shmring.conf"
 install -d -m 0755 "$guest/etc/shmring"
-install -m 0644 "$repo/config/consumerd.toml" "$guest/etc/shmring/consumerd.toml"
-# One emulated CPU: a generator at full speed would starve systemctl and the test.
-sed -E 's/^rate = 0([[:space:]]|$)/rate = 20000\1/' "$repo/config/producerd.toml" >"$guest/etc/shmring/producerd.toml"
-grep -q '^rate = 20000' "$guest/etc/shmring/producerd.toml" || die "config/producerd.toml: no 'rate = 0' line to rewrite"
+# The shipped configs as they are (the producer at full speed), but for one line the
+# shipped consumerd.toml documents: the verify sink's state file, so its "0 lost" spans
+# every restart the test causes, not only the last run.
+install -m 0644 "$repo/config/producerd.toml" "$guest/etc/shmring/producerd.toml"
+sed '/^kind = "verify"/a state = "/var/lib/shmring/verify.state"' "$repo/config/consumerd.toml" >"$guest/etc/shmring/consumerd.toml"
+grep -q '^state = ' "$guest/etc/shmring/consumerd.toml" || die "config/consumerd.toml: no 'kind = \"verify\"' line to add the state after"
 # The template pair, as the README installs it: one file for producerd@demo and consumerd@demo.
 install -m 0644 "$repo/config/pair.toml" "$guest/etc/shmring/demo.toml"
 
 # The test: a oneshot unit after multi-user.target that prints to the serial console.
 install -D -m 0755 "$here/guest/test.sh" "$guest/usr/local/lib/shmring-vm-test/test.sh"
 install -m 0644 "$here/guest/shmring-vm-test.service" "$guest/etc/systemd/system/"
+if [[ $shell == 1 ]]; then
+    touch "$guest/etc/shmring-vm-keep"
+    sed -i 's/^TimeoutStartSec=.*/TimeoutStartSec=infinity/' "$guest/etc/systemd/system/shmring-vm-test.service"
+else
+    # The guest's own bound, a minute inside this script's, so the guest still powers off.
+    sed -i "s/^TimeoutStartSec=.*/TimeoutStartSec=$((timeout_s > 120 ? timeout_s - 60 : 60))/" "$guest/etc/systemd/system/shmring-vm-test.service"
+fi
 ln -s ../shmring-vm-test.service "$guest/etc/systemd/system/multi-user.target.wants/shmring-vm-test.service"
 # No login prompt on the console the test prints to.
 ln -s /dev/null "$guest/etc/systemd/system/serial-getty@ttyS0.service"
@@ -175,23 +188,30 @@ rm -rf --one-file-system "$guest"
 
 # --- boot ----------------------------------------------------------------------------
 log="$scratch/serial.log"
-say "booting (qemu -accel $accel, timeout ${timeout_s} s)"
+run_log="$cache/serial-$(date -u +%Y%m%dT%H%M%S)-$$.log"
+say "booting (qemu -accel $accel, timeout ${timeout_s} s; serial log $run_log)"
 boot_started=$(date +%s)
+qemu=(qemu-system-x86_64 -accel "$accel" -m 1024 -smp 1 -nographic -no-reboot -nic none
+    -kernel "$kernel" -initrd "$initrd"
+    -append "root=/dev/vda rw console=ttyS0 init=/lib/systemd/systemd quiet panic=1"
+    -drive "file=$image,format=raw,if=virtio")
 set +e
-timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel "$accel" -m 1024 -smp 1 \
-    -nographic -no-reboot -nic none \
-    -kernel "$kernel" -initrd "$initrd" \
-    -append "root=/dev/vda rw console=ttyS0 init=/lib/systemd/systemd quiet panic=1" \
-    -drive "file=$image,format=raw,if=virtio" </dev/null 2>&1 |
-    tee "$log" | sed -un 's/\r$//; /^\(PASS\|FAIL\|SHMRING-VM-\)/p'
+if [[ $shell == 1 ]]; then
+    # The console is this terminal, both ways; poweroff in the guest ends it.
+    "${qemu[@]}" 2>&1 | tee "$log"
+else
+    timeout --kill-after=10 "$timeout_s" "${qemu[@]}" </dev/null 2>&1 |
+        tee "$log" | sed -un 's/\r$//; /^\(PASS\|FAIL\|MUTANT\|SHMRING-VM-\)/p'
+fi
 qemu_status=${PIPESTATUS[0]}
 set -e
 vm_seconds=$(($(date +%s) - boot_started))
 
 # --- verdict -------------------------------------------------------------------------
 tr -d '\r' <"$log" >"$log.txt"
-# Kept next to the cache (one file, overwritten each run) for whoever reads a failure.
-cp "$log.txt" "$cache/last-serial.log"
+# Kept next to the cache, one file per run (concurrent runs do not overwrite each other);
+# removed again below if the run passes.
+cp "$log.txt" "$run_log"
 mapfile -t expected < <(sed -n 's/^CHECKS=(\(.*\))$/\1/p' "$here/guest/test.sh" | tr ' ' '\n' | sed '/^$/d')
 ((${#expected[@]})) || die "no CHECKS=(...) line in guest/test.sh"
 problems=()
@@ -204,7 +224,7 @@ if grep -q '^FAIL' "$log.txt"; then problems+=("a check printed FAIL"); fi
 
 echo
 echo "---- summary ----"
-grep -E '^(PASS|FAIL) ' "$log.txt" || echo "(no PASS/FAIL lines)"
+grep -E '^(PASS|FAIL|MUTANT) ' "$log.txt" || echo "(no PASS/FAIL lines)"
 boot_line=$(grep -m1 -o 'SHMRING-VM-TEST-BEGIN.*' "$log.txt" || true)
 echo "guest: ${boot_line#SHMRING-VM-TEST-BEGIN }"
 echo "VM wall time ${vm_seconds} s, whole run $(($(date +%s) - started)) s"
@@ -212,14 +232,19 @@ if ((${#problems[@]})); then
     echo
     if grep -q '^FAIL' "$log.txt"; then
         # Each FAIL line with the status and journal excerpts the guest printed after it.
-        echo "---- the failed checks, from the serial log (all of it: $cache/last-serial.log) ----"
-        awk '/^FAIL / { on = 1 } /^(== |PASS |SHMRING-VM-TEST-END)/ { on = 0 } on' "$log.txt" | head -n 400
+        echo "---- the failed checks, from the serial log (all of it: $run_log) ----"
+        # awk stops itself after 400 lines: no `| head`, whose early exit would kill awk
+        # with SIGPIPE and this script (pipefail) before the FAILED summary.
+        awk '/^FAIL / { on = 1 } /^(== |PASS |SHMRING-VM-TEST-END)/ { on = 0 } on && n++ < 400' "$log.txt"
     else
-        echo "---- serial log, last 150 lines (all of it: $cache/last-serial.log) ----"
+        echo "---- serial log, last 150 lines (all of it: $run_log) ----"
         tail -n 150 "$log.txt"
     fi
     echo
     printf 'FAILED: %s\n' "${problems[@]}"
+    ln -sfn "$(basename "$run_log")" "$cache/last-serial.log"
+    echo "serial log kept: $run_log"
     exit 1
 fi
+rm -f "$run_log"
 echo "all ${#expected[@]} checks passed"

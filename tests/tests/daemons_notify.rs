@@ -5,6 +5,10 @@
 //! - `watchdog_pings_while_running`: with `WATCHDOG_USEC` (and no `WATCHDOG_PID`) both
 //!   daemons ping `WATCHDOG=1` about every `WATCHDOG_USEC / 2`; with a `WATCHDOG_PID`
 //!   that is not theirs, they never do.
+//! - `reload_notifies_then_acknowledges`: on `SIGHUP`, `RELOADING=1` with a `MONOTONIC_USEC=`
+//!   taken during the reload (systemd 253+ needs it), then `READY=1`; and under a
+//!   `$RUNTIME_DIRECTORY`, `reloaded.<pid>` counts the reloads handled, written after that
+//!   `READY=1` (what the units' waiting `ExecReload=` reads).
 //! - `metrics_endpoint_serves_prometheus_text`: a plain HTTP GET on `[metrics] listen`
 //!   returns the segment's counters labelled with the segment, and each daemon's own.
 
@@ -89,6 +93,52 @@ fn watchdog_pings_while_running() {
     }
     assert!(pings(&not_ours).is_empty(), "pinged for a watchdog that is not its own");
     for daemon in [&producer, &consumer, &not_ours] {
+        daemon.stop(&fx).assert_success();
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, in microseconds, as systemd's `MONOTONIC_USEC=` counts.
+fn monotonic_usec() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000
+}
+
+#[test]
+fn reload_notifies_then_acknowledges() {
+    let fx = Fixture::new("reload-ack");
+    let location = fx.location(Backend::Posix);
+    let runtime = fx.path("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    let runtime_text = runtime.to_str().unwrap();
+    let mut producer = Daemon::launch(&fx, Kind::Producer, &generator(&location, 20_000))
+        .env("RUNTIME_DIRECTORY", runtime_text)
+        .start(&fx);
+    let mut consumer =
+        Daemon::launch(&fx, Kind::Consumer, &verify(&location, "")).env("RUNTIME_DIRECTORY", runtime_text).start(&fx);
+    for daemon in [&mut producer, &mut consumer] {
+        daemon.wait_for(&fx, "READY=1");
+        let acknowledged = runtime.join(format!("reloaded.{}", daemon.pid()));
+        assert!(!acknowledged.exists(), "an acknowledgement before any reload");
+        for round in 1..=2 {
+            let before = monotonic_usec();
+            daemon.signal(&fx, nix::sys::signal::Signal::SIGHUP);
+            let reloading = daemon.wait_for(&fx, "RELOADING=1");
+            let after = monotonic_usec();
+            let stamp: u64 = reloading
+                .lines()
+                .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+                .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC=: {reloading:?}"))
+                .parse()
+                .unwrap();
+            assert!((before..=after).contains(&stamp), "MONOTONIC_USEC={stamp} not within {before}..={after}");
+            daemon.wait_for(&fx, "READY=1");
+            let want = format!("{round}\n");
+            wait_until(daemons::PATIENCE, "the reload acknowledged", || {
+                std::fs::read_to_string(&acknowledged).is_ok_and(|text| text == want)
+            });
+        }
+    }
+    for daemon in [&producer, &consumer] {
         daemon.stop(&fx).assert_success();
     }
 }

@@ -113,6 +113,20 @@ pub enum SinkKind {
     },
 }
 
+impl SinkKind {
+    /// The `[sink] kind` value, as logged (a field, not a dump of the settings).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkKind::Verify { .. } => "verify",
+            SinkKind::Stdout { .. } => "stdout",
+            SinkKind::File { .. } => "file",
+            SinkKind::Discard => "discard",
+            SinkKind::Udp { .. } => "udp",
+            SinkKind::Unix { .. } => "unix",
+        }
+    }
+}
+
 /// consumerd's validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {

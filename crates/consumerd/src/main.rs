@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         "consumerd",
         args.check_config,
         || load(args.config.as_deref()),
-        |s| &s.log,
+        |s| (&s.log, &s.segment),
         |settings, log| run(&args, settings, log),
     )
 }
@@ -81,7 +81,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
             }
         };
         shared.stop.store(false, Ordering::Relaxed);
-        info!(segment = %segment.location(), config = %settings.origin, sink = ?settings.sink, "consumer attached");
+        info!(segment = %segment.location(), config = %settings.origin, sink = settings.sink.kind(), "consumer attached");
         let ring = {
             let (shared, segment) = (shared.clone(), segment.clone());
             let cpus = settings.cpu_affinity.clone();

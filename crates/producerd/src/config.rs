@@ -80,6 +80,18 @@ pub enum SourceKind {
     },
 }
 
+impl SourceKind {
+    /// The `[source] kind` value, as logged (a field, not a dump of the settings).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceKind::Generator { .. } => "generator",
+            SourceKind::Stdin { .. } => "stdin",
+            SourceKind::Udp { .. } => "udp",
+            SourceKind::Unix { .. } => "unix",
+        }
+    }
+}
+
 /// producerd's validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         "producerd",
         args.check_config,
         || load(args.config.as_deref()),
-        |s| &s.log,
+        |s| (&s.log, &s.segment),
         |settings, log| run(&args, settings, log),
     )
 }
@@ -69,7 +69,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         };
         let producer = segment.producer_with(settings.segment.wait)?;
         shared.stop.store(false, Ordering::Relaxed);
-        info!(segment = %segment.location(), config = %settings.origin, source = ?settings.source, "producer attached");
+        info!(segment = %segment.location(), config = %settings.origin, source = settings.source.kind(), "producer attached");
         let ring = {
             let (shared, segment) = (shared.clone(), segment.clone());
             let cpus = settings.cpu_affinity.clone();

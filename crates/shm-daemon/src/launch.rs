@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use crate::config::{ConfigError, LogSettings, Source, find};
+use crate::config::{ConfigError, LogSettings, SegmentSettings, Source, find};
 use crate::exit;
 use crate::logging::{self, LogHandle};
 
@@ -27,19 +27,20 @@ pub fn load<S>(
     Ok((parse(&source)?, source.label))
 }
 
-/// Runs a daemon: loads its settings, answers `--check-config`, starts logging, calls
-/// `run` and turns its result into the exit code.
+/// Runs a daemon: loads its settings, answers `--check-config`, starts logging (with
+/// what `log_and_segment` picks from the settings: `[log]`, and the segment every line is about),
+/// calls `run` and turns its result into the exit code.
 pub fn main<S>(
     daemon: &str,
     check_only: bool,
     load: impl FnOnce() -> Result<(S, String), ConfigError>,
-    log_settings: impl Fn(&S) -> &LogSettings,
+    log_and_segment: impl Fn(&S) -> (&LogSettings, &SegmentSettings),
     run: impl FnOnce(S, LogHandle) -> anyhow::Result<u8>,
 ) -> ExitCode {
     let (settings, origin) = match load() {
         Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("{daemon}: {e}");
+            eprintln!("{}{daemon}: {e}", logging::error_prefix());
             return ExitCode::from(exit::CONFIG);
         }
     };
@@ -47,7 +48,8 @@ pub fn main<S>(
         println!("{daemon}: config OK ({origin})");
         return ExitCode::SUCCESS;
     }
-    let log = logging::init(log_settings(&settings));
+    let (log_settings, segment) = log_and_segment(&settings);
+    let log = logging::init(log_settings, &segment.location.to_string());
     match run(settings, log) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

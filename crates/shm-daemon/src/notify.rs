@@ -54,9 +54,12 @@ impl Notifier {
         self.send("WATCHDOG=1");
     }
 
-    /// `RELOADING=1`, then the caller sends `READY=1` when done.
+    /// `RELOADING=1` with `MONOTONIC_USEC=` (`CLOCK_MONOTONIC` now, which systemd 253+
+    /// requires to tell this reload from an older one); the caller sends `READY=1` when done.
     pub fn reloading(&self) {
-        self.send("RELOADING=1");
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map_or(0, |t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000);
+        self.send(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
     }
 
     /// `STOPPING=1`.

@@ -32,6 +32,29 @@ const UNLINK_CHECK: Duration = Duration::from_millis(500);
 /// at most while healthy), unless the watchdog period is longer.
 const STALLED: Duration = Duration::from_secs(1);
 
+/// Reloads handled by this process, across service loops.
+static RELOADS_HANDLED: AtomicU64 = AtomicU64::new(0);
+
+/// Tells a waiting `ExecReload=` that a reload is over (in effect, or refused and logged):
+/// writes the number of reloads this process has handled to
+/// `$RUNTIME_DIRECTORY/reloaded.<pid>`, once `READY=1` has gone out. The units' `ExecReload=`
+/// reads the file, sends `SIGHUP` and waits for the number to change, so `systemctl reload`
+/// returns only then, on systemd 252 too (which ends a reload when `ExecReload=` exits, and
+/// has no `Type=notify-reload`). Without `$RUNTIME_DIRECTORY` (not under systemd), nothing.
+fn acknowledge_reload() {
+    // Relaxed: only this thread counts; the file is the message, not the counter.
+    let handled = RELOADS_HANDLED.fetch_add(1, Ordering::Relaxed) + 1;
+    let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") else { return };
+    // Several directories are separated by ':'; the units name one.
+    let dir = std::path::PathBuf::from(dir.to_string_lossy().split(':').next().unwrap_or_default());
+    let path = dir.join(format!("reloaded.{}", std::process::id()));
+    // Written whole under another name, then renamed: a reader never sees half a number.
+    let partial = dir.join(format!(".reloaded.{}", std::process::id()));
+    if let Err(e) = std::fs::write(&partial, format!("{handled}\n")).and_then(|()| std::fs::rename(&partial, &path)) {
+        warn!(path = %path.display(), "cannot tell ExecReload= the reload is over: {e}");
+    }
+}
+
 /// What the loop needs from a daemon.
 pub struct Service {
     /// Set to ask the ring thread to finish.
@@ -109,6 +132,7 @@ impl Service {
                         if reload_pending && self.reloads.in_effect() {
                             reload_pending = false;
                             notifier.ready(&(self.status)());
+                            acknowledge_reload();
                         }
                         since_unlink_check += Duration::from_millis(100);
                         if since_unlink_check >= UNLINK_CHECK {
