@@ -7,6 +7,7 @@ use crate::cli::GcArgs;
 use crate::exit::refuse;
 use crate::list::{Found, any_alive, survey};
 use crate::render;
+use crate::stdout::outln;
 
 pub fn run(args: GcArgs) -> Result<()> {
     let mut failures = 0;
@@ -17,35 +18,35 @@ pub fn run(args: GcArgs) -> Result<()> {
         let participants = segment.participants();
         let name = &candidate.name;
         if any_alive(&participants) {
-            println!("kept    {name}: a participant is alive");
+            outln!("kept    {name}: a participant is alive");
             continue;
         }
         let dead: Vec<String> =
             participants.iter().filter(|p| p.liveness == Liveness::Dead).map(render::participant).collect();
         if dead.is_empty() && !args.include_idle {
-            println!("kept    {name}: idle, nobody died (--include-idle removes it)");
+            outln!("kept    {name}: idle, nobody died (--include-idle removes it)");
             continue;
         }
         let why = if dead.is_empty() { "idle".to_owned() } else { format!("{} died", dead.join(", ")) };
         if args.dry_run {
-            println!("would remove {name} ({why})");
+            outln!("would remove {name} ({why})");
             continue;
         }
         drop(segment);
         let location = candidate.location.clone().expect("our segments always have a location");
         match Segment::unlink(&location) {
-            Ok(()) => println!("removed {name} ({why})"),
+            Ok(()) => outln!("removed {name} ({why})"),
             Err(shm_core::UnlinkError::NotFound { .. }) => {
-                println!("gone    {name}: removed by someone else meanwhile")
+                outln!("gone    {name}: removed by someone else meanwhile")
             }
             Err(e) => {
                 failures += 1;
-                println!("could not remove {name}: {e}");
+                outln!("could not remove {name}: {e}");
             }
         }
     }
     if considered == 0 {
-        println!("no shmring segments");
+        outln!("no shmring segments");
     }
     if failures > 0 {
         return Err(refuse(1, format!("{failures} segment(s) could not be removed")));

@@ -9,6 +9,7 @@ use crate::cli::UnlinkArgs;
 use crate::exit::{DATA, UNAVAILABLE, refuse};
 use crate::list::any_alive;
 use crate::render;
+use crate::stdout::outln;
 use crate::target::{location, open_read_only};
 
 pub fn run(args: UnlinkArgs) -> Result<()> {
@@ -49,6 +50,6 @@ pub fn run(args: UnlinkArgs) -> Result<()> {
         Err(_) => {}
     }
     Segment::unlink(&location)?;
-    println!("removed {location}");
+    outln!("removed {location}");
     Ok(())
 }
