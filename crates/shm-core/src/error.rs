@@ -28,8 +28,9 @@ pub enum CreateError {
         /// Uid of the owner of what is there, when it could be read.
         owner: Option<u32>,
     },
-    /// The OS refused.
-    #[error("{location}: permission denied")]
+    /// The OS refused (the message says what to do; the OS error, its source, says
+    /// "permission denied").
+    #[error("{location}: cannot create it; {}", create_hint(location))]
     Permission {
         /// The segment.
         location: Location,
@@ -97,8 +98,11 @@ pub enum OpenError {
         /// The segment.
         location: Location,
     },
-    /// The OS refused.
-    #[error("{location}: permission denied")]
+    /// The OS refused (the message says what to do; the OS error, its source, says
+    /// "permission denied").
+    #[error(
+        "{location}: cannot open it; run it as its owner or root, or ask its owner for group access (shmctl create --group, --mode 0640)"
+    )]
     Permission {
         /// The segment.
         location: Location,
@@ -222,8 +226,9 @@ pub enum UnlinkError {
         /// The segment.
         location: Location,
     },
-    /// The OS refused.
-    #[error("{location}: permission denied; {}", unlink_hint(location))]
+    /// The OS refused (the message says who may; the OS error, its source, says
+    /// "permission denied").
+    #[error("{location}: {}", unlink_hint(location))]
     Permission {
         /// The segment.
         location: Location,
@@ -240,6 +245,17 @@ pub enum UnlinkError {
         /// The OS error.
         source: io::Error,
     },
+}
+
+/// What creating a segment takes, by backend.
+fn create_hint(location: &Location) -> &'static str {
+    match location {
+        Location::Posix(_) => "creating takes write permission on /dev/shm",
+        Location::Sysv(_) => "the key's existing permissions, or the system's IPC limits, do not allow it",
+        Location::File(_) | Location::Anon => {
+            "creating takes write permission on its directory; use one this user owns (for example /var/lib/shmring)"
+        }
+    }
 }
 
 /// Who may remove a segment, by backend.

@@ -276,6 +276,7 @@ pub(crate) fn wait_initialised(
     mut probe: impl FnMut() -> Result<Option<Mapping>, OpenError>,
 ) -> Result<Mapping, OpenError> {
     let started = Instant::now();
+    let mut last_magic = None;
     loop {
         if let Some(mapping) = probe()? {
             // SAFETY: the mapping is at least HEADER_SIZE bytes (the probe checked) and
@@ -287,11 +288,26 @@ pub(crate) fn wait_initialised(
             if magic != 0 && (version != 0 || magic != MAGIC) {
                 return Ok(mapping);
             }
+            last_magic = Some(magic);
         }
         if started.elapsed() >= timeout {
-            return Err(OpenError::NotInitialised { location: location.clone(), waited: timeout });
+            return Err(not_initialised(location, timeout, last_magic));
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Why waiting for a creator ran out: a sized object whose magic number is still zero
+/// had no creator write it within the wait (creators write it right after reserving
+/// the memory), so it is not a shmring segment; our magic without a version is a
+/// creator that died or stopped half-way; an object that never got a size is not
+/// initialised either way.
+fn not_initialised(location: &Location, waited: Duration, last_magic: Option<u64>) -> OpenError {
+    match last_magic {
+        Some(0) => {
+            OpenError::Header { location: location.clone(), source: crate::layout::HeaderError::BadMagic { found: 0 } }
+        }
+        _ => OpenError::NotInitialised { location: location.clone(), waited },
     }
 }
 

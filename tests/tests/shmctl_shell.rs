@@ -1,16 +1,25 @@
-//! `shmctl` in shell pipelines: a reader that stops reading (`shmctl list --all | head
+//! `shmctl` as people use it in shells.
+//!
+//! Pipelines: a reader that stops reading (`shmctl list --all | head
 //! -1`) is not an error. Every subcommand that prints is run with its standard output a
 //! pipe whose reading end is already closed, so its first write fails with `EPIPE`
 //! whatever the timing: it must exit 0 and print nothing on stderr (before, `println!`
 //! panicked: exit 101, "failed printing to stdout: Broken pipe"). Two are also run as
 //! people type them, `... | head -c 1` under `bash -o pipefail`.
+//!
+//! Messages: a refusal by the OS says "permission denied" once, with what to do (not
+//! "permission denied: Permission denied (os error 13)"), and a zero-filled file is "not
+//! a shmring segment" (65), not "not initialised" (69).
 
 mod shmctl_support;
 
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 
-use shmctl_support::{PATIENCE, args_on, attach, command, create, publish};
+use shmctl_support::{
+    DATA, NO_PERM, PATIENCE, args_on, assert_fails, attach, command, create, publish, root_or_skip, shmctl_as,
+    shmctl_on,
+};
 use shmring_tests::{Backend, Finished, Fixture};
 
 /// Runs `shmctl ARGS` with stdout a pipe nobody reads (its reading end closed first).
@@ -68,7 +77,13 @@ fn every_subcommand_ends_quietly_when_its_reader_is_gone() {
             failed.push(format!("shmctl {}: {}\n{}", args.join(" "), f.status, f.stderr.trim()));
         }
     }
-    assert!(failed.is_empty(), "{} of {} did not end quietly with 0:\n{}", failed.len(), cases.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} of {} did not end quietly with 0:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n")
+    );
 }
 
 #[test]
@@ -79,14 +94,55 @@ fn piped_into_head_exits_zero() {
         create(&fx, &fx.location(Backend::File), &["--capacity", "4KiB"]);
     }
     let shmctl = shmring_tests::fixture::binary("shmctl");
-    for pipeline in [format!("\"$SHMCTL\" list --all --dir {dir} | head -c 1"), "\"$SHMCTL\" completions bash | head -c 1".into()]
+    for pipeline in
+        [format!("\"$SHMCTL\" list --all --dir {dir} | head -c 1"), "\"$SHMCTL\" completions bash | head -c 1".into()]
     {
-        let proc = fx.spawn(
-            "bash",
-            Command::new("bash").args(["-o", "pipefail", "-c", &pipeline]).env("SHMCTL", &shmctl),
-        );
+        let proc =
+            fx.spawn("bash", Command::new("bash").args(["-o", "pipefail", "-c", &pipeline]).env("SHMCTL", &shmctl));
         let f = fx.wait(&proc, PATIENCE);
         assert!(f.status.success() && f.stderr.is_empty(), "{pipeline}: {}\n{}", f.status, f.stderr);
         assert_eq!(f.stdout.len(), 1, "{pipeline} printed {:?}", f.stdout);
     }
+}
+
+/// Each permission refusal (open, remove, create) says so once, and what to do.
+#[test]
+fn permission_refusals_say_it_once_with_what_to_do() {
+    if !root_or_skip("permission_refusals_say_it_once_with_what_to_do") {
+        return;
+    }
+    let fx = Fixture::new("perm-once");
+    let location = fx.location(Backend::Posix);
+    create(&fx, &location, &["--capacity", "4KiB"]);
+    let nobody = 65534;
+    let open = shmctl_as(&fx, nobody, nobody, args_on("stat", &location, &[]));
+    let remove = shmctl_as(&fx, nobody, nobody, args_on("unlink", &location, &["--force"]));
+    // A directory others may enter but not write (the fixture's own is 0700).
+    let dir = std::env::temp_dir().join(format!("shmring-t-perm-once-{}", std::process::id()));
+    std::fs::create_dir(&dir).expect("mkdir");
+    fx.track_path(dir.clone());
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let file = shm_core::Location::File(dir.join("ring"));
+    let make = shmctl_as(&fx, nobody, nobody, args_on("create", &file, &["--capacity", "4KiB"]));
+    for (f, hint) in [(&open, "run it as"), (&remove, "owner or root"), (&make, "write permission")] {
+        f.assert_code(NO_PERM);
+        let said = f.stderr.to_lowercase().matches("permission denied").count();
+        assert_eq!(said, 1, "{}: says \"permission denied\" {said} times:\n{}", f.label, f.stderr);
+        assert!(f.stderr.contains(hint), "{}: does not say what to do ({hint:?}):\n{}", f.label, f.stderr);
+    }
+}
+
+/// A zero-filled file the size of a segment never had a creator write a magic number:
+/// not a shmring segment (65), and `unlink` wants `--force` for it.
+#[test]
+fn a_zero_filled_file_is_not_a_segment() {
+    let fx = Fixture::new("zero-file");
+    let location = fx.location(Backend::File);
+    let shm_core::Location::File(path) = &location else { unreachable!() };
+    std::fs::write(path, vec![0u8; 64 * 1024]).expect("write zeros");
+    for args in [&["stat"][..], &["peek"], &["publish", "x"]] {
+        let f = shmctl_on(&fx, args[0], &location, &args[1..]);
+        assert_fails(&f, DATA, &["not a shmring segment"]);
+    }
+    assert_fails(&shmctl_on(&fx, "unlink", &location, &[]), DATA, &["--force"]);
 }
