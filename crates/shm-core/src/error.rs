@@ -217,12 +217,38 @@ pub enum AttachError {
     },
 }
 
-/// Why [`crate::Segment::unlink`] failed.
+/// Why [`crate::Segment::unlink`] or [`crate::Segment::unlink_unused`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UnlinkError {
     /// Nothing exists at that name.
     #[error("{location}: no such segment")]
     NotFound {
+        /// The segment.
+        location: Location,
+    },
+    /// A live process is attached (its role lock is held), or attached while this was
+    /// deciding: the segment was kept.
+    #[error("{location}: in use by a live participant; stop it first (--force removes it anyway)")]
+    InUse {
+        /// The segment.
+        location: Location,
+        /// The participants alive when the refusal was decided (may be empty: one that
+        /// was still recording itself).
+        participants: Vec<crate::participant::Participant>,
+    },
+    /// Whether a process is attached cannot be told, which is not the same as "nobody":
+    /// the segment was kept.
+    #[error("{location}: cannot tell whether a process is attached ({reason}); kept (--force removes it anyway)")]
+    LivenessUnknown {
+        /// The segment.
+        location: Location,
+        /// Why not.
+        reason: String,
+    },
+    /// The name no longer leads to the segment that was checked (someone removed it and
+    /// made a new one meanwhile): the new one was not removed.
+    #[error("{location}: the name now leads to a different segment than the one checked; not removed")]
+    Replaced {
         /// The segment.
         location: Location,
     },

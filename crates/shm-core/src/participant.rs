@@ -121,7 +121,27 @@ fn flock(kind: libc::c_short, slot: usize) -> libc::flock {
 /// Takes the write lock of `slot` on `fd`'s open file description without waiting.
 /// `Ok(false)` when another description holds it.
 pub(crate) fn try_lock(fd: impl AsFd, slot: usize) -> nix::Result<bool> {
-    match fcntl(fd, FcntlArg::F_OFD_SETLK(&flock(libc::F_WRLCK as libc::c_short, slot))) {
+    try_set(fd, libc::F_WRLCK as libc::c_short, slot)
+}
+
+/// Takes a read lock on every slot's byte on `fd`'s open file description without
+/// waiting: held, it keeps every role from being taken (a participant's write lock
+/// conflicts with it), and it can only be had while no participant is alive (their
+/// write locks conflict with it). A read lock needs only a read-only descriptor.
+/// `Ok(false)` when a live participant holds a slot; then nothing is kept locked that
+/// outlives `fd`.
+pub(crate) fn try_fence_all(fd: impl AsFd, slots: usize) -> nix::Result<bool> {
+    let fd = fd.as_fd();
+    for slot in 0..slots {
+        if !try_set(fd, libc::F_RDLCK as libc::c_short, slot)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn try_set(fd: impl AsFd, kind: libc::c_short, slot: usize) -> nix::Result<bool> {
+    match fcntl(fd, FcntlArg::F_OFD_SETLK(&flock(kind, slot))) {
         Ok(_) => Ok(true),
         Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => Ok(false),
         Err(e) => Err(e),

@@ -412,6 +412,57 @@ impl Segment {
         }
     }
 
+    /// Removes the segment's name unless a live process is attached, deciding and
+    /// acting on this very object:
+    ///
+    /// 1. read-locks every participant slot's lock byte through a new open file
+    ///    description, without waiting: that succeeds only if no live participant holds
+    ///    a role (their write locks conflict), and while held, nobody can take a role
+    ///    (an attach in between is refused with [`AttachError::RoleTaken`]);
+    /// 2. checks that the name still leads to this object (device and inode, or the
+    ///    SysV id behind the key), so a segment someone re-created at the name is never
+    ///    removed ([`UnlinkError::Replaced`]);
+    /// 3. removes the name, still holding the locks, and then lets them go.
+    ///
+    /// A process that opened the segment before and attaches after keeps the memory
+    /// it mapped (the name is gone; [`Segment::is_unlinked`] says so). A segment whose
+    /// liveness cannot be checked (a SysV segment without a readable lock file) is kept:
+    /// [`UnlinkError::LivenessUnknown`]. Works on a read-only segment. Anonymous
+    /// segments have no name: nothing to do.
+    pub fn unlink_unused(&self) -> Result<(), UnlinkError> {
+        self.unlink_unused_with(|| {})
+    }
+
+    /// [`Segment::unlink_unused`], calling `before_act` between the decision (locks
+    /// held) and the name check and removal: tests race other processes there.
+    pub fn unlink_unused_with(&self, before_act: impl FnOnce()) -> Result<(), UnlinkError> {
+        let location = &self.inner.location;
+        if let Location::Anon = location {
+            return Ok(());
+        }
+        let Some(lock_fd) = self.inner.backing.lock_fd.as_ref() else {
+            let reason = match location {
+                Location::Sysv(key) => {
+                    format!("its lock file {} is missing or unreadable", backend::sysv::lock_path(*key).display())
+                }
+                _ => "it has no lock file".to_owned(),
+            };
+            return Err(UnlinkError::LivenessUnknown { location: location.clone(), reason });
+        };
+        let io = |op| move |e| UnlinkError::Io { location: location.clone(), op, source: io_err(e) };
+        // Its own open file description: OFD locks belong to it, and go when it drops.
+        let fence = backend::reopen(lock_fd, false).map_err(io("re-open for locking"))?;
+        if !participant::try_fence_all(&fence, crate::layout::PARTICIPANT_SLOTS).map_err(io("fcntl(F_OFD_SETLK)"))? {
+            let participants =
+                self.participants().into_iter().filter(|p| p.liveness == participant::Liveness::Alive).collect();
+            return Err(UnlinkError::InUse { location: location.clone(), participants });
+        }
+        before_act();
+        let removed = backend::unlink_if_same(location, lock_fd, self.inner.backing.sysv_id);
+        drop(fence);
+        removed
+    }
+
     /// Where the segment lives.
     pub fn location(&self) -> &Location {
         &self.inner.location

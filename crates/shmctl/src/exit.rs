@@ -71,6 +71,9 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<UnlinkError>() {
             return match e {
                 UnlinkError::NotFound { .. } => NO_INPUT,
+                UnlinkError::InUse { .. } | UnlinkError::LivenessUnknown { .. } | UnlinkError::Replaced { .. } => {
+                    UNAVAILABLE
+                }
                 UnlinkError::Permission { .. } => NO_PERM,
                 UnlinkError::Io { .. } => IO,
             };

@@ -222,21 +222,52 @@ pub(crate) fn open(key: SysvKey, location: &Location, spec: OpenSpec) -> Result<
             Some(fd)
         }
         Err(nix::errno::Errno::ENOENT) => None,
+        // An inspector that may not read the lock file cannot check liveness: "unknown"
+        // (`lock_fd: None`), which is never taken for "dead".
+        Err(nix::errno::Errno::EACCES) if !spec.writable => None,
         Err(e) => return Err(super::open_error(location, e)),
     };
     Ok(Backing { mapping, lock_fd, sysv_id: Some(id) })
 }
 
-pub(crate) fn unlink(key: SysvKey, location: &Location) -> Result<(), UnlinkError> {
-    let map = |op, source: io::Error| match source.raw_os_error() {
+/// Maps a failed SysV removal step to an [`UnlinkError`].
+fn unlink_error(location: &Location, op: &'static str, source: io::Error) -> UnlinkError {
+    match source.raw_os_error() {
         Some(libc::ENOENT | libc::EIDRM | libc::EINVAL) => UnlinkError::NotFound { location: location.clone() },
         Some(libc::EACCES | libc::EPERM) => UnlinkError::Permission { location: location.clone(), source },
         _ => UnlinkError::Io { location: location.clone(), op, source },
-    };
-    let id = id_of(key).map_err(|e| map("shmget", e))?;
-    remove(id).map_err(|e| map("IPC_RMID", e))?;
+    }
+}
+
+pub(crate) fn unlink(key: SysvKey, location: &Location) -> Result<(), UnlinkError> {
+    let id = id_of(key).map_err(|e| unlink_error(location, "shmget", e))?;
+    remove(id).map_err(|e| unlink_error(location, "IPC_RMID", e))?;
     match std::fs::remove_file(lock_path(key)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(map("remove lock file", e)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(unlink_error(location, "remove lock file", e)),
         _ => Ok(()),
     }
+}
+
+/// Removes segment `checked` if `key` still leads to it (`IPC_RMID` acts on the id, so
+/// nothing created at the key meanwhile can be hit), and its lock file if `is_ours`
+/// says the file at the lock path is still the one that was locked.
+pub(crate) fn remove_if_same(
+    key: SysvKey,
+    checked: i32,
+    location: &Location,
+    is_ours: &dyn Fn(&std::path::Path) -> Result<bool, UnlinkError>,
+) -> Result<(), UnlinkError> {
+    if id_of(key).map_err(|e| unlink_error(location, "shmget", e))? != checked {
+        return Err(UnlinkError::Replaced { location: location.clone() });
+    }
+    let path = lock_path(key);
+    let lock_file_is_ours = is_ours(&path)?;
+    remove(checked).map_err(|e| unlink_error(location, "IPC_RMID", e))?;
+    if lock_file_is_ours {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(unlink_error(location, "remove lock file", e)),
+            _ => {}
+        }
+    }
+    Ok(())
 }
