@@ -8,12 +8,14 @@
 //! - [`progress`]: how a peer tells a test how far it got, so the test can kill it at a
 //!   chosen point and bound what it had done.
 //! - [`reliability`]: the `RELIABILITY` line of the reliability tests.
+//! - [`forked`]: forking children in tests without the harness.
 //!
 //! The tests themselves are in `tests/`; the peer is `src/bin/ring-peer.rs`, which they
 //! find as `env!("CARGO_BIN_EXE_ring-peer")`.
 
 pub mod daemons;
 pub mod fixture;
+pub mod forked;
 pub mod progress;
 pub mod records;
 pub mod reliability;

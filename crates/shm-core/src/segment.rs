@@ -621,7 +621,11 @@ impl Segment {
         }
         let slot_ptr = NonNull::from(&self.header().participants[slot]);
         // SAFETY: the slot lies in the header of the mapping that `inner` keeps alive.
-        Ok(unsafe { Attachment::record(lock, slot_ptr, role, self.inner.clone()) })
+        unsafe { Attachment::record(lock, slot_ptr, role, self.inner.clone()) }.ok_or_else(|| AttachError::Io {
+            location: location.clone(),
+            op: "hold another role in this process",
+            source: std::io::Error::other(format!("this process already holds {} roles", participant::MAX_HELD)),
+        })
     }
 
     fn ring_refs(&self) -> RingRefs {
