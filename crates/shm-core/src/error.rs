@@ -77,6 +77,17 @@ pub enum CreateError {
         /// The directory.
         dir: String,
     },
+    /// The SysV lock file at the key's path is not one this user may trust (another
+    /// user made it first, or it is not a regular file): never used, never replaced.
+    #[error("{location}: {}", untrusted_lock_file(path, problem))]
+    UntrustedLockFile {
+        /// The segment.
+        location: Location,
+        /// The lock file.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// Another system call failed.
     #[error("{location}: {op} failed")]
     Io {
@@ -134,6 +145,17 @@ pub enum OpenError {
         location: Location,
         /// Its mode bits.
         mode: u32,
+    },
+    /// The SysV segment's lock file is not one to trust (another owner than the
+    /// segment's, writable by every user, or not a regular file).
+    #[error("{location}: {}", untrusted_lock_file(path, problem))]
+    UntrustedLockFile {
+        /// The segment.
+        location: Location,
+        /// The lock file.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
     },
     /// The creator did not finish initialising it in time.
     #[error(
@@ -271,6 +293,12 @@ pub enum UnlinkError {
         /// The OS error.
         source: io::Error,
     },
+}
+
+fn untrusted_lock_file(path: &str, problem: &str) -> String {
+    format!(
+        "lock file {path} {problem}; refusing to use it (whoever made it could fake or hide who is attached): find out who made it, then remove it as root"
+    )
 }
 
 /// What creating a segment takes, by backend.

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use super::{Backing, CreateSpec, OpenSpec, check_fd, check_owner_mode, open_flags, wait_initialised};
+use super::{Backing, CreateSpec, OpenSpec, check_owner_mode, open_flags, wait_initialised};
 use crate::error::{CreateError, OpenError, UnlinkError, io_err};
 use crate::layout::HEADER_SIZE;
 use crate::mapping::Mapping;
@@ -165,8 +165,10 @@ pub(crate) fn create(key: SysvKey, location: &Location, spec: CreateSpec) -> Res
     result
 }
 
-/// Creates the lock file exclusively; a stale one of ours (the segment it belonged to
-/// is gone, since our `IPC_EXCL` create just succeeded) is replaced.
+/// Creates the lock file exclusively. One already there is replaced only if it is a
+/// stale one of ours (a regular file owned by this user: the segment it belonged to is
+/// gone, since our `IPC_EXCL` create just succeeded); anything else, another user's file
+/// above all, is reported and left alone, whoever we are.
 fn create_lock_file(key: SysvKey, location: &Location, spec: CreateSpec) -> Result<OwnedFd, CreateError> {
     let path = lock_path(key);
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -174,10 +176,25 @@ fn create_lock_file(key: SysvKey, location: &Location, spec: CreateSpec) -> Resu
     let io = |op| move |e| CreateError::Io { location: location.clone(), op, source: io_err(e) };
     let fd = match nix::fcntl::open(&path, flags, mode) {
         Err(nix::errno::Errno::EEXIST) => {
-            let me = nix::unistd::geteuid();
-            let owner = std::fs::symlink_metadata(&path).map(|m| m.uid()).ok();
-            if owner != Some(me.as_raw()) && !me.is_root() {
-                return Err(CreateError::Exists { location: location.clone(), owner });
+            let me = nix::unistd::geteuid().as_raw();
+            let meta = std::fs::symlink_metadata(&path).map_err(|source| CreateError::Io {
+                location: location.clone(),
+                op: "stat of the existing lock file",
+                source,
+            })?;
+            let problem = if !meta.file_type().is_file() {
+                Some(format!("is a {}, not a lock file", file_kind(meta.mode())))
+            } else if meta.uid() != me {
+                Some(format!("was made by uid {}, not by this user (uid {me})", meta.uid()))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(CreateError::UntrustedLockFile {
+                    location: location.clone(),
+                    path: path.display().to_string(),
+                    problem,
+                });
             }
             std::fs::remove_file(&path).map_err(|source| CreateError::Io {
                 location: location.clone(),
@@ -195,17 +212,50 @@ fn create_lock_file(key: SysvKey, location: &Location, spec: CreateSpec) -> Resu
     Ok(fd)
 }
 
+/// What a file of mode `mode` is, for messages.
+fn file_kind(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => "directory",
+        libc::S_IFLNK => "symbolic link",
+        libc::S_IFIFO => "FIFO",
+        libc::S_IFSOCK => "socket",
+        libc::S_IFREG => "regular file",
+        _ => "device or special file",
+    }
+}
+
+/// Checks an opened lock file with the rules of segments, against the segment's owner:
+/// a regular file, owned by the segment's owner, not writable by every user.
+fn check_lock_file(fd: &OwnedFd, path: &std::path::Path, location: &Location, owner: u32) -> Result<(), OpenError> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| OpenError::Io {
+        location: location.clone(),
+        op: "fstat of the lock file",
+        source: io_err(e),
+    })?;
+    let problem = if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        format!("is a {}, not a lock file", file_kind(st.st_mode))
+    } else if st.st_uid != owner {
+        format!("is owned by uid {}, but the segment by uid {owner}", st.st_uid)
+    } else if st.st_mode & 0o002 != 0 {
+        format!("has mode {:04o}: every user may write it", st.st_mode & 0o7777)
+    } else {
+        return Ok(());
+    };
+    Err(OpenError::UntrustedLockFile { location: location.clone(), path: path.display().to_string(), problem })
+}
+
 pub(crate) fn open(key: SysvKey, location: &Location, spec: OpenSpec) -> Result<Backing, OpenError> {
     let not_found_or = |op, source: io::Error| match source.raw_os_error() {
         Some(libc::ENOENT | libc::EIDRM | libc::EINVAL) => OpenError::NotFound { location: location.clone() },
         Some(libc::EACCES | libc::EPERM) => OpenError::Permission { location: location.clone(), source },
         _ => OpenError::Io { location: location.clone(), op, source },
     };
-    let mut id = 0;
+    let (mut id, mut owner) = (0, 0);
     let mapping = wait_initialised(location, spec.init_timeout, || {
         id = id_of(key).map_err(|e| not_found_or("shmget", e))?;
         let st = stat(id).map_err(|e| not_found_or("IPC_STAT", e))?;
         check_owner_mode(location, st.uid, st.mode, spec)?;
+        owner = st.uid;
         if st.size < HEADER_SIZE as u64 {
             return super::not_yet_sized(location, st.size);
         }
@@ -216,10 +266,19 @@ pub(crate) fn open(key: SysvKey, location: &Location, spec: OpenSpec) -> Result<
         })?;
         Mapping::attach_sysv(id, len, spec.writable).map(Some).map_err(|e| not_found_or("shmat", e))
     })?;
-    let lock_fd = match nix::fcntl::open(&lock_path(key), open_flags(spec.writable), Mode::empty()) {
+    let path = lock_path(key);
+    let lock_fd = match nix::fcntl::open(&path, open_flags(spec.writable), Mode::empty()) {
         Ok(fd) => {
-            check_fd(&fd, location, spec)?;
+            check_lock_file(&fd, &path, location, owner)?;
             Some(fd)
+        }
+        Err(nix::errno::Errno::ELOOP) => {
+            let problem = "is a symbolic link, not a lock file".to_owned();
+            return Err(OpenError::UntrustedLockFile {
+                location: location.clone(),
+                path: path.display().to_string(),
+                problem,
+            });
         }
         Err(nix::errno::Errno::ENOENT) => None,
         // An inspector that may not read the lock file cannot check liveness: "unknown"
