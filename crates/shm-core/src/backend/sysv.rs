@@ -224,9 +224,15 @@ fn file_kind(mode: u32) -> &'static str {
     }
 }
 
-/// Checks an opened lock file with the rules of segments, against the segment's owner:
-/// a regular file, owned by the segment's owner, not writable by every user.
-fn check_lock_file(fd: &OwnedFd, path: &std::path::Path, location: &Location, owner: u32) -> Result<(), OpenError> {
+/// Checks an opened lock file with the rules of segments, against the segment: a
+/// regular file, owned by the segment's owner or its creator (who made the lock file;
+/// `IPC_SET` may since have given the segment away), not writable by every user.
+fn check_lock_file(
+    fd: &OwnedFd,
+    path: &std::path::Path,
+    location: &Location,
+    (owner, creator): (u32, u32),
+) -> Result<(), OpenError> {
     let st = nix::sys::stat::fstat(fd).map_err(|e| OpenError::Io {
         location: location.clone(),
         op: "fstat of the lock file",
@@ -234,8 +240,8 @@ fn check_lock_file(fd: &OwnedFd, path: &std::path::Path, location: &Location, ow
     })?;
     let problem = if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         format!("is a {}, not a lock file", file_kind(st.st_mode))
-    } else if st.st_uid != owner {
-        format!("is owned by uid {}, but the segment by uid {owner}", st.st_uid)
+    } else if st.st_uid != owner && st.st_uid != creator {
+        format!("is owned by uid {}, but the segment by uid {owner} (created by uid {creator})", st.st_uid)
     } else if st.st_mode & 0o002 != 0 {
         format!("has mode {:04o}: every user may write it", st.st_mode & 0o7777)
     } else {
@@ -250,12 +256,12 @@ pub(crate) fn open(key: SysvKey, location: &Location, spec: OpenSpec) -> Result<
         Some(libc::EACCES | libc::EPERM) => OpenError::Permission { location: location.clone(), source },
         _ => OpenError::Io { location: location.clone(), op, source },
     };
-    let (mut id, mut owner) = (0, 0);
+    let (mut id, mut owner) = (0, (0, 0));
     let mapping = wait_initialised(location, spec.init_timeout, || {
         id = id_of(key).map_err(|e| not_found_or("shmget", e))?;
         let st = stat(id).map_err(|e| not_found_or("IPC_STAT", e))?;
         check_owner_mode(location, st.uid, st.mode, spec)?;
-        owner = st.uid;
+        owner = (st.uid, st.cuid);
         if st.size < HEADER_SIZE as u64 {
             return super::not_yet_sized(location, st.size);
         }
