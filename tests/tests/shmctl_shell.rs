@@ -22,22 +22,34 @@ use shmctl_support::{
     DATA, NO_PERM, PATIENCE, args_on, assert_fails, attach, command, create, publish, root_or_skip, shmctl_as,
     shmctl_on,
 };
-use shmring_tests::{Backend, Finished, Fixture};
+use shmring_tests::{Backend, Fixture};
 
-/// Runs `shmctl ARGS` with stdout a pipe nobody reads (its reading end closed first).
+/// Runs `shmctl ARGS` with stdout a pipe nobody reads (its reading end closed first);
+/// returns its exit status and stderr.
 #[track_caller]
-fn into_closed_pipe(fx: &Fixture, args: &[String]) -> Finished {
+fn into_closed_pipe(fx: &Fixture, args: &[String]) -> (std::process::ExitStatus, String) {
     let (reader, writer): (OwnedFd, OwnedFd) = nix::unistd::pipe().expect("pipe");
     drop(reader);
     let stderr = fx.path("stderr");
-    let mut cmd = command(args);
-    cmd.stdin(Stdio::null()).stdout(Stdio::from(writer)).stderr(std::fs::File::create(&stderr).expect("stderr file"));
-    let child = cmd.spawn().expect("spawn shmctl");
-    let proc = fx.adopt(&format!("shmctl {}", args.join(" ")), child.id() as libc::pid_t);
-    drop(cmd);
-    let mut f = fx.wait(&proc, PATIENCE * 3);
-    f.stderr = std::fs::read_to_string(&stderr).unwrap_or_default();
-    f
+    let mut child = command(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("spawn shmctl");
+    let deadline = std::time::Instant::now() + PATIENCE * 3;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shmctl {} did not exit within {:?}", args.join(" "), PATIENCE * 3);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    (status, std::fs::read_to_string(&stderr).unwrap_or_default())
 }
 
 #[test]
@@ -74,9 +86,9 @@ fn every_subcommand_ends_quietly_when_its_reader_is_gone() {
     ];
     let mut failed = Vec::new();
     for args in &cases {
-        let f = into_closed_pipe(&fx, args);
-        if f.status.code() != Some(0) || !f.stderr.is_empty() {
-            failed.push(format!("shmctl {}: {}\n{}", args.join(" "), f.status, f.stderr.trim()));
+        let (status, stderr) = into_closed_pipe(&fx, args);
+        if status.code() != Some(0) || !stderr.is_empty() {
+            failed.push(format!("shmctl {}: {status}\n{}", args.join(" "), stderr.trim()));
         }
     }
     assert!(

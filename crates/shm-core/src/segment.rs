@@ -69,7 +69,8 @@ pub enum FlushPolicy {
 /// Told the byte range of the mapping (offsets from the segment's start) after each
 /// `msync` a flush policy makes, in order: how tests check what reached the file when.
 #[doc(hidden)]
-pub type FlushObserver = Arc<dyn Fn(std::ops::Range<usize>) + Send + Sync>;
+pub type FlushObserver =
+    Arc<dyn Fn(std::ops::Range<usize>) + Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>;
 
 /// Creates or opens a [`Segment`].
 ///
