@@ -184,6 +184,9 @@ pub enum Figures {
     /// No record flows in this test (a refused create, open or mount): lost and
     /// duplicated do not apply, and the row says so rather than printing 0.
     NoRecords,
+    /// Records flow, but the row measures something else (named here, e.g. the
+    /// consistency of crash copies): lost and duplicated are not its figures.
+    NotCounted(&'static str),
 }
 
 impl Figures {
@@ -205,6 +208,14 @@ impl Figures {
                 ("delivered", json!("n/a")),
                 ("ledger", json!("no records flow")),
                 ("reader", json!("no records flow")),
+            ],
+            Figures::NotCounted(what) => [
+                ("lost", json!("n/a")),
+                ("duplicated", json!("n/a")),
+                ("acknowledged", json!("n/a")),
+                ("delivered", json!("n/a")),
+                ("ledger", json!(format!("not a delivery test: {what}"))),
+                ("reader", json!(format!("not a delivery test: {what}"))),
             ],
         }
     }

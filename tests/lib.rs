@@ -11,12 +11,14 @@
 //!   which every lost and duplicated figure is counted.
 //! - [`reliability`]: the `RELIABILITY` line of the reliability tests.
 //! - [`skip`]: how a test that cannot run here says so visibly (and fails in CI).
+//! - [`forked`]: forking children in tests without the harness.
 //!
 //! The tests themselves are in `tests/`; the peer is `src/bin/ring-peer.rs`, which they
 //! find as `env!("CARGO_BIN_EXE_ring-peer")`.
 
 pub mod daemons;
 pub mod fixture;
+pub mod forked;
 pub mod ledger;
 pub mod progress;
 pub mod records;

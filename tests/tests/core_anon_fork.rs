@@ -12,36 +12,17 @@
 //! test: it leaves with `_exit`, so it cannot run the fixture's `Drop` (which would kill
 //! its siblings and remove the parent's files).
 
-use std::io::Write;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use nix::unistd::{ForkResult, fork};
 use shm_core::{AttachError, Liveness, Role, Segment};
+use shmring_tests::forked::{self, fork_child};
 use shmring_tests::stream::{self, Options};
-use shmring_tests::{Backend, Fixture, Proc, Summary, records, wait_until};
+use shmring_tests::{Backend, Fixture, Summary, records, wait_until};
 
 const RECORDS: u64 = 10_000_000;
 const CAPACITY: u64 = 64 * 1024;
 const DEADLINE: Duration = Duration::from_secs(240);
 const TIMEOUT: Option<Duration> = Some(Duration::from_secs(20));
-
-/// Runs `child` in a forked child process, which exits with the code it returns (70 if
-/// it panics).
-fn fork_child(fx: &Fixture, label: &str, child: impl FnOnce() -> i32) -> Proc {
-    // SAFETY: this process is single-threaded (no harness), so the child inherits no
-    // lock held by another thread; the child leaves only through `_exit`.
-    match unsafe { fork() }.expect("fork") {
-        ForkResult::Child => {
-            let code = catch_unwind(AssertUnwindSafe(child)).unwrap_or(70);
-            let _ = std::io::stdout().flush();
-            // SAFETY: `_exit` ends the process at once, without running the parent's
-            // destructors or atexit handlers in the child.
-            unsafe { libc::_exit(code) }
-        }
-        ForkResult::Parent { child } => fx.adopt(label, child.as_raw()),
-    }
-}
 
 fn anon_stream() {
     let fx = Fixture::new("anon-stream");
@@ -104,35 +85,5 @@ fn anon_killed_producer() {
 }
 
 fn main() {
-    let tests: [(&str, fn()); 2] = [("anon_stream", anon_stream), ("anon_killed_producer", anon_killed_producer)];
-    // Honour what `cargo test` passes on to a harness: `--list`, name filters, `--exact`
-    // and `--skip`; skip the values of other options so they are not taken for filters.
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mut filters, mut skips, mut exact, mut list) = (Vec::new(), Vec::new(), false, false);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--list" => list = true,
-            "--exact" => exact = true,
-            "--skip" => skips.extend(it.next()),
-            "--test-threads" | "--format" | "--color" | "--logfile" | "--shuffle-seed" | "-Z" => {
-                it.next();
-            }
-            a if a.starts_with('-') => {}
-            a => filters.push(a.to_owned()),
-        }
-    }
-    let matches = |name: &str, pattern: &String| if exact { name == pattern } else { name.contains(pattern.as_str()) };
-    for (name, test) in tests {
-        if !(filters.is_empty() || filters.iter().any(|f| matches(name, f))) || skips.iter().any(|s| matches(name, s)) {
-            continue;
-        }
-        if list {
-            println!("{name}: test");
-            continue;
-        }
-        eprintln!("test {name} ...");
-        test();
-        eprintln!("test {name} ... ok");
-    }
+    forked::main(&[("anon_stream", anon_stream), ("anon_killed_producer", anon_killed_producer)]);
 }

@@ -631,7 +631,7 @@ fn another_user_cannot_open_publish_or_remove_our_segment() {
     let n = name(&location);
     for sub in ["stat", "publish"] {
         let extra: &[&str] = if sub == "publish" { &["intruder"] } else { &[] };
-        assert_fails(&shmctl_as_nobody(&fx, sub, &location, extra), NO_PERM, &[&n, "permission denied"]);
+        assert_fails(&shmctl_as_nobody(&fx, sub, &location, extra), NO_PERM, &[&n, "Permission denied"]);
         report.ran();
     }
     let f = shmctl_as_nobody(&fx, "unlink", &location, &[]);

@@ -28,8 +28,9 @@ pub enum CreateError {
         /// Uid of the owner of what is there, when it could be read.
         owner: Option<u32>,
     },
-    /// The OS refused.
-    #[error("{location}: permission denied")]
+    /// The OS refused (the message says what to do; the OS error, its source, says
+    /// "permission denied").
+    #[error("{location}: cannot create it; {}", create_hint(location))]
     Permission {
         /// The segment.
         location: Location,
@@ -76,6 +77,17 @@ pub enum CreateError {
         /// The directory.
         dir: String,
     },
+    /// The SysV lock file at the key's path is not one this user may trust (another
+    /// user made it first, or it is not a regular file): never used, never replaced.
+    #[error("{location}: {}", untrusted_lock_file(path, problem))]
+    UntrustedLockFile {
+        /// The segment.
+        location: Location,
+        /// The lock file.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// Another system call failed.
     #[error("{location}: {op} failed")]
     Io {
@@ -97,8 +109,11 @@ pub enum OpenError {
         /// The segment.
         location: Location,
     },
-    /// The OS refused.
-    #[error("{location}: permission denied")]
+    /// The OS refused (the message says what to do; the OS error, its source, says
+    /// "permission denied").
+    #[error(
+        "{location}: cannot open it; run it as its owner or root, or ask its owner for group access (shmctl create --group, --mode 0640)"
+    )]
     Permission {
         /// The segment.
         location: Location,
@@ -130,6 +145,17 @@ pub enum OpenError {
         location: Location,
         /// Its mode bits.
         mode: u32,
+    },
+    /// The SysV segment's lock file is not one to trust (another owner than the
+    /// segment's, writable by every user, or not a regular file).
+    #[error("{location}: {}", untrusted_lock_file(path, problem))]
+    UntrustedLockFile {
+        /// The segment.
+        location: Location,
+        /// The lock file.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
     },
     /// The creator did not finish initialising it in time.
     #[error(
@@ -213,7 +239,7 @@ pub enum AttachError {
     },
 }
 
-/// Why [`crate::Segment::unlink`] failed.
+/// Why [`crate::Segment::unlink`] or [`crate::Segment::unlink_unused`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UnlinkError {
     /// Nothing exists at that name.
@@ -222,8 +248,35 @@ pub enum UnlinkError {
         /// The segment.
         location: Location,
     },
-    /// The OS refused.
-    #[error("{location}: permission denied; {}", unlink_hint(location))]
+    /// A live process is attached (its role lock is held), or attached while this was
+    /// deciding: the segment was kept.
+    #[error("{location}: in use by a live participant; stop it first (--force removes it anyway)")]
+    InUse {
+        /// The segment.
+        location: Location,
+        /// The participants alive when the refusal was decided (may be empty: one that
+        /// was still recording itself).
+        participants: Vec<crate::participant::Participant>,
+    },
+    /// Whether a process is attached cannot be told, which is not the same as "nobody":
+    /// the segment was kept.
+    #[error("{location}: cannot tell whether a process is attached ({reason}); kept (--force removes it anyway)")]
+    LivenessUnknown {
+        /// The segment.
+        location: Location,
+        /// Why not.
+        reason: String,
+    },
+    /// The name no longer leads to the segment that was checked (someone removed it and
+    /// made a new one meanwhile): the new one was not removed.
+    #[error("{location}: the name now leads to a different segment than the one checked; not removed")]
+    Replaced {
+        /// The segment.
+        location: Location,
+    },
+    /// The OS refused (the message says who may; the OS error, its source, says
+    /// "permission denied").
+    #[error("{location}: {}", unlink_hint(location))]
     Permission {
         /// The segment.
         location: Location,
@@ -240,6 +293,23 @@ pub enum UnlinkError {
         /// The OS error.
         source: io::Error,
     },
+}
+
+fn untrusted_lock_file(path: &str, problem: &str) -> String {
+    format!(
+        "lock file {path} {problem}; refusing to use it (whoever made it could fake or hide who is attached): find out who made it, then remove it as root"
+    )
+}
+
+/// What creating a segment takes, by backend.
+fn create_hint(location: &Location) -> &'static str {
+    match location {
+        Location::Posix(_) => "creating takes write permission on /dev/shm",
+        Location::Sysv(_) => "the key's existing permissions, or the system's IPC limits, do not allow it",
+        Location::File(_) | Location::Anon => {
+            "creating takes write permission on its directory; use one this user owns (for example /var/lib/shmring)"
+        }
+    }
 }
 
 /// Who may remove a segment, by backend.

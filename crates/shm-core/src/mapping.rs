@@ -132,8 +132,19 @@ impl Mapping {
     /// Writes dirty pages back to the file (`msync(MS_SYNC)`).
     /// See [msync(2)](https://man7.org/linux/man-pages/man2/msync.2.html).
     pub(crate) fn sync(&self) -> nix::Result<()> {
-        // SAFETY: the range is exactly this live mapping.
-        unsafe { nix::sys::mman::msync(self.ptr.cast(), self.len, MsFlags::MS_SYNC) }
+        self.sync_range(0..self.len)
+    }
+
+    /// Writes the dirty pages of bytes `range` back to the file (`msync(MS_SYNC)` of the
+    /// pages that hold them; a range past the end is cut to it).
+    pub(crate) fn sync_range(&self, range: std::ops::Range<usize>) -> nix::Result<()> {
+        let start = range.start & !(PAGE - 1);
+        let end = range.end.min(self.len);
+        if start >= end {
+            return Ok(());
+        }
+        // SAFETY: `start` is page-aligned and `start..end` lies within this live mapping.
+        unsafe { nix::sys::mman::msync(self.ptr.add(start).cast(), end - start, MsFlags::MS_SYNC) }
     }
 }
 

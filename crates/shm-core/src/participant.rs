@@ -13,9 +13,24 @@
 //! OFD locks belong to an open file description, so each attachment re-opens the file
 //! (through `/proc/self/fd`) and two handles in one process conflict like two processes.
 //! See [fcntl(2)](https://man7.org/linux/man-pages/man2/fcntl.2.html), "Open file description locks".
+//!
+//! # Fork
+//! A child created by `fork` inherits every descriptor, and with them a reference to
+//! each open file description holding a role lock: the role would stay "alive" after
+//! the process that took it died, for as long as the child lives. So a role belongs to
+//! the process that took it: every held lock descriptor is registered in a fixed table
+//! ([`MAX_HELD`] entries, plain atomics, no allocation), and a `pthread_atfork` child
+//! handler points each of them at a fresh placeholder descriptor (`dup3` of an
+//! `eventfd`) in the child, dropping the child's reference to the locked description
+//! without freeing the descriptor number (the inherited handle still owns it and will
+//! close it). Only the parent's reference keeps the lock, and the kernel releases it
+//! when the parent dies. An inherited handle never marks the parent's slot detached
+//! either. A child that wants a role attaches itself. (`vfork` and `posix_spawn` run no
+//! fork handlers; they `exec` at once, and the lock descriptors are close-on-exec.)
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::AtomicI32;
 
 use nix::fcntl::{FcntlArg, fcntl};
 
@@ -121,7 +136,27 @@ fn flock(kind: libc::c_short, slot: usize) -> libc::flock {
 /// Takes the write lock of `slot` on `fd`'s open file description without waiting.
 /// `Ok(false)` when another description holds it.
 pub(crate) fn try_lock(fd: impl AsFd, slot: usize) -> nix::Result<bool> {
-    match fcntl(fd, FcntlArg::F_OFD_SETLK(&flock(libc::F_WRLCK as libc::c_short, slot))) {
+    try_set(fd, libc::F_WRLCK as libc::c_short, slot)
+}
+
+/// Takes a read lock on every slot's byte on `fd`'s open file description without
+/// waiting: held, it keeps every role from being taken (a participant's write lock
+/// conflicts with it), and it can only be had while no participant is alive (their
+/// write locks conflict with it). A read lock needs only a read-only descriptor.
+/// `Ok(false)` when a live participant holds a slot; then nothing is kept locked that
+/// outlives `fd`.
+pub(crate) fn try_fence_all(fd: impl AsFd, slots: usize) -> nix::Result<bool> {
+    let fd = fd.as_fd();
+    for slot in 0..slots {
+        if !try_set(fd, libc::F_RDLCK as libc::c_short, slot)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn try_set(fd: impl AsFd, kind: libc::c_short, slot: usize) -> nix::Result<bool> {
+    match fcntl(fd, FcntlArg::F_OFD_SETLK(&flock(kind, slot))) {
         Ok(_) => Ok(true),
         Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => Ok(false),
         Err(e) => Err(e),
@@ -188,11 +223,72 @@ pub(crate) fn holder_pid(slot: &ParticipantSlot) -> Option<u32> {
     }
 }
 
+/// How many role locks one process can hold at once (each attached producer or consumer
+/// holds one).
+pub const MAX_HELD: usize = 256;
+
+/// The descriptors of the role locks this process holds, `-1` for a free entry: what
+/// the fork handler detaches in a child. Atomics, because the handler may not take a
+/// lock (another thread may have held it when `fork` was called).
+static HELD: [AtomicI32; MAX_HELD] = [const { AtomicI32::new(-1) }; MAX_HELD];
+
+/// Registers the fork handler once per process.
+static FORK_HANDLER: std::sync::Once = std::sync::Once::new();
+
+/// The `pthread_atfork` child handler: in the new child, replaces every registered role
+/// lock descriptor by a placeholder, so the child holds no reference to a locked open
+/// file description. Async-signal-safe: only atomic loads and raw system calls.
+extern "C" fn drop_inherited_roles() {
+    // SAFETY: eventfd takes plain integers; the placeholder is never read.
+    let placeholder = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    for entry in &HELD {
+        // Relaxed: the child is single-threaded here and sees its parent's memory as of
+        // the fork.
+        let fd = entry.load(Ordering::Relaxed);
+        if fd < 0 {
+            continue;
+        }
+        if placeholder >= 0 {
+            // SAFETY: `fd` is open in the child (inherited); dup3 atomically closes it
+            // and makes it refer to the placeholder, so its number stays owned.
+            unsafe { libc::dup3(placeholder, fd, libc::O_CLOEXEC) };
+        } else {
+            // No placeholder (eventfd failed): close it to drop the reference; the entry
+            // is cleared so the inherited handle knows not to close the number again
+            // (see `Attachment::drop`).
+            // SAFETY: `fd` is open in the child, and nothing else will close it.
+            unsafe { libc::close(fd) };
+            entry.store(-1, Ordering::Relaxed);
+        }
+    }
+    if placeholder >= 0 {
+        // SAFETY: our own descriptor, no longer needed (each dup3 made its own).
+        unsafe { libc::close(placeholder) };
+    }
+}
+
+/// Records `fd` as a held role lock; `None` if the table is full.
+fn register_held(fd: i32) -> Option<usize> {
+    FORK_HANDLER.call_once(|| {
+        // SAFETY: registers a handler that is async-signal-safe (see above).
+        unsafe { libc::pthread_atfork(None, None, Some(drop_inherited_roles)) };
+    });
+    // Relaxed: the table is read only by this process's fork handler, in the thread that
+    // calls fork, which is ordered after this by the fork itself when that thread is
+    // this one; a fork racing from another thread may miss the newest entry, as it
+    // would miss a lock taken a moment later.
+    HELD.iter().position(|e| e.compare_exchange(-1, fd, Ordering::Relaxed, Ordering::Relaxed).is_ok())
+}
+
 /// A held participant lock and its slot; marks the slot detached and drops the lock
-/// when dropped.
+/// when dropped, in the process that took it.
 pub(crate) struct Attachment {
-    _lock: OwnedFd,
+    lock: Option<OwnedFd>,
     slot: std::ptr::NonNull<ParticipantSlot>,
+    /// The process that took the role (a forked child's copy holds nothing).
+    owner: u32,
+    /// Its entry in [`HELD`].
+    held: usize,
     _keep: Arc<dyn Send + Sync>,
 }
 
@@ -201,7 +297,8 @@ pub(crate) struct Attachment {
 unsafe impl Send for Attachment {}
 
 impl Attachment {
-    /// Records the caller in `slot`, whose lock `lock` already holds.
+    /// Records the caller in `slot`, whose lock `lock` already holds. `None` if this
+    /// process already holds [`MAX_HELD`] roles (the lock is then dropped).
     ///
     /// # Safety
     /// `slot` must point to a participant slot inside memory that `keep` keeps mapped.
@@ -210,7 +307,9 @@ impl Attachment {
         slot: std::ptr::NonNull<ParticipantSlot>,
         role: Role,
         keep: Arc<dyn Send + Sync>,
-    ) -> Self {
+    ) -> Option<Self> {
+        use std::os::fd::AsRawFd;
+        let held = register_held(lock.as_raw_fd())?;
         // SAFETY: valid by the caller's contract.
         let s = unsafe { slot.as_ref() };
         // First say the details are being replaced, so that nobody takes a previous
@@ -223,16 +322,30 @@ impl Attachment {
         s.attached_unix_ns.store(crate::clock::unix_ns(), Ordering::Relaxed);
         // Release: pairs with the Acquire load in `read_table`.
         s.state.store(STATE_ATTACHED, Ordering::Release);
-        Attachment { _lock: lock, slot, _keep: keep }
+        Some(Attachment { lock: Some(lock), slot, owner: std::process::id(), held, _keep: keep })
     }
 }
 
 impl Drop for Attachment {
     fn drop(&mut self) {
+        // Relaxed (both entry accesses): the table is this process's own bookkeeping.
+        if std::process::id() != self.owner {
+            // A forked child's copy: the role is the parent's, so its slot is left alone.
+            // The descriptor is a placeholder now, unless the fork handler had to close
+            // it (entry cleared): then its number is not ours to close.
+            if HELD[self.held].load(Ordering::Relaxed) < 0 {
+                std::mem::forget(self.lock.take());
+            }
+            HELD[self.held].store(-1, Ordering::Relaxed);
+            return;
+        }
         // SAFETY: `_keep` is still alive (fields drop after this), so the slot is mapped.
         let s = unsafe { self.slot.as_ref() };
         // Release: pairs with the Acquire load in `read_table`. The lock is released
-        // after this, when `_lock` drops.
+        // after this, when `lock` drops.
         s.state.store(STATE_DETACHED, Ordering::Release);
+        // Cleared before the descriptor closes: a fork in between leaves the child a
+        // reference for its lifetime, rather than one onto an unrelated reused number.
+        HELD[self.held].store(-1, Ordering::Relaxed);
     }
 }

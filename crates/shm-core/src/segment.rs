@@ -23,7 +23,7 @@ use crate::name::Location;
 use crate::participant::{self, Attachment, Participant, Role};
 use crate::placement::{self, HugePages};
 use crate::ring::spsc::{Consumer, Producer};
-use crate::ring::{PublishHook, RingRefs, WaitStrategy};
+use crate::ring::{PublishHook, PublishStep, RingRefs, WaitStrategy};
 use crate::stats::StatsSnapshot;
 
 pub use crate::backend::sysv::SysvStat;
@@ -32,17 +32,45 @@ pub use crate::backend::sysv::SysvStat;
 pub const DEFAULT_CAPACITY: u64 = 16 << 20;
 
 /// When a file-backed segment's producer writes its pages back to disk.
+///
+/// Every policy survives a crash of any process: the file's pages live in the page
+/// cache, which the kernel writes back eventually. What survives a crash of the machine
+/// (power loss, kernel panic) is what had reached the disk, and the kernel writes dirty
+/// pages back whenever it likes and in any order, so:
+///
+/// - [`FlushPolicy::Sync`]: every publish first `msync`s the pages of its frames, then
+///   stores the write cursor, then `msync`s the header that holds it, before it returns;
+///   and before the producer overwrites space the consumer freed, it `msync`s the
+///   header holding the read cursor that freed it. So at every instant the file's
+///   cursors cover only frames whose bytes are on disk: after a power loss the file
+///   opens as a consistent ring holding every record whose publish returned, possibly
+///   minus records the consumer released (and possibly a few it had already read, again).
+/// - [`FlushPolicy::Interval`]: the same data-then-cursor order, but only at the first
+///   publish after each interval. Between those, the kernel may write the header (with
+///   a newer write cursor) back before the frames it covers: after a power loss the
+///   file may hold a cursor over frames that are not on disk (stale or zero bytes).
+///   Use it where losing the tail is acceptable and the reader checks records (as the
+///   generator format's checksum does); it bounds the cost, not the consistency.
+/// - [`FlushPolicy::None`]: no `msync`; after a power loss, anything, as for Interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlushPolicy {
     /// Leave it to the page cache (survives process crashes, not power loss).
     #[default]
     None,
-    /// `msync(MS_SYNC)` after a publish when this long has passed since the last one.
+    /// `msync(MS_SYNC)` of the new frames, then of the cursor, at a publish when this
+    /// long has passed since the last one (not crash-consistent in between; see above).
     Interval(Duration),
-    /// `msync(MS_SYNC)` before every publish returns.
+    /// `msync(MS_SYNC)` of each publish's frames, then of the cursor, before the publish
+    /// returns: the file is a consistent ring after a power loss at any instant.
     Sync,
 }
+
+/// Told the byte range of the mapping (offsets from the segment's start) after each
+/// `msync` a flush policy makes, in order: how tests check what reached the file when.
+#[doc(hidden)]
+pub type FlushObserver =
+    Arc<dyn Fn(std::ops::Range<usize>) + Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>;
 
 /// Creates or opens a [`Segment`].
 ///
@@ -57,7 +85,7 @@ pub enum FlushPolicy {
 /// Segment::unlink(&location)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SegmentBuilder {
     location: Location,
     capacity: u64,
@@ -73,6 +101,7 @@ pub struct SegmentBuilder {
     numa_node: Option<u32>,
     hugepages: bool,
     prefault: bool,
+    flush_observer: Option<FlushObserver>,
 }
 
 impl SegmentBuilder {
@@ -119,6 +148,13 @@ impl SegmentBuilder {
     /// Flush policy of a file-backed segment's producer.
     pub fn flush(mut self, flush: FlushPolicy) -> Self {
         self.flush = flush;
+        self
+    }
+
+    /// Calls `observer` after each `msync` the flush policy makes (tests only).
+    #[doc(hidden)]
+    pub fn flush_observer(mut self, observer: FlushObserver) -> Self {
+        self.flush_observer = Some(observer);
         self
     }
 
@@ -300,6 +336,7 @@ impl SegmentBuilder {
                 geometry,
                 flush: self.flush,
                 wait: self.wait,
+                flush_observer: self.flush_observer.clone(),
             }),
         }
     }
@@ -332,6 +369,47 @@ struct Inner {
     geometry: Geometry,
     flush: FlushPolicy,
     wait: WaitStrategy,
+    flush_observer: Option<FlushObserver>,
+}
+
+impl Inner {
+    /// `msync` of mapping bytes `range`, told to the observer. A failure is not the
+    /// publish's: the record is in the page cache either way (see [`FlushPolicy`]).
+    fn sync_range(&self, range: std::ops::Range<usize>) {
+        let _ = self.backing.mapping.sync_range(range.clone());
+        if let Some(observe) = &self.flush_observer {
+            observe(range);
+        }
+    }
+
+    /// The header: the cursors and the publish slots.
+    fn sync_header(&self) {
+        self.sync_range(0..HEADER_SIZE);
+    }
+
+    /// The data bytes of ring positions `from..to` (one or two ranges, around the end).
+    fn sync_frames(&self, from: u64, to: u64) {
+        let capacity = self.geometry.capacity;
+        let len = to.saturating_sub(from).min(capacity);
+        let index = from & (capacity - 1);
+        let first = len.min(capacity - index);
+        // Fits: `index + first <= capacity`, and the mapping holds `capacity` data bytes.
+        self.sync_range(HEADER_SIZE + index as usize..HEADER_SIZE + (index + first) as usize);
+        if len > first {
+            self.sync_range(HEADER_SIZE..HEADER_SIZE + (len - first) as usize);
+        }
+    }
+}
+
+impl std::fmt::Debug for SegmentBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentBuilder")
+            .field("location", &self.location)
+            .field("capacity", &self.capacity)
+            .field("kind", &self.kind)
+            .field("flush", &self.flush)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -399,6 +477,7 @@ impl Segment {
             numa_node: None,
             hugepages: false,
             prefault: false,
+            flush_observer: None,
         }
     }
 
@@ -410,6 +489,57 @@ impl Segment {
             Location::File(path) => backend::file::unlink(path, location),
             Location::Anon => Ok(()),
         }
+    }
+
+    /// Removes the segment's name unless a live process is attached, deciding and
+    /// acting on this very object:
+    ///
+    /// 1. read-locks every participant slot's lock byte through a new open file
+    ///    description, without waiting: that succeeds only if no live participant holds
+    ///    a role (their write locks conflict), and while held, nobody can take a role
+    ///    (an attach in between is refused with [`AttachError::RoleTaken`]);
+    /// 2. checks that the name still leads to this object (device and inode, or the
+    ///    SysV id behind the key), so a segment someone re-created at the name is never
+    ///    removed ([`UnlinkError::Replaced`]);
+    /// 3. removes the name, still holding the locks, and then lets them go.
+    ///
+    /// A process that opened the segment before and attaches after keeps the memory
+    /// it mapped (the name is gone; [`Segment::is_unlinked`] says so). A segment whose
+    /// liveness cannot be checked (a SysV segment without a readable lock file) is kept:
+    /// [`UnlinkError::LivenessUnknown`]. Works on a read-only segment. Anonymous
+    /// segments have no name: nothing to do.
+    pub fn unlink_unused(&self) -> Result<(), UnlinkError> {
+        self.unlink_unused_with(|| {})
+    }
+
+    /// [`Segment::unlink_unused`], calling `before_act` between the decision (locks
+    /// held) and the name check and removal: tests race other processes there.
+    pub fn unlink_unused_with(&self, before_act: impl FnOnce()) -> Result<(), UnlinkError> {
+        let location = &self.inner.location;
+        if let Location::Anon = location {
+            return Ok(());
+        }
+        let Some(lock_fd) = self.inner.backing.lock_fd.as_ref() else {
+            let reason = match location {
+                Location::Sysv(key) => {
+                    format!("its lock file {} is missing or unreadable", backend::sysv::lock_path(*key).display())
+                }
+                _ => "it has no lock file".to_owned(),
+            };
+            return Err(UnlinkError::LivenessUnknown { location: location.clone(), reason });
+        };
+        let io = |op| move |e| UnlinkError::Io { location: location.clone(), op, source: io_err(e) };
+        // Its own open file description: OFD locks belong to it, and go when it drops.
+        let fence = backend::reopen(lock_fd, false).map_err(io("re-open for locking"))?;
+        if !participant::try_fence_all(&fence, crate::layout::PARTICIPANT_SLOTS).map_err(io("fcntl(F_OFD_SETLK)"))? {
+            let participants =
+                self.participants().into_iter().filter(|p| p.liveness == participant::Liveness::Alive).collect();
+            return Err(UnlinkError::InUse { location: location.clone(), participants });
+        }
+        before_act();
+        let removed = backend::unlink_if_same(location, lock_fd, self.inner.backing.sysv_id);
+        drop(fence);
+        removed
     }
 
     /// Where the segment lives.
@@ -570,7 +700,11 @@ impl Segment {
         }
         let slot_ptr = NonNull::from(&self.header().participants[slot]);
         // SAFETY: the slot lies in the header of the mapping that `inner` keeps alive.
-        Ok(unsafe { Attachment::record(lock, slot_ptr, role, self.inner.clone()) })
+        unsafe { Attachment::record(lock, slot_ptr, role, self.inner.clone()) }.ok_or_else(|| AttachError::Io {
+            location: location.clone(),
+            op: "hold another role in this process",
+            source: std::io::Error::other(format!("this process already holds {} roles", participant::MAX_HELD)),
+        })
     }
 
     fn ring_refs(&self) -> RingRefs {
@@ -588,22 +722,33 @@ impl Segment {
         }
     }
 
+    /// The producer's hook for the flush policy (see [`FlushPolicy`] for what each
+    /// guarantees): frames, then the cursor; the freeing read cursor before reuse.
     fn publish_hook(&self) -> Option<PublishHook> {
+        let every = match self.inner.flush {
+            FlushPolicy::None => return None,
+            FlushPolicy::Sync => None,
+            FlushPolicy::Interval(every) => Some(every),
+        };
         let inner = self.inner.clone();
-        match self.inner.flush {
-            FlushPolicy::None => None,
-            FlushPolicy::Sync => Some(Box::new(move || {
-                let _ = inner.backing.mapping.sync();
-            })),
-            FlushPolicy::Interval(every) => {
-                let mut last = Instant::now();
-                Some(Box::new(move || {
-                    if last.elapsed() >= every {
-                        let _ = inner.backing.mapping.sync();
-                        last = Instant::now();
-                    }
-                }))
+        let mut last = Instant::now();
+        // Whether this publish syncs (decided at `Written`, for its `Published`).
+        let mut due = false;
+        Some(Box::new(move |step| match step {
+            PublishStep::Reclaimed { .. } if every.is_none() => inner.sync_header(),
+            PublishStep::Reclaimed { .. } => {}
+            PublishStep::Written { from, to } => {
+                due = every.is_none_or(|every| last.elapsed() >= every);
+                if due {
+                    inner.sync_frames(from, to);
+                }
             }
-        }
+            PublishStep::Published => {
+                if due {
+                    inner.sync_header();
+                    last = Instant::now();
+                }
+            }
+        }))
     }
 }

@@ -43,9 +43,10 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
         if let Some(e) = open {
             return match e {
                 OpenError::NotFound { .. } => NO_SEGMENT,
-                OpenError::Permission { .. } | OpenError::WrongOwner { .. } | OpenError::WorldWritable { .. } => {
-                    PERMISSION
-                }
+                OpenError::Permission { .. }
+                | OpenError::WrongOwner { .. }
+                | OpenError::WorldWritable { .. }
+                | OpenError::UntrustedLockFile { .. } => PERMISSION,
                 _ => FAILURE,
             };
         }
@@ -55,7 +56,9 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
         });
         if let Some(e) = create {
             return match e {
-                CreateError::Permission { .. } | CreateError::UnsafeDirectory { .. } => PERMISSION,
+                CreateError::Permission { .. }
+                | CreateError::UnsafeDirectory { .. }
+                | CreateError::UntrustedLockFile { .. } => PERMISSION,
                 CreateError::InvalidOptions { .. } => CONFIG,
                 CreateError::NoSpace { .. } | CreateError::HugePages { .. } | CreateError::Io { .. } => IO,
                 CreateError::Exists { .. } => FAILURE,

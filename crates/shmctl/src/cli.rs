@@ -161,7 +161,8 @@ pub struct UnlinkArgs {
     /// The segment.
     #[command(flatten)]
     pub target: Target,
-    /// Remove it even with live participants, or when it is not a shmring segment.
+    /// Remove it even with live participants, when their liveness cannot be checked, or
+    /// when it is not a shmring segment.
     #[arg(long)]
     pub force: bool,
 }
@@ -179,6 +180,10 @@ pub struct GcArgs {
     /// Directories holding file segments (default: /var/lib/shmring if it exists).
     #[arg(long = "dir", value_name = "DIR")]
     pub dirs: Vec<PathBuf>,
+    /// Consider only these segments (names, keys or paths as `shmctl list` shows them;
+    /// file segments must be in a `--dir`). Default: every segment found.
+    #[arg(value_name = "SEGMENT")]
+    pub only: Vec<String>,
 }
 
 /// `shmctl publish`.

@@ -6,6 +6,7 @@ use shm_core::{Segment, WaitStrategy};
 
 use crate::cli::CreateArgs;
 use crate::exit::{USAGE, refuse};
+use crate::stdout::outln;
 use crate::target::location;
 
 pub fn run(args: CreateArgs) -> Result<()> {
@@ -32,7 +33,7 @@ pub fn run(args: CreateArgs) -> Result<()> {
     let segment = builder.create()?;
     let info = segment.info()?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        outln!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         let mut placement = String::new();
         if let Some(node) = info.numa_node {
@@ -41,7 +42,7 @@ pub fn run(args: CreateArgs) -> Result<()> {
         if args.hugepages {
             placement += &format!(", {} of huge pages", format_size(info.size));
         }
-        println!(
+        outln!(
             "created {} ({}, {} ring of {}, max record {}, mode {:04o}{placement})",
             info.name,
             info.backend,

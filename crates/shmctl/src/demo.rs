@@ -14,6 +14,7 @@ use shm_core::{Liveness, Location, Role, Segment};
 use crate::cli::DemoArgs;
 use crate::exit::{UNAVAILABLE, refuse};
 use crate::render::count;
+use crate::stdout::outln;
 use crate::target::open_read_only;
 
 const PRODUCER_CONFIG: &str = include_str!("../../../config/producerd.toml");
@@ -101,20 +102,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
     std::fs::write(&consumer_config, CONSUMER_CONFIG.replacen("name = \"/high_perf_ring\"", &name_line, 1))?;
     let summary_path = dir.join("summary.json");
 
-    println!("shmring demo: producerd (generator) -> {location} -> consumerd (verify), {} s", args.seconds);
+    outln!("shmring demo: producerd (generator) -> {location} -> consumerd (verify), {} s", args.seconds);
     let summary_arg = summary_path.to_string_lossy().into_owned();
     daemons.children.push(("consumerd", spawn(&consumerd, &consumer_config, &["--summary-file", &summary_arg])?));
     daemons.children.push(("producerd", spawn(&producerd, &producer_config, &[])?));
 
     let segment = wait_until_running(&location, &mut daemons)?;
     let info = segment.info()?;
-    println!(
-        "ring: {} {} ring of {}, both daemons attached",
-        info.backend,
-        info.kind.name(),
-        format_size(info.capacity)
-    );
-    println!("{:>4}  {:>14} {:>12}  {:>14} {:>12}  {:>6}", "t", "produced", "rate/s", "consumed", "rate/s", "fill");
+    outln!("ring: {} {} ring of {}, both daemons attached", info.backend, info.kind.name(), format_size(info.capacity));
+    outln!("{:>4}  {:>14} {:>12}  {:>14} {:>12}  {:>6}", "t", "produced", "rate/s", "consumed", "rate/s", "fill");
     let started = Instant::now();
     let mut last = (started, segment.stats());
     let first = last.1.clone();
@@ -123,7 +119,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         let now = (Instant::now(), segment.stats());
         let secs = now.0.duration_since(last.0).as_secs_f64();
         let rate = |a: u64, b: u64| count(((b - a) as f64 / secs) as u64);
-        println!(
+        outln!(
             "{:>3}s  {:>14} {:>12}  {:>14} {:>12}  {:>5.1}%",
             second,
             count(now.1.total_produced),
@@ -137,7 +133,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
 
-    println!("stopping: SIGTERM to producerd, then to consumerd (it drains the ring)");
+    outln!("stopping: SIGTERM to producerd, then to consumerd (it drains the ring)");
     let (_, mut producer) = daemons.children.pop().expect("producer was started");
     let producer_status = terminate(&mut producer, "producerd", Duration::from_secs(10))?;
     let (_, mut consumer) = daemons.children.pop().expect("consumer was started");
@@ -156,46 +152,46 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let n = |k: &str| summary[k].as_u64().unwrap_or(u64::MAX);
     let latency =
         |k: &str| summary["latency_ns"][k].as_f64().map_or_else(|| "-".into(), |ns| format!("{:.1} us", ns / 1000.0));
-    println!();
-    println!("summary");
-    println!(
+    outln!();
+    outln!("summary");
+    outln!(
         "  records     {} produced, {} consumed, {} verified",
         count(end.total_produced),
         count(end.total_consumed),
         count(n("received"))
     );
-    println!(
+    outln!(
         "  rate        {} records/s ({:.1} MB/s) over {elapsed:.1} s",
         count((produced as f64 / elapsed) as u64),
         (end.bytes_produced - first.bytes_produced) as f64 / elapsed / 1e6
     );
-    println!(
+    outln!(
         "  lost {}  duplicated {}  reordered {}  corrupt {}",
         n("lost"),
         n("duplicated"),
         n("reordered"),
         n("corrupt")
     );
-    println!(
+    outln!(
         "  latency     p50 {}  p99 {}  max {} (producer commit to consumer read)",
         latency("p50"),
         latency("p99"),
         latency("max")
     );
-    println!(
+    outln!(
         "  producer blocked {} times (ring full), consumer waited {} times (ring empty)",
         count(end.producer_blocks),
         count(end.consumer_blocks)
     );
     if args.rate == 0 && end.producer_blocks > 0 {
-        println!(
+        outln!(
             "  (the generator outran the verifier and kept the ring full, so the latency above is \
              mostly queueing: try --rate 100000 for the ring's own latency)"
         );
     }
-    println!("  exits       producerd {producer_status}, consumerd {consumer_status}");
+    outln!("  exits       producerd {producer_status}, consumerd {consumer_status}");
     if !args.keep {
-        println!("  {location} removed (--keep leaves it for shmctl stat)");
+        outln!("  {location} removed (--keep leaves it for shmctl stat)");
     }
     let clean =
         n("lost") + n("duplicated") + n("reordered") + n("corrupt") == 0 && end.total_produced == end.total_consumed;

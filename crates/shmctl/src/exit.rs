@@ -44,9 +44,10 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<OpenError>() {
             return match e {
                 OpenError::NotFound { .. } => NO_INPUT,
-                OpenError::Permission { .. } | OpenError::WrongOwner { .. } | OpenError::WorldWritable { .. } => {
-                    NO_PERM
-                }
+                OpenError::Permission { .. }
+                | OpenError::WrongOwner { .. }
+                | OpenError::WorldWritable { .. }
+                | OpenError::UntrustedLockFile { .. } => NO_PERM,
                 OpenError::NotRegular { .. } | OpenError::Header { .. } => DATA,
                 OpenError::NotInitialised { .. } => UNAVAILABLE,
                 OpenError::Io { .. } => IO,
@@ -56,7 +57,9 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
             return match e {
                 CreateError::InvalidOptions { .. } => USAGE,
                 CreateError::Exists { .. } => CANT_CREATE,
-                CreateError::Permission { .. } | CreateError::UnsafeDirectory { .. } => NO_PERM,
+                CreateError::Permission { .. }
+                | CreateError::UnsafeDirectory { .. }
+                | CreateError::UntrustedLockFile { .. } => NO_PERM,
                 CreateError::NoSpace { .. } | CreateError::HugePages { .. } | CreateError::Io { .. } => IO,
             };
         }
@@ -71,6 +74,9 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<UnlinkError>() {
             return match e {
                 UnlinkError::NotFound { .. } => NO_INPUT,
+                UnlinkError::InUse { .. } | UnlinkError::LivenessUnknown { .. } | UnlinkError::Replaced { .. } => {
+                    UNAVAILABLE
+                }
                 UnlinkError::Permission { .. } => NO_PERM,
                 UnlinkError::Io { .. } => IO,
             };

@@ -11,6 +11,7 @@ use shm_core::{Liveness, OpenError, Participant, Role, Segment};
 
 use crate::cli::ListArgs;
 use crate::render;
+use crate::stdout::outln;
 use crate::target::open_read_only;
 
 /// One shmring segment in the listing (also its JSON shape).
@@ -107,19 +108,25 @@ pub fn run(args: ListArgs) -> Result<()> {
             let others: Vec<Other> = foreign.iter().map(|(c, s)| Other { candidate: c, status: s }).collect();
             doc["other"] = serde_json::to_value(others)?;
         }
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     if ours.is_empty() {
-        println!("no shmring segments{}", if args.all { "" } else { " (--all lists other shared memory)" });
+        outln!("no shmring segments{}", if args.all { "" } else { " (--all lists other shared memory)" });
     } else {
-        println!(
+        outln!(
             "{:<22} {:<6} {:>9} {:>6} {:>12} {:<15} {:<15}",
-            "NAME", "KIND", "SIZE", "FILL", "IN FLIGHT", "PRODUCER", "CONSUMER"
+            "NAME",
+            "KIND",
+            "SIZE",
+            "FILL",
+            "IN FLIGHT",
+            "PRODUCER",
+            "CONSUMER"
         );
         for r in &ours {
             let name = if r.unlinked { format!("{} (unlinked)", r.name) } else { r.name.clone() };
-            println!(
+            outln!(
                 "{:<22} {:<6} {:>9} {:>5.1}% {:>12} {:<15} {:<15}",
                 name,
                 r.backend,
@@ -132,15 +139,24 @@ pub fn run(args: ListArgs) -> Result<()> {
         }
     }
     if args.all {
-        println!();
-        println!(
+        outln!();
+        outln!(
             "{:<24} {:>6} {:>5} {:<8} {:>9} {:>6} {:<13} {:<20} {:>6} {:>6} COMMAND",
-            "NAME/KEY", "ID", "PERMS", "OWNER", "SIZE", "NATTCH", "STATUS", "CTIME", "CPID", "LPID"
+            "NAME/KEY",
+            "ID",
+            "PERMS",
+            "OWNER",
+            "SIZE",
+            "NATTCH",
+            "STATUS",
+            "CTIME",
+            "CPID",
+            "LPID"
         );
         for (c, why) in &foreign {
             let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             let status = if c.destroyed { "dest" } else { why };
-            println!(
+            outln!(
                 "{:<24} {:>6} {:>5} {:<8} {:>9} {:>6} {:<13} {:<20} {:>6} {:>6} {}",
                 c.name,
                 dash(c.id.map(|v| v.to_string())),

@@ -14,6 +14,7 @@ mod peek;
 mod publish;
 mod render;
 mod stat;
+mod stdout;
 mod target;
 mod unlink;
 
@@ -41,16 +42,24 @@ fn main() -> ExitCode {
         Command::Peek(a) => peek::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
-        Command::Completions(a) => {
-            clap_complete::generate(a.shell, &mut Cli::command(), "shmctl", &mut std::io::stdout());
-            Ok(())
-        }
+        Command::Completions(a) => completions(a.shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader closed the pipe (`shmctl list | head -1`): what it wanted, it got.
+        Err(e) if e.chain().any(|c| c.is::<stdout::ReaderGone>()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shmctl: {e:#}");
             ExitCode::from(exit::code_of(&e))
         }
     }
+}
+
+/// Prints the completion script; built in memory first, because `clap_complete`
+/// panics when its writer fails, and a closed pipe is no failure here.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "shmctl", &mut script);
+    stdout::out!("{}", String::from_utf8_lossy(&script));
+    Ok(())
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::cli::PeekArgs;
+use crate::stdout::{out, outln};
 use crate::target::{location, open_read_only};
 
 pub fn run(args: PeekArgs) -> Result<()> {
@@ -13,18 +14,18 @@ pub fn run(args: PeekArgs) -> Result<()> {
     let segment = open_read_only(&location, Duration::from_secs(1))?;
     let records = segment.peek(args.count).with_context(|| location.to_string())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        outln!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(());
     }
     if records.is_empty() {
-        println!("{location}: no records waiting");
+        outln!("{location}: no records waiting");
     }
     for r in &records {
-        println!("@{} type {} len {}", r.position, r.record_type, r.data.len());
+        outln!("@{} type {} len {}", r.position, r.record_type, r.data.len());
         if args.hex {
-            print!("{}", hexdump(&r.data));
+            out!("{}", hexdump(&r.data));
         } else {
-            println!("  {}", preview(&r.data));
+            outln!("  {}", preview(&r.data));
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ use shm_core::Segment;
 
 use crate::cli::PublishArgs;
 use crate::exit::{USAGE, refuse};
+use crate::stdout::outln;
 use crate::target::location;
 
 pub fn run(args: PublishArgs) -> Result<()> {
@@ -44,6 +45,6 @@ pub fn run(args: PublishArgs) -> Result<()> {
     claim.set_record_type(args.record_type);
     let position = claim.position();
     claim.commit();
-    println!("published {} bytes (type {}) at position {position}", data.len(), args.record_type);
+    outln!("published {} bytes (type {}) at position {position}", data.len(), args.record_type);
     Ok(())
 }

@@ -13,6 +13,7 @@ use shm_core::{Participant, Segment, SegmentInfo, StatsSnapshot};
 
 use crate::cli::StatArgs;
 use crate::render;
+use crate::stdout::{out, outln};
 use crate::target::{location, open_read_only};
 
 /// Everything `stat` shows; also its JSON shape (field names are stable).
@@ -74,9 +75,9 @@ pub fn run(args: StatArgs) -> Result<()> {
     }
     let (report, _) = report(&segment)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render(&report, None));
+        out!("{}", render(&report, None));
     }
     Ok(())
 }
@@ -186,8 +187,8 @@ fn watch(segment: &Segment, interval: Duration) -> Result<()> {
         let (report, stats) = report(segment)?;
         let now = Instant::now();
         let rates = last.as_ref().map(|(then, prev)| Rates::between(prev, &stats, now.duration_since(*then)));
-        print!("\x1b[H\x1b[2J{}", render(&report, rates.as_ref()));
-        println!("\n(every {}; Ctrl-C to stop)", humantime::format_duration(interval));
+        out!("\x1b[H\x1b[2J{}", render(&report, rates.as_ref()));
+        outln!("\n(every {}; Ctrl-C to stop)", humantime::format_duration(interval));
         last = Some((now, stats));
         let deadline = now + interval;
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {

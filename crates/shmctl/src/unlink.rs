@@ -1,33 +1,43 @@
-//! `shmctl unlink`: remove a segment's name, refusing while someone is attached.
+//! `shmctl unlink`: remove a segment's name, refusing while someone is attached or
+//! while that cannot be told.
+//!
+//! The decision and the removal act on the same object, under its role locks
+//! ([`Segment::unlink_unused`]): a process that attaches meanwhile is refused, and a
+//! segment someone re-created at the name meanwhile is not removed.
 
 use std::time::Duration;
 
 use anyhow::Result;
-use shm_core::{OpenError, Segment};
+use shm_core::{OpenError, Segment, UnlinkError};
 
 use crate::cli::UnlinkArgs;
 use crate::exit::{DATA, UNAVAILABLE, refuse};
-use crate::list::any_alive;
 use crate::render;
+use crate::stdout::outln;
 use crate::target::{location, open_read_only};
+
+/// The environment variable of the test hook in [`test_gate`].
+const TEST_GATE: &str = "SHMCTL_TEST_UNLINK_GATE";
 
 pub fn run(args: UnlinkArgs) -> Result<()> {
     let location = location(&args.target)?;
     match open_read_only(&location, Duration::from_millis(200)) {
-        Ok(segment) => {
-            let participants = segment.participants();
-            if any_alive(&participants) && !args.force {
-                let who: Vec<String> = participants
-                    .iter()
-                    .filter(|p| p.liveness == shm_core::Liveness::Alive)
-                    .map(render::participant)
-                    .collect();
-                return Err(refuse(
-                    UNAVAILABLE,
-                    format!("{location}: in use by {} (alive); stop it first, or use --force", who.join(", ")),
-                ));
-            }
+        Ok(segment) if !args.force => {
+            segment.unlink_unused_with(test_gate).map_err(|e| match e {
+                UnlinkError::InUse { participants, .. } => {
+                    let who: Vec<String> = participants.iter().map(render::participant).collect();
+                    let who = if who.is_empty() { "a participant attaching now".to_owned() } else { who.join(", ") };
+                    refuse(UNAVAILABLE, format!("{location}: in use by {who} (alive); stop it first, or use --force"))
+                }
+                e @ (UnlinkError::LivenessUnknown { .. } | UnlinkError::Replaced { .. }) => {
+                    refuse(UNAVAILABLE, e.to_string())
+                }
+                e => e.into(),
+            })?;
+            outln!("removed {location}");
+            return Ok(());
         }
+        Ok(_) => {}
         Err(OpenError::NotFound { .. }) => return Err(OpenError::NotFound { location }.into()),
         Err(e @ (OpenError::Header { .. } | OpenError::NotInitialised { .. } | OpenError::NotRegular { .. }))
             if !args.force =>
@@ -45,10 +55,31 @@ pub fn run(args: UnlinkArgs) -> Result<()> {
                 ),
             ));
         }
-        // Unreadable (permission): removal is decided by the OS below.
+        // Unreadable: whether a process is attached cannot be told, which is not "nobody".
+        Err(OpenError::Permission { source, .. }) if !args.force => {
+            let context = format!(
+                "{location}: cannot read it to check whether a process is attached, so not removing it (--force tries anyway)"
+            );
+            return Err(anyhow::Error::new(UnlinkError::Permission { location, source }).context(context));
+        }
         Err(_) => {}
     }
     Segment::unlink(&location)?;
-    println!("removed {location}");
+    outln!("removed {location}");
     Ok(())
+}
+
+/// Test hook, between deciding to remove a segment (its role locks held) and checking
+/// its name and removing it: with `SHMCTL_TEST_UNLINK_GATE=PATH` set, creates
+/// `PATH.waiting` and waits until `PATH` exists (at most 30 s), so that a test can
+/// attach or re-create the segment at exactly that point.
+pub fn test_gate() {
+    let Some(gate) = std::env::var_os(TEST_GATE).map(std::path::PathBuf::from) else { return };
+    let mut waiting = gate.clone().into_os_string();
+    waiting.push(".waiting");
+    let _ = std::fs::write(&waiting, b"");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !gate.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }

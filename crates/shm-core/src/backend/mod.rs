@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag};
 
-use crate::error::{CreateError, OpenError, io_err};
+use crate::error::{CreateError, OpenError, UnlinkError, io_err};
 use crate::layout::{HEADER_SIZE, Header, MAGIC};
 use crate::mapping::Mapping;
 use crate::name::Location;
@@ -276,6 +276,7 @@ pub(crate) fn wait_initialised(
     mut probe: impl FnMut() -> Result<Option<Mapping>, OpenError>,
 ) -> Result<Mapping, OpenError> {
     let started = Instant::now();
+    let mut last_magic = None;
     loop {
         if let Some(mapping) = probe()? {
             // SAFETY: the mapping is at least HEADER_SIZE bytes (the probe checked) and
@@ -287,11 +288,26 @@ pub(crate) fn wait_initialised(
             if magic != 0 && (version != 0 || magic != MAGIC) {
                 return Ok(mapping);
             }
+            last_magic = Some(magic);
         }
         if started.elapsed() >= timeout {
-            return Err(OpenError::NotInitialised { location: location.clone(), waited: timeout });
+            return Err(not_initialised(location, timeout, last_magic));
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Why waiting for a creator ran out: a sized object whose magic number is still zero
+/// had no creator write it within the wait (creators write it right after reserving
+/// the memory), so it is not a shmring segment; our magic without a version is a
+/// creator that died or stopped half-way; an object that never got a size is not
+/// initialised either way.
+fn not_initialised(location: &Location, waited: Duration, last_magic: Option<u64>) -> OpenError {
+    match last_magic {
+        Some(0) => {
+            OpenError::Header { location: location.clone(), source: crate::layout::HeaderError::BadMagic { found: 0 } }
+        }
+        _ => OpenError::NotInitialised { location: location.clone(), waited },
     }
 }
 
@@ -301,4 +317,44 @@ pub(crate) fn reopen(fd: &OwnedFd, writable: bool) -> nix::Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
     let access = if writable { OFlag::O_RDWR } else { OFlag::O_RDONLY };
     nix::fcntl::open(path.as_str(), access | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, Mode::empty())
+}
+
+/// Removes the name at `location` if it still leads to the object open as `lock_fd`
+/// (device and inode of the name, not followed, against `fstat` of the descriptor; for
+/// SysV, the id behind the key against `sysv_id`, and the lock file by inode). The check
+/// and the removal are adjacent system calls: what remains is the window between two
+/// syscalls, not the one between a decision and its action.
+pub(crate) fn unlink_if_same(location: &Location, lock_fd: &OwnedFd, sysv_id: Option<i32>) -> Result<(), UnlinkError> {
+    let io = |op| move |source| UnlinkError::Io { location: location.clone(), op, source };
+    let ours = nix::sys::stat::fstat(lock_fd).map_err(|e| io("fstat")(io_err(e)))?;
+    let same_file = |path: &std::path::Path| -> Result<bool, UnlinkError> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => Ok(m.dev() == ours.st_dev && m.ino() == ours.st_ino),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(UnlinkError::NotFound { location: location.clone() })
+            }
+            Err(e) => Err(io("stat of the name")(e)),
+        }
+    };
+    let replaced = || UnlinkError::Replaced { location: location.clone() };
+    match location {
+        Location::Posix(name) => {
+            if !same_file(&name.dev_shm_path())? {
+                return Err(replaced());
+            }
+            posix::unlink(name, location)
+        }
+        Location::File(path) => {
+            if !same_file(path)? {
+                return Err(replaced());
+            }
+            file::unlink(path, location)
+        }
+        Location::Sysv(key) => {
+            let checked = sysv_id.ok_or_else(replaced)?;
+            sysv::remove_if_same(*key, checked, location, &same_file)
+        }
+        Location::Anon => Ok(()),
+    }
 }

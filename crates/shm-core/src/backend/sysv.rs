@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use super::{Backing, CreateSpec, OpenSpec, check_fd, check_owner_mode, open_flags, wait_initialised};
+use super::{Backing, CreateSpec, OpenSpec, check_owner_mode, open_flags, wait_initialised};
 use crate::error::{CreateError, OpenError, UnlinkError, io_err};
 use crate::layout::HEADER_SIZE;
 use crate::mapping::Mapping;
@@ -165,8 +165,10 @@ pub(crate) fn create(key: SysvKey, location: &Location, spec: CreateSpec) -> Res
     result
 }
 
-/// Creates the lock file exclusively; a stale one of ours (the segment it belonged to
-/// is gone, since our `IPC_EXCL` create just succeeded) is replaced.
+/// Creates the lock file exclusively. One already there is replaced only if it is a
+/// stale one of ours (a regular file owned by this user: the segment it belonged to is
+/// gone, since our `IPC_EXCL` create just succeeded); anything else, another user's file
+/// above all, is reported and left alone, whoever we are.
 fn create_lock_file(key: SysvKey, location: &Location, spec: CreateSpec) -> Result<OwnedFd, CreateError> {
     let path = lock_path(key);
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -174,10 +176,25 @@ fn create_lock_file(key: SysvKey, location: &Location, spec: CreateSpec) -> Resu
     let io = |op| move |e| CreateError::Io { location: location.clone(), op, source: io_err(e) };
     let fd = match nix::fcntl::open(&path, flags, mode) {
         Err(nix::errno::Errno::EEXIST) => {
-            let me = nix::unistd::geteuid();
-            let owner = std::fs::symlink_metadata(&path).map(|m| m.uid()).ok();
-            if owner != Some(me.as_raw()) && !me.is_root() {
-                return Err(CreateError::Exists { location: location.clone(), owner });
+            let me = nix::unistd::geteuid().as_raw();
+            let meta = std::fs::symlink_metadata(&path).map_err(|source| CreateError::Io {
+                location: location.clone(),
+                op: "stat of the existing lock file",
+                source,
+            })?;
+            let problem = if !meta.file_type().is_file() {
+                Some(format!("is a {}, not a lock file", file_kind(meta.mode())))
+            } else if meta.uid() != me {
+                Some(format!("was made by uid {}, not by this user (uid {me})", meta.uid()))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(CreateError::UntrustedLockFile {
+                    location: location.clone(),
+                    path: path.display().to_string(),
+                    problem,
+                });
             }
             std::fs::remove_file(&path).map_err(|source| CreateError::Io {
                 location: location.clone(),
@@ -195,17 +212,56 @@ fn create_lock_file(key: SysvKey, location: &Location, spec: CreateSpec) -> Resu
     Ok(fd)
 }
 
+/// What a file of mode `mode` is, for messages.
+fn file_kind(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => "directory",
+        libc::S_IFLNK => "symbolic link",
+        libc::S_IFIFO => "FIFO",
+        libc::S_IFSOCK => "socket",
+        libc::S_IFREG => "regular file",
+        _ => "device or special file",
+    }
+}
+
+/// Checks an opened lock file with the rules of segments, against the segment: a
+/// regular file, owned by the segment's owner or its creator (who made the lock file;
+/// `IPC_SET` may since have given the segment away), not writable by every user.
+fn check_lock_file(
+    fd: &OwnedFd,
+    path: &std::path::Path,
+    location: &Location,
+    (owner, creator): (u32, u32),
+) -> Result<(), OpenError> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| OpenError::Io {
+        location: location.clone(),
+        op: "fstat of the lock file",
+        source: io_err(e),
+    })?;
+    let problem = if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        format!("is a {}, not a lock file", file_kind(st.st_mode))
+    } else if st.st_uid != owner && st.st_uid != creator {
+        format!("is owned by uid {}, but the segment by uid {owner} (created by uid {creator})", st.st_uid)
+    } else if st.st_mode & 0o002 != 0 {
+        format!("has mode {:04o}: every user may write it", st.st_mode & 0o7777)
+    } else {
+        return Ok(());
+    };
+    Err(OpenError::UntrustedLockFile { location: location.clone(), path: path.display().to_string(), problem })
+}
+
 pub(crate) fn open(key: SysvKey, location: &Location, spec: OpenSpec) -> Result<Backing, OpenError> {
     let not_found_or = |op, source: io::Error| match source.raw_os_error() {
         Some(libc::ENOENT | libc::EIDRM | libc::EINVAL) => OpenError::NotFound { location: location.clone() },
         Some(libc::EACCES | libc::EPERM) => OpenError::Permission { location: location.clone(), source },
         _ => OpenError::Io { location: location.clone(), op, source },
     };
-    let mut id = 0;
+    let (mut id, mut owner) = (0, (0, 0));
     let mapping = wait_initialised(location, spec.init_timeout, || {
         id = id_of(key).map_err(|e| not_found_or("shmget", e))?;
         let st = stat(id).map_err(|e| not_found_or("IPC_STAT", e))?;
         check_owner_mode(location, st.uid, st.mode, spec)?;
+        owner = (st.uid, st.cuid);
         if st.size < HEADER_SIZE as u64 {
             return super::not_yet_sized(location, st.size);
         }
@@ -216,27 +272,67 @@ pub(crate) fn open(key: SysvKey, location: &Location, spec: OpenSpec) -> Result<
         })?;
         Mapping::attach_sysv(id, len, spec.writable).map(Some).map_err(|e| not_found_or("shmat", e))
     })?;
-    let lock_fd = match nix::fcntl::open(&lock_path(key), open_flags(spec.writable), Mode::empty()) {
+    let path = lock_path(key);
+    let lock_fd = match nix::fcntl::open(&path, open_flags(spec.writable), Mode::empty()) {
         Ok(fd) => {
-            check_fd(&fd, location, spec)?;
+            check_lock_file(&fd, &path, location, owner)?;
             Some(fd)
         }
+        Err(nix::errno::Errno::ELOOP) => {
+            let problem = "is a symbolic link, not a lock file".to_owned();
+            return Err(OpenError::UntrustedLockFile {
+                location: location.clone(),
+                path: path.display().to_string(),
+                problem,
+            });
+        }
         Err(nix::errno::Errno::ENOENT) => None,
+        // An inspector that may not read the lock file cannot check liveness: "unknown"
+        // (`lock_fd: None`), which is never taken for "dead".
+        Err(nix::errno::Errno::EACCES) if !spec.writable => None,
         Err(e) => return Err(super::open_error(location, e)),
     };
     Ok(Backing { mapping, lock_fd, sysv_id: Some(id) })
 }
 
-pub(crate) fn unlink(key: SysvKey, location: &Location) -> Result<(), UnlinkError> {
-    let map = |op, source: io::Error| match source.raw_os_error() {
+/// Maps a failed SysV removal step to an [`UnlinkError`].
+fn unlink_error(location: &Location, op: &'static str, source: io::Error) -> UnlinkError {
+    match source.raw_os_error() {
         Some(libc::ENOENT | libc::EIDRM | libc::EINVAL) => UnlinkError::NotFound { location: location.clone() },
         Some(libc::EACCES | libc::EPERM) => UnlinkError::Permission { location: location.clone(), source },
         _ => UnlinkError::Io { location: location.clone(), op, source },
-    };
-    let id = id_of(key).map_err(|e| map("shmget", e))?;
-    remove(id).map_err(|e| map("IPC_RMID", e))?;
+    }
+}
+
+pub(crate) fn unlink(key: SysvKey, location: &Location) -> Result<(), UnlinkError> {
+    let id = id_of(key).map_err(|e| unlink_error(location, "shmget", e))?;
+    remove(id).map_err(|e| unlink_error(location, "IPC_RMID", e))?;
     match std::fs::remove_file(lock_path(key)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(map("remove lock file", e)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(unlink_error(location, "remove lock file", e)),
         _ => Ok(()),
     }
+}
+
+/// Removes segment `checked` if `key` still leads to it (`IPC_RMID` acts on the id, so
+/// nothing created at the key meanwhile can be hit), and its lock file if `is_ours`
+/// says the file at the lock path is still the one that was locked.
+pub(crate) fn remove_if_same(
+    key: SysvKey,
+    checked: i32,
+    location: &Location,
+    is_ours: &dyn Fn(&std::path::Path) -> Result<bool, UnlinkError>,
+) -> Result<(), UnlinkError> {
+    if id_of(key).map_err(|e| unlink_error(location, "shmget", e))? != checked {
+        return Err(UnlinkError::Replaced { location: location.clone() });
+    }
+    let path = lock_path(key);
+    let lock_file_is_ours = is_ours(&path)?;
+    remove(checked).map_err(|e| unlink_error(location, "IPC_RMID", e))?;
+    if lock_file_is_ours {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(unlink_error(location, "remove lock file", e)),
+            _ => {}
+        }
+    }
+    Ok(())
 }

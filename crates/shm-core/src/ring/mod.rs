@@ -173,8 +173,32 @@ pub enum BatchError<E> {
     Corrupt(#[from] Corruption),
 }
 
-/// Called after each publish; file segments use it to `msync` per their flush policy.
-pub type PublishHook = Box<dyn FnMut() + Send>;
+/// Where a producer is in making records durable; what a [`PublishHook`] is told.
+/// File segments `msync` at each step per their flush policy, so that a frame reaches
+/// the file before the cursor that covers it, and the read cursor that freed space
+/// reaches it before that space is overwritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishStep {
+    /// The consumer freed space (its read cursor moved to `read_cursor`), which the
+    /// producer is about to overwrite: the freeing read cursor must be durable first.
+    Reclaimed {
+        /// The read cursor just seen.
+        read_cursor: u64,
+    },
+    /// Frames at ring positions `from..to` are written, and the write cursor does not
+    /// cover them yet: make them durable.
+    Written {
+        /// First position.
+        from: u64,
+        /// One past the last.
+        to: u64,
+    },
+    /// The write cursor now covers them (it is `to` of the last `Written`).
+    Published,
+}
+
+/// Called at each [`PublishStep`]; file segments use it to `msync` per their flush policy.
+pub type PublishHook = Box<dyn FnMut(PublishStep) + Send>;
 
 /// Pointers to the shared fields of one ring, valid while `_keep` lives.
 pub(crate) struct RingRefs {

@@ -26,7 +26,10 @@
 //! once per [`Batch`]) stores the statistics, the last-frame slot, then `write_cursor`
 //! with `Release`. A producer killed before `publish` leaves nothing visible: its
 //! successor resumes from `write_cursor` and overwrites the abandoned bytes. A torn
-//! record can therefore never be read.
+//! record can therefore never be read. A producer with a [`super::PublishHook`] (a file
+//! segment's flush policy) calls it with the new frames before storing the cursor, once
+//! the cursor is stored, and when it sees freed space before overwriting it
+//! ([`super::PublishStep`]).
 //!
 //! # Lazy release (the batching effect)
 //! Storing `read_cursor` (with its release slot, the two consumed counters and the
@@ -82,8 +85,8 @@ use std::time::{Duration, Instant};
 
 use super::frame::{self, FRAME_HEADER, PADDING, RESERVED_TYPES};
 use super::{
-    BatchError, ClaimError, Corruption, HYBRID_SPIN, MAX_SLEEP, PublishHook, ReadError, RingRefs, TryClaimError,
-    TryReadError, WaitStrategy,
+    BatchError, ClaimError, Corruption, HYBRID_SPIN, MAX_SLEEP, PublishHook, PublishStep, ReadError, RingRefs,
+    TryClaimError, TryReadError, WaitStrategy,
 };
 use crate::layout::WakeWord;
 use crate::stats::Counter;
@@ -489,6 +492,11 @@ impl Producer {
                 position: self.pos,
             });
         }
+        if head > self.cached_head
+            && let Some(hook) = self.hook.as_mut()
+        {
+            hook(PublishStep::Reclaimed { read_cursor: head });
+        }
         self.cached_head = head;
         Ok(self.free_space() >= need)
     }
@@ -547,6 +555,9 @@ impl Producer {
         if self.pos == self.published {
             return;
         }
+        if let Some(hook) = self.hook.as_mut() {
+            hook(PublishStep::Written { from: self.published, to: self.pos });
+        }
         let line = self.ring.producer_line();
         // Stored before the cursor, so a reader never sees a record consumed before it
         // is counted as produced.
@@ -569,7 +580,7 @@ impl Producer {
             self.counters.bump(&self.ring, Counter::ProducerWakes);
         }
         if let Some(hook) = self.hook.as_mut() {
-            hook();
+            hook(PublishStep::Published);
         }
     }
 

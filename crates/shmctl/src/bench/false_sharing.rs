@@ -29,6 +29,7 @@ use shm_core::placement;
 use super::{SharedAnon, median};
 use crate::cli::parse_interval;
 use crate::render::count;
+use crate::stdout::outln;
 
 /// `shmctl bench false-sharing`.
 #[derive(Debug, Args)]
@@ -389,8 +390,9 @@ struct ReportJson<'a> {
     median_ratio: f64,
 }
 
-fn print_row(label: &str, packed: f64, padded: f64, ratio: f64) {
-    println!("{label:<8} {:>18} {:>18} {ratio:>14.2}", count(packed as u64), count(padded as u64));
+fn print_row(label: &str, packed: f64, padded: f64, ratio: f64) -> Result<()> {
+    outln!("{label:<8} {:>18} {:>18} {ratio:>14.2}", count(packed as u64), count(padded as u64));
+    Ok(())
 }
 
 /// Runs the bench.
@@ -408,20 +410,20 @@ pub fn run(args: &FalseSharingArgs) -> Result<()> {
         processes: args.processes,
     };
 
-    println!(
+    outln!(
         "false sharing: {workers} {noun}, each {} on its own counter, {} per case, {} rep{}",
         increment.describe(),
         humantime::format_duration(args.duration),
         args.reps,
         if args.reps == 1 { "" } else { "s" }
     );
-    println!("  packed: {PER_LINE} counters per 64-byte line; padded: one counter per 128-byte block");
+    outln!("  packed: {PER_LINE} counters per 64-byte line; padded: one counter per 128-byte block");
     if allowed.len() < 2 {
-        println!(
+        outln!(
             "  only 1 CPU: the comparison is meaningless on one CPU (the workers never run at once); running anyway"
         );
     } else if plan.cpus.is_none() {
-        println!(
+        outln!(
             "  {workers} {noun} but only {} CPUs: not pinned; workers share CPUs, which hides part of the effect",
             allowed.len()
         );
@@ -453,7 +455,7 @@ pub fn run(args: &FalseSharingArgs) -> Result<()> {
             .enumerate()
             .map(|(i, cpu)| cpu.map_or_else(|| format!("{unit} {i} not pinned"), |c| format!("{unit} {i} on CPU {c}")))
             .collect();
-        println!("  pinned (sched_setaffinity): {}", list.join(", "));
+        outln!("  pinned (sched_setaffinity): {}", list.join(", "));
     }
 
     let packed: Vec<f64> = reps.iter().map(|r| r.packed).collect();
@@ -462,13 +464,13 @@ pub fn run(args: &FalseSharingArgs) -> Result<()> {
     let median = |values: &[f64]| median(values.iter().copied()).expect("at least one repetition");
     let (median_packed, median_padded, median_ratio) = (median(&packed), median(&padded), median(&ratios));
 
-    println!();
-    println!("{:<8} {:>18} {:>18} {:>14}", "rep", "packed ops/s", "padded ops/s", "padded/packed");
+    outln!();
+    outln!("{:<8} {:>18} {:>18} {:>14}", "rep", "packed ops/s", "padded ops/s", "padded/packed");
     for (i, r) in reps.iter().enumerate() {
-        print_row(&(i + 1).to_string(), r.packed, r.padded, ratios[i]);
+        print_row(&(i + 1).to_string(), r.packed, r.padded, ratios[i])?;
     }
-    print_row("median", median_packed, median_padded, median_ratio);
-    println!();
+    print_row("median", median_packed, median_padded, median_ratio)?;
+    outln!();
     let reading = if workers < 2 || allowed.len() < 2 {
         "nothing runs in parallel here, so nothing is falsely shared and any difference is noise"
     } else if median_ratio >= 1.2 {
@@ -476,7 +478,7 @@ pub fn run(args: &FalseSharingArgs) -> Result<()> {
     } else {
         "no false-sharing cost measured (were the workers running at the same time?)"
     };
-    println!("padded is {median_ratio:.1}x packed here: {reading}.");
+    outln!("padded is {median_ratio:.1}x packed here: {reading}.");
 
     if let Some(path) = &args.json {
         let report = ReportJson {

@@ -26,6 +26,7 @@ use shm_core::units::{format_size, parse_size};
 use shm_core::{Location, ReadError, Segment};
 
 use crate::exit::{USAGE, refuse};
+use crate::stdout::outln;
 
 /// `shmctl bench numa`.
 #[derive(Debug, Args)]
@@ -132,12 +133,12 @@ pub fn run(args: &NumaArgs) -> Result<()> {
     let plan = match plan(&nodes, &allowed, args.local_only) {
         Ok(plan) => plan,
         Err(message) => {
-            println!("{message}");
+            outln!("{message}");
             report.message = Some(message);
             return write_json(args, &report);
         }
     };
-    println!(
+    outln!(
         "NUMA: {} node(s); CPUs of node {} (producer on CPU {}, consumer on CPU {}); {record_size}-byte records through a {} ring; copies over a {} ring; {:?} each",
         nodes.len(),
         plan.cpu_node,
@@ -173,7 +174,7 @@ pub fn run(args: &NumaArgs) -> Result<()> {
             });
         }
     }
-    print_table(&report);
+    print_table(&report)?;
     write_json(args, &report)
 }
 
@@ -337,11 +338,11 @@ fn copy(node: u32, copy_size: u64, duration: Duration) -> Result<f64> {
     Ok(copies as f64 * len as f64 / started.elapsed().as_secs_f64() / 1e9)
 }
 
-fn print_table(report: &Report) {
-    println!("{:<16} {:>14} {:>13} {:>11}", "memory", "stream Mrec/s", "stream GB/s", "copy GB/s");
+fn print_table(report: &Report) -> Result<()> {
+    outln!("{:<16} {:>14} {:>13} {:>11}", "memory", "stream Mrec/s", "stream GB/s", "copy GB/s");
     for r in &report.results {
         let label = format!("node{} ({})", r.memory_node, if r.local { "local" } else { "remote" });
-        println!(
+        outln!(
             "{label:<16} {:>14.2} {:>13.3} {:>11.2}",
             r.stream_records_per_s / 1e6,
             r.stream_gb_per_s,
@@ -350,8 +351,9 @@ fn print_table(report: &Report) {
     }
     for r in &report.ratios {
         let label = format!("node{}/local", r.memory_node);
-        println!("{label:<16} {:>14.2} {:>13.2} {:>11.2}", r.stream, r.stream, r.copy);
+        outln!("{label:<16} {:>14.2} {:>13.2} {:>11.2}", r.stream, r.stream, r.copy);
     }
+    Ok(())
 }
 
 fn write_json(args: &NumaArgs, report: &Report) -> Result<()> {

@@ -34,6 +34,7 @@ use shm_core::layout::{MAX_CAPACITY, MIN_CAPACITY};
 use shm_core::units::{format_size, parse_size};
 
 use crate::exit::{USAGE, refuse};
+use crate::stdout::{out, outln};
 use measure::{Env, RoundTrips, Sleeper, Streamed};
 use transport::Transport;
 
@@ -331,7 +332,7 @@ impl Progress {
 /// Runs the comparison.
 pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
     if args.transports.iter().any(|t| t == "help") {
-        println!("{}", Transport::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join("\n"));
+        outln!("{}", Transport::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join("\n"));
         return Ok(());
     }
     let plan = Plan::from_args(args)?;
@@ -340,7 +341,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pins = process::pin_parent().context("pinning to a CPU")?;
     let machine = report::Machine::of_this(nproc, pins);
-    println!("{}", report::header(&machine, &plan));
+    outln!("{}", report::header(&machine, &plan));
 
     let scratch = cleanup::Scratch::default();
     let env = Env { pins, scratch: &scratch, cold: plan.cold };
@@ -361,7 +362,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
     progress.clear();
 
     let report = report::Report::build(machine, &plan, &cases, &results);
-    print!("{}", report.render());
+    out!("{}", report.render());
     if let Some(path) = &args.json {
         let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         serde_json::to_writer_pretty(std::io::BufWriter::new(file), &report)

@@ -1,0 +1,243 @@
+//! Durability of file segments with `FlushPolicy::Sync`: a frame reaches the file before
+//! the cursor that covers it, and the read cursor that freed space reaches it before
+//! that space is overwritten, so a power loss at any instant leaves a consistent ring.
+//!
+//! - `each_publish_syncs_its_frames_then_the_cursor`: the library's flush observer
+//!   records every `msync`; each publish must sync the pages of its frame, then the
+//!   header, in that order (and the header first whenever it reuses freed space).
+//! - `copies_of_the_disk_at_random_instants_are_consistent_rings`: a model of the disk:
+//!   a shadow image that receives exactly what each `msync` wrote, plus pages the
+//!   "kernel" writes back on its own at random instants and in random order (pages read
+//!   from the live file, the header page half the time). While a producer and a
+//!   consumer stream through a 4 KiB ring, the shadow is copied at random instants;
+//!   each copy is opened as a file segment and every record between its cursors must
+//!   be whole (checksum, length) and in sequence. Any copy that is not is a power loss
+//!   that would have left stale frames under a cursor. One thing the order cannot
+//!   prevent is counted apart: the read cursor and the write cursor are on different
+//!   pages, so the kernel may write back a read cursor that consumed a publish before
+//!   that publish's header sync lands; that copy has its reader ahead of its writer,
+//!   which opening reports as corruption (nothing stale is delivered).
+
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use shm_core::layout::HEADER_SIZE;
+use shm_core::{FlushPolicy, Location, Segment};
+use shmring_tests::records::{checksum, encode, record_len};
+use shmring_tests::{Backend, Fixture, seed};
+
+const CAPACITY: u64 = 4096;
+const PAGE: usize = 4096;
+/// Snapshots of the modelled disk in the CI run (`SHMRING_DURABILITY_COPIES` for more).
+const COPIES: u64 = 300;
+
+fn builder(location: &Location) -> shm_core::SegmentBuilder {
+    Segment::builder(location.clone()).capacity(CAPACITY).flush(FlushPolicy::Sync)
+}
+
+fn publish(producer: &mut shm_core::Producer, seq: u64, max: usize) {
+    let len = record_len(seq, max);
+    let mut claim = producer.claim(len, Some(Duration::from_secs(20))).expect("claim");
+    encode(seq, &mut claim[..len]);
+    claim.commit();
+}
+
+#[test]
+fn each_publish_syncs_its_frames_then_the_cursor() {
+    let fx = Fixture::new("durability-order");
+    let location = fx.location(Backend::File);
+    let calls: Arc<Mutex<Vec<std::ops::Range<usize>>>> = Arc::default();
+    let log = calls.clone();
+    let segment =
+        builder(&location).flush_observer(Arc::new(move |r| log.lock().unwrap().push(r))).create().expect("create");
+    let max = segment.geometry().max_record as usize;
+    let mut producer = segment.producer().expect("producer");
+    let mut consumer = segment.consumer().expect("consumer");
+    let header = 0..HEADER_SIZE;
+    let mut checked = 0;
+    for seq in 0..200 {
+        let before = segment.stats().write_cursor;
+        calls.lock().unwrap().clear();
+        publish(&mut producer, seq, max);
+        let after = segment.stats().write_cursor;
+        let got = std::mem::take(&mut *calls.lock().unwrap());
+        // Reuse of freed space first syncs the header, then come the frame's pages,
+        // then the header with the new cursor.
+        let frames = if got.first() == Some(&header) && got.len() > 2 { &got[1..] } else { &got[..] };
+        assert_eq!(frames.last(), Some(&header), "publish {seq}: the cursor was not synced last: {got:?}");
+        let data = &frames[..frames.len() - 1];
+        assert!(!data.is_empty() && data.iter().all(|r| r.start >= HEADER_SIZE), "publish {seq}: {got:?}");
+        let synced: u64 = data.iter().map(|r| r.len() as u64).sum();
+        assert!(synced >= after - before, "publish {seq}: {synced} bytes synced for {} published", after - before);
+        let end = HEADER_SIZE + (((after - 1) & (CAPACITY - 1)) as usize);
+        assert!(data.iter().any(|r| r.contains(&end)), "publish {seq}: the frame's end {end} not synced: {got:?}");
+        checked += 1;
+        // Keep the ring draining, so publishes reuse freed space.
+        while consumer.try_read().is_ok() {}
+        consumer.release_read();
+    }
+    assert_eq!(checked, 200);
+}
+
+/// The modelled disk: what has reached it.
+struct Disk {
+    image: Mutex<Vec<u8>>,
+    file: std::fs::File,
+}
+
+impl Disk {
+    /// Copies bytes `range` of the live file onto the disk.
+    fn write_back(&self, range: std::ops::Range<usize>) {
+        let mut buf = vec![0u8; range.len()];
+        self.file.read_exact_at(&mut buf, range.start as u64).expect("read the file");
+        self.image.lock().unwrap()[range].copy_from_slice(&buf);
+    }
+}
+
+/// What a copy of the disk holds.
+enum Copy {
+    /// Every record between its cursors is whole and in sequence: this many.
+    Consistent(usize),
+    /// The read cursor's page reached the disk after a publish's cursor store but before
+    /// its header sync: the read cursor is ahead of the write cursor (by at most the
+    /// records of that publish, all consumed). Opening it reports corruption; nothing
+    /// stale is delivered.
+    ReaderAhead,
+}
+
+/// What the ring in `image` (written to `path`) holds; `Err` says how it is broken.
+fn inspect(image: &[u8], path: &std::path::Path) -> Result<Copy, String> {
+    std::fs::write(path, image).map_err(|e| e.to_string())?;
+    let location = Location::File(path.to_owned());
+    let segment = Segment::builder(location).read_only().expected_owner(None).open().map_err(|e| e.to_string())?;
+    let max = segment.geometry().max_record as usize;
+    let stats = segment.stats();
+    if stats.read_cursor > stats.write_cursor && stats.read_cursor - stats.write_cursor <= CAPACITY {
+        return match segment.peek(usize::MAX) {
+            Err(_) => Ok(Copy::ReaderAhead),
+            Ok(r) => Err(format!("reader ahead of writer, yet peek gave {} records", r.len())),
+        };
+    }
+    let records = segment.peek(usize::MAX).map_err(|e| e.to_string())?;
+    let mut last = None;
+    for r in &records {
+        let len = r.data.len();
+        if len < 16 {
+            return Err(format!("record at {} of {len} bytes", r.position));
+        }
+        let seq = u64::from_le_bytes(r.data[..8].try_into().expect("8 bytes"));
+        let sum = u64::from_le_bytes(r.data[len - 8..].try_into().expect("8 bytes"));
+        if sum != checksum(&r.data[..len - 8]) || len != record_len(seq, max) {
+            return Err(format!("stale or torn record at {} (seq {seq}, {len} bytes)", r.position));
+        }
+        if last.is_some_and(|l| seq != l + 1) {
+            return Err(format!("seq {seq} after {last:?} at {}", r.position));
+        }
+        last = Some(seq);
+    }
+    Ok(Copy::Consistent(records.len()))
+}
+
+#[test]
+fn copies_of_the_disk_at_random_instants_are_consistent_rings() {
+    let fx = Fixture::new("durability-copies");
+    let location = fx.location(Backend::File);
+    let Location::File(path) = &location else { unreachable!() };
+    let copies: u64 = std::env::var("SHMRING_DURABILITY_COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(COPIES);
+    let disk: Arc<OnceLock<Disk>> = Arc::default();
+    let observed = disk.clone();
+    let segment = builder(&location)
+        .flush_observer(Arc::new(move |r| {
+            if let Some(d) = observed.get() {
+                d.write_back(r);
+            }
+        }))
+        .create()
+        .expect("create");
+    let file = std::fs::File::open(path).expect("open the file");
+    let size = file.metadata().expect("stat").len() as usize;
+    let mut image = vec![0u8; size];
+    file.read_exact_at(&mut image, 0).expect("read");
+    assert!(disk.set(Disk { image: Mutex::new(image), file }).is_ok());
+    let disk = disk.get().expect("set");
+
+    let stop = AtomicBool::new(false);
+    let mut rng = seed("durability-copies");
+    let mut next = || {
+        rng = shmring_tests::records::splitmix64(rng);
+        rng
+    };
+    let (mut checked, mut records_seen, mut reader_ahead, mut bad) = (0u64, 0usize, 0u64, Vec::new());
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let producer = s.spawn(|| {
+            let mut producer = segment.producer().expect("producer");
+            let max = segment.geometry().max_record as usize;
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                publish(&mut producer, seq, max);
+                seq += 1;
+            }
+            seq
+        });
+        let consumer = s.spawn(|| {
+            let mut consumer = segment.consumer().expect("consumer");
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if consumer.read(Some(Duration::from_millis(10))).is_ok() {
+                    n += 1;
+                }
+                if n % 3 == 0 {
+                    consumer.release_read();
+                }
+            }
+            n
+        });
+        let copy = fx.path("copy");
+        // At least `copies` copies, over at least 20 laps of the ring (reuse of freed space).
+        while checked < copies || segment.stats().write_cursor < 20 * CAPACITY {
+            // The kernel writes back a few pages on its own, the header half the time.
+            for _ in 0..next() % 4 {
+                let page = if next() % 2 == 0 {
+                    (next() as usize % (HEADER_SIZE / PAGE)) * PAGE
+                } else {
+                    (next() as usize % (size / PAGE)) * PAGE
+                };
+                disk.write_back(page..page + PAGE);
+            }
+            std::thread::sleep(Duration::from_micros(next() % 300));
+            let image = disk.image.lock().unwrap().clone();
+            match inspect(&image, &copy) {
+                Ok(Copy::Consistent(n)) => records_seen += n,
+                Ok(Copy::ReaderAhead) => reader_ahead += 1,
+                Err(e) => bad.push(e),
+            }
+            checked += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let produced = producer.join().expect("producer");
+        let consumed = consumer.join().expect("consumer");
+        let laps = segment.stats().write_cursor / CAPACITY;
+        assert!(laps >= 20, "the ring barely wrapped ({laps} laps): {produced} produced, {consumed} consumed");
+    });
+    shmring_tests::reliability::report(
+        "file_durability_copies",
+        "copies of a modelled disk (msync'd ranges plus random page write-backs) taken at random instants while streaming through a 4 KiB file ring with flush = sync",
+        checked,
+        &if bad.is_empty() {
+            format!(
+                "pass: no copy had a cursor over a stale or torn frame ({reader_ahead} had the reader ahead of the writer, refused at open)"
+            )
+        } else {
+            "failed: a cursor covered stale or torn frames".to_owned()
+        },
+        &shmring_tests::ledger::Figures::NotCounted("each copy is checked for cursors over stale or torn frames"),
+        json!({ "copies_checked": checked, "stale_or_torn": bad.len(), "reader_ahead_refused": reader_ahead, "records_checked": records_seen, "seconds": started.elapsed().as_secs_f64().round() }),
+    );
+    bad.sort();
+    bad.dedup_by_key(|e| e.split(" (").next().unwrap_or_default().to_owned());
+    assert!(bad.is_empty(), "{} of {checked} copies were inconsistent: {bad:#?}", bad.len());
+}
