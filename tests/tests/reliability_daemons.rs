@@ -42,8 +42,8 @@ use shmring_tests::daemons::{
     self, Daemon, Kind, binary_file_sink, generator_record, generator_seq, observe, segment_section, toml_string,
     wait_drained,
 };
-use shmring_tests::records::splitmix64;
 use shmring_tests::ledger::{Evidence, Figures, GENERATOR_LEDGER_VAR, read_ledger};
+use shmring_tests::records::splitmix64;
 use shmring_tests::reliability::report;
 use shmring_tests::{Backend, Fixture, seed, wait_until};
 
