@@ -9,6 +9,7 @@
 pub mod frame;
 pub mod heap;
 pub mod spsc;
+pub(crate) mod wait;
 
 use std::ptr::NonNull;
 use std::sync::Arc;
