@@ -8,7 +8,9 @@
 //! 384     128    space wake word (producer sleeps)      producer announces, consumer clears
 //! 512     2048   16 statistics slots, 128 bytes each    one writer per slot
 //! 2560    2048   32 participant slots, 64 bytes each    each participant its own slot
-//! 4608    3584   reserved (zero)
+//! 4608    512    mpsc: 2 consumer ledgers, per producer  the consumer (layout 1.1)
+//! 5120    2048   mpsc: 16 producer slots, 128 bytes each each producer its own slot (1.1)
+//! 7168    1024   reserved (zero)
 //! 8192    8192   64 read-cursor slots, 128 bytes each   each consumer its own slot
 //! 16384   cap    ring data (power of two, 4 KiB ..= 1 TiB)
 //! ```
@@ -21,9 +23,25 @@
 //! Hot fields each own a 128-byte line (two 64-byte lines, because the adjacent-line
 //! prefetcher moves pairs), so the producer and the consumer never write the same line.
 //!
-//! The identity names the ring kind and where the cursor table is, so the kinds still to
-//! come (multi-producer, broadcast with one named cursor per consumer, work queue) are
-//! new files under `ring/`, not a new layout: they use more cursor and participant slots.
+//! The identity names the ring kind and where the cursor table is, so each kind is a new
+//! file under `ring/`, not a new layout: it uses more cursor and participant slots, and
+//! fields in what layout 1.0 reserved (a minor version step: a 1.0 reader refuses the
+//! new kind by its code, and finds every spsc field where it was).
+//!
+//! # Kinds
+//! - `spsc` ([`crate::ring::spsc`]): the producer line's `write_cursor` and publish
+//!   slots, cursor slot 0, participant slots 0 (producer) and 1 (consumer).
+//! - `mpsc` ([`crate::ring::mpsc`]): `write_cursor` is the *claim* cursor every producer
+//!   advances by compare-and-swap (the publish slots are unused); cursor slot 0 and
+//!   participant slot 1 are the consumer's, as in spsc; producer `k` (0..16) holds
+//!   participant slot `2 + k` and [`MpscArea::producers`]`[k]`; the consumer's exact
+//!   per-producer tallies alternate between [`MpscArea::ledgers`] with its release slots.
+//! - Still to come, and where they fit: `broadcast` keeps mpsc's claim cursor and frames
+//!   and gives each consumer its own cursor slot (`cursor_slots` up to 64, each slot's
+//!   release slots exact as today) and participant slot; a producer is held back by the
+//!   minimum over live consumers' cursors. `mpmc` keeps the same claim side and adds,
+//!   per consumer, a "holding" word (the frame it took, by CAS on a shared read-claim
+//!   cursor in the 1 KiB still reserved) so a dead worker's record can be handed over.
 
 pub use crate::sync::WakeWord;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -33,7 +51,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMRING\0");
 /// Layout major version: a reader refuses any other.
 pub const LAYOUT_MAJOR: u16 = 1;
 /// Layout minor version: additions a version-1 reader may ignore.
-pub const LAYOUT_MINOR: u16 = 0;
+pub const LAYOUT_MINOR: u16 = 1;
 /// Bytes from the start of the segment to the ring data.
 pub const HEADER_SIZE: usize = 16384;
 /// The smallest ring capacity in bytes.
@@ -54,6 +72,14 @@ pub const STATS_OFFSET: usize = 512;
 pub const PARTICIPANTS_OFFSET: usize = 2560;
 /// Offset of the read-cursor table.
 pub const CURSORS_OFFSET: usize = 8192;
+/// Offset of the mpsc area (layout 1.1).
+pub const MPSC_OFFSET: usize = 4608;
+/// End of the mpsc area; the rest up to the cursor table is reserved.
+pub const MPSC_END: usize = 7168;
+/// Producers an mpsc ring can have at once.
+pub const MPSC_PRODUCERS: usize = 16;
+/// Participant slot of mpsc producer 0; producer `k` holds `MPSC_PARTICIPANT_BASE + k`.
+pub const MPSC_PARTICIPANT_BASE: usize = 2;
 
 /// Largest payload any ring accepts: a frame's length field is 32 bits.
 pub const MAX_RECORD_LIMIT: u64 = u32::MAX as u64 - 15;
@@ -82,6 +108,8 @@ pub struct Line<T>(pub T);
 pub enum RingKind {
     /// One producer, one consumer.
     Spsc,
+    /// Many producers, one consumer.
+    Mpsc,
 }
 
 impl RingKind {
@@ -89,6 +117,7 @@ impl RingKind {
     pub const fn code(self) -> u32 {
         match self {
             RingKind::Spsc => 1,
+            RingKind::Mpsc => 2,
         }
     }
 
@@ -96,6 +125,7 @@ impl RingKind {
     pub const fn from_code(code: u32) -> Option<Self> {
         match code {
             1 => Some(RingKind::Spsc),
+            2 => Some(RingKind::Mpsc),
             _ => None,
         }
     }
@@ -104,7 +134,20 @@ impl RingKind {
     pub const fn name(self) -> &'static str {
         match self {
             RingKind::Spsc => "spsc",
+            RingKind::Mpsc => "mpsc",
         }
+    }
+
+    /// Every kind this build knows.
+    pub const ALL: [RingKind; 2] = [RingKind::Spsc, RingKind::Mpsc];
+}
+
+impl std::str::FromStr for RingKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RingKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            format!("unknown ring kind {s:?}: this build knows spsc and mpsc (broadcast and mpmc are not built yet)")
+        })
     }
 }
 
@@ -234,6 +277,65 @@ pub struct CursorSlot {
     pub releases: [ReleaseSlot; 2],
 }
 
+/// One mpsc producer's line. Only that producer writes it (and its successor, which
+/// holds the same participant lock); the consumer reads it to find whose claim a hole is.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MpscProducerSlot {
+    /// Start of the range this producer is claiming or has claimed and not yet fully
+    /// committed: stored before its compare-and-swap of the claim cursor.
+    pub intent_start: AtomicU64,
+    /// End of that range.
+    pub intent_end: AtomicU64,
+    /// A dead predecessor's intent that was still pending when this producer attached:
+    /// a range whose owner is known dead, so the consumer may reclaim it.
+    pub orphan_start: AtomicU64,
+    /// End of the orphan range.
+    pub orphan_end: AtomicU64,
+    /// Records this producer id committed (display; the consumer's ledger is exact).
+    pub records: AtomicU64,
+    /// Payload bytes committed.
+    pub bytes: AtomicU64,
+    /// Times it found the ring full.
+    pub blocks: AtomicU64,
+    /// Times it slept waiting for space.
+    pub sleeps: AtomicU64,
+    /// Holes of this producer the consumer turned into padding (a copy of the ledger,
+    /// stored by the consumer after its cursor).
+    pub unblocked: AtomicU64,
+    /// Records of this producer the consumer released (a copy of the ledger).
+    pub consumed: AtomicU64,
+}
+
+/// What the consumer released of one producer, exact: written with the release slot of
+/// the same index, before the read cursor.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MpscTally {
+    /// Records released.
+    pub consumed: AtomicU64,
+    /// Holes passed (records whose producer died between claim and commit).
+    pub unblocked: AtomicU64,
+}
+
+/// The consumer's per-producer tallies as of one release.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MpscLedger {
+    /// One per producer id.
+    pub producers: [MpscTally; MPSC_PRODUCERS],
+}
+
+/// The fields only mpsc rings use (zero in every other kind).
+#[repr(C)]
+#[derive(Debug)]
+pub struct MpscArea {
+    /// Ledger `i` belongs to the consumer's release slot `i`.
+    pub ledgers: [MpscLedger; 2],
+    /// One line per producer id.
+    pub producers: [Line<MpscProducerSlot>; MPSC_PRODUCERS],
+}
+
 /// The whole header, as it lies at offset 0 of a segment.
 #[repr(C)]
 #[derive(Debug)]
@@ -250,7 +352,9 @@ pub struct Header {
     pub stats: [Line<StatSlot>; STAT_SLOTS],
     /// Who is attached.
     pub participants: [ParticipantSlot; PARTICIPANT_SLOTS],
-    reserved: [u8; CURSORS_OFFSET - PARTICIPANTS_OFFSET - PARTICIPANT_SLOTS * 64],
+    /// Fields of the mpsc kind.
+    pub mpsc: MpscArea,
+    reserved: [u8; CURSORS_OFFSET - MPSC_END],
     /// Read cursors; spsc uses slot 0.
     pub cursors: [Line<CursorSlot>; CURSOR_SLOTS],
 }
@@ -272,6 +376,11 @@ const _: () = {
     assert!(offset_of!(Header, stats) == STATS_OFFSET);
     assert!(offset_of!(Header, participants) == PARTICIPANTS_OFFSET);
     assert!(offset_of!(Header, cursors) == CURSORS_OFFSET);
+    assert!(offset_of!(Header, mpsc) == MPSC_OFFSET);
+    assert!(size_of::<MpscLedger>() == 256);
+    assert!(size_of::<MpscProducerSlot>() <= LINE);
+    assert!(MPSC_OFFSET + size_of::<MpscArea>() == MPSC_END);
+    assert!(MPSC_PARTICIPANT_BASE + MPSC_PRODUCERS <= PARTICIPANT_SLOTS);
     assert!(HEADER_SIZE % 4096 == 0);
 };
 
@@ -366,7 +475,7 @@ impl RawIdentity {
         let kind = RingKind::from_code(self.ring_kind).ok_or(HeaderError::Field {
             field: "ring_kind",
             value: u64::from(self.ring_kind),
-            expected: "1 (spsc)",
+            expected: "1 (spsc) or 2 (mpsc)",
         })?;
         let expect = |field: &'static str, value: u64, want: u64, expected: &'static str| {
             if value == want { Ok(()) } else { Err(HeaderError::Field { field, value, expected }) }

@@ -85,6 +85,14 @@ mod memory {
         build(seg)
     }
 
+    pub(super) fn refs_of_heap(seg: &Arc<HeapSegment>) -> RingRefs {
+        build(seg.clone())
+    }
+
+    pub(super) fn mpsc_refs(capacity: u64, max_record: u64) -> RingRefs {
+        refs(capacity, max_record)
+    }
+
     fn build(seg: Arc<HeapSegment>) -> RingRefs {
         let (capacity, max_record) = (seg.capacity, seg.max_record);
         // SAFETY: the allocation is a zeroed, page-aligned header followed by `capacity`
@@ -123,7 +131,10 @@ pub fn spsc_pair_counted(
 #[cfg(loom)]
 mod memory {
     use super::*;
-    use crate::layout::{CursorSlot, Line, ProducerLine, PublishSlot, ReleaseSlot, STAT_SLOTS, StatSlot, WakeWord};
+    use crate::layout::{
+        CursorSlot, Line, MpscArea, MpscLedger, MpscProducerSlot, MpscTally, ProducerLine, PublishSlot, ReleaseSlot,
+        STAT_SLOTS, StatSlot, WakeWord,
+    };
     use crate::ring::Region;
     use crate::sync::{AtomicU32, AtomicU64};
 
@@ -135,9 +146,11 @@ mod memory {
         space_wake: WakeWord,
         pub(super) stats: Option<Box<[Line<StatSlot>; STAT_SLOTS]>>,
         data: Box<[std::cell::UnsafeCell<u64>]>,
-        /// One loom cell per data word, shared by the producer's and the consumer's
-        /// regions so that loom checks every cross-side access.
-        cells: Arc<[loom::cell::UnsafeCell<()>]>,
+        /// One loom word per data word, shared by every handle's region so that loom
+        /// checks every cross-side access.
+        cells: Arc<[crate::ring::LoomWord]>,
+        /// Only mpsc rings build it (each atomic is a loom object).
+        mpsc: Option<Box<MpscArea>>,
         pub(super) capacity: u64,
         pub(super) max_record: u64,
     }
@@ -148,11 +161,37 @@ mod memory {
     unsafe impl Sync for HeapSegment {}
 
     pub(super) fn refs(capacity: u64, max_record: u64) -> RingRefs {
-        new_refs(capacity, max_record, false)
+        new_refs(capacity, max_record, false, None)
     }
 
     pub(super) fn counted_refs(capacity: u64, max_record: u64) -> RingRefs {
-        new_refs(capacity, max_record, true)
+        new_refs(capacity, max_record, true, None)
+    }
+
+    pub(super) fn mpsc_refs(capacity: u64, max_record: u64) -> RingRefs {
+        let z = || AtomicU64::new(0);
+        let tally = || MpscTally { consumed: z(), unblocked: z() };
+        let ledger = || MpscLedger { producers: std::array::from_fn(|_| tally()) };
+        let producer = || {
+            Line(MpscProducerSlot {
+                intent_start: z(),
+                intent_end: z(),
+                orphan_start: z(),
+                orphan_end: z(),
+                records: z(),
+                bytes: z(),
+                blocks: z(),
+                sleeps: z(),
+                unblocked: z(),
+                consumed: z(),
+            })
+        };
+        let area = MpscArea { ledgers: [ledger(), ledger()], producers: std::array::from_fn(|_| producer()) };
+        new_refs(capacity, max_record, false, Some(Box::new(area)))
+    }
+
+    pub(super) fn refs_of_heap(seg: &Arc<HeapSegment>) -> RingRefs {
+        build(seg.clone())
     }
 
     fn stat_slot() -> Line<StatSlot> {
@@ -160,7 +199,7 @@ mod memory {
         Line(StatSlot { value: z(), label: [z(), z(), z(), z()], in_use: AtomicU32::new(0) })
     }
 
-    fn new_refs(capacity: u64, max_record: u64, counted: bool) -> RingRefs {
+    fn new_refs(capacity: u64, max_record: u64, counted: bool, mpsc: Option<Box<MpscArea>>) -> RingRefs {
         let seg = Arc::new(HeapSegment {
             producer: ProducerLine { write_cursor: AtomicU64::new(0), publishes: [publish_slot(), publish_slot()] },
             cursor: CursorSlot { read_cursor: AtomicU64::new(0), releases: [release_slot(), release_slot()] },
@@ -169,6 +208,7 @@ mod memory {
             stats: counted.then(|| Box::new(std::array::from_fn(|_| stat_slot()))),
             data: (0..capacity / 8).map(|_| std::cell::UnsafeCell::new(0)).collect(),
             cells: crate::ring::loom_cells(capacity),
+            mpsc,
             capacity,
             max_record,
         });
@@ -197,6 +237,7 @@ mod memory {
             data_wake: NonNull::from(&seg.data_wake),
             space_wake: NonNull::from(&seg.space_wake),
             stats: seg.stats.as_deref().map(NonNull::from),
+            mpsc: seg.mpsc.as_deref().map(NonNull::from),
             // SAFETY: `capacity` bytes, 8-aligned, owned by `seg`, which the refs keep;
             // `seg.cells` has one cell per word.
             data: unsafe { Region::with_cells(data, seg.capacity, seg.cells.clone()) },
@@ -209,3 +250,61 @@ mod memory {
 }
 
 pub(crate) use memory::HeapSegment;
+
+/// An mpsc ring on the heap, for threads of one process, tests and loom models. Liveness
+/// is a flag per producer id that [`kill`](Self::kill) clears: the model of a producer
+/// whose kernel lock is gone.
+pub struct MpscHeapRing {
+    pub(crate) refs: RingRefs,
+    seg: Arc<HeapSegment>,
+    alive: Arc<[std::sync::atomic::AtomicBool; crate::layout::MPSC_PRODUCERS]>,
+    wait: WaitStrategy,
+}
+
+impl std::fmt::Debug for MpscHeapRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpscHeapRing").field("capacity", &self.refs.capacity).finish_non_exhaustive()
+    }
+}
+
+impl MpscHeapRing {
+    /// A zeroed ring. Capacity may be as small as 16 bytes here.
+    pub fn new(capacity: u64, max_record: u64, wait: WaitStrategy) -> Result<Self, HeapRingError> {
+        if !capacity.is_power_of_two() || capacity < 16 || max_record == 0 || max_record > max_payload_for(capacity) {
+            return Err(HeapRingError { capacity, max_record });
+        }
+        let refs = memory::mpsc_refs(capacity, max_record);
+        let seg = refs.heap.clone().expect("heap refs own their memory");
+        Ok(MpscHeapRing { refs, seg, alive: Arc::new(std::array::from_fn(|_| false.into())), wait })
+    }
+
+    /// Attaches producer `id` (`0..16`) and marks it alive.
+    ///
+    /// # Panics
+    /// If `id` is out of range or the ring's cursors are inconsistent.
+    pub fn producer(&self, id: usize) -> super::mpsc::Producer {
+        self.alive[id].store(true, std::sync::atomic::Ordering::SeqCst);
+        super::mpsc::Producer::attach(memory::refs_of_heap(&self.seg), id, self.wait, None).expect("consistent ring")
+    }
+
+    /// Attaches the consumer.
+    ///
+    /// # Panics
+    /// If the ring's cursors are inconsistent.
+    pub fn consumer(&self) -> super::mpsc::Consumer {
+        let alive = self.alive.clone();
+        let probe =
+            Box::new(move |id: usize| alive.get(id).is_some_and(|a| a.load(std::sync::atomic::Ordering::SeqCst)));
+        super::mpsc::Consumer::attach(memory::refs_of_heap(&self.seg), self.wait, probe, None).expect("consistent ring")
+    }
+
+    /// Marks producer `id` dead, as the kernel does when its process dies.
+    pub fn kill(&self, id: usize) {
+        self.alive[id].store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether producer `id` is marked alive.
+    pub fn is_alive(&self, id: usize) -> bool {
+        self.alive[id].load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

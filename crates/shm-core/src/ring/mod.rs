@@ -8,6 +8,7 @@
 
 pub mod frame;
 pub mod heap;
+pub mod mpsc;
 pub mod spsc;
 pub(crate) mod wait;
 
@@ -15,7 +16,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::layout::{CursorSlot, Line, ProducerLine, STAT_SLOTS, StatSlot, WakeWord};
+use crate::layout::{CursorSlot, Line, MpscArea, ProducerLine, STAT_SLOTS, StatSlot, WakeWord};
 
 /// How a blocked handle waits for the other side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
@@ -209,6 +210,8 @@ pub(crate) struct RingRefs {
     pub(crate) space_wake: NonNull<WakeWord>,
     /// `None` in the loom models that leave counters out to keep the state space small.
     pub(crate) stats: Option<NonNull<[Line<StatSlot>; STAT_SLOTS]>>,
+    /// The mpsc fields (in every segment; only mpsc rings use them).
+    pub(crate) mpsc: Option<NonNull<MpscArea>>,
     pub(crate) data: Region,
     pub(crate) capacity: u64,
     pub(crate) max_record: u64,
@@ -241,6 +244,7 @@ impl RingRefs {
             data_wake: NonNull::from(&h.data_wake.0),
             space_wake: NonNull::from(&h.space_wake.0),
             stats: Some(NonNull::from(&h.stats)),
+            mpsc: Some(NonNull::from(&h.mpsc)),
             // SAFETY: page-aligned data of `capacity` bytes, kept by `keep`.
             data: unsafe { Region::new(data, capacity) },
             capacity,
@@ -276,16 +280,34 @@ impl RingRefs {
         }
     }
 
+    /// The mpsc area. Every constructor of an mpsc ring sets it; `None` only for a
+    /// heap spsc ring under loom.
+    pub(crate) fn mpsc_area(&self) -> Option<&MpscArea> {
+        // SAFETY: as in `producer_line`.
+        self.mpsc.map(|p| unsafe { p.as_ref() })
+    }
+
     pub(crate) fn counters(&self) -> Option<crate::stats::CounterCells<'_>> {
         // SAFETY: as in `producer_line`.
         self.stats.map(|p| crate::stats::CounterCells::new(unsafe { p.as_ref() }))
     }
 }
 
-/// One loom cell per 8-byte word of a region.
+/// What loom keeps for each 8-byte word of a region: a cell that records plain
+/// accesses, and the atomic that stands for the word when it is a frame header read and
+/// written atomically (the mpsc ring's commit word).
 #[cfg(loom)]
-pub(crate) fn loom_cells(capacity: u64) -> Arc<[loom::cell::UnsafeCell<()>]> {
-    (0..capacity / 8).map(|_| loom::cell::UnsafeCell::new(())).collect()
+pub(crate) struct LoomWord {
+    cell: loom::cell::UnsafeCell<()>,
+    atomic: crate::sync::AtomicU64,
+}
+
+/// One loom word per 8-byte word of a region.
+#[cfg(loom)]
+pub(crate) fn loom_cells(capacity: u64) -> Arc<[LoomWord]> {
+    (0..capacity / 8)
+        .map(|_| LoomWord { cell: loom::cell::UnsafeCell::new(()), atomic: crate::sync::AtomicU64::new(0) })
+        .collect()
 }
 
 /// The ring's data bytes: `capacity` bytes from `base`, valid while the owning
@@ -302,7 +324,7 @@ pub(crate) struct Region {
     base: NonNull<u8>,
     mask: u64,
     #[cfg(loom)]
-    cells: Arc<[loom::cell::UnsafeCell<()>]>,
+    cells: Arc<[LoomWord]>,
 }
 
 impl Region {
@@ -325,11 +347,7 @@ impl Region {
     /// # Safety
     /// As for [`Region::new`]; `cells` has one cell per 8 bytes of the region.
     #[cfg(loom)]
-    pub(crate) unsafe fn with_cells(
-        base: NonNull<u8>,
-        capacity: u64,
-        cells: Arc<[loom::cell::UnsafeCell<()>]>,
-    ) -> Self {
+    pub(crate) unsafe fn with_cells(base: NonNull<u8>, capacity: u64, cells: Arc<[LoomWord]>) -> Self {
         debug_assert!(cells.len() as u64 == capacity / 8);
         Region { base, mask: capacity - 1, cells }
     }
@@ -396,6 +414,45 @@ impl Region {
         out
     }
 
+    /// The frame header word at `index` as an atomic, for rings whose commit is a store
+    /// to the header word (mpsc). `index` is reduced to an 8-aligned index inside the
+    /// region, so a bad index gives a wrong word, never an access outside the region.
+    #[inline]
+    pub(crate) fn atomic_word(&self, index: u64) -> &crate::sync::AtomicU64 {
+        let index = index & self.mask & !7;
+        #[cfg(loom)]
+        {
+            &self.cells[(index / 8) as usize].atomic
+        }
+        #[cfg(not(loom))]
+        // SAFETY: `index` is 8-aligned and below capacity, `base` is 8-aligned, so the 8
+        // bytes are inside the region and aligned for an `AtomicU64`; the mapping lives as
+        // long as `self`, and another process accessing them concurrently does so
+        // atomically (the protocol accesses header words only through this method).
+        unsafe {
+            crate::sync::AtomicU64::from_ptr(self.ptr(index).cast::<u64>())
+        }
+    }
+
+    /// Zeroes `index .. index + len` (8-aligned, inside the region), header words through
+    /// their atomics. Relaxed: the caller publishes the zeros with a later Release store
+    /// (the read cursor) before anyone may write these bytes again.
+    ///
+    /// # Safety
+    /// No other process reads or writes these bytes plainly while this runs (true of a
+    /// frame the consumer has passed and not yet released).
+    #[inline]
+    pub(crate) unsafe fn zero(&self, index: u64, len: u64) {
+        debug_assert!(index % 8 == 0 && len % 8 == 0 && index + len <= self.mask + 1);
+        self.track(index, len, true);
+        #[cfg(loom)]
+        for word in (index..index + len).step_by(8) {
+            self.atomic_word(word).store(0, crate::sync::Ordering::Relaxed);
+        }
+        // SAFETY: in bounds and not accessed concurrently (the caller's contract).
+        unsafe { std::ptr::write_bytes(self.ptr(index), 0, len as usize) }
+    }
+
     /// The bytes `index .. index + len`.
     ///
     /// # Safety
@@ -427,7 +484,7 @@ impl Region {
             let first = (index / 8) as usize;
             let last = ((index + len.max(1) - 1) / 8) as usize;
             for cell in &self.cells[first..=last] {
-                if write { cell.with_mut(|_| ()) } else { cell.with(|_| ()) }
+                if write { cell.cell.with_mut(|_| ()) } else { cell.cell.with(|_| ()) }
             }
         }
         #[cfg(not(loom))]

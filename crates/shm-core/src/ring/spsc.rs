@@ -1142,7 +1142,7 @@ fn need_error(e: TryClaimError) -> ClaimError {
 }
 
 /// Which of the two alternating publish or release slots belongs to a cursor.
-enum CurrentSlot {
+pub(crate) enum CurrentSlot {
     /// The cursor is 0: nothing was ever published or released.
     Empty,
     /// This slot's position equals the cursor.
@@ -1152,7 +1152,7 @@ enum CurrentSlot {
 }
 
 /// Finds the slot whose recorded position equals `cursor`.
-fn current_slot(cursor: u64, position: impl Fn(usize) -> u64) -> CurrentSlot {
+pub(crate) fn current_slot(cursor: u64, position: impl Fn(usize) -> u64) -> CurrentSlot {
     if cursor == 0 {
         return CurrentSlot::Empty;
     }

@@ -1,0 +1,1413 @@
+//! The multi-producer, single-consumer ring.
+//!
+//! Up to [`MPSC_PRODUCERS`] producers, each with its own id (`0..16`), write into one
+//! ring that one consumer reads. Frames, wrap padding, positions and the consumer's
+//! cursor are those of [`super::spsc`]; what differs is how producers claim space, how a
+//! record is committed, and what happens to a claim whose producer died.
+//!
+//! # Words and who writes them
+//! - `write_cursor` (the producer line) is the **claim cursor**: one past the last
+//!   *claimed* byte. Every producer advances it by compare-and-swap; nobody else writes it.
+//! - Each frame's header word (`[len: u32][type: u32]`, see [`super::frame`]) is the
+//!   **commit word**. It is read and written only atomically ([`super::Region::atomic_word`]).
+//!   Its type says what the frame is:
+//!   - `0`: nothing written yet (the consumer zeroes every byte it passes).
+//!   - `IN_FLIGHT | k` ([`in_flight`]): claimed by producer `k`, not committed. `len` is
+//!     the record's payload length, so the frame's extent is known.
+//!   - `(k + 1) << 16 | t` ([`committed`]): committed by producer `k`, application type `t`
+//!     (16 bits in this kind). Stored with `Release` after the payload.
+//!   - `PADDING`: wrap padding to the end of the ring, as in spsc.
+//!   - `SKIP | k`: a claim producer `k` abandoned (a dropped [`Claim`]), skipped, not counted.
+//!   - `UNBLOCKED | k`: a dead producer's hole the consumer turned into padding; counted.
+//! - Producer `k`'s slot ([`MpscProducerSlot`]): its **intent** (`intent_start`,
+//!   `intent_end`: the range it is claiming, stored *before* its compare-and-swap), an
+//!   **orphan** range (a dead predecessor's intent, see below), and display counters.
+//! - The consumer's `read_cursor`, release slots and per-producer **ledgers**
+//!   ([`crate::layout::MpscLedger`]): as in spsc, written before the cursor with `Release`.
+//!
+//! # Claim
+//! 1. Load the claim cursor `t`; compute the claim: `framed`, or `to_end + framed` when
+//!    the record must wrap (a padding frame first). Check it fits below
+//!    `read_cursor + capacity` (cached; reloaded with `Acquire` only when it looks full).
+//! 2. Store the intent `[t, t + n)` (Relaxed), then `compare_exchange(t, t + n, AcqRel)`.
+//!    Its Release half publishes the intent to whoever acquires a claim cursor at or past
+//!    `t + n` (the consumer checking a hole); on failure, go back to 1.
+//! 3. Store `IN_FLIGHT | k` with `len` in the record's header word (Relaxed: it only
+//!    names the owner for hole checks), then, when wrapping, the padding frame's header
+//!    (Release). The claim is lent out as `&mut [u8]`: no other process touches those bytes.
+//!
+//! # Commit
+//! Store `committed(k, t)` with `len` in the header word with **Release**: pairs with the
+//! consumer's Acquire load of that word, so the payload is visible to a consumer that sees
+//! the commit. Then the display counters (Relaxed) and the wake-up check of spsc
+//! (`fence(SeqCst)`, load `data_wake`, wake only if a consumer announced sleep). Records
+//! become visible in claim order: the consumer reads header words in position order and
+//! stops at the first that is not committed.
+//!
+//! # Consume
+//! The consumer loads the header word at its position with Acquire. Committed: deliver.
+//! Padding, skip or unblocked: pass it. `0` or in flight below the claim cursor: a claim in
+//! progress, so wait (the spin/yield/futex/hybrid strategies of spsc; a sleeping consumer
+//! re-checks that word, and the committing producer wakes it). Every frame passed is
+//! zeroed before the read cursor's Release store gives its bytes back, so a header word
+//! that is not `0` at or past the consumer was written in this lap. Records' space goes
+//! back lazily, exactly as in spsc.
+//!
+//! # Holes: a producer killed between claim and commit
+//! A claim that is never committed stops the consumer at its header word. Only the
+//! consumer turns it into padding, and only once its owner is **known dead**: its
+//! kernel-released participant lock (slot `2 + k`) is gone. Not a pid, not a timeout: a
+//! producer that is alive but stopped (SIGSTOP) is waited for however long, and
+//! [`crate::Segment::mpsc_status`] shows whom the consumer waits for. The consumer looks
+//! only after it has been stuck on the same word for a while (`HOLE_CHECK_AFTER`), so a
+//! busy ring makes no liveness syscall. The owner of the word at `p`:
+//! - `IN_FLIGHT | k`: producer `k` (only the winner of the compare-and-swap at that frame
+//!   writes it). The hole is that frame.
+//! - `0`: the owner died (or is paused) between its compare-and-swap and step 3. Its intent
+//!   still contains `p` (an intent changes only at the next claim, after a commit), and the
+//!   consumer sees it (it acquired a claim cursor past `p`). But a producer that *lost* a
+//!   compare-and-swap and died may have a stale intent containing `p` too. So: if any
+//!   producer whose intent contains `p` is alive, wait for it; if all are dead, the hole
+//!   ends at the smallest candidate end `e` that is a real claim boundary: `e` is the claim
+//!   cursor, or a header word at `e` is not `0`, or some intent starts at `e`. A loser's end
+//!   that falls inside the real hole is none of these (the claim cursor jumped over it,
+//!   intents start only at claim-cursor values, and the hole's bytes are zero), and the real
+//!   end always is one, so the smallest valid end is the real one.
+//!
+//! Before writing, the consumer re-reads the word at `p` (the owner may have committed just
+//! before it died: then it is delivered). It then writes `UNBLOCKED | k` frames over the hole
+//! (split at the ring's end if the hole began with its padding) with Release, and passes
+//! them like padding, counting one unblocked record for `k`.
+//!
+//! A producer that attaches with the id of a dead one holds its lock, so its predecessor's
+//! pending claim would look alive. On attach it therefore copies a predecessor intent the
+//! consumer has not yet passed into its slot's **orphan** range, which the consumer treats
+//! as dead, and makes no claim of its own until the consumer has passed it.
+//!
+//! # Exact counters
+//! The consumer's tallies per producer (records released, holes passed) are written into
+//! the ledger of the release slot it is about to use, before the read cursor (Release); a
+//! restarted consumer takes them from the ledger whose release slot matches the cursor,
+//! exactly as spsc's consumed counts, however its predecessor died. `unblocked_records`
+//! is counted when the consumer *passes* an unblocked frame, so a consumer killed while
+//! reclaiming reclaims (or passes) it again and counts it once. A producer's own
+//! `records` count is stored after its commit: it is display only (a producer killed
+//! between the two shows one record fewer than the consumer's exact ledger).
+
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+use super::frame::{self, FRAME_HEADER, PADDING, RESERVED_TYPES};
+use super::spsc::CURSOR_LIMIT;
+use super::wait::{LocalCounters, Waiting, sleep_unless_moved, wake_sleeper};
+use super::{ClaimError, Corruption, ReadError, RingRefs, TryClaimError, TryReadError, WaitStrategy};
+use crate::layout::{MPSC_PRODUCERS, MpscArea, MpscProducerSlot};
+use crate::stats::Counter;
+use crate::sync::{Ordering, fence};
+
+/// Frame type of a claim in flight: `IN_FLIGHT | producer id`.
+pub const IN_FLIGHT: u32 = 0xFFFF_FE00;
+/// Frame type of a dead producer's hole turned into padding: `UNBLOCKED | producer id`.
+pub const UNBLOCKED: u32 = 0xFFFF_FD00;
+/// Frame type of a claim its (live) producer abandoned: `SKIP | producer id`.
+pub const SKIP: u32 = 0xFFFF_FC00;
+/// Largest application record type in an mpsc ring (the upper 16 bits carry the producer).
+pub const MAX_RECORD_TYPE: u32 = 0xFFFF;
+
+/// How long the consumer is stuck on one claim before it asks the kernel whether the
+/// claim's owner is alive: a rate limit on the liveness check, never a reason to reclaim.
+const HOLE_CHECK_AFTER: Duration = Duration::from_millis(1);
+/// Pending looks between two clock reads while stuck.
+const PENDING_LOOKS_PER_CLOCK: u32 = 64;
+
+/// The header type of a claim by producer `id` in flight.
+pub const fn in_flight(id: usize) -> u32 {
+    IN_FLIGHT | id as u32
+}
+
+/// The header type of a record of application type `record_type` committed by `id`.
+pub const fn committed(id: usize, record_type: u32) -> u32 {
+    ((id as u32 + 1) << 16) | (record_type & MAX_RECORD_TYPE)
+}
+
+/// Whether producer `id` is alive, by its kernel lock (`true` when it cannot be told:
+/// a claim is never reclaimed without proof of death).
+pub(crate) type ProducerLiveness = Box<dyn Fn(usize) -> bool + Send>;
+
+/// What a header word says, decoded and checked against the ring's geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Word {
+    /// Nothing written: a claim whose owner has not reached its in-flight store.
+    Unwritten,
+    /// A claim of `len` payload bytes by `producer`, not committed.
+    InFlight { producer: usize, len: u32 },
+    /// A committed record.
+    Committed { producer: usize, record_type: u32, len: u32 },
+    /// Wrap padding to the end of the ring.
+    Padding,
+    /// A frame to pass: `framed` bytes; `unblocked` holes count for `producer`.
+    Pass { producer: usize, framed: u64, unblocked: bool },
+}
+
+/// Decodes the header word at `pos`; checks every length against the ring (never trusts it).
+fn decode_word(ring: &RingRefs, pos: u64, word: u64) -> Result<Word, Corruption> {
+    if word == 0 {
+        return Ok(Word::Unwritten);
+    }
+    let (len, ty) = frame::decode(word);
+    let bad = |what| Corruption { what, value: word, position: pos };
+    let to_end = ring.capacity - ring.data.index(pos);
+    let framed = frame::framed_len_u32(len);
+    let producer = (ty & 0xFF) as usize;
+    if ty == PADDING {
+        return if framed == to_end {
+            Ok(Word::Padding)
+        } else {
+            Err(bad("padding frame does not end at the ring's end"))
+        };
+    }
+    if ty >= RESERVED_TYPES {
+        let kind = ty & !0xFF;
+        if producer >= MPSC_PRODUCERS {
+            return Err(bad("producer id out of range in a frame"));
+        }
+        if framed > to_end {
+            return Err(bad("frame straddles the end of the ring"));
+        }
+        return match kind {
+            IN_FLIGHT if u64::from(len) <= ring.max_record => Ok(Word::InFlight { producer, len }),
+            SKIP | UNBLOCKED => Ok(Word::Pass { producer, framed, unblocked: kind == UNBLOCKED }),
+            _ => Err(bad("reserved frame type")),
+        };
+    }
+    let owner = (ty >> 16) as usize;
+    if owner == 0 || owner > MPSC_PRODUCERS {
+        return Err(bad("committed frame names no producer"));
+    }
+    if u64::from(len) > ring.max_record || framed > to_end {
+        return Err(bad("record longer than the ring's maximum or straddling its end"));
+    }
+    Ok(Word::Committed { producer: owner - 1, record_type: ty & MAX_RECORD_TYPE, len })
+}
+
+/// Checks a claim cursor read from the segment against the consumer's `head`.
+fn check_claim_cursor(tail: u64, head: u64, capacity: u64) -> Result<(), Corruption> {
+    if tail > CURSOR_LIMIT || tail < head || tail - head > capacity || tail % 8 != 0 {
+        return Err(Corruption { what: "claim cursor outside the ring", value: tail, position: head });
+    }
+    Ok(())
+}
+
+fn area(ring: &RingRefs) -> &MpscArea {
+    ring.mpsc_area().expect("every mpsc ring has its area")
+}
+
+/// Who holds up the consumer at a position, as far as the segment and the kernel say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum HeadClaim {
+    /// Nothing: the next frame is committed, or the ring is empty.
+    Clear,
+    /// A claim whose owner (or a producer that may be its owner) is alive: wait for it.
+    WaitingFor {
+        /// The producer id.
+        producer: usize,
+    },
+    /// A claim whose owner is dead: the consumer will turn `[start, end)` into padding.
+    Dead {
+        /// The producer id it is counted for.
+        producer: usize,
+        /// End of the hole.
+        end: u64,
+    },
+    /// A claim no producer's intent names (cannot happen in a sound segment): wait.
+    Unknown,
+}
+
+/// Finds who owns the uncommitted claim at `pos` (below the claim cursor `tail`, which
+/// the caller loaded with Acquire) and whether it may be reclaimed. Reads only; shared by
+/// the consumer and [`crate::Segment::mpsc_status`].
+pub(crate) fn head_claim(ring: &RingRefs, pos: u64, tail: u64, alive: &dyn Fn(usize) -> bool) -> HeadClaim {
+    let area = area(ring);
+    let contains = |s: u64, e: u64| s <= pos && pos < e && e <= tail && e - s <= ring.capacity;
+    // Relaxed: ordered after the caller's Acquire load of the claim cursor, which pairs with
+    // the Release half of each producer's compare-and-swap that followed its intent store.
+    let load = |a: &crate::sync::AtomicU64| a.load(Ordering::Relaxed);
+    let orphan_of = |k: usize| {
+        let slot = &area.producers[k].0;
+        let (s, e) = (load(&slot.orphan_start), load(&slot.orphan_end));
+        contains(s, e).then_some(e)
+    };
+    // Acquire: pairs with the Release stores of the header word (commit, padding, markers).
+    let word = ring.data.atomic_word(ring.data.index(pos)).load(Ordering::Acquire);
+    match decode_word(ring, pos, word) {
+        Ok(Word::InFlight { producer, len }) => {
+            let end = pos + frame::framed_len_u32(len);
+            if end > tail {
+                return HeadClaim::Unknown;
+            }
+            if orphan_of(producer).is_some() || !alive(producer) {
+                HeadClaim::Dead { producer, end }
+            } else {
+                HeadClaim::WaitingFor { producer }
+            }
+        }
+        Ok(Word::Unwritten) => {
+            let mut candidates = [None; MPSC_PRODUCERS];
+            for (k, candidate) in candidates.iter_mut().enumerate() {
+                let slot = &area.producers[k].0;
+                let (s, e) = (load(&slot.intent_start), load(&slot.intent_end));
+                // An orphan first: a live successor claims nothing below its orphan's end,
+                // so an intent that contains `pos` as well is still its dead predecessor's.
+                if let Some(e) = orphan_of(k) {
+                    *candidate = Some(e);
+                } else if contains(s, e) {
+                    if alive(k) {
+                        return HeadClaim::WaitingFor { producer: k };
+                    }
+                    *candidate = Some(e);
+                }
+            }
+            let starts_a_claim =
+                |e: u64| area.producers.iter().any(|p| load(&p.0.intent_start) == e || load(&p.0.orphan_start) == e);
+            let boundary = |e: u64| {
+                e == tail
+                    // Relaxed: any non-zero value means a frame was started there this lap.
+                    || ring.data.atomic_word(ring.data.index(e)).load(Ordering::Relaxed) != 0
+                    || starts_a_claim(e)
+            };
+            candidates
+                .iter()
+                .enumerate()
+                .filter_map(|(k, e)| e.map(|e| (e, k)))
+                .filter(|&(e, _)| boundary(e))
+                .min()
+                .map_or(HeadClaim::Unknown, |(end, producer)| HeadClaim::Dead { producer, end })
+        }
+        _ => HeadClaim::Clear,
+    }
+}
+
+/// Per-producer tallies the consumer keeps exactly (see "Exact counters").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tally {
+    consumed: u64,
+    unblocked: u64,
+}
+
+/// A producer of an mpsc ring. Several may write one ring, each with its own id, in as
+/// many processes or threads; `Send`, not `Sync`.
+pub struct Producer {
+    ring: RingRefs,
+    id: usize,
+    strategy: WaitStrategy,
+    /// Last `read_cursor` seen.
+    cached_head: u64,
+    /// The consumer must pass this position (a dead predecessor's claims) before this
+    /// producer claims anything.
+    orphan_end: u64,
+    records: u64,
+    bytes: u64,
+    blocks: u64,
+    sleeps: u64,
+    _attachment: Option<crate::participant::Attachment>,
+}
+
+// SAFETY: as for `spsc::Producer`: local state plus shared memory kept alive by
+// `ring._keep` and accessed through atomics and protocol-owned byte ranges.
+unsafe impl Send for Producer {}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("mpsc::Producer").field("id", &self.id).field("records", &self.records).finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// Attaches as producer `id`, whose participant lock the caller holds. Adopts a dead
+    /// predecessor's pending claim as an orphan ("Holes" in the module docs).
+    pub(crate) fn attach(
+        ring: RingRefs,
+        id: usize,
+        strategy: WaitStrategy,
+        attachment: Option<crate::participant::Attachment>,
+    ) -> Result<Self, Corruption> {
+        if id >= MPSC_PRODUCERS {
+            return Err(Corruption { what: "producer id out of range", value: id as u64, position: 0 });
+        }
+        // Acquire: pairs with the consumer's Release store of read_cursor.
+        let head = ring.cursor().read_cursor.load(Ordering::Acquire);
+        // Acquire: pairs with the producers' compare-and-swaps (their intents).
+        let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
+        check_claim_cursor(tail, head, ring.capacity)?;
+        let slot = &area(&ring).producers[id].0;
+        // Relaxed: written by our predecessor, which is dead (we hold its lock).
+        let load = |a: &crate::sync::AtomicU64| a.load(Ordering::Relaxed);
+        let pending = |s: u64, e: u64| s < e && e > head && e <= tail && e - s <= ring.capacity;
+        let (orphan_start, orphan_end) = (load(&slot.orphan_start), load(&slot.orphan_end));
+        let (intent_start, intent_end) = (load(&slot.intent_start), load(&slot.intent_end));
+        let orphan_end = if pending(orphan_start, orphan_end) {
+            orphan_end
+        } else if pending(intent_start, intent_end) {
+            // Relaxed: the consumer reads these after it found our lock held; until it sees
+            // them it waits for us, which is safe (we claim nothing before it passes them).
+            slot.orphan_start.store(intent_start, Ordering::Relaxed);
+            slot.orphan_end.store(intent_end, Ordering::Relaxed);
+            intent_end
+        } else {
+            0
+        };
+        Ok(Producer {
+            id,
+            strategy,
+            cached_head: head,
+            orphan_end,
+            records: load(&slot.records),
+            bytes: load(&slot.bytes),
+            blocks: load(&slot.blocks),
+            sleeps: load(&slot.sleeps),
+            ring,
+            _attachment: attachment,
+        })
+    }
+
+    fn slot(&self) -> &MpscProducerSlot {
+        &area(&self.ring).producers[self.id].0
+    }
+
+    /// This producer's id.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// Capacity of the ring's data region in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.ring.capacity
+    }
+
+    /// Largest payload this ring accepts.
+    pub fn max_record(&self) -> u64 {
+        self.ring.max_record
+    }
+
+    /// Records this producer id committed (including its predecessors').
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Changes the wait strategy of the blocking calls.
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy = strategy;
+    }
+
+    /// Claims space for a record of `len` payload bytes, without waiting. Write it through
+    /// the [`Claim`] and commit it; a dropped claim becomes a skipped frame.
+    pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, TryClaimError> {
+        match self.claim_once(len)? {
+            Some(claim) => Ok(self.claim_at(claim)),
+            None => {
+                self.count_block();
+                Err(TryClaimError::Full)
+            }
+        }
+    }
+
+    /// Claims space for `len` payload bytes, waiting up to `timeout` (forever when `None`).
+    pub fn claim(&mut self, len: usize, timeout: Option<Duration>) -> Result<Claim<'_>, ClaimError> {
+        if let Some(claim) = self.claim_once(len).map_err(claim_error)? {
+            return Ok(self.claim_at(claim));
+        }
+        self.count_block();
+        let mut waiting = Waiting::new(self.strategy, timeout);
+        loop {
+            match waiting.spin_step(self.strategy) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let Some(remaining) = waiting.remaining() else {
+                        return Err(ClaimError::TimedOut(waiting.timeout()));
+                    };
+                    self.sleep_for_space(remaining);
+                }
+                Err(t) => return Err(ClaimError::TimedOut(t)),
+            }
+            if let Some(claim) = self.claim_once(len).map_err(claim_error)? {
+                return Ok(self.claim_at(claim));
+            }
+        }
+    }
+
+    /// Copies `data` in as one record of type 0, without waiting.
+    pub fn try_publish(&mut self, data: &[u8]) -> Result<(), TryClaimError> {
+        let mut claim = self.try_claim(data.len())?;
+        claim.copy_from_slice(data);
+        claim.commit();
+        Ok(())
+    }
+
+    /// Copies `data` in as one record of type 0, waiting up to `timeout` for space.
+    pub fn publish(&mut self, data: &[u8], timeout: Option<Duration>) -> Result<(), ClaimError> {
+        let mut claim = self.claim(data.len(), timeout)?;
+        claim.copy_from_slice(data);
+        claim.commit();
+        Ok(())
+    }
+
+    /// One attempt at steps 1-2 of "Claim": `Ok(None)` when the ring is full (or a dead
+    /// predecessor's claim is still ahead of the consumer); retries lost races itself.
+    fn claim_once(&mut self, len: usize) -> Result<Option<Reserved>, TryClaimError> {
+        let len64 = len as u64;
+        if len64 > self.ring.max_record {
+            return Err(TryClaimError::TooLarge { len, max: self.ring.max_record });
+        }
+        let framed = frame::framed_len_u32(len as u32);
+        let line = self.ring.producer_line();
+        let capacity = self.ring.capacity;
+        // Relaxed: the compare-and-swap below checks the value; space is checked against
+        // the read cursor, loaded with Acquire.
+        let mut tail = line.write_cursor.load(Ordering::Relaxed);
+        loop {
+            if tail > CURSOR_LIMIT || tail % 8 != 0 {
+                return Err(Corruption { what: "claim cursor outside the ring", value: tail, position: 0 }.into());
+            }
+            let to_end = capacity - self.ring.data.index(tail);
+            let total = if framed <= to_end { framed } else { to_end + framed };
+            if tail + total > self.cached_head + capacity || self.orphan_end > self.cached_head {
+                // Acquire: pairs with the consumer's Release store of read_cursor; it is done
+                // with (and has zeroed) every byte below `head` before we write there.
+                let head = self.ring.cursor().read_cursor.load(Ordering::Acquire);
+                if head < self.cached_head || head > tail || tail - head > capacity {
+                    return Err(Corruption {
+                        what: "read cursor outside the claimed range",
+                        value: head,
+                        position: tail,
+                    }
+                    .into());
+                }
+                self.cached_head = head;
+                if tail + total > head + capacity || self.orphan_end > head {
+                    return Ok(None);
+                }
+            }
+            let slot = self.slot();
+            // Relaxed: published by the Release half of the compare-and-swap below.
+            slot.intent_start.store(tail, Ordering::Relaxed);
+            slot.intent_end.store(tail + total, Ordering::Relaxed);
+            // AcqRel: Release publishes the intent (pairs with the consumer's Acquire load of
+            // the claim cursor in a hole check); Acquire orders us after the claims before ours.
+            match line.write_cursor.compare_exchange_weak(tail, tail + total, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => {
+                    let start = if framed <= to_end { tail } else { tail + to_end };
+                    let padding = (framed > to_end).then_some(tail);
+                    return Ok(Some(Reserved { start, len: len as u32, padding }));
+                }
+                Err(now) => tail = now,
+            }
+        }
+    }
+
+    /// Step 3 of "Claim": marks the frame in flight, writes any wrap padding, lends it out.
+    fn claim_at(&mut self, r: Reserved) -> Claim<'_> {
+        let data = &self.ring.data;
+        let index = data.index(r.start);
+        // Relaxed: only names the owner for a hole check; the commit store publishes data.
+        data.atomic_word(index).store(frame::encode(r.len, in_flight(self.id)), Ordering::Relaxed);
+        if let Some(pad) = r.padding {
+            let pad_index = data.index(pad);
+            let to_end = self.ring.capacity - pad_index;
+            // Release: pairs with the consumer's Acquire load of the header word.
+            data.atomic_word(pad_index)
+                .store(frame::encode((to_end - FRAME_HEADER) as u32, PADDING), Ordering::Release);
+        }
+        data.track(index + FRAME_HEADER, u64::from(r.len), true);
+        Claim { producer: self, start: r.start, len: r.len, record_type: 0, done: false }
+    }
+
+    fn count_block(&mut self) {
+        self.blocks += 1;
+        // Relaxed: a display counter with one writer.
+        self.slot().blocks.store(self.blocks, Ordering::Relaxed);
+    }
+
+    /// Sleeps until the consumer frees space (its cursor moves) or `timeout` passes.
+    fn sleep_for_space(&mut self, timeout: Duration) {
+        let (ring, head) = (&self.ring, self.cached_head);
+        // Relaxed is enough to decide whether to sleep; `claim_once` reloads with Acquire.
+        // Acquire: pairs with the consumer's Release store of read_cursor.
+        let slept =
+            sleep_unless_moved(ring.space_wake(), timeout, head, || ring.cursor().read_cursor.load(Ordering::Acquire));
+        if slept != super::wait::Slept::No {
+            self.sleeps += 1;
+            // Relaxed: a display counter with one writer.
+            self.slot().sleeps.store(self.sleeps, Ordering::Relaxed);
+        }
+    }
+
+    /// Finishes a claim: the commit store, the display counters, the wake-up check.
+    fn finish(&mut self, start: u64, len: u32, record_type: u32, claimed: u32, commit: bool) {
+        let data = &self.ring.data;
+        let index = data.index(start);
+        let word = if commit {
+            frame::encode(len, committed(self.id, record_type))
+        } else {
+            frame::encode(claimed, SKIP | self.id as u32)
+        };
+        // Release: pairs with the consumer's Acquire load of this word; the payload written
+        // through the claim is visible to a consumer that sees the commit.
+        data.atomic_word(index).store(word, Ordering::Release);
+        if commit {
+            self.records += 1;
+            self.bytes += u64::from(len);
+            let slot = self.slot();
+            // Relaxed: display counters with one writer (the consumer's ledger is exact).
+            slot.records.store(self.records, Ordering::Relaxed);
+            slot.bytes.store(self.bytes, Ordering::Relaxed);
+        }
+        wake_sleeper(self.ring.data_wake());
+    }
+}
+
+/// A claimed range (steps 1-2 of "Claim" done).
+struct Reserved {
+    start: u64,
+    len: u32,
+    padding: Option<u64>,
+}
+
+/// Space claimed in an mpsc ring for one record. Write the payload through `DerefMut`,
+/// then [`commit`](Claim::commit). Dropping it uncommitted turns it into a skipped frame
+/// (the consumer passes it, counted nowhere).
+#[must_use = "a claim is abandoned unless committed"]
+pub struct Claim<'a> {
+    producer: &'a mut Producer,
+    start: u64,
+    len: u32,
+    record_type: u32,
+    done: bool,
+}
+
+impl std::fmt::Debug for Claim<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("mpsc::Claim").field("position", &self.start).field("len", &self.len).finish()
+    }
+}
+
+impl Claim<'_> {
+    /// Sets the record type (at most [`MAX_RECORD_TYPE`] in an mpsc ring; default 0).
+    ///
+    /// # Panics
+    /// If `record_type` is larger: that is a bug in the caller.
+    pub fn set_record_type(&mut self, record_type: u32) {
+        assert!(record_type <= MAX_RECORD_TYPE, "mpsc record types are 16 bits");
+        self.record_type = record_type;
+    }
+
+    /// The ring position of this record.
+    pub fn position(&self) -> u64 {
+        self.start
+    }
+
+    /// Commits the whole claimed length.
+    pub fn commit(self) {
+        let len = self.len as usize;
+        self.commit_len(len);
+    }
+
+    /// Commits only the first `len` bytes; the rest of the claim stays in the frame as
+    /// slack the consumer never sees.
+    ///
+    /// # Panics
+    /// If `len` is larger than the claim.
+    pub fn commit_len(mut self, len: usize) {
+        assert!(len <= self.len as usize, "commit_len({len}) exceeds the claim of {} bytes", self.len);
+        self.done = true;
+        // A shorter record keeps the claim's framed extent: the consumer steps by the
+        // committed length, so the slack becomes a skip frame of its own.
+        let (start, claimed, record_type) = (self.start, self.len, self.record_type);
+        let (framed_claim, framed_len) = (frame::framed_len_u32(claimed), frame::framed_len_u32(len as u32));
+        if framed_len < framed_claim {
+            let slack = start + framed_len;
+            let index = self.producer.ring.data.index(slack);
+            let slack_len = (framed_claim - framed_len - FRAME_HEADER) as u32;
+            // Release: pairs with the consumer's Acquire load; written before the record's
+            // commit so the consumer finds it as soon as it passes the record.
+            self.producer
+                .ring
+                .data
+                .atomic_word(index)
+                .store(frame::encode(slack_len, SKIP | self.producer.id as u32), Ordering::Release);
+        }
+        self.producer.finish(start, len as u32, record_type, claimed, true);
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let (start, len) = (self.start, self.len);
+            self.producer.finish(start, len, 0, len, false);
+        }
+    }
+}
+
+impl Deref for Claim<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let ring = &self.producer.ring;
+        // SAFETY: the claim owns `index + 8 .. index + 8 + len`, inside the region (a
+        // frame never straddles the end); no other process touches it until the commit.
+        unsafe { ring.data.slice(ring.data.index(self.start) + FRAME_HEADER, self.len as usize) }
+    }
+}
+
+impl DerefMut for Claim<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let ring = &self.producer.ring;
+        // SAFETY: as in `deref`, and `&mut self` makes this the only live view.
+        unsafe { ring.data.slice_mut(ring.data.index(self.start) + FRAME_HEADER, self.len as usize) }
+    }
+}
+
+/// One committed record of an mpsc ring, borrowed in place.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// The payload.
+    pub data: &'a [u8],
+    /// The application record type.
+    pub record_type: u32,
+    /// The producer id that committed it.
+    pub producer: usize,
+    /// The ring position of its frame.
+    pub position: u64,
+}
+
+/// A committed frame found by the consumer.
+#[derive(Debug, Clone, Copy)]
+struct DataFrame {
+    index: u64,
+    len: u32,
+    record_type: u32,
+    producer: usize,
+    position: u64,
+    next: u64,
+}
+
+/// What the consumer found at its position.
+enum Next {
+    Frame(DataFrame),
+    /// Nothing committed there: the ring is empty or a claim is in progress.
+    Nothing,
+}
+
+/// The consumer of an mpsc ring. One per ring at a time, `Send` but not `Sync`.
+pub struct Consumer {
+    ring: RingRefs,
+    strategy: WaitStrategy,
+    pos: u64,
+    released: u64,
+    read_to: u64,
+    cached_tail: u64,
+    flip: usize,
+    counters: LocalCounters,
+    tallies: [Tally; MPSC_PRODUCERS],
+    /// Producer ids below this may have non-zero tallies (the ledger writes only those).
+    tally_ids: usize,
+    alive: ProducerLiveness,
+    /// Where the consumer is stuck on a claim, since when, and how many looks since the
+    /// clock was last read.
+    stuck_at: u64,
+    stuck_since: Option<Instant>,
+    stuck_looks: u32,
+    _attachment: Option<crate::participant::Attachment>,
+}
+
+// SAFETY: as for `Producer`; the liveness probe is `Send`.
+unsafe impl Send for Consumer {}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("mpsc::Consumer").field("position", &self.pos).finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// Resumes from the read cursor and its ledger. Fails if the cursors are inconsistent.
+    pub(crate) fn attach(
+        ring: RingRefs,
+        strategy: WaitStrategy,
+        alive: ProducerLiveness,
+        attachment: Option<crate::participant::Attachment>,
+    ) -> Result<Self, Corruption> {
+        // Acquire: pairs with the Release stores of the read cursor and the claims.
+        let head = ring.cursor().read_cursor.load(Ordering::Acquire);
+        let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
+        check_claim_cursor(tail, head, ring.capacity)?;
+        if head % 8 != 0 {
+            return Err(Corruption { what: "read cursor not 8-byte aligned", value: head, position: head });
+        }
+        let mut counters = LocalCounters::load(&ring, &Counter::CONSUMER_SIDE);
+        let mut tallies = [Tally::default(); MPSC_PRODUCERS];
+        let cursor = ring.cursor();
+        let mut flip = 0;
+        // Relaxed: ordered after the Acquire load of read_cursor, stored before it.
+        match super::spsc::current_slot(head, |i| cursor.releases[i].position.load(Ordering::Relaxed)) {
+            super::spsc::CurrentSlot::Empty => {
+                counters.set_exact(&[(Counter::TotalConsumed, 0), (Counter::BytesConsumed, 0)]);
+            }
+            super::spsc::CurrentSlot::Slot(i) => {
+                let slot = &cursor.releases[i];
+                counters.set_exact(&[
+                    (Counter::TotalConsumed, slot.records.load(Ordering::Relaxed)),
+                    (Counter::BytesConsumed, slot.bytes.load(Ordering::Relaxed)),
+                ]);
+                for (t, stored) in tallies.iter_mut().zip(&area(&ring).ledgers[i].producers) {
+                    t.consumed = stored.consumed.load(Ordering::Relaxed);
+                    t.unblocked = stored.unblocked.load(Ordering::Relaxed);
+                }
+                flip = i ^ 1;
+            }
+            super::spsc::CurrentSlot::Unknown => {}
+        }
+        let tally_ids = tallies.iter().rposition(|t| *t != Tally::default()).map_or(0, |k| k + 1);
+        let consumer = Consumer {
+            strategy,
+            pos: head,
+            released: head,
+            read_to: head,
+            cached_tail: tail,
+            flip,
+            counters,
+            tallies,
+            tally_ids,
+            alive,
+            stuck_at: u64::MAX,
+            stuck_since: None,
+            stuck_looks: 0,
+            ring,
+            _attachment: attachment,
+        };
+        consumer.store_displayed();
+        Ok(consumer)
+    }
+
+    /// The position of the next record to read.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Changes the wait strategy of the blocking calls.
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy = strategy;
+    }
+
+    /// Holes of producer `id` passed so far (records whose producer died between claim
+    /// and commit), exact across consumer restarts.
+    pub fn unblocked(&self, id: usize) -> u64 {
+        self.tallies.get(id).map_or(0, |t| t.unblocked)
+    }
+
+    /// Records of producer `id` read so far.
+    pub fn consumed(&self, id: usize) -> u64 {
+        self.tallies.get(id).map_or(0, |t| t.consumed)
+    }
+
+    /// Borrows the next committed record, without waiting. A claim in progress at the
+    /// head is [`TryReadError::Empty`]; if its owner is dead the hole is reclaimed first.
+    pub fn try_read(&mut self) -> Result<ReadGuard<'_>, TryReadError> {
+        match self.next_frame()? {
+            Next::Frame(f) => Ok(ReadGuard { consumer: self, frame: f, keep: false }),
+            Next::Nothing => {
+                self.counters.bump(&self.ring, Counter::ConsumerBlocks);
+                Err(TryReadError::Empty)
+            }
+        }
+    }
+
+    /// Borrows the next committed record, waiting up to `timeout` (forever when `None`).
+    pub fn read(&mut self, timeout: Option<Duration>) -> Result<ReadGuard<'_>, ReadError> {
+        let f = self.wait_frame(timeout)?;
+        Ok(ReadGuard { consumer: self, frame: f, keep: false })
+    }
+
+    /// Hands every available record (at most `max`) to `sink` in order, then releases
+    /// the accepted ones with one cursor store. A refused record and the ones after it
+    /// stay in the ring. Returns how many were accepted.
+    pub fn read_batch<E>(
+        &mut self,
+        max: usize,
+        mut sink: impl FnMut(Record<'_>) -> Result<(), E>,
+    ) -> Result<usize, super::BatchError<E>> {
+        let mut accepted = 0;
+        let outcome = loop {
+            if accepted == max {
+                break Ok(());
+            }
+            let f = match self.next_frame() {
+                Ok(Next::Frame(f)) => f,
+                Ok(Next::Nothing) => break Ok(()),
+                Err(c) => break Err(super::BatchError::Corrupt(c)),
+            };
+            // SAFETY: `next_frame` checked the payload lies inside the region; its producer
+            // committed it and writes it no more, and nobody reuses it until we release it.
+            let data = unsafe { self.ring.data.slice(f.index + FRAME_HEADER, f.len as usize) };
+            let record = Record { data, record_type: f.record_type, producer: f.producer, position: f.position };
+            if let Err(error) = sink(record) {
+                break Err(super::BatchError::Sink { accepted, error });
+            }
+            self.pass_record(f);
+            accepted += 1;
+        };
+        self.release_read();
+        outcome.map(|()| accepted)
+    }
+
+    fn wait_frame(&mut self, timeout: Option<Duration>) -> Result<DataFrame, ReadError> {
+        if let Next::Frame(f) = self.next_frame()? {
+            return Ok(f);
+        }
+        self.counters.bump(&self.ring, Counter::ConsumerBlocks);
+        let mut waiting = Waiting::new(self.strategy, timeout);
+        loop {
+            match waiting.spin_step(self.strategy) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let Some(remaining) = waiting.remaining() else {
+                        return Err(ReadError::TimedOut(waiting.timeout()));
+                    };
+                    self.sleep_for_data(remaining);
+                }
+                Err(t) => return Err(ReadError::TimedOut(t)),
+            }
+            if let Next::Frame(f) = self.next_frame()? {
+                return Ok(f);
+            }
+        }
+    }
+
+    /// The committed frame at `pos`, passing padding, skipped and unblocked frames, and
+    /// reclaiming a dead producer's hole. Each header word is read once, with Acquire.
+    fn next_frame(&mut self) -> Result<Next, Corruption> {
+        loop {
+            if self.pos == self.cached_tail && !self.refresh_tail()? {
+                return Ok(Next::Nothing);
+            }
+            let index = self.ring.data.index(self.pos);
+            // Acquire: pairs with the Release store of the word (commit, padding, markers).
+            let word = self.ring.data.atomic_word(index).load(Ordering::Acquire);
+            let next = |framed: u64| self.pos + framed;
+            match decode_word(&self.ring, self.pos, word)? {
+                Word::Committed { producer, record_type, len } => {
+                    let end = next(frame::framed_len_u32(len));
+                    if end > self.cached_tail {
+                        return Err(Corruption {
+                            what: "record extends past the claim cursor",
+                            value: word,
+                            position: self.pos,
+                        });
+                    }
+                    return Ok(Next::Frame(DataFrame {
+                        index,
+                        len,
+                        record_type,
+                        producer,
+                        position: self.pos,
+                        next: end,
+                    }));
+                }
+                Word::Padding => self.pass(self.ring.capacity - index, None),
+                Word::Pass { producer, framed, unblocked } => {
+                    if next(framed) > self.cached_tail {
+                        return Err(Corruption {
+                            what: "frame extends past the claim cursor",
+                            value: word,
+                            position: self.pos,
+                        });
+                    }
+                    self.pass(framed, unblocked.then_some(producer));
+                }
+                Word::Unwritten | Word::InFlight { .. } => {
+                    if !self.reclaim_if_dead()? {
+                        return Ok(Next::Nothing);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Everything known is read: releases what was read, reloads the claim cursor.
+    fn refresh_tail(&mut self) -> Result<bool, Corruption> {
+        self.release_read();
+        // Acquire: pairs with the producers' compare-and-swaps.
+        let tail = self.ring.producer_line().write_cursor.load(Ordering::Acquire);
+        if tail < self.cached_tail {
+            return Err(Corruption { what: "claim cursor moved back", value: tail, position: self.pos });
+        }
+        check_claim_cursor(tail, self.pos, self.ring.capacity)?;
+        self.cached_tail = tail;
+        Ok(tail != self.pos)
+    }
+
+    /// Stuck on a claim at `pos`: once stuck for `HOLE_CHECK_AFTER`, asks whose it is and,
+    /// if its owner is dead, turns it into padding. Whether it did.
+    fn reclaim_if_dead(&mut self) -> Result<bool, Corruption> {
+        if self.stuck_at != self.pos {
+            self.stuck_at = self.pos;
+            self.stuck_since = None;
+            self.stuck_looks = 0;
+        }
+        self.stuck_looks = self.stuck_looks.wrapping_add(1);
+        if self.stuck_looks % PENDING_LOOKS_PER_CLOCK != 1 {
+            return Ok(false);
+        }
+        let since = *self.stuck_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < HOLE_CHECK_AFTER {
+            return Ok(false);
+        }
+        // Acquire: pairs with the producers' compare-and-swaps, which published their intents.
+        let tail = self.ring.producer_line().write_cursor.load(Ordering::Acquire);
+        check_claim_cursor(tail, self.pos, self.ring.capacity)?;
+        self.cached_tail = tail;
+        let HeadClaim::Dead { producer, end } = head_claim(&self.ring, self.pos, tail, &*self.alive) else {
+            return Ok(false);
+        };
+        // The owner is dead, so it writes nothing more; its last stores were made before its
+        // lock went. SeqCst fence, then look again: it may have committed just before dying.
+        fence(Ordering::SeqCst);
+        let index = self.ring.data.index(self.pos);
+        // Acquire: pairs with a commit's Release store.
+        let word = self.ring.data.atomic_word(index).load(Ordering::Acquire);
+        if !matches!(decode_word(&self.ring, self.pos, word)?, Word::Unwritten | Word::InFlight { .. }) {
+            return Ok(true);
+        }
+        self.write_hole(producer, end)
+    }
+
+    /// Writes `UNBLOCKED | producer` over `[pos, end)`, split at the ring's end.
+    fn write_hole(&mut self, producer: usize, end: u64) -> Result<bool, Corruption> {
+        let data = &self.ring.data;
+        let index = data.index(self.pos);
+        let lap_end = self.pos + (self.ring.capacity - index);
+        let max_piece = frame::framed_len(self.ring.max_record).unwrap_or(u64::MAX);
+        let first_end = end.min(lap_end);
+        let pieces = [(self.pos, first_end, UNBLOCKED), (lap_end, end, SKIP)];
+        for (start, stop, kind) in pieces {
+            if stop <= start {
+                continue;
+            }
+            if stop - start > max_piece + FRAME_HEADER {
+                return Err(Corruption { what: "hole longer than any claim", value: stop - start, position: start });
+            }
+            // Release: pairs with our own later Acquire load (and a successor's): the marker
+            // is the hole's commit word.
+            data.atomic_word(data.index(start))
+                .store(frame::encode((stop - start - FRAME_HEADER) as u32, kind | producer as u32), Ordering::Release);
+        }
+        Ok(true)
+    }
+
+    /// Passes a frame that is not a record: zeroes it, counts a hole.
+    fn pass(&mut self, framed: u64, unblocked_for: Option<usize>) {
+        let index = self.ring.data.index(self.pos);
+        // SAFETY: the frame lies inside the region (checked by `decode_word`) below the claim
+        // cursor; its writer is done with it and nobody reuses it before we release it.
+        unsafe { self.ring.data.zero(index, framed) };
+        self.pos += framed;
+        if let Some(k) = unblocked_for {
+            self.tallies[k].unblocked += 1;
+            self.tally_ids = self.tally_ids.max(k + 1);
+        }
+    }
+
+    /// A record was read: zero it, count it, maybe release ("Lazy release" in spsc).
+    fn pass_record(&mut self, f: DataFrame) {
+        let framed = f.next - f.position;
+        // SAFETY: as in `pass`; the record's borrow has ended.
+        unsafe { self.ring.data.zero(f.index, framed) };
+        self.pos = f.next;
+        self.read_to = f.next;
+        self.counters.add(Counter::TotalConsumed, 1);
+        self.counters.add(Counter::BytesConsumed, u64::from(f.len));
+        self.tallies[f.producer].consumed += 1;
+        self.tally_ids = self.tally_ids.max(f.producer + 1);
+        let quarter = self.ring.capacity / 4;
+        if f.next == self.cached_tail || f.next - self.released >= quarter {
+            self.release_read();
+        }
+    }
+
+    /// Gives the space of everything passed so far back to the producers.
+    pub fn release_read(&mut self) {
+        let pos = self.pos.max(self.read_to);
+        if pos == self.released {
+            return;
+        }
+        let cursor = self.ring.cursor();
+        let slot = &cursor.releases[self.flip];
+        let ledger = &area(&self.ring).ledgers[self.flip];
+        // Relaxed: published by the Release store of read_cursor just below; a successor
+        // uses this slot and ledger only if it sees that store.
+        slot.records.store(self.counters.get(Counter::TotalConsumed), Ordering::Relaxed);
+        slot.bytes.store(self.counters.get(Counter::BytesConsumed), Ordering::Relaxed);
+        for (stored, t) in ledger.producers.iter().zip(&self.tallies).take(self.tally_ids) {
+            stored.consumed.store(t.consumed, Ordering::Relaxed);
+            stored.unblocked.store(t.unblocked, Ordering::Relaxed);
+        }
+        slot.position.store(pos, Ordering::Relaxed);
+        // Release: pairs with the producers' Acquire load of read_cursor; we are done with
+        // (and have zeroed) every byte below `pos`.
+        cursor.read_cursor.store(pos, Ordering::Release);
+        self.flip ^= 1;
+        self.released = pos;
+        self.read_to = pos;
+        self.store_displayed();
+        if wake_sleeper(self.ring.space_wake()) {
+            self.counters.bump(&self.ring, Counter::ConsumerWakes);
+        }
+    }
+
+    /// Copies the exact figures to where `shmctl stat` reads them (after the cursor).
+    fn store_displayed(&self) {
+        self.counters.store(&self.ring, Counter::TotalConsumed);
+        self.counters.store(&self.ring, Counter::BytesConsumed);
+        for (slot, t) in area(&self.ring).producers.iter().zip(&self.tallies).take(self.tally_ids) {
+            // Relaxed: display copies.
+            slot.0.consumed.store(t.consumed, Ordering::Relaxed);
+            slot.0.unblocked.store(t.unblocked, Ordering::Relaxed);
+        }
+    }
+
+    /// Sleeps until the header word at the head changes (a commit) or the claim cursor
+    /// moves, or `timeout` passes.
+    fn sleep_for_data(&mut self, timeout: Duration) {
+        let (ring, pos, tail) = (&self.ring, self.pos, self.cached_tail);
+        let index = ring.data.index(pos);
+        // Relaxed: only decides whether to sleep; `next_frame` reloads with Acquire.
+        let word = ring.data.atomic_word(index).load(Ordering::Relaxed);
+        let slept = sleep_unless_moved(ring.data_wake(), timeout, tail, || {
+            // Acquire: pairs with the producers' compare-and-swaps.
+            let now = ring.producer_line().write_cursor.load(Ordering::Acquire);
+            if ring.data.atomic_word(index).load(Ordering::Relaxed) != word { u64::MAX } else { now }
+        });
+        self.counters.record_sleep(&self.ring, slept, Counter::ConsumerSleeps, Counter::ConsumerMissedWakes);
+        // A sleeper may sleep on a dead producer's claim: look at it again on waking.
+        self.stuck_looks = 0;
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.release_read();
+    }
+}
+
+/// A committed record borrowed in place. Dropping it marks it read.
+pub struct ReadGuard<'a> {
+    consumer: &'a mut Consumer,
+    frame: DataFrame,
+    keep: bool,
+}
+
+impl std::fmt::Debug for ReadGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("mpsc::ReadGuard").field("frame", &self.frame).finish()
+    }
+}
+
+impl ReadGuard<'_> {
+    /// The application record type.
+    pub fn record_type(&self) -> u32 {
+        self.frame.record_type
+    }
+
+    /// The producer id that committed it.
+    pub fn producer(&self) -> usize {
+        self.frame.producer
+    }
+
+    /// The ring position of its frame.
+    pub fn position(&self) -> u64 {
+        self.frame.position
+    }
+
+    /// Leaves the record in the ring: the next read returns it again.
+    pub fn unread(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Deref for ReadGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let f = self.frame;
+        // SAFETY: `next_frame` validated the frame inside the region; committed, so its
+        // producer writes it no more, and it is not reused until we release it.
+        unsafe { self.consumer.ring.data.slice(f.index + FRAME_HEADER, f.len as usize) }
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            let f = self.frame;
+            self.consumer.ring.data.track(f.index + FRAME_HEADER, u64::from(f.len), false);
+            self.consumer.pass_record(f);
+        }
+    }
+}
+
+fn claim_error(e: TryClaimError) -> ClaimError {
+    match e {
+        TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
+        TryClaimError::Corrupt(c) => ClaimError::Corrupt(c),
+        TryClaimError::Full => ClaimError::TimedOut(Duration::ZERO),
+    }
+}
+
+/// One producer id's row, as [`crate::Segment::mpsc_status`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProducerRow {
+    /// The id.
+    pub id: usize,
+    /// Records committed (display copy, stored after each commit).
+    pub records: u64,
+    /// Payload bytes committed.
+    pub bytes: u64,
+    /// Times it found the ring full.
+    pub blocks: u64,
+    /// Times it slept for space.
+    pub sleeps: u64,
+    /// Its records the consumer released (exact as of the consumer's last release).
+    pub consumed: u64,
+    /// Its holes the consumer passed (`unblocked_records`).
+    pub unblocked_records: u64,
+}
+
+/// The per-producer rows of ids that were ever used, and who holds the consumer up.
+pub(crate) fn status(ring: &RingRefs, alive: &dyn Fn(usize) -> bool) -> (Vec<ProducerRow>, HeadClaim) {
+    let area = area(ring);
+    // Relaxed: display figures, each monotonic.
+    let load = |a: &crate::sync::AtomicU64| a.load(Ordering::Relaxed);
+    let rows = area
+        .producers
+        .iter()
+        .enumerate()
+        .map(|(id, p)| {
+            let p = &p.0;
+            ProducerRow {
+                id,
+                records: load(&p.records),
+                bytes: load(&p.bytes),
+                blocks: load(&p.blocks),
+                sleeps: load(&p.sleeps),
+                consumed: load(&p.consumed),
+                unblocked_records: load(&p.unblocked),
+            }
+        })
+        .filter(|r| r.records + r.blocks + r.consumed + r.unblocked_records > 0)
+        .collect();
+    // Acquire: pairs with the Release stores of both cursors.
+    let head = ring.cursor().read_cursor.load(Ordering::Acquire);
+    let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
+    let claim = if check_claim_cursor(tail, head, ring.capacity).is_err() || head == tail {
+        HeadClaim::Clear
+    } else {
+        // Walk to the first frame that is not committed: that is where the consumer stops.
+        let mut pos = head;
+        let mut found = HeadClaim::Clear;
+        while pos < tail {
+            // Acquire: as in the consumer.
+            let word = ring.data.atomic_word(ring.data.index(pos)).load(Ordering::Acquire);
+            let to_end = ring.capacity - ring.data.index(pos);
+            match decode_word(ring, pos, word) {
+                Ok(Word::Committed { len, .. }) => pos += frame::framed_len_u32(len),
+                Ok(Word::Padding) => pos += to_end,
+                Ok(Word::Pass { framed, .. }) => pos += framed,
+                Ok(Word::Unwritten | Word::InFlight { .. }) => {
+                    found = head_claim(ring, pos, tail, alive);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        found
+    };
+    (rows, claim)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::ring::heap::MpscHeapRing;
+
+    fn ring(capacity: u64) -> MpscHeapRing {
+        MpscHeapRing::new(capacity, crate::layout::max_payload_for(capacity), WaitStrategy::Spin).unwrap()
+    }
+
+    /// Reads until empty (pending claims count as empty), waiting long enough for the
+    /// consumer's liveness check.
+    fn drain(c: &mut Consumer) -> Vec<(usize, Vec<u8>)> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        while Instant::now() < deadline {
+            match c.try_read() {
+                Ok(r) => out.push((r.producer(), r.to_vec())),
+                Err(TryReadError::Empty) => std::hint::spin_loop(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn records_of_two_producers_arrive_in_claim_order() {
+        let ring = ring(4096);
+        let (mut a, mut b, mut c) = (ring.producer(0), ring.producer(1), ring.consumer());
+        a.try_publish(b"a1").unwrap();
+        b.try_publish(b"b1").unwrap();
+        a.try_publish(b"a2").unwrap();
+        let got: Vec<_> = (0..3).map(|_| c.try_read().map(|r| (r.producer(), r.to_vec())).unwrap()).collect();
+        assert_eq!(got, [(0, b"a1".to_vec()), (1, b"b1".to_vec()), (0, b"a2".to_vec())]);
+        assert_eq!(c.try_read().unwrap_err(), TryReadError::Empty);
+    }
+
+    #[test]
+    fn an_uncommitted_claim_blocks_the_records_after_it_until_it_commits() {
+        let ring = ring(4096);
+        let (mut a, mut b, mut c) = (ring.producer(0), ring.producer(1), ring.consumer());
+        let mut claim = a.try_claim(3).unwrap();
+        b.try_publish(b"later").unwrap();
+        assert_eq!(c.try_read().unwrap_err(), TryReadError::Empty, "b's record is behind a's claim");
+        claim.copy_from_slice(b"now");
+        claim.commit();
+        assert_eq!(&*c.try_read().unwrap(), b"now");
+        assert_eq!(&*c.try_read().unwrap(), b"later");
+    }
+
+    #[test]
+    fn a_live_producers_claim_is_never_reclaimed() {
+        let ring = ring(4096);
+        let (mut a, mut b, mut c) = (ring.producer(0), ring.producer(1), ring.consumer());
+        let claim = a.try_claim(3).unwrap();
+        b.try_publish(b"later").unwrap();
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(status(&c.ring, &|k| ring.is_alive(k)).1, HeadClaim::WaitingFor { producer: 0 });
+        drop(claim);
+        assert_eq!(drain(&mut c), [(1, b"later".to_vec())], "a dropped claim is skipped, not counted");
+        assert_eq!(c.unblocked(0), 0);
+    }
+
+    #[test]
+    fn a_dead_producers_in_flight_claim_becomes_padding_and_is_counted() {
+        let ring = ring(4096);
+        let (mut a, mut b, mut c) = (ring.producer(0), ring.producer(1), ring.consumer());
+        std::mem::forget(a.try_claim(3).unwrap());
+        b.try_publish(b"later").unwrap();
+        ring.kill(0);
+        assert_eq!(drain(&mut c), [(1, b"later".to_vec())]);
+        assert_eq!((c.unblocked(0), c.unblocked(1), c.consumed(1)), (1, 0, 1));
+    }
+
+    #[test]
+    fn a_claim_whose_owner_died_before_marking_it_is_found_by_its_intent() {
+        let ring = ring(4096);
+        let (mut a, mut b, mut c) = (ring.producer(0), ring.producer(1), ring.consumer());
+        // Producer 0 claims and dies before step 3: its header word stays 0.
+        let r = a.claim_once(5).unwrap().unwrap();
+        b.try_publish(b"later").unwrap();
+        assert!(drain(&mut c).is_empty(), "alive: waited for");
+        ring.kill(0);
+        assert_eq!(drain(&mut c), [(1, b"later".to_vec())]);
+        assert_eq!(c.unblocked(0), 1);
+        assert_eq!(r.start, 0);
+    }
+
+    #[test]
+    fn a_stale_intent_of_a_dead_loser_does_not_cut_the_real_hole_short() {
+        let ring = ring(4096);
+        let (a, mut b, mut d, mut c) = (ring.producer(0), ring.producer(1), ring.producer(2), ring.consumer());
+        // b wins [0, 32) and dies unmarked; a "lost" a race for position 0 with a 16-byte
+        // claim and died too: its stale intent [0, 16) ends inside b's hole.
+        b.claim_once(17).unwrap().unwrap();
+        let slot = &area(&ring.refs).producers[0].0;
+        slot.intent_start.store(0, Ordering::Relaxed);
+        slot.intent_end.store(16, Ordering::Relaxed);
+        d.try_publish(b"after").unwrap();
+        ring.kill(0);
+        ring.kill(1);
+        assert_eq!(drain(&mut c), [(2, b"after".to_vec())]);
+        assert_eq!(c.unblocked(0) + c.unblocked(1), 1);
+        drop(a);
+    }
+
+    #[test]
+    fn a_successor_adopts_its_dead_predecessors_claim_as_an_orphan() {
+        let ring = ring(4096);
+        let (mut a, mut b, mut c) = (ring.producer(0), ring.producer(1), ring.consumer());
+        a.claim_once(5).unwrap().unwrap();
+        b.try_publish(b"later").unwrap();
+        drop(a);
+        // A successor with id 0 holds the lock: the claim is its orphan, known dead.
+        let mut a2 = ring.producer(0);
+        assert_eq!(a2.try_publish(b"new").unwrap_err(), TryClaimError::Full, "waits for the orphan");
+        assert_eq!(drain(&mut c), [(1, b"later".to_vec())]);
+        a2.try_publish(b"new").unwrap();
+        assert_eq!(drain(&mut c), [(0, b"new".to_vec())]);
+        assert_eq!(c.unblocked(0), 1);
+    }
+
+    #[test]
+    fn wrap_padding_and_holes_across_the_end_of_the_ring() {
+        let ring = ring(256);
+        let (mut a, mut b, mut c) = (ring.producer(0), ring.producer(1), ring.consumer());
+        for round in 0..21u8 {
+            a.try_publish(&[round; 40]).unwrap();
+            if round % 3 == 0 {
+                // b claims (possibly across the end) and dies unmarked; a successor takes over.
+                b.claim_once(30).unwrap().unwrap();
+                ring.kill(1);
+            }
+            let got = drain(&mut c);
+            assert_eq!(got, [(0, vec![round; 40])], "round {round}");
+            if round % 3 == 0 {
+                b = ring.producer(1);
+            }
+        }
+        assert_eq!(c.unblocked(1), 7);
+    }
+
+    #[test]
+    fn a_restarted_consumer_resumes_the_exact_per_producer_ledger() {
+        let ring = ring(4096);
+        let (mut a, mut b) = (ring.producer(0), ring.producer(1));
+        let mut c = ring.consumer();
+        a.try_publish(b"x").unwrap();
+        std::mem::forget(b.try_claim(1).unwrap());
+        ring.kill(1);
+        a.try_publish(b"y").unwrap();
+        assert_eq!(drain(&mut c).len(), 2);
+        drop(c);
+        let c = ring.consumer();
+        assert_eq!((c.consumed(0), c.unblocked(1)), (2, 1));
+    }
+
+    #[test]
+    fn commit_len_leaves_a_skipped_slack_frame() {
+        let ring = ring(4096);
+        let (mut a, mut c) = (ring.producer(0), ring.consumer());
+        let mut claim = a.try_claim(100).unwrap();
+        claim[..2].copy_from_slice(b"hi");
+        claim.commit_len(2);
+        a.try_publish(b"next").unwrap();
+        assert_eq!(drain(&mut c), [(0, b"hi".to_vec()), (0, b"next".to_vec())]);
+    }
+
+    #[test]
+    fn hostile_header_words_are_errors_not_panics() {
+        let ring = ring(4096);
+        let (mut a, mut c) = (ring.producer(0), ring.consumer());
+        a.try_publish(b"ok").unwrap();
+        for word in [frame::encode(5000, committed(0, 0)), frame::encode(1, 0xFFFF_0000), frame::encode(1, 99 << 16)] {
+            ring.refs.data.atomic_word(0).store(word, Ordering::Relaxed);
+            assert!(matches!(c.try_read(), Err(TryReadError::Corrupt(_))), "{word:#x}");
+        }
+    }
+}
