@@ -219,6 +219,26 @@ pub enum AttachError {
         /// The role.
         role: crate::participant::Role,
     },
+    /// The ring is of another kind than the handle asked for.
+    #[error("{location}: the ring is {found}, not {wanted}; attach with the {found} handles")]
+    WrongKind {
+        /// The segment.
+        location: Location,
+        /// The segment's kind.
+        found: &'static str,
+        /// The kind the caller asked for.
+        wanted: &'static str,
+    },
+    /// An mpsc producer id outside `0..16`.
+    #[error("{location}: producer id {id} is out of range (0..{max})")]
+    ProducerId {
+        /// The segment.
+        location: Location,
+        /// The id asked for.
+        id: usize,
+        /// The number of ids.
+        max: usize,
+    },
     /// The ring's cursors are impossible.
     #[error("{location}")]
     Corrupt {

@@ -19,9 +19,11 @@ use crate::error::{AttachError, CreateError, OpenError, OpenOrCreateError, Unlin
 use crate::layout::{
     Geometry, HEADER_SIZE, Header, MAX_CAPACITY, MIN_CAPACITY, RawIdentity, RingKind, max_payload_for,
 };
+use crate::layout::{MPSC_PARTICIPANT_BASE, MPSC_PRODUCERS};
 use crate::name::Location;
 use crate::participant::{self, Attachment, Participant, Role};
 use crate::placement::{self, HugePages};
+use crate::ring::mpsc;
 use crate::ring::spsc::{Consumer, Producer};
 use crate::ring::{PublishHook, PublishStep, RingRefs, WaitStrategy};
 use crate::stats::StatsSnapshot;
@@ -418,6 +420,29 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+/// An mpsc ring's producers and whom its consumer waits for ([`Segment::mpsc_status`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MpscStatus {
+    /// One row per producer id ever used.
+    pub producers: Vec<MpscProducerStatus>,
+    /// What the consumer finds at the first frame not committed.
+    pub head: mpsc::HeadClaim,
+    /// The pid recorded for the producer the consumer waits for (display only).
+    pub waiting_for_pid: Option<u32>,
+}
+
+/// One mpsc producer id: its counters, and its participant slot's pid and liveness.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MpscProducerStatus {
+    /// Pid recorded by its last holder (display only).
+    pub pid: Option<u32>,
+    /// Alive, dead or detached, by its kernel lock.
+    pub liveness: Option<participant::Liveness>,
+    /// Its counters.
+    #[serde(flatten)]
+    pub row: mpsc::ProducerRow,
+}
+
 /// Identity and ownership of a segment, as `shmctl stat` shows them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SegmentInfo {
@@ -558,14 +583,95 @@ impl Segment {
         unsafe { self.inner.backing.mapping.ptr().cast::<Header>().as_ref() }
     }
 
-    /// Reads the ring's statistics without writing to the segment.
+    /// Reads the ring's statistics without writing to the segment. In an mpsc ring the
+    /// producer-side figures are the sums of the producers' own.
     pub fn stats(&self) -> StatsSnapshot {
-        StatsSnapshot::read(self.header(), self.inner.geometry.capacity)
+        let mut stats = StatsSnapshot::read(self.header(), self.inner.geometry.capacity);
+        if let Some(status) = self.mpsc_status() {
+            let sum = |f: fn(&mpsc::ProducerRow) -> u64| status.producers.iter().map(|p| f(&p.row)).sum::<u64>();
+            stats.set_producer_side(sum(|r| r.records), sum(|r| r.bytes), sum(|r| r.blocks));
+        }
+        stats
+    }
+
+    /// For an mpsc ring: a row per producer id ever used, with its liveness and pid, and
+    /// who (if anyone) holds the consumer up. `None` for other kinds. Reads only.
+    pub fn mpsc_status(&self) -> Option<MpscStatus> {
+        if self.inner.geometry.kind != crate::layout::RingKind::Mpsc {
+            return None;
+        }
+        let participants = self.participants();
+        let alive = self.producer_liveness();
+        let (rows, head) = mpsc::status(&self.ring_refs(), &*alive);
+        let pid_of =
+            |id: usize| participants.iter().find(|p| p.slot == MPSC_PARTICIPANT_BASE + id).map(|p| (p.pid, p.liveness));
+        let producers = rows
+            .into_iter()
+            .map(|row| {
+                let (pid, liveness) = pid_of(row.id).map_or((None, None), |(pid, l)| (Some(pid), Some(l)));
+                MpscProducerStatus { pid, liveness, row }
+            })
+            .collect();
+        let waiting_for_pid = match head {
+            mpsc::HeadClaim::WaitingFor { producer } => pid_of(producer).map(|(pid, _)| pid),
+            _ => None,
+        };
+        Some(MpscStatus { producers, head, waiting_for_pid })
+    }
+
+    /// Whether mpsc producer `id` holds its kernel lock (`true` when that cannot be
+    /// told, so a claim is never reclaimed without proof of death).
+    fn producer_liveness(&self) -> mpsc::ProducerLiveness {
+        let inner = self.inner.clone();
+        Box::new(move |id: usize| match inner.backing.lock_fd.as_ref() {
+            Some(fd) => participant::is_locked(fd, MPSC_PARTICIPANT_BASE + id).unwrap_or(true),
+            None => true,
+        })
+    }
+
+    /// Attaches as producer `id` (`0..16`) of an mpsc ring, with the segment's wait
+    /// strategy. Fails if a live process holds that id; adopts the pending claim of a
+    /// dead one (see [`crate::ring::mpsc`]).
+    pub fn mpsc_producer(&self, id: usize) -> Result<mpsc::Producer, AttachError> {
+        self.check_kind(crate::layout::RingKind::Mpsc)?;
+        if id >= MPSC_PRODUCERS {
+            return Err(AttachError::ProducerId { location: self.inner.location.clone(), id, max: MPSC_PRODUCERS });
+        }
+        let attachment = self.attach_slot(Role::Producer, MPSC_PARTICIPANT_BASE + id)?;
+        mpsc::Producer::attach(self.ring_refs(), id, self.inner.wait, Some(attachment))
+            .map_err(|source| AttachError::Corrupt { location: self.inner.location.clone(), source })
+    }
+
+    /// Attaches as the consumer of an mpsc ring, with the segment's wait strategy.
+    pub fn mpsc_consumer(&self) -> Result<mpsc::Consumer, AttachError> {
+        self.check_kind(crate::layout::RingKind::Mpsc)?;
+        let attachment = self.attach(Role::Consumer)?;
+        mpsc::Consumer::attach(self.ring_refs(), self.inner.wait, self.producer_liveness(), Some(attachment))
+            .map_err(|source| AttachError::Corrupt { location: self.inner.location.clone(), source })
+    }
+
+    fn check_kind(&self, wanted: crate::layout::RingKind) -> Result<(), AttachError> {
+        let found = self.inner.geometry.kind;
+        if found == wanted {
+            return Ok(());
+        }
+        Err(AttachError::WrongKind {
+            location: self.inner.location.clone(),
+            found: found.name(),
+            wanted: wanted.name(),
+        })
     }
 
     /// Copies up to `max` records that are committed and not yet released, oldest
     /// first, without consuming them or writing anything (works read-only).
     pub fn peek(&self, max: usize) -> Result<Vec<crate::ring::spsc::PeekedRecord>, crate::ring::Corruption> {
+        if self.inner.geometry.kind != crate::layout::RingKind::Spsc {
+            return Err(crate::ring::Corruption {
+                what: "peek reads spsc rings only (not yet mpsc)",
+                value: 0,
+                position: 0,
+            });
+        }
         crate::ring::spsc::peek(&self.ring_refs(), max)
     }
 
@@ -646,6 +752,7 @@ impl Segment {
     /// Attaches as the ring's producer. Fails if a live producer is attached; resumes
     /// after the last committed record if a previous one died.
     pub fn producer_with(&self, wait: WaitStrategy) -> Result<Producer, AttachError> {
+        self.check_kind(crate::layout::RingKind::Spsc)?;
         let attachment = self.attach(Role::Producer)?;
         Producer::attach(self.ring_refs(), wait, self.publish_hook(), Some(attachment))
             .map_err(|source| AttachError::Corrupt { location: self.inner.location.clone(), source })
@@ -659,6 +766,7 @@ impl Segment {
     /// Attaches as the ring's consumer. Fails if a live consumer is attached; resumes at
     /// the read cursor in the segment (the first record not yet released).
     pub fn consumer_with(&self, wait: WaitStrategy) -> Result<Consumer, AttachError> {
+        self.check_kind(crate::layout::RingKind::Spsc)?;
         let attachment = self.attach(Role::Consumer)?;
         Consumer::attach(self.ring_refs(), wait, Some(attachment))
             .map_err(|source| AttachError::Corrupt { location: self.inner.location.clone(), source })
@@ -682,6 +790,10 @@ impl Segment {
     }
 
     fn attach(&self, role: Role) -> Result<Attachment, AttachError> {
+        self.attach_slot(role, role.spsc_slot())
+    }
+
+    fn attach_slot(&self, role: Role, slot: usize) -> Result<Attachment, AttachError> {
         let location = &self.inner.location;
         if !self.inner.backing.mapping.writable() {
             return Err(AttachError::ReadOnly { location: location.clone(), role });
@@ -693,7 +805,6 @@ impl Segment {
             source: std::io::Error::from_raw_os_error(libc::ENOENT),
         })?;
         let lock = backend::reopen(fd, true).map_err(io("re-open for locking"))?;
-        let slot = role.spsc_slot();
         if !participant::try_lock(&lock, slot).map_err(io("fcntl(F_OFD_SETLK)"))? {
             let pid = participant::holder_pid(&self.header().participants[slot]);
             return Err(AttachError::RoleTaken { location: location.clone(), role, pid });

@@ -267,6 +267,21 @@ impl StatsSnapshot {
         }
     }
 
+    /// Replaces the producer-side figures (an mpsc ring's are the sums of its producers'),
+    /// in the typed fields and the labelled list alike.
+    pub(crate) fn set_producer_side(&mut self, records: u64, bytes: u64, blocks: u64) {
+        (self.total_produced, self.bytes_produced, self.producer_blocks) = (records, bytes, blocks);
+        self.records_in_flight = records.saturating_sub(self.total_consumed);
+        for c in &mut self.counters {
+            match c.label.as_str() {
+                "total_produced" => c.value = records,
+                "bytes_produced" => c.value = bytes,
+                "producer_blocks" => c.value = blocks,
+                _ => {}
+            }
+        }
+    }
+
     /// The value of the counter with this label, if the segment has one.
     pub fn get(&self, label: &str) -> Option<u64> {
         self.counters.iter().find(|c| c.label == label).map(|c| c.value)

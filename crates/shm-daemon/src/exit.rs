@@ -68,6 +68,7 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
             return match e {
                 AttachError::RoleTaken { .. } => IN_USE,
                 AttachError::ReadOnly { .. } => PERMISSION,
+                AttachError::WrongKind { .. } | AttachError::ProducerId { .. } => CONFIG,
                 _ => FAILURE,
             };
         }

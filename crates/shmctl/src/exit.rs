@@ -67,6 +67,7 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
             return match e {
                 AttachError::RoleTaken { .. } => UNAVAILABLE,
                 AttachError::ReadOnly { .. } => NO_PERM,
+                AttachError::WrongKind { .. } | AttachError::ProducerId { .. } => USAGE,
                 AttachError::Corrupt { .. } => DATA,
                 AttachError::Io { .. } => IO,
             };
