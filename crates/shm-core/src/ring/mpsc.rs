@@ -926,6 +926,9 @@ impl Consumer {
                 }
                 Word::Unwritten | Word::InFlight { .. } => {
                     if !self.reclaim_if_dead()? {
+                        // Waiting on a claim: give back what was read first, so producers
+                        // are not kept short of space and the cursor shows where we wait.
+                        self.release_read();
                         return Ok(Next::Nothing);
                     }
                 }
