@@ -81,6 +81,7 @@ pub mod owner;
 pub mod participant;
 pub mod placement;
 pub mod ring;
+pub mod robust;
 pub mod segment;
 pub mod stats;
 mod sync;

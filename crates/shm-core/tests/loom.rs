@@ -211,5 +211,86 @@ fn stats_never_show_more_consumed_than_produced() {
         assert_eq!(&*consumer.read(None).unwrap(), b"a");
         producing.join().unwrap();
         reading.join().unwrap();
+
+/// mpsc (a): two producers race for claims (one record each, then a second from
+/// producer 0) while the consumer sleeps for data. Every record arrives once, whole, each
+/// producer's in its own order; a weakened commit store (Relaxed instead of Release) is a
+/// causality failure on the payload's cell, and a lost wake-up a deadlock.
+#[test]
+fn mpsc_two_producers_race_for_claims_and_every_record_arrives_in_order() {
+    use shm_core::ring::heap::MpscHeapRing;
+    check("mpsc_two_producers_race_for_claims_and_every_record_arrives_in_order", || {
+        let ring = MpscHeapRing::new(128, 24, WaitStrategy::Futex).unwrap();
+        let (mut a, mut b, mut consumer) = (ring.producer(0), ring.producer(1), ring.consumer());
+        let first = thread::spawn(move || {
+            a.publish(b"a0", None).unwrap();
+            a.publish(b"a1", None).unwrap();
+        });
+        let second = thread::spawn(move || b.publish(b"b0", None).unwrap());
+        let mut seen: Vec<(usize, Vec<u8>)> = Vec::new();
+        while seen.len() < 3 {
+            let r = consumer.read(None).unwrap();
+            seen.push((r.producer(), r.to_vec()));
+        }
+        let of = |k: usize| seen.iter().filter(|(p, _)| *p == k).map(|(_, d)| d.clone()).collect::<Vec<_>>();
+        assert_eq!(of(0), [b"a0".to_vec(), b"a1".to_vec()]);
+        assert_eq!(of(1), [b"b0".to_vec()]);
+        first.join().unwrap();
+        second.join().unwrap();
+        assert!(consumer.try_read().is_err(), "a record delivered twice or invented");
+    });
+}
+
+/// mpsc (b): wrap with padding. In a 64-byte ring frames of 32 and 16 bytes end at 48; the
+/// next 24-byte frame does not fit before the end, so its producer claims 16 bytes of
+/// padding with it, which needs the consumer to release the first frame: the claim waits
+/// for space while the consumer reads, and the consumer skips the padding.
+#[test]
+fn mpsc_claims_that_wrap_write_padding_and_wait_for_the_consumer() {
+    use shm_core::ring::heap::MpscHeapRing;
+    check("mpsc_claims_that_wrap_write_padding_and_wait_for_the_consumer", || {
+        let ring = MpscHeapRing::new(64, 24, WaitStrategy::Futex).unwrap();
+        let (mut a, mut b, mut consumer) = (ring.producer(0), ring.producer(1), ring.consumer());
+        a.publish(&[7; 24], None).unwrap();
+        b.publish(&[8; 8], None).unwrap();
+        let racing = thread::spawn(move || a.publish(&[9; 16], None).unwrap());
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let r = consumer.read(None).unwrap();
+            seen.push(r.to_vec());
+        }
+        assert_eq!(seen, [vec![7; 24], vec![8; 8], vec![9; 16]]);
+        racing.join().unwrap();
+        assert!(consumer.try_read().is_err());
+    });
+}
+
+/// mpsc (c): hole reclamation. Producer 1 claims and dies before committing (its claim is
+/// forgotten, then its liveness flag cleared: the kernel dropping its lock); producer 0
+/// publishes concurrently, before or after that claim. The consumer delivers producer 0's
+/// record exactly once and counts one unblocked record for producer 1, whatever the
+/// interleaving; reclaiming while producer 1 is alive would deliver nothing torn but would
+/// count a hole for a live producer, which the final checks reject.
+#[test]
+fn mpsc_a_dead_producers_claim_becomes_padding_exactly_once() {
+    use shm_core::ring::heap::MpscHeapRing;
+    check("mpsc_a_dead_producers_claim_becomes_padding_exactly_once", || {
+        let ring = std::sync::Arc::new(MpscHeapRing::new(128, 24, WaitStrategy::Spin).unwrap());
+        let (mut a, mut b, mut consumer) = (ring.producer(0), ring.producer(1), ring.consumer());
+        let dying = thread::spawn(move || {
+            let mut claim = b.try_claim(8).unwrap();
+            claim[..4].copy_from_slice(b"torn");
+            std::mem::forget(claim);
+        });
+        let living = thread::spawn(move || a.publish(b"whole", None).unwrap());
+        dying.join().unwrap();
+        ring.kill(1);
+        let r = consumer.read(None).unwrap();
+        assert_eq!((r.producer(), &*r), (0, &b"whole"[..]));
+        drop(r);
+        living.join().unwrap();
+        assert!(consumer.try_read().is_err());
+        assert_eq!(consumer.unblocked(1), 1);
+        assert_eq!(consumer.unblocked(0), 0);
     });
 }

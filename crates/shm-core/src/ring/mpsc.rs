@@ -952,17 +952,7 @@ impl Consumer {
     /// Stuck on a claim at `pos`: once stuck for `HOLE_CHECK_AFTER`, asks whose it is and,
     /// if its owner is dead, turns it into padding. Whether it did.
     fn reclaim_if_dead(&mut self) -> Result<bool, Corruption> {
-        if self.stuck_at != self.pos {
-            self.stuck_at = self.pos;
-            self.stuck_since = None;
-            self.stuck_looks = 0;
-        }
-        self.stuck_looks = self.stuck_looks.wrapping_add(1);
-        if self.stuck_looks % PENDING_LOOKS_PER_CLOCK != 1 {
-            return Ok(false);
-        }
-        let since = *self.stuck_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < HOLE_CHECK_AFTER {
+        if !self.hole_check_due() {
             return Ok(false);
         }
         // Acquire: pairs with the producers' compare-and-swaps, which published their intents.
@@ -982,6 +972,26 @@ impl Consumer {
             return Ok(true);
         }
         self.write_hole(producer, end)
+    }
+
+    /// Whether the consumer has been stuck at `pos` for `HOLE_CHECK_AFTER`, reading the
+    /// clock once per `PENDING_LOOKS_PER_CLOCK` looks. Loom models have no clock (and must
+    /// be deterministic), so there every look checks.
+    fn hole_check_due(&mut self) -> bool {
+        if self.stuck_at != self.pos {
+            self.stuck_at = self.pos;
+            self.stuck_since = None;
+            self.stuck_looks = 0;
+        }
+        self.stuck_looks = self.stuck_looks.wrapping_add(1);
+        if cfg!(loom) {
+            return true;
+        }
+        if self.stuck_looks % PENDING_LOOKS_PER_CLOCK != 1 {
+            return false;
+        }
+        let since = *self.stuck_since.get_or_insert_with(Instant::now);
+        since.elapsed() >= HOLE_CHECK_AFTER
     }
 
     /// Writes `UNBLOCKED | producer` over `[pos, end)`, split at the ring's end.
