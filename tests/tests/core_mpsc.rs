@@ -132,13 +132,16 @@ fn a_stopped_producer_is_waited_for_past_every_timeout_and_never_reclaimed() {
     let waited_for =
         status.head == HeadClaim::WaitingFor { producer: 1 } && status.waiting_for_pid == Some(sleeper.pid());
     let never_reclaimed = status.producers.iter().all(|p| p.row.unblocked_records == 0);
+    let shmctl = Command::new(shmring_tests::fixture::binary("shmctl")).args(["stat", &name]).output().expect("shmctl stat");
+    let shown = String::from_utf8_lossy(&shmctl.stdout).into_owned();
+    let named = format!("waits for producer 1 (pid {}, stopped)", sleeper.pid());
     fx.assert_running(&consuming);
     std::fs::write(&go, b"").expect("create the go file");
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
     fx.wait(&sleeper, Duration::from_secs(60)).assert_success();
     fx.wait(&streaming, Duration::from_secs(60)).assert_success();
     let done = fx.wait(&consuming, Duration::from_secs(60));
-    let pass = done.status.success() && waited_for && never_reclaimed;
+    let pass = done.status.success() && waited_for && never_reclaimed && shown.contains(&named);
     let unblocked = if done.status.success() { done.summary().u64("unblocked") } else { u64::MAX };
     shmring_tests::reliability::report(
         "mpsc_producer_stopped_between_claim_and_commit",
@@ -151,6 +154,7 @@ fn a_stopped_producer_is_waited_for_past_every_timeout_and_never_reclaimed() {
     );
     assert!(waited_for, "the segment names producer 1 (pid {}) as the one waited for: {status:?}", sleeper.pid());
     assert!(never_reclaimed, "a stopped producer's claim was reclaimed: {status:?}");
+    assert!(shown.contains(&named), "shmctl stat does not say {named:?}:\n{shown}");
     done.assert_success();
     assert_eq!(unblocked, 0);
 }

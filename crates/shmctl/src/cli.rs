@@ -106,8 +106,8 @@ pub struct CreateArgs {
     /// Group name or gid of the segment.
     #[arg(long)]
     pub group: Option<String>,
-    /// Ring kind.
-    #[arg(long, default_value = "spsc", value_parser = ["spsc"])]
+    /// Ring kind: spsc (one producer) or mpsc (up to 16 producers, one consumer).
+    #[arg(long, default_value = "spsc", value_parser = ["spsc", "mpsc"])]
     pub kind: String,
     /// Wait strategy hint stored in the segment: spin, yield, futex, hybrid.
     #[arg(long, default_value = "hybrid")]

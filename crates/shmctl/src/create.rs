@@ -15,7 +15,9 @@ pub fn run(args: CreateArgs) -> Result<()> {
     let mode = u32::from_str_radix(args.mode.trim_start_matches("0o"), 8)
         .map_err(|_| refuse(USAGE, format!("--mode {:?} is not an octal mode such as 0600", args.mode)))?;
     let wait: WaitStrategy = args.wait.parse().map_err(|e: String| refuse(USAGE, format!("--wait: {e}")))?;
+    let kind: shm_core::RingKind = args.kind.parse().map_err(|e: String| refuse(USAGE, format!("--kind: {e}")))?;
     let mut builder = Segment::builder(location)
+        .kind(kind)
         .capacity(capacity)
         .mode(mode)
         .wait_strategy(wait)

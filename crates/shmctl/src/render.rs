@@ -52,10 +52,23 @@ pub fn participant(p: &Participant) -> String {
 
 /// `alive (pid 123)` for the participant holding `role`, or `-`.
 pub fn role_summary(participants: &[Participant], role: Role) -> String {
-    participants
-        .iter()
-        .find(|p| p.role == Some(role))
-        .map_or_else(|| "-".into(), |p| format!("{} ({})", liveness(p.liveness), p.pid))
+    let holders: Vec<&Participant> = participants.iter().filter(|p| p.role == Some(role)).collect();
+    match holders.as_slice() {
+        [] => "-".into(),
+        [p] => format!("{} ({})", liveness(p.liveness), p.pid),
+        // Several (the producers of an mpsc ring): how many in each state.
+        many => {
+            let states = [Liveness::Alive, Liveness::Dead, Liveness::Detached, Liveness::Unknown];
+            let counts: Vec<String> = states
+                .iter()
+                .filter_map(|&l| {
+                    let n = many.iter().filter(|p| p.liveness == l).count();
+                    (n > 0).then(|| format!("{n} {}", liveness(l)))
+                })
+                .collect();
+            counts.join(", ")
+        }
+    }
 }
 
 /// The command name of a pid, from /proc.

@@ -29,6 +29,9 @@ pub struct StatReport {
     /// The mode as `0600`.
     pub mode_octal: String,
     pub participants: Vec<Participant>,
+    /// An mpsc ring's producers and whom its consumer waits for; absent for spsc.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mpsc: Option<shm_core::MpscStatus>,
 }
 
 /// The ring's gauges.
@@ -62,6 +65,7 @@ pub fn report(segment: &Segment) -> Result<(StatReport, StatsSnapshot)> {
         counters_in_order: stats.counters.clone(),
         mode_octal: format!("{:04o}", info.mode),
         participants: segment.participants(),
+        mpsc: segment.mpsc_status(),
         segment: info,
     };
     Ok((report, stats))
@@ -174,7 +178,57 @@ fn render(r: &StatReport, rates: Option<&Rates>) -> String {
             );
         }
     }
+    if let Some(m) = &r.mpsc {
+        render_mpsc(&mut o, m);
+    }
     o
+}
+
+/// The mpsc section: a row per producer id, then whom the consumer waits for.
+fn render_mpsc(o: &mut String, m: &shm_core::MpscStatus) {
+    let _ = writeln!(o, "producers (mpsc)");
+    let _ = writeln!(
+        o,
+        "  {:<3} {:>8} {:<9} {:>14} {:>14} {:>10} {:>10}",
+        "id", "pid", "liveness", "committed", "consumed", "unblocked", "blocks"
+    );
+    for p in &m.producers {
+        let pid = p.pid.map_or("-".to_owned(), |pid| pid.to_string());
+        let liveness = p.liveness.map_or("-", |l| render::liveness(l));
+        let _ = writeln!(
+            o,
+            "  {:<3} {:>8} {:<9} {:>14} {:>14} {:>10} {:>10}",
+            p.row.id,
+            pid,
+            liveness,
+            render::count(p.row.records),
+            render::count(p.row.consumed),
+            render::count(p.row.unblocked_records),
+            render::count(p.row.blocks)
+        );
+    }
+    use shm_core::ring::mpsc::HeadClaim;
+    let line = match (m.head, m.waiting_for_pid) {
+        (HeadClaim::Clear, _) => "consumer: not held up by any claim".to_owned(),
+        (HeadClaim::WaitingFor { producer }, pid) => {
+            let pid = pid.map_or("unknown pid".to_owned(), |p| format!("pid {p}{}", process_state(p)));
+            format!("consumer: waits for producer {producer} ({pid}): alive, holding an uncommitted claim")
+        }
+        (HeadClaim::Dead { producer, .. }, _) => {
+            format!("consumer: will reclaim the claim of producer {producer}, which is dead")
+        }
+        (HeadClaim::Unknown, _) => "consumer: waits for a claim no producer's intent names".to_owned(),
+    };
+    let _ = writeln!(o, "{line}");
+}
+
+/// ", stopped" when /proc says the process is stopped (display only).
+fn process_state(pid: u32) -> &'static str {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    match stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) {
+        Some('T' | 't') => ", stopped",
+        _ => "",
+    }
 }
 
 /// Refreshes in place until Ctrl-C. Reads only: the segment is mapped read-only.
