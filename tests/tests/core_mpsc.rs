@@ -132,7 +132,8 @@ fn a_stopped_producer_is_waited_for_past_every_timeout_and_never_reclaimed() {
     let waited_for =
         status.head == HeadClaim::WaitingFor { producer: 1 } && status.waiting_for_pid == Some(sleeper.pid());
     let never_reclaimed = status.producers.iter().all(|p| p.row.unblocked_records == 0);
-    let shmctl = Command::new(shmring_tests::fixture::binary("shmctl")).args(["stat", &name]).output().expect("shmctl stat");
+    let shmctl =
+        Command::new(shmring_tests::fixture::binary("shmctl")).args(["stat", &name]).output().expect("shmctl stat");
     let shown = String::from_utf8_lossy(&shmctl.stdout).into_owned();
     let named = format!("waits for producer 1 (pid {}, stopped)", sleeper.pid());
     fx.assert_running(&consuming);

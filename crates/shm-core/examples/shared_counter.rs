@@ -47,7 +47,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match unsafe { fork() }? {
             ForkResult::Child => {
                 for round in 0..INCREMENTS {
-                    let Ok(mut s) = shared.lock_or_repair(repair) else { unsafe { libc::_exit(1) } };
+                    let Ok(mut s) = shared.lock_or_repair(repair) else {
+                        // SAFETY: ends the child at once; it holds nothing the parent needs.
+                        unsafe { libc::_exit(1) }
+                    };
                     s.counter += 1;
                     if child == 0 && round == 2 {
                         // Child 0 dies here, inside the section, with the invariant broken.

@@ -9,7 +9,7 @@
 //! - `write_cursor` (the producer line) is the **claim cursor**: one past the last
 //!   *claimed* byte. Every producer advances it by compare-and-swap; nobody else writes it.
 //! - Each frame's header word (`[len: u32][type: u32]`, see [`super::frame`]) is the
-//!   **commit word**. It is read and written only atomically ([`super::Region::atomic_word`]).
+//!   **commit word**. It is read and written only atomically (`Region::atomic_word`).
 //!   Its type says what the frame is:
 //!   - `0`: nothing written yet (the consumer zeroes every byte it passes).
 //!   - `IN_FLIGHT | k` ([`in_flight`]): claimed by producer `k`, not committed. `len` is
@@ -1088,17 +1088,25 @@ impl Consumer {
         }
     }
 
-    /// Sleeps until the header word at the head changes (a commit) or the claim cursor
-    /// moves, or `timeout` passes.
+    /// Sleeps until the frame at the head is no longer a claim in progress (a commit) or
+    /// the claim cursor moves, or `timeout` passes. The test is on what the word *says*,
+    /// not on whether it changed since some earlier look: a commit that landed between
+    /// `next_frame`'s look and the announcement must stop the sleep, since its producer's
+    /// wake-up check may already have found nobody announced.
     fn sleep_for_data(&mut self, timeout: Duration) {
         let (ring, pos, tail) = (&self.ring, self.pos, self.cached_tail);
         let index = ring.data.index(pos);
-        // Relaxed: only decides whether to sleep; `next_frame` reloads with Acquire.
-        let word = ring.data.atomic_word(index).load(Ordering::Relaxed);
         let slept = sleep_unless_moved(ring.data_wake(), timeout, tail, || {
+            // Relaxed: only decides whether to sleep; `next_frame` reloads with Acquire.
+            let word = ring.data.atomic_word(index).load(Ordering::Relaxed);
             // Acquire: pairs with the producers' compare-and-swaps.
             let now = ring.producer_line().write_cursor.load(Ordering::Acquire);
-            if ring.data.atomic_word(index).load(Ordering::Relaxed) != word { u64::MAX } else { now }
+            // A head frame that is no longer a claim in progress reads as "moved".
+            if matches!(decode_word(ring, pos, word), Ok(Word::Unwritten | Word::InFlight { .. })) {
+                now
+            } else {
+                u64::MAX
+            }
         });
         self.counters.record_sleep(&self.ring, slept, Counter::ConsumerSleeps, Counter::ConsumerMissedWakes);
         // A sleeper may sleep on a dead producer's claim: look at it again on waking.
