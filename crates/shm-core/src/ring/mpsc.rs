@@ -150,6 +150,7 @@ enum Word {
 }
 
 /// Decodes the header word at `pos`; checks every length against the ring (never trusts it).
+#[inline]
 fn decode_word(ring: &RingRefs, pos: u64, word: u64) -> Result<Word, Corruption> {
     if word == 0 {
         return Ok(Word::Unwritten);
@@ -402,6 +403,7 @@ impl Producer {
 
     /// Claims space for a record of `len` payload bytes, without waiting. Write it through
     /// the [`Claim`] and commit it; a dropped claim becomes a skipped frame.
+    #[inline]
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, TryClaimError> {
         match self.claim_once(len)? {
             Some(claim) => Ok(self.claim_at(claim)),
@@ -437,6 +439,7 @@ impl Producer {
     }
 
     /// Copies `data` in as one record of type 0, without waiting.
+    #[inline]
     pub fn try_publish(&mut self, data: &[u8]) -> Result<(), TryClaimError> {
         let mut claim = self.try_claim(data.len())?;
         claim.copy_from_slice(data);
@@ -454,6 +457,7 @@ impl Producer {
 
     /// One attempt at steps 1-2 of "Claim": `Ok(None)` when the ring is full (or a dead
     /// predecessor's claim is still ahead of the consumer); retries lost races itself.
+    #[inline]
     fn claim_once(&mut self, len: usize) -> Result<Option<Reserved>, TryClaimError> {
         let len64 = len as u64;
         if len64 > self.ring.max_record {
@@ -506,6 +510,7 @@ impl Producer {
     }
 
     /// Step 3 of "Claim": marks the frame in flight, writes any wrap padding, lends it out.
+    #[inline]
     fn claim_at(&mut self, r: Reserved) -> Claim<'_> {
         let data = &self.ring.data;
         let index = data.index(r.start);
@@ -543,6 +548,7 @@ impl Producer {
     }
 
     /// Finishes a claim: the commit store, the display counters, the wake-up check.
+    #[inline]
     fn finish(&mut self, start: u64, len: u32, record_type: u32, claimed: u32, commit: bool) {
         let data = &self.ring.data;
         let index = data.index(start);
@@ -607,6 +613,7 @@ impl Claim<'_> {
     }
 
     /// Commits the whole claimed length.
+    #[inline]
     pub fn commit(self) {
         let len = self.len as usize;
         self.commit_len(len);
@@ -617,6 +624,7 @@ impl Claim<'_> {
     ///
     /// # Panics
     /// If `len` is larger than the claim.
+    #[inline]
     pub fn commit_len(mut self, len: usize) {
         assert!(len <= self.len as usize, "commit_len({len}) exceeds the claim of {} bytes", self.len);
         self.done = true;
@@ -651,6 +659,7 @@ impl Drop for Claim<'_> {
 
 impl Deref for Claim<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         let ring = &self.producer.ring;
         // SAFETY: the claim owns `index + 8 .. index + 8 + len`, inside the region (a
@@ -660,6 +669,7 @@ impl Deref for Claim<'_> {
 }
 
 impl DerefMut for Claim<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         let ring = &self.producer.ring;
         // SAFETY: as in `deref`, and `&mut self` makes this the only live view.
@@ -812,6 +822,7 @@ impl Consumer {
 
     /// Borrows the next committed record, without waiting. A claim in progress at the
     /// head is [`TryReadError::Empty`]; if its owner is dead the hole is reclaimed first.
+    #[inline]
     pub fn try_read(&mut self) -> Result<ReadGuard<'_>, TryReadError> {
         match self.next_frame()? {
             Next::Frame(f) => Ok(ReadGuard { consumer: self, frame: f, keep: false }),
@@ -885,6 +896,7 @@ impl Consumer {
 
     /// The committed frame at `pos`, passing padding, skipped and unblocked frames, and
     /// reclaiming a dead producer's hole. Each header word is read once, with Acquire.
+    #[inline]
     fn next_frame(&mut self) -> Result<Next, Corruption> {
         loop {
             if self.pos == self.cached_tail && !self.refresh_tail()? {
@@ -1031,6 +1043,7 @@ impl Consumer {
     }
 
     /// A record was read: zero it, count it, maybe release ("Lazy release" in spsc).
+    #[inline]
     fn pass_record(&mut self, f: DataFrame) {
         let framed = f.next - f.position;
         // SAFETY: as in `pass`; the record's borrow has ended.
@@ -1166,6 +1179,7 @@ impl Deref for ReadGuard<'_> {
 }
 
 impl Drop for ReadGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         if !self.keep {
             let f = self.frame;
