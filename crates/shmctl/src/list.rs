@@ -19,6 +19,8 @@ use crate::target::open_read_only;
 pub struct Row {
     pub name: String,
     pub backend: &'static str,
+    /// The ring kind (`spsc`, `mpsc`).
+    pub ring: &'static str,
     pub size: u64,
     pub uid: u32,
     pub mode: u32,
@@ -76,6 +78,7 @@ pub fn row(segment: &Segment, c: &Candidate) -> Row {
     Row {
         name: c.name.clone(),
         backend: c.backend,
+        ring: segment.geometry().kind.name(),
         size: c.size,
         uid: c.uid,
         mode: c.perms,
@@ -115,9 +118,10 @@ pub fn run(args: ListArgs) -> Result<()> {
         outln!("no shmring segments{}", if args.all { "" } else { " (--all lists other shared memory)" });
     } else {
         outln!(
-            "{:<22} {:<6} {:>9} {:>6} {:>12} {:<15} {:<15}",
+            "{:<22} {:<6} {:<5} {:>9} {:>6} {:>12} {:<15} {:<15}",
             "NAME",
             "KIND",
+            "RING",
             "SIZE",
             "FILL",
             "IN FLIGHT",
@@ -127,9 +131,10 @@ pub fn run(args: ListArgs) -> Result<()> {
         for r in &ours {
             let name = if r.unlinked { format!("{} (unlinked)", r.name) } else { r.name.clone() };
             outln!(
-                "{:<22} {:<6} {:>9} {:>5.1}% {:>12} {:<15} {:<15}",
+                "{:<22} {:<6} {:<5} {:>9} {:>5.1}% {:>12} {:<15} {:<15}",
                 name,
                 r.backend,
+                r.ring,
                 format_size(r.size),
                 r.fill_percent,
                 render::count(r.records_in_flight),
