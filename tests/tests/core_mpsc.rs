@@ -87,9 +87,9 @@ fn a_producer_killed_between_claim_and_commit_leaves_a_hole_the_consumer_reclaim
     });
     let streaming = producer(&fx, &name, 0, streamed, None);
     fx.kill(&victim);
-    fx.wait(&streaming, Duration::from_secs(120)).assert_success();
+    let streamed_all = fx.wait(&streaming, Duration::from_secs(120));
     let done = fx.wait(&consuming, Duration::from_secs(120));
-    let pass = done.status.success();
+    let pass = done.status.success() && streamed_all.status.success();
     let summary = if pass { Some(done.summary()) } else { None };
     let unblocked = summary.as_ref().map_or(0, |s| s.u64("unblocked_1"));
     shmring_tests::reliability::report(
@@ -101,6 +101,7 @@ fn a_producer_killed_between_claim_and_commit_leaves_a_hole_the_consumer_reclaim
         0,
         json!({ "records": streamed + hang_at, "unblocked_records": unblocked }),
     );
+    streamed_all.assert_success();
     done.assert_success();
     assert_eq!(unblocked, 1, "the hole is counted once, for producer 1");
     let status = segment.mpsc_status().expect("an mpsc ring");
