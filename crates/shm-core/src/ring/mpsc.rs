@@ -479,6 +479,16 @@ impl Producer {
                 // Acquire: pairs with the consumer's Release store of read_cursor; it is done
                 // with (and has zeroed) every byte below `head` before we write there.
                 let head = self.ring.cursor().read_cursor.load(Ordering::Acquire);
+                if head > tail && head >= self.cached_head {
+                    // Our `tail` may be stale: others claimed, and the consumer read, past it.
+                    // Acquire: pairs with the other producers' compare-and-swaps.
+                    let now = line.write_cursor.load(Ordering::Acquire);
+                    if head <= now {
+                        self.cached_head = head;
+                        tail = now;
+                        continue;
+                    }
+                }
                 if head < self.cached_head || head > tail || tail - head > capacity {
                     return Err(Corruption {
                         what: "read cursor outside the claimed range",
