@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use shm_core::ring::mpsc::HeadClaim;
 use shm_core::{Liveness, Location, RingKind, Segment, WaitStrategy};
+use shmring_tests::ledger::{Evidence, Figures};
 use shmring_tests::{Backend, Fixture, Proc, wait_until};
 
 const PEER: &str = env!("CARGO_BIN_EXE_mpsc-peer");
@@ -47,6 +48,24 @@ fn producer(fx: &Fixture, name: &str, id: usize, total: u64, hang: Option<(u64, 
 fn consumer(fx: &Fixture, name: &str, expect: &[(usize, u64)]) -> Proc {
     let expect: Vec<String> = expect.iter().map(|(k, n)| format!("{k}:{n}")).collect();
     fx.spawn("consumer", Command::new(PEER).args(["consume", name, "--expect", &expect.join(",")]))
+}
+
+/// The row's figures from this test's own ledgers: `acknowledged` is what the producer
+/// processes committed (each commits its records in order and exits 0 only after the last;
+/// the killed one committed exactly those before its claim), `delivered` what the consumer
+/// process checked record by record; it fails on any duplicate or reordering, so a
+/// successful run has none.
+fn evidence(acknowledged: u64, delivered: u64) -> Evidence {
+    Evidence {
+        acknowledged,
+        delivered,
+        lost: acknowledged.saturating_sub(delivered),
+        duplicated: 0,
+        reordered: 0,
+        unacknowledged: delivered.saturating_sub(acknowledged),
+        ledger: "the producer processes' committed sequence numbers (0..N each, exit 0 after the last)",
+        reader: "mpsc-peer consume: every record checked against its producer's next sequence number",
+    }
 }
 
 fn records() -> u64 {
@@ -92,14 +111,15 @@ fn a_producer_killed_between_claim_and_commit_leaves_a_hole_the_consumer_reclaim
     let pass = done.status.success() && streamed_all.status.success();
     let summary = if pass { Some(done.summary()) } else { None };
     let unblocked = summary.as_ref().map_or(0, |s| s.u64("unblocked_1"));
+    let delivered = summary.as_ref().map_or(0, |s| s.u64("records"));
+    let evidence = evidence(streamed + hang_at, delivered);
     shmring_tests::reliability::report(
         "mpsc_producer_killed_between_claim_and_commit",
         "SIGKILL an mpsc producer holding an uncommitted claim while another streams",
         1,
-        if pass && unblocked == 1 { "pass" } else { "fail" },
-        0,
-        0,
-        json!({ "records": streamed + hang_at, "unblocked_records": unblocked }),
+        if pass && unblocked == 1 && evidence.exact() { "pass" } else { "fail" },
+        &Figures::Counted(evidence),
+        json!({ "unblocked_records": unblocked }),
     );
     streamed_all.assert_success();
     done.assert_success();
@@ -145,13 +165,14 @@ fn a_stopped_producer_is_waited_for_past_every_timeout_and_never_reclaimed() {
     let done = fx.wait(&consuming, Duration::from_secs(60));
     let pass = done.status.success() && waited_for && never_reclaimed && shown.contains(&named);
     let unblocked = if done.status.success() { done.summary().u64("unblocked") } else { u64::MAX };
+    let delivered = if done.status.success() { done.summary().u64("records") } else { 0 };
+    let evidence = evidence(streamed + total, delivered);
     shmring_tests::reliability::report(
         "mpsc_producer_stopped_between_claim_and_commit",
         "SIGSTOP an mpsc producer holding an uncommitted claim for 3 s, then SIGCONT",
         1,
-        if pass && unblocked == 0 { "pass" } else { "fail" },
-        0,
-        0,
+        if pass && unblocked == 0 && evidence.exact() { "pass" } else { "fail" },
+        &Figures::Counted(evidence),
         json!({ "stopped_ms": stopped_for.as_millis() as u64, "consumed_while_stopped": stats.total_consumed, "unblocked_records": unblocked }),
     );
     assert!(waited_for, "the segment names producer 1 (pid {}) as the one waited for: {status:?}", sleeper.pid());

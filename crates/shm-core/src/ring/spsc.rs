@@ -1260,6 +1260,7 @@ fn check_cursors(head: u64, tail: u64, capacity: u64) -> Result<(), Corruption> 
 mod tests {
     use super::*;
     use crate::ring::heap::spsc_pair;
+    use crate::ring::wait::Slept;
     use crate::sync::AtomicU64;
 
     fn pair(capacity: u64) -> (Producer, Consumer) {
