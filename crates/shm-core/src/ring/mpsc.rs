@@ -422,16 +422,14 @@ impl Producer {
         self.count_block();
         let mut waiting = Waiting::new(self.strategy, timeout);
         loop {
-            match waiting.spin_step(self.strategy) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let Some(remaining) = waiting.remaining() else {
-                        return Err(ClaimError::TimedOut(waiting.timeout()));
-                    };
-                    self.sleep_for_space(remaining);
-                }
-                Err(t) => return Err(ClaimError::TimedOut(t)),
-            }
+            waiting.turn(
+                self.strategy,
+                |d| {
+                    self.sleep_for_space(d);
+                    Ok(())
+                },
+                ClaimError::TimedOut,
+            )?;
             if let Some(claim) = self.claim_once(len).map_err(claim_error)? {
                 return Ok(self.claim_at(claim));
             }
@@ -888,16 +886,14 @@ impl Consumer {
         self.counters.bump(&self.ring, Counter::ConsumerBlocks);
         let mut waiting = Waiting::new(self.strategy, timeout);
         loop {
-            match waiting.spin_step(self.strategy) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let Some(remaining) = waiting.remaining() else {
-                        return Err(ReadError::TimedOut(waiting.timeout()));
-                    };
-                    self.sleep_for_data(remaining);
-                }
-                Err(t) => return Err(ReadError::TimedOut(t)),
-            }
+            waiting.turn(
+                self.strategy,
+                |d| {
+                    self.sleep_for_data(d);
+                    Ok(())
+                },
+                ReadError::TimedOut,
+            )?;
             if let Next::Frame(f) = self.next_frame()? {
                 return Ok(f);
             }

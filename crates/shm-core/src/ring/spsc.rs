@@ -308,16 +308,14 @@ impl Producer {
         self.publish_pending();
         let mut waiting = Waiting::new(self.strategy, timeout);
         loop {
-            match waiting.spin_step(self.strategy) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let Some(remaining) = waiting.remaining() else {
-                        return Err(ClaimError::TimedOut(waiting.timeout()));
-                    };
-                    self.sleep_for_space(remaining);
-                }
-                Err(t) => return Err(ClaimError::TimedOut(t)),
-            }
+            waiting.turn(
+                self.strategy,
+                |d| {
+                    self.sleep_for_space(d);
+                    Ok(())
+                },
+                ClaimError::TimedOut,
+            )?;
             if self.fits(need)? {
                 return Ok(());
             }
@@ -749,16 +747,7 @@ impl Consumer {
         self.count_block();
         let mut waiting = Waiting::new(self.strategy, timeout);
         loop {
-            match waiting.spin_step(self.strategy) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let Some(remaining) = waiting.remaining() else {
-                        return Err(ReadError::TimedOut(waiting.timeout()));
-                    };
-                    self.sleep_for_data(remaining)?;
-                }
-                Err(t) => return Err(ReadError::TimedOut(t)),
-            }
+            waiting.turn(self.strategy, |d| Ok(self.sleep_for_data(d)?), ReadError::TimedOut)?;
             if let Some(f) = self.next_frame()? {
                 return Ok(f);
             }

@@ -72,6 +72,25 @@ impl Waiting {
         self.timeout.unwrap_or(Duration::MAX)
     }
 
+    /// One turn of a blocking wait: a spin step, or, when the strategy says so, `sleep`
+    /// on the futex for at most the time left. Past the deadline, `timed_out` of how
+    /// long the wait lasted. The caller re-checks its condition after each turn.
+    pub(crate) fn turn<E>(
+        &mut self,
+        strategy: WaitStrategy,
+        sleep: impl FnOnce(Duration) -> Result<(), E>,
+        timed_out: impl FnOnce(Duration) -> E,
+    ) -> Result<(), E> {
+        match self.spin_step(strategy) {
+            Ok(true) => Ok(()),
+            Ok(false) => match self.remaining() {
+                Some(remaining) => sleep(remaining),
+                None => Err(timed_out(self.timeout())),
+            },
+            Err(waited) => Err(timed_out(waited)),
+        }
+    }
+
     /// One step of waiting that is not a futex sleep. Returns `false` when the caller
     /// should sleep on the futex instead, `Err` when the deadline has passed.
     pub(crate) fn spin_step(&mut self, strategy: WaitStrategy) -> Result<bool, Duration> {
