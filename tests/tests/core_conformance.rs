@@ -215,6 +215,32 @@ fn one_producer_and_one_consumer_at_a_time(backend: Backend) {
     assert_eq!(liveness(Role::Producer), Some(Liveness::Alive));
 }
 
+/// A role given up is free at once, even while another thread of the process spawns
+/// children: each child holds a copy of the lock's file description from its clone to
+/// its exec (close-on-exec), and an attach in that moment must not be refused.
+fn a_role_given_up_is_free_again_while_threads_spawn(backend: Backend) {
+    const ATTACHES: usize = 3000;
+    let fx = Fixture::new("role-free-while-spawning");
+    let segment = builder(&fx.location(backend)).create().expect("create");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let refused = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                Command::new("/bin/true").status().expect("spawn /bin/true");
+            }
+        });
+        let refused: Vec<String> = (0..ATTACHES)
+            .filter_map(|i| match i % 2 {
+                0 => segment.producer().map(drop).err().map(|e| format!("producer {i}: {e}")),
+                _ => segment.consumer().map(drop).err().map(|e| format!("consumer {i}: {e}")),
+            })
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        refused
+    });
+    assert!(refused.is_empty(), "{} of {ATTACHES} attaches refused, first: {:?}", refused.len(), refused.first());
+}
+
 // ---- Every named backend --------------------------------------------------------
 
 fn exclusive_create_of_an_existing_name_fails(backend: Backend) {
@@ -516,6 +542,7 @@ macro_rules! every_backend {
             invalid_options_are_refused_and_leave_nothing,
             world_writable_modes_are_refused,
             one_producer_and_one_consumer_at_a_time,
+            a_role_given_up_is_free_again_while_threads_spawn,
         );
     };
 }

@@ -27,6 +27,13 @@
 //! when the parent dies. An inherited handle never marks the parent's slot detached
 //! either. A child that wants a role attaches itself. (`vfork` and `posix_spawn` run no
 //! fork handlers; they `exec` at once, and the lock descriptors are close-on-exec.)
+//!
+//! Until that exec, though, the child's copy of the descriptor table still refers to
+//! every lock its parent held when it was spawned. A thread that detaches a role while
+//! another thread of its process is spawning a child (a daemon running a hook, a test
+//! harness running tests in parallel) leaves the lock held for that moment, with its
+//! slot already marked detached. An attach that finds a detached slot's lock held waits
+//! for it, up to [`INHERITED_LOCK_PATIENCE`], rather than refusing a free role.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -221,6 +228,21 @@ pub(crate) fn holder_pid(slot: &ParticipantSlot) -> Option<u32> {
         last = now;
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+}
+
+/// How long an attach waits for a role whose holder detached but whose lock is still
+/// held. The lock's open file description is shared by every child a thread of the
+/// holder's process was spawning when it detached (`posix_spawn` and `fork` copy the
+/// descriptor table; the copy closes at the child's exec, being close-on-exec), which
+/// takes microseconds to a few milliseconds on a loaded machine.
+pub(crate) const INHERITED_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether the slot's last holder detached cleanly (its lock may still be held for a
+/// moment by a spawning child: see [`INHERITED_LOCK_PATIENCE`]; or already by a new
+/// holder that has not recorded itself yet, which records itself promptly).
+pub(crate) fn detached(slot: &ParticipantSlot) -> bool {
+    // Acquire: pairs with the Release store of `state` in `Attachment::record`.
+    slot.state.load(Ordering::Acquire) == STATE_DETACHED
 }
 
 /// How many role locks one process can hold at once (each attached producer or consumer

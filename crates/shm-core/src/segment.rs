@@ -805,9 +805,16 @@ impl Segment {
             source: std::io::Error::from_raw_os_error(libc::ENOENT),
         })?;
         let lock = backend::reopen(fd, true).map_err(io("re-open for locking"))?;
-        if !participant::try_lock(&lock, slot).map_err(io("fcntl(F_OFD_SETLK)"))? {
-            let pid = participant::holder_pid(&self.header().participants[slot]);
-            return Err(AttachError::RoleTaken { location: location.clone(), role, pid });
+        let recorded = &self.header().participants[slot];
+        let deadline = Instant::now() + participant::INHERITED_LOCK_PATIENCE;
+        while !participant::try_lock(&lock, slot).map_err(io("fcntl(F_OFD_SETLK)"))? {
+            // Held, but its holder detached: a child that another thread of the holder's
+            // process is spawning keeps a copy of the lock until its exec. Wait that out.
+            if !participant::detached(recorded) || Instant::now() >= deadline {
+                let pid = participant::holder_pid(recorded);
+                return Err(AttachError::RoleTaken { location: location.clone(), role, pid });
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
         let slot_ptr = NonNull::from(&self.header().participants[slot]);
         // SAFETY: the slot lies in the header of the mapping that `inner` keeps alive.
