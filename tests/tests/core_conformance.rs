@@ -243,6 +243,33 @@ fn a_role_given_up_is_free_again_while_threads_spawn(backend: Backend) {
 
 // ---- Every named backend --------------------------------------------------------
 
+/// A segment whose participants all detached is unused at once, even while another
+/// thread spawns children (see [`a_role_given_up_is_free_again_while_threads_spawn`]):
+/// `unlink` must not call it in use.
+fn unlink_after_detach_succeeds_while_threads_spawn(backend: Backend) {
+    const ROUNDS: usize = 400;
+    let fx = Fixture::new("unlink-while-spawning");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let refused = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                Command::new("/bin/true").status().expect("spawn /bin/true");
+            }
+        });
+        let refused: Vec<String> = (0..ROUNDS)
+            .filter_map(|i| {
+                let segment = builder(&fx.location(backend)).create().expect("create");
+                drop(segment.producer().expect("producer"));
+                drop(segment.consumer().expect("consumer"));
+                segment.unlink_unused().err().map(|e| format!("round {i}: {e}"))
+            })
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        refused
+    });
+    assert!(refused.is_empty(), "{} of {ROUNDS} unlinks refused, first: {:?}", refused.len(), refused.first());
+}
+
 fn exclusive_create_of_an_existing_name_fails(backend: Backend) {
     let fx = Fixture::new("exclusive-create");
     let location = fx.location(backend);
@@ -559,6 +586,7 @@ macro_rules! named_backend {
             a_killed_participant_is_dead_and_replaced,
             a_world_writable_object_is_not_opened,
             an_object_of_another_owner_is_not_opened,
+            unlink_after_detach_succeeds_while_threads_spawn,
         );
     };
 }

@@ -245,6 +245,14 @@ pub(crate) fn detached(slot: &ParticipantSlot) -> bool {
     slot.state.load(Ordering::Acquire) == STATE_DETACHED
 }
 
+/// Whether a holder that has not detached holds a slot's lock, checked through
+/// `lock_fd`: someone really uses the segment. (A detached slot's lock still held is a
+/// spawning child's copy: see [`INHERITED_LOCK_PATIENCE`].) An error counts as held.
+pub(crate) fn any_attached_holder(header: &Header, lock_fd: impl AsFd) -> bool {
+    let fd = lock_fd.as_fd();
+    header.participants.iter().enumerate().any(|(slot, p)| !detached(p) && is_locked(fd, slot).unwrap_or(true))
+}
+
 /// How many role locks one process can hold at once (each attached producer or consumer
 /// holds one).
 pub const MAX_HELD: usize = 256;

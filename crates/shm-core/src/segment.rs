@@ -556,10 +556,15 @@ impl Segment {
         let io = |op| move |e| UnlinkError::Io { location: location.clone(), op, source: io_err(e) };
         // Its own open file description: OFD locks belong to it, and go when it drops.
         let fence = backend::reopen(lock_fd, false).map_err(io("re-open for locking"))?;
-        if !participant::try_fence_all(&fence, crate::layout::PARTICIPANT_SLOTS).map_err(io("fcntl(F_OFD_SETLK)"))? {
-            let participants =
-                self.participants().into_iter().filter(|p| p.liveness == participant::Liveness::Alive).collect();
-            return Err(UnlinkError::InUse { location: location.clone(), participants });
+        let deadline = Instant::now() + participant::INHERITED_LOCK_PATIENCE;
+        while !participant::try_fence_all(&fence, crate::layout::PARTICIPANT_SLOTS).map_err(io("fcntl(F_OFD_SETLK)"))? {
+            // Only detached slots' locks held: a child being spawned still has a copy.
+            if participant::any_attached_holder(self.header(), lock_fd) || Instant::now() >= deadline {
+                let participants =
+                    self.participants().into_iter().filter(|p| p.liveness == participant::Liveness::Alive).collect();
+                return Err(UnlinkError::InUse { location: location.clone(), participants });
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
         before_act();
         let removed = backend::unlink_if_same(location, lock_fd, self.inner.backing.sysv_id);
