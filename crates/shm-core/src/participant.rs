@@ -33,7 +33,7 @@
 //! another thread of its process is spawning a child (a daemon running a hook, a test
 //! harness running tests in parallel) leaves the lock held for that moment, with its
 //! slot already marked detached. An attach that finds a detached slot's lock held waits
-//! for it, up to [`INHERITED_LOCK_PATIENCE`], rather than refusing a free role.
+//! for it, up to `INHERITED_LOCK_PATIENCE`, rather than refusing a free role.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
