@@ -13,7 +13,12 @@
 //! - `udp_sink_oversized_record_*`: a 70000-byte record (EMSGSIZE) stops the daemon under
 //!   `on_undeliverable = "stop"` and is skipped and counted under `skip_and_count`; the
 //!   records behind it arrive.
-//! - `watchdog_*`: no `WATCHDOG=1` while the sink refuses every record; pings while
+//! - `unix_sink_refused_for_ever_*`: a destination that refuses every send (`ENOENT`,
+//!   `ECONNREFUSED`, a full receiver's `EAGAIN`) is retried for `undeliverable_after`,
+//!   then its records are skipped and counted (or the daemon stops, exit 74) until a send
+//!   goes through again; everything published after that arrives.
+//! - `watchdog_*`: no `WATCHDOG=1` while the sink refuses every record (and is still
+//!   allowed to retry); pings while
 //!   waiting for a segment and between runs (`on_unlinked = "recreate"`), and `SIGTERM`
 //!   ends those waits at once.
 //! - `generator_resume_*`: producerd killed with `SIGKILL` mid-batch on tiny rings (4 KiB
@@ -342,9 +347,14 @@ fn watchdog_is_withheld_while_the_sink_refuses_every_record() {
     let fx = Fixture::new("wd-refused");
     let location = fx.location(Backend::Posix);
     let _producer = Daemon::ready(&fx, Kind::Producer, &generator(&location, &["capacity = \"1MiB\""], 0, "64", 1000));
-    // Nobody is bound at the target: every send fails (ECONNREFUSED or ENOENT) for ever.
+    // Nobody is bound at the target: every send fails (ENOENT) for ever, and the retries
+    // are allowed an hour before `on_undeliverable` applies (the default is 5 s; see
+    // `unix_sink_refused_for_ever_*` for what happens then).
     let nowhere = fx.path("nobody.sock");
-    let sink = format!("kind = \"unix\"\ntarget = {}", toml_string(&nowhere.display().to_string()));
+    let sink = format!(
+        "kind = \"unix\"\ntarget = {}\nundeliverable_after = \"1h\"",
+        toml_string(&nowhere.display().to_string())
+    );
     let mut c =
         Daemon::launch(&fx, Kind::Consumer, &consumer(&location, &sink)).env("WATCHDOG_USEC", "200000").start(&fx);
     c.wait_for(&fx, "READY=1");
@@ -365,6 +375,138 @@ fn watchdog_is_withheld_while_the_sink_refuses_every_record() {
     );
     assert_eq!(pings, 0, "WATCHDOG=1 while no record moved; log:\n{}", c.log());
     c.stop(&fx);
+}
+
+/// Why every send of a Unix datagram sink fails, until the test makes its target work.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    /// No socket at the path: `ENOENT`.
+    Absent,
+    /// A socket file nobody is bound to any more: `ECONNREFUSED`.
+    Stale,
+    /// A receiver bound and never reading: its queue fills, sends time out (`EAGAIN`).
+    Full,
+}
+
+/// The sequence numbers waiting at `receiver`, until a read finds nothing for 200 ms.
+fn drain_receiver(receiver: &std::os::unix::net::UnixDatagram) -> Vec<u64> {
+    receiver.set_read_timeout(Some(Duration::from_millis(200))).expect("a timeout");
+    let mut buf = vec![0u8; 1 << 16];
+    let mut seqs = Vec::new();
+    while let Ok(n) = receiver.recv(&mut buf) {
+        seqs.push(generator_seq(&buf[..n]).expect("a generator record"));
+    }
+    seqs
+}
+
+/// A destination that refuses for ever (for each class of refusal a retry could cure)
+/// is retried only for `undeliverable_after`; then `on_undeliverable` applies: every
+/// record is skipped and counted (the ring drains, the watchdog sees records move) until
+/// a send succeeds again, or the daemon stops with exit 74 and the record in the ring.
+#[test]
+fn unix_sink_refused_for_ever_applies_on_undeliverable_after_its_bound_then_recovers() {
+    const RECORDS: u64 = 30;
+    let test = "unix_sink_refused_for_ever_applies_on_undeliverable_after_its_bound_then_recovers";
+    for refusal in [Refusal::Absent, Refusal::Stale, Refusal::Full] {
+        let fx = Fixture::new("refused");
+        let location = fx.location(Backend::Posix);
+        let segment = Segment::builder(location.clone()).capacity(1 << 20).create().expect("create the segment");
+        let mut producer = segment.producer().expect("attach as the producer");
+        let mut publish = |seqs: std::ops::Range<u64>| {
+            for seq in seqs {
+                producer.publish(&generator_record(seq, 64), Some(daemons::PATIENCE)).expect("publish");
+            }
+        };
+        let target = fx.path("sink.sock");
+        let bind = || std::os::unix::net::UnixDatagram::bind(&target).expect("bind the receiver");
+        let mut receiver = match refusal {
+            Refusal::Absent => None,
+            Refusal::Stale => {
+                drop(bind());
+                None
+            }
+            Refusal::Full => Some(bind()),
+        };
+        let sink = format!(
+            "kind = \"unix\"\ntarget = {}\nundeliverable_after = \"1s\"",
+            toml_string(&target.display().to_string())
+        );
+        let ring = observe(&location);
+        publish(0..RECORDS);
+        let c = Daemon::ready(&fx, Kind::Consumer, &consumer(&location, &sink));
+        // Retried for 1 s, then each record that still fails is skipped: the ring drains.
+        wait_drained(&ring);
+        let before = match refusal {
+            Refusal::Absent => Vec::new(),
+            Refusal::Stale => {
+                fs::remove_file(&target).expect("remove the stale socket");
+                Vec::new()
+            }
+            Refusal::Full => drain_receiver(receiver.as_ref().expect("bound")),
+        };
+        let receiver = receiver.get_or_insert_with(bind);
+        // The destination works again: the first send that succeeds ends the skipping.
+        // One record at a time, each read before the next (a Unix datagram queue holds
+        // only `net.unix.max_dgram_qlen` of them).
+        receiver.set_read_timeout(Some(daemons::PATIENCE)).expect("a timeout");
+        let mut after = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        for seq in RECORDS..2 * RECORDS {
+            publish(seq..seq + 1);
+            match receiver.recv(&mut buf) {
+                Ok(n) => after.push(generator_seq(&buf[..n]).expect("a generator record")),
+                Err(e) => panic!("{refusal:?}: record {seq} never arrived ({e}); log:\n{}", c.log()),
+            }
+        }
+        wait_drained(&ring);
+        after.extend(drain_receiver(receiver));
+        let finished = c.stop(&fx);
+        let skipped = c.summary().u64("undeliverable_skipped");
+        let found = Evidence::compare(
+            "this test's producer, once the destination worked again (each publish that returned Ok)",
+            (RECORDS..2 * RECORDS).collect(),
+            "the test's Unix datagram receiver",
+            after.clone(),
+        );
+        let early_prefix = before == (0..before.len() as u64).collect::<Vec<_>>();
+        let pass = found.exact()
+            && found.unacknowledged == 0
+            && early_prefix
+            && skipped == RECORDS - before.len() as u64
+            && finished.status.success();
+        report(
+            &format!("{test}[{refusal:?}]"),
+            "a Unix datagram sink refused for ever (undeliverable_after = 1s, skip_and_count), then the receiver comes",
+            1,
+            if pass { "pass" } else { "FAIL" },
+            &Figures::Counted(found.clone()),
+            json!({ "refused_records": RECORDS, "delivered_before_refusing": before.len(), "skipped_counted": skipped }),
+        );
+        finished.assert_success();
+        found.assert_exact();
+        assert_eq!(found.unacknowledged, 0, "{found:?}");
+        assert!(early_prefix, "{refusal:?}: what arrived before the queue filled: {before:?}");
+        assert_eq!(skipped, RECORDS - before.len() as u64, "{refusal:?}: {}", c.log());
+        assert!(c.log().contains("undeliverable_after"), "{refusal:?}: {}", c.log());
+    }
+
+    // Under `stop`, the daemon stops with exit 74 once the bound has passed; the record
+    // stays in the ring.
+    let fx = Fixture::new("refused-stop");
+    let location = fx.location(Backend::Posix);
+    let segment = Segment::builder(location.clone()).capacity(1 << 20).create().expect("create the segment");
+    segment.producer().expect("attach").publish(&generator_record(0, 64), None).expect("publish");
+    let sink = format!(
+        "kind = \"unix\"\ntarget = {}\nundeliverable_after = \"1s\"\non_undeliverable = \"stop\"",
+        toml_string(&fx.path("nobody.sock").display().to_string())
+    );
+    let started = Instant::now();
+    let stopped = Daemon::launch(&fx, Kind::Consumer, &consumer(&location, &sink)).start(&fx).wait(&fx);
+    stopped.assert_code(74);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(stopped.stderr.contains("undeliverable_after"), "{}", stopped.stderr);
+    let ring = observe(&location).stats();
+    assert!(ring.read_cursor < ring.write_cursor, "the refused record was released");
 }
 
 #[test]

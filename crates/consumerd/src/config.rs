@@ -43,6 +43,7 @@ struct RawSink {
     target: Option<Spanned<String>>,
     state: Option<Spanned<String>>,
     on_undeliverable: Option<Spanned<String>>,
+    undeliverable_after: Option<Spanned<String>>,
     cpu_affinity: Option<Spanned<Vec<u32>>>,
 }
 
@@ -63,8 +64,10 @@ pub enum Fsync {
     Interval(Duration),
 }
 
-/// What a datagram sink does with a record it can never send (larger than a datagram
-/// may be: `EMSGSIZE`). Retrying it would wedge every record behind it.
+/// What a datagram sink does with a record it can never send: one larger than a
+/// datagram may be (`EMSGSIZE`), at once; one its destination keeps refusing, once
+/// `undeliverable_after` has passed without a send going through. Retrying it for ever
+/// would wedge every record behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Undeliverable {
     /// Skip it, count it (`undeliverable_skipped`), warn, and go on with the next.
@@ -101,15 +104,19 @@ pub enum SinkKind {
     Udp {
         /// Destination.
         target: SocketAddr,
-        /// A record too large for a datagram.
+        /// A record too large for a datagram, or refused past `undeliverable_after`.
         on_undeliverable: Undeliverable,
+        /// How long sends may keep failing before `on_undeliverable` applies.
+        undeliverable_after: Duration,
     },
     /// One Unix datagram per record.
     Unix {
         /// Destination socket path.
         target: PathBuf,
-        /// A record too large for a datagram.
+        /// A record too large for a datagram, or refused past `undeliverable_after`.
         on_undeliverable: Undeliverable,
+        /// How long sends may keep failing before `on_undeliverable` applies.
+        undeliverable_after: Duration,
     },
 }
 
@@ -163,15 +170,17 @@ impl SinkKind {
                     ("sink.fsync", format!("{fsync:?}")),
                 ]
             }
-            SinkKind::Udp { target, on_undeliverable } => vec![
+            SinkKind::Udp { target, on_undeliverable, undeliverable_after } => vec![
                 kind("udp"),
                 ("sink.target", target.to_string()),
                 ("sink.on_undeliverable", format!("{on_undeliverable:?}")),
+                ("sink.undeliverable_after", format!("{undeliverable_after:?}")),
             ],
-            SinkKind::Unix { target, on_undeliverable } => vec![
+            SinkKind::Unix { target, on_undeliverable, undeliverable_after } => vec![
                 kind("unix"),
                 ("sink.target", format!("{target:?}")),
                 ("sink.on_undeliverable", format!("{on_undeliverable:?}")),
+                ("sink.undeliverable_after", format!("{undeliverable_after:?}")),
             ],
         }
     }
@@ -192,6 +201,9 @@ impl Settings {
     }
 }
 
+/// `[sink] undeliverable_after` when absent.
+pub const DEFAULT_UNDELIVERABLE_AFTER: Duration = Duration::from_secs(5);
+
 /// Parses and validates a config.
 pub fn load(src: &Source) -> Result<Settings, ConfigError> {
     let raw: RawConfig = src.parse()?;
@@ -203,10 +215,12 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
     let key = |name: &'static str, v: &Option<Spanned<String>>| (name, v.as_ref().map(Spanned::span));
     let (format, path, fsync, target) =
         (key("format", &s.format), key("path", &s.path), key("fsync", &s.fsync), key("target", &s.target));
-    let undeliverable_key = key("on_undeliverable", &s.on_undeliverable);
+    let undeliverable_keys =
+        [key("on_undeliverable", &s.on_undeliverable), key("undeliverable_after", &s.undeliverable_after)];
     let only = |allowed: &[&str]| {
-        let others: Vec<_> = [format.clone(), path.clone(), fsync.clone(), target.clone(), undeliverable_key.clone()]
+        let others: Vec<_> = [format.clone(), path.clone(), fsync.clone(), target.clone()]
             .into_iter()
+            .chain(undeliverable_keys.clone())
             .filter(|(n, _)| !allowed.contains(n))
             .collect();
         refuse_keys(src, "sink", &context, &others)
@@ -226,6 +240,12 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
             s.on_undeliverable.as_ref(),
             format!("{other:?} is not \"skip_and_count\" or \"stop\""),
         )),
+    };
+    let undeliverable_after = || match &s.undeliverable_after {
+        // Below the shipped units' `WatchdogSec=10s`, so that the policy applies before
+        // systemd restarts a daemon whose sink has been refusing (and the clock with it).
+        None => Ok(DEFAULT_UNDELIVERABLE_AFTER),
+        Some(d) => parse_duration(d.get_ref()).map_err(|e| src.error("sink.undeliverable_after", Some(d), e)),
     };
     let required = |name: &str, v: &Option<Spanned<String>>| {
         v.as_ref().map(|t| t.get_ref().clone()).ok_or_else(|| {
@@ -257,10 +277,11 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
             SinkKind::File { path: PathBuf::from(required("path", &s.path)?), binary: binary()?, fsync }
         }
         "udp" => {
-            only(&["target", "on_undeliverable"])?;
+            only(&["target", "on_undeliverable", "undeliverable_after"])?;
             let t = required("target", &s.target)?;
             SinkKind::Udp {
                 on_undeliverable: on_undeliverable()?,
+                undeliverable_after: undeliverable_after()?,
                 target: t.parse().map_err(|_| {
                     src.error(
                         "sink.target",
@@ -271,10 +292,11 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
             }
         }
         "unix" => {
-            only(&["target", "on_undeliverable"])?;
+            only(&["target", "on_undeliverable", "undeliverable_after"])?;
             SinkKind::Unix {
                 target: PathBuf::from(required("target", &s.target)?),
                 on_undeliverable: on_undeliverable()?,
+                undeliverable_after: undeliverable_after()?,
             }
         }
         other => {

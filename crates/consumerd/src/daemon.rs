@@ -22,6 +22,9 @@ use crate::sinks::{self, Sink};
 const BATCH: usize = 1024;
 /// How long one wait may take before the loop checks its flags.
 const STEP: Duration = Duration::from_millis(100);
+/// The longest pause between retries of a batch the sink refused (the pause starts at
+/// `STEP` and doubles while the sink keeps refusing).
+const MAX_BACK_OFF: Duration = Duration::from_secs(1);
 
 /// State shared between the ring thread and the service loop.
 #[derive(Default)]
@@ -57,6 +60,7 @@ pub fn run(
     }
     let mut last_warning: Option<Instant> = None;
     let mut drain: Option<(u64, Instant)> = None;
+    let mut back_off = STEP;
     let beat = || shared.heartbeat.fetch_add(1, Ordering::Relaxed);
     loop {
         if let Some(reload) = shared.reloads.pending() {
@@ -105,6 +109,7 @@ pub fn run(
         match outcome {
             Ok(n) => {
                 shared.delivered.fetch_add(n as u64, Ordering::Relaxed);
+                back_off = STEP;
                 beat();
             }
             Err(BatchError::Sink { accepted, error }) => {
@@ -116,13 +121,24 @@ pub fn run(
                 }
                 abandoned.context("the sink cannot return to its last acknowledged state")?;
                 if accepted > 0 {
+                    back_off = STEP;
                     beat();
                 }
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                    warn!("sink refused records, retrying (they stay in the ring): {error}");
+                    warn!("sink refused records, retrying in {back_off:?} (they stay in the ring): {error}");
                     last_warning = Some(Instant::now());
                 }
-                std::thread::sleep(STEP);
+                // In steps, so that a stop (which starts the drain) is noticed within one.
+                let resume = Instant::now() + back_off;
+                loop {
+                    std::thread::sleep(STEP.min(resume.saturating_duration_since(Instant::now())));
+                    // Relaxed: a flag; nothing else is read through it.
+                    let stop_asked = drain.is_none() && shared.stop.load(Ordering::Relaxed);
+                    if stop_asked || Instant::now() >= resume {
+                        break;
+                    }
+                }
+                back_off = (back_off * 2).min(MAX_BACK_OFF);
             }
             Err(BatchError::Corrupt(c)) => bail!("{}: {c}", segment.location()),
         }

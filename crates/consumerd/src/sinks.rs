@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use shm_core::Record;
@@ -67,7 +67,7 @@ pub fn is_unrecoverable(error: &io::Error) -> bool {
 
 /// How long a datagram send may block (a receiver that stopped reading): then the
 /// record stays in the ring and the ring loop gets to check its stop and drain deadlines.
-const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+const SEND_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Builds the configured sink. `segment_created_ns` and the read cursor let the file
 /// sink recognise records it already wrote before a restart.
@@ -79,17 +79,19 @@ pub fn build(kind: &SinkKind, segment_created_ns: u64) -> io::Result<Box<dyn Sin
             Box::new(Stdout { out: BufWriter::new(io::stdout()), binary: *binary, written: 0 })
         }
         SinkKind::File { path, binary, fsync } => Box::new(FileSink::open(path, *binary, *fsync, segment_created_ns)?),
-        SinkKind::Udp { target, on_undeliverable } => {
+        SinkKind::Udp { target, on_undeliverable, undeliverable_after } => {
             let sock = std::net::UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
             sock.connect(target)?;
             sock.set_write_timeout(Some(SEND_TIMEOUT))?;
-            Box::new(Datagrams::new(Box::new(move |d| sock.send(d).map(drop)), *on_undeliverable))
+            let send = Box::new(move |d: &[u8]| sock.send(d).map(drop));
+            Box::new(Datagrams::new(send, *on_undeliverable, *undeliverable_after))
         }
-        SinkKind::Unix { target, on_undeliverable } => {
+        SinkKind::Unix { target, on_undeliverable, undeliverable_after } => {
             let sock = std::os::unix::net::UnixDatagram::unbound()?;
             sock.set_write_timeout(Some(SEND_TIMEOUT))?;
             let target = target.clone();
-            Box::new(Datagrams::new(Box::new(move |d| sock.send_to(d, &target).map(drop)), *on_undeliverable))
+            let send = Box::new(move |d: &[u8]| sock.send_to(d, &target).map(drop));
+            Box::new(Datagrams::new(send, *on_undeliverable, *undeliverable_after))
         }
     })
 }
@@ -332,50 +334,84 @@ impl Sink for Stdout {
 /// Sends one datagram.
 type SendFn = Box<dyn FnMut(&[u8]) -> io::Result<()> + Send>;
 
-/// One datagram per record (UDP or Unix). A failed send leaves the record in the ring
-/// (retried); a record no datagram can carry (`EMSGSIZE`) is skipped and counted, or
-/// stops the daemon, as `on_undeliverable` says: never retried for ever.
+/// One datagram per record (UDP or Unix). A failed send is one of two classes:
+///
+/// - **Permanent for this record**: `EMSGSIZE`, a record no datagram can carry. No
+///   retry can cure it: `on_undeliverable` applies at once.
+/// - **The destination refuses** (every other error: `ENOENT` or `ECONNREFUSED`, nobody
+///   bound at a Unix path or a UDP port; `EAGAIN`, a receiver that stopped reading and
+///   whose queue is full past the send timeout; `ENOBUFS`, `ENETUNREACH`, `EACCES`, ...):
+///   a receiver that comes back cures it. The record stays in the ring and the batch is
+///   retried (the ring loop backs off, 100 ms doubling to 1 s), until sends have failed
+///   without one going through for `undeliverable_after`; from then on
+///   `on_undeliverable` applies to each record that fails, so `skip_and_count` skips
+///   (and counts) until the first send that succeeds, and `stop` stops the daemon.
+///
+/// Either way a record is never retried for ever. The watchdog is fed while records
+/// move, skipped ones included, so it is withheld only during the retries, which the
+/// default `undeliverable_after` (5 s) keeps shorter than the units' `WatchdogSec=10s`.
 pub struct Datagrams {
     send: SendFn,
     on_undeliverable: Undeliverable,
+    undeliverable_after: Duration,
+    /// When sends started failing, none going through since.
+    refused_since: Option<Instant>,
     sent: u64,
     undeliverable: u64,
 }
 
 impl Datagrams {
-    fn new(send: SendFn, on_undeliverable: Undeliverable) -> Self {
-        Datagrams { send, on_undeliverable, sent: 0, undeliverable: 0 }
+    fn new(send: SendFn, on_undeliverable: Undeliverable, undeliverable_after: Duration) -> Self {
+        Datagrams { send, on_undeliverable, undeliverable_after, refused_since: None, sent: 0, undeliverable: 0 }
+    }
+
+    /// Applies `on_undeliverable` to the record `what` describes.
+    fn undeliverable(&mut self, what: String) -> io::Result<()> {
+        match self.on_undeliverable {
+            Undeliverable::SkipAndCount => {
+                self.undeliverable += 1;
+                // At most one line per refusal spell and per oversized record, plus
+                // every thousandth skip, so a long outage does not flood the log.
+                if self.undeliverable % 1000 == 1 || self.refused_since.is_none() {
+                    warn!(
+                        skipped_so_far = self.undeliverable,
+                        "{what}; skipped and counted (on_undeliverable = \"skip_and_count\")"
+                    );
+                }
+                Ok(())
+            }
+            Undeliverable::Stop => Err(unrecoverable(format!(
+                "{what}; stopping (on_undeliverable = \"stop\"): the record stays in the ring"
+            ))),
+        }
     }
 }
 
 impl Sink for Datagrams {
     fn accept(&mut self, r: Record<'_>) -> io::Result<()> {
+        let record = format!("record at ring position {} ({} bytes)", r.position, r.data.len());
         match (self.send)(r.data) {
             Ok(()) => {
+                if let Some(since) = self.refused_since.take() {
+                    info!(refused_for = ?since.elapsed(), "the datagram sink's destination accepts records again");
+                }
                 self.sent += 1;
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(nix::libc::EMSGSIZE) => {
-                let what = format!(
-                    "record at ring position {} ({} bytes) is too large for one datagram ({e})",
-                    r.position,
-                    r.data.len()
-                );
-                match self.on_undeliverable {
-                    Undeliverable::SkipAndCount => {
-                        self.undeliverable += 1;
-                        warn!(
-                            skipped_so_far = self.undeliverable,
-                            "{what}; skipped and counted (on_undeliverable = \"skip_and_count\")"
-                        );
-                        Ok(())
-                    }
-                    Undeliverable::Stop => Err(unrecoverable(format!(
-                        "{what}; stopping (on_undeliverable = \"stop\"): the record stays in the ring"
-                    ))),
-                }
+                self.undeliverable(format!("{record} is too large for one datagram ({e})"))
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                let since = *self.refused_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < self.undeliverable_after {
+                    return Err(e);
+                }
+                self.undeliverable(format!(
+                    "{record}: the destination has refused every send for {:.1?} ({e}), past undeliverable_after = {:?}",
+                    since.elapsed(),
+                    self.undeliverable_after
+                ))
+            }
         }
     }
     fn make_durable(&mut self, _: u64) -> io::Result<()> {
