@@ -25,7 +25,8 @@
 //!   with 64 B records, 1 MiB with 64 KiB records) resumes without reusing or skipping a
 //!   sequence number; under `on_full = "drop"` it never reuses one.
 //! - `stdin_*`: a partial line survives a segment switch; a line longer than the ring's
-//!   maximum record is skipped, counted, and does not grow the buffer without bound.
+//!   maximum record is skipped, counted, and does not grow the buffer without bound; a
+//!   stop with a full ring logs and counts exactly the records it drops.
 //! - `sighup_*`: SIGHUP re-opens the file even when the reload is refused; `READY=1`
 //!   follows only once the ring thread re-opened it; every changed key is applied or named.
 //! - `metrics_*`: with `nofile = 64` and 190 idle connections the endpoint does not spin;
@@ -684,6 +685,75 @@ fn stdin_keeps_a_partial_line_across_a_segment_switch_and_skips_overlong_lines()
     );
     assert_eq!(got, expected, "{:?}", got.iter().map(|g| String::from_utf8_lossy(g).into_owned()).collect::<Vec<_>>());
     assert!(p.log().contains("a line longer than the ring's maximum record"), "{}", p.log());
+}
+
+/// Bytes waiting in the pipe behind `fifo` (`FIONREAD` works on either end on Linux).
+fn bytes_in_pipe(fifo: &fs::File) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points at `queued`.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(fifo), libc::FIONREAD, &mut queued) };
+    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    queued as usize
+}
+
+/// The value of `key=N` in a human log line.
+fn log_field(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// A stdin source stopped with a full ring and lines in its buffer says how many
+/// records it drops and counts them (`source_errors`): exactly the lines it read minus
+/// the records the ring holds.
+#[test]
+fn stdin_stopped_with_a_full_ring_counts_exactly_what_it_drops() {
+    const LINES: u64 = 1000;
+    let test = "stdin_stopped_with_a_full_ring_counts_exactly_what_it_drops";
+    let fx = Fixture::new("stdin-drop");
+    let location = fx.location(Backend::Posix);
+    let input = daemons::fifo(&fx, "stdin");
+    let config = format!("{}[source]\nkind = \"stdin\"\n", segment_section(&location, &["capacity = \"4KiB\""]));
+    let mut p = Daemon::launch(&fx, Kind::Producer, &config).stdin_from(&input).start(&fx);
+    let mut writer = daemons::open_fifo_writer(&input);
+    p.wait_for(&fx, "READY=1");
+    // 20 000 bytes: one read of producerd's (64 KiB) takes all of them; the 4 KiB ring,
+    // with no consumer, takes the first ~100.
+    let text: String = (0..LINES).map(|i| format!("line {i:014}\n")).collect();
+    writer.write_all(text.as_bytes()).expect("write");
+    let ring = observe(&location);
+    wait_until(daemons::PATIENCE, "producerd has read every byte and filled the ring", || {
+        let before = ring.stats().total_produced;
+        std::thread::sleep(Duration::from_millis(200));
+        bytes_in_pipe(&writer) == 0 && before > 0 && ring.stats().total_produced == before
+    });
+    p.signal(&fx, Signal::SIGTERM);
+    p.wait(&fx).assert_success();
+    drop(writer);
+    let segment = Segment::builder(location.clone()).open().expect("open the segment");
+    let mut consumer = segment.consumer().expect("attach as the consumer");
+    let mut in_ring = Vec::new();
+    while let Ok(record) = consumer.read(Some(Duration::from_millis(100))) {
+        in_ring.push(String::from_utf8_lossy(&record).into_owned());
+    }
+    let expected_in_ring: Vec<String> = (0..in_ring.len()).map(|i| format!("line {i:014}")).collect();
+    let dropped = LINES - in_ring.len() as u64;
+    let log = p.log();
+    let drop_line = log.lines().find(|l| l.contains("input taken in and not committed"));
+    let stopped_line = log.lines().rev().find(|l| l.contains("stopped"));
+    let logged = drop_line.and_then(|l| log_field(l, "records"));
+    let counted = stopped_line.and_then(|l| log_field(l, "source_errors"));
+    let pass = in_ring == expected_in_ring && logged == Some(dropped) && counted == Some(dropped);
+    report(
+        test,
+        "stdin source, 1000 lines read, 4 KiB ring with no consumer, SIGTERM",
+        1,
+        if pass { "pass" } else { "FAIL" },
+        &Figures::NotCounted("the drop count (lines written minus the records the test read from the ring)"),
+        json!({ "lines_written": LINES, "records_in_ring": in_ring.len(), "dropped_logged": logged, "source_errors": counted }),
+    );
+    assert_eq!(in_ring, expected_in_ring, "the ring holds the first lines, in order");
+    assert_eq!(logged, Some(dropped), "the drop is logged with its count; log:\n{log}");
+    assert_eq!(counted, Some(dropped), "the drop is counted in source_errors; log:\n{log}");
 }
 
 // ---- Reload -------------------------------------------------------------------------
