@@ -32,7 +32,9 @@
 //! - `metrics_*`: with `nofile = 64` and 190 idle connections the endpoint does not spin;
 //!   a request longer than 1024 bytes is answered; an address already taken stops the
 //!   daemon cleanly (`STOPPING=1`, non-zero exit).
-//! - `verify_state_*`: a loss an earlier run found and persisted does not fail later runs.
+//! - `verify_state_*`: a loss an earlier run found and persisted does not fail later runs;
+//!   a failed write of the state (`SHMRING_TEST_FAIL_STATE_WRITE`) leaves the batch
+//!   unacknowledged and the counts as they were, so the retry counts it once.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -45,8 +47,8 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 use shm_core::{Location, Segment};
 use shmring_tests::daemons::{
-    self, Daemon, Kind, binary_file_sink, generator_record, generator_seq, observe, segment_section, toml_string,
-    wait_drained,
+    self, Daemon, Kind, binary_file_sink, generator_record, generator_seq, observe, observe_when_created,
+    segment_section, toml_string, wait_drained,
 };
 use shmring_tests::ledger::{Evidence, Figures, GENERATOR_LEDGER_VAR, read_ledger};
 use shmring_tests::records::splitmix64;
@@ -875,6 +877,56 @@ fn verify_state_a_loss_found_once_does_not_fail_every_later_run() {
     wait_drained(&observe(&location));
     let finished = second.stop(&fx);
     assert_eq!(second.summary().u64("lost"), 1, "{}", second.summary().0);
+    finished.assert_success();
+}
+
+/// A failed write of the verify sink's state leaves the batch unacknowledged and the
+/// verification as it was before it: the batch, delivered again, is counted once.
+#[test]
+fn verify_state_write_failure_rolls_back_the_batch() {
+    const RECORDS: u64 = 2000;
+    let test = "verify_state_write_failure_rolls_back_the_batch";
+    let fx = Fixture::new("verify-rollback");
+    let location = fx.location(Backend::Posix);
+    let ledger = fx.path("ledger");
+    let segment = &["capacity = \"1MiB\""];
+    // 2000 records at 4000/s: many small batches, so the third state write comes early.
+    let producer = Daemon::launch(&fx, Kind::Producer, &generator(&location, segment, RECORDS, "64", 4000))
+        .env(GENERATOR_LEDGER_VAR, &ledger.display().to_string())
+        .start(&fx);
+    let ring = observe_when_created(&location);
+    let state = fx.path("verify.state");
+    let sink = format!("kind = \"verify\"\nstate = {}", toml_string(&state.display().to_string()));
+    let c = Daemon::launch(&fx, Kind::Consumer, &consumer(&location, &sink))
+        .env("SHMRING_TEST_FAIL_STATE_WRITE", "3")
+        .start(&fx);
+    c.wait_log(&fx, "sink refused records");
+    producer.wait(&fx).assert_success();
+    wait_drained(&ring);
+    let finished = c.stop(&fx);
+    let summary = c.summary();
+    let acknowledged = read_ledger(&ledger);
+    // The verify sink's own counts are what is under test here; the ledger says what it
+    // should have counted.
+    let pass = finished.status.success()
+        && summary.u64("received") == acknowledged.len() as u64
+        && summary.u64("duplicated") == 0
+        && summary.u64("lost") == 0;
+    report(
+        test,
+        "the verify sink's state write fails once with EIO (test hook): the batch is retried",
+        1,
+        if pass { "pass" } else { "FAIL" },
+        &Figures::NotCounted("the verify sink's counts against the generator's ledger (no records leave consumerd)"),
+        json!({ "ledger_records": acknowledged.len(), "verify_received": summary.u64("received"), "verify_duplicated": summary.u64("duplicated") }),
+    );
+    assert_eq!(acknowledged.len() as u64, RECORDS, "the generator published every record");
+    assert_eq!(
+        (summary.u64("received"), summary.u64("duplicated"), summary.u64("lost")),
+        (RECORDS, 0, 0),
+        "{}",
+        summary.0
+    );
     finished.assert_success();
 }
 

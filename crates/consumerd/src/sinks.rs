@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use shm_core::Record;
 use shm_daemon::record;
+use shm_daemon::test_hooks::{FailCountdown, Hook};
 use tracing::{info, warn};
 
 use crate::config::{Fsync, SinkKind, Undeliverable};
@@ -110,6 +111,12 @@ fn write_framed(out: &mut impl Write, data: &[u8], binary: bool) -> io::Result<u
 }
 
 /// Checks generator records: order, gaps, duplicates, checksums, latency.
+///
+/// Its counts move with each record it accepts and are acknowledged with the batch:
+/// a batch the ring does not release (the state write failed) is abandoned, and the
+/// counts and gaps return to where the last acknowledged batch left them, so the
+/// batch, delivered again, is counted once. (The latency histogram keeps the abandoned
+/// batch's samples: a retried record's latency may be counted twice.)
 pub struct Verify {
     expected: Option<u64>,
     received: u64,
@@ -127,6 +134,31 @@ pub struct Verify {
     /// Lost + duplicated + reordered + corrupt carried over from the state file: reported
     /// once, by the run that found them; this run fails only for new ones.
     inherited_problems: u64,
+    /// The counts after the last batch made durable.
+    acknowledged: VerifyCounts,
+    /// How the current batch changed `gaps`, in order, to undo it.
+    batch_gaps: Vec<GapChange>,
+}
+
+/// The verify sink's counts at one moment.
+#[derive(Debug, Clone, Copy)]
+struct VerifyCounts {
+    expected: Option<u64>,
+    received: u64,
+    lost: u64,
+    duplicated: u64,
+    reordered: u64,
+    corrupt: u64,
+    skipped: u64,
+}
+
+/// One change to the verify sink's missing sequence numbers.
+#[derive(Debug, Clone)]
+enum GapChange {
+    /// These went missing.
+    Added(std::ops::Range<u64>),
+    /// This one arrived late.
+    Removed(u64),
 }
 
 const MAX_TRACKED_GAPS: usize = 1 << 20;
@@ -152,6 +184,16 @@ impl Verify {
             skip_until: 0,
             skipped: 0,
             inherited_problems: 0,
+            acknowledged: VerifyCounts {
+                expected: None,
+                received: 0,
+                lost: 0,
+                duplicated: 0,
+                reordered: 0,
+                corrupt: 0,
+                skipped: 0,
+            },
+            batch_gaps: Vec::new(),
         };
         if let Some(path) = state {
             let (file, saved) = StateFile::open(path, VERIFY_WORDS, false)?;
@@ -178,11 +220,24 @@ impl Verify {
             }
             v.state = Some((file, segment_created_ns));
         }
+        v.acknowledged = v.counts();
         Ok(v)
     }
 
     fn problems(&self) -> u64 {
         self.lost + self.duplicated + self.reordered + self.corrupt
+    }
+
+    fn counts(&self) -> VerifyCounts {
+        VerifyCounts {
+            expected: self.expected,
+            received: self.received,
+            lost: self.lost,
+            duplicated: self.duplicated,
+            reordered: self.reordered,
+            corrupt: self.corrupt,
+            skipped: self.skipped,
+        }
     }
 }
 
@@ -212,10 +267,12 @@ impl Sink for Verify {
                 self.lost += d.seq - e;
                 if self.gaps.len() + ((d.seq - e) as usize) < MAX_TRACKED_GAPS {
                     self.gaps.extend(e..d.seq);
+                    self.batch_gaps.push(GapChange::Added(e..d.seq));
                 }
                 warn!(expected = e, got = d.seq, "verify: gap");
             }
             Some(_) if self.gaps.remove(&d.seq) => {
+                self.batch_gaps.push(GapChange::Removed(d.seq));
                 self.lost -= 1;
                 self.reordered += 1;
                 return Ok(());
@@ -248,10 +305,29 @@ impl Sink for Verify {
             self.reordered,
             self.corrupt,
         ];
-        match &mut self.state {
-            Some((file, created)) => file.store(*created, next_position, &words),
-            None => Ok(()),
+        if let Some((file, created)) = &mut self.state {
+            file.store(*created, next_position, &words)?;
         }
+        self.acknowledged = self.counts();
+        self.batch_gaps.clear();
+        Ok(())
+    }
+
+    fn abandon_batch(&mut self) -> io::Result<()> {
+        let VerifyCounts { expected, received, lost, duplicated, reordered, corrupt, skipped } = self.acknowledged;
+        (self.expected, self.received, self.lost, self.duplicated) = (expected, received, lost, duplicated);
+        (self.reordered, self.corrupt, self.skipped) = (reordered, corrupt, skipped);
+        for change in self.batch_gaps.drain(..).rev() {
+            match change {
+                GapChange::Added(missing) => missing.for_each(|seq| {
+                    self.gaps.remove(&seq);
+                }),
+                GapChange::Removed(seq) => {
+                    self.gaps.insert(seq);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -436,6 +512,8 @@ struct StateFile {
     sync: bool,
     words: usize,
     generation: u64,
+    /// The test hook `SHMRING_TEST_FAIL_STATE_WRITE` (never due in a shipped build).
+    fail_write: FailCountdown,
 }
 
 /// What a state file held at start-up.
@@ -476,7 +554,8 @@ impl StateFile {
             None => None,
         };
         let generation = newest.map_or(0, |w| w[0]);
-        Ok((StateFile { file, sync, words, generation }, state))
+        let fail_write = FailCountdown::of(Hook::FailStateWrite);
+        Ok((StateFile { file, sync, words, generation, fail_write }, state))
     }
 
     fn slot_len(words: usize) -> usize {
@@ -492,6 +571,9 @@ impl StateFile {
         let mut all = vec![generation, segment_created_ns, next_position];
         all.extend_from_slice(words);
         let offset = (generation % 2) * Self::slot_len(self.words) as u64;
+        if self.fail_write.due() {
+            return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+        }
         self.file.write_all_at(&encode_words(&all), offset)?;
         if self.sync {
             self.file.sync_data()?;
@@ -532,11 +614,6 @@ fn sync_directory_of(path: &Path) -> io::Result<()> {
 /// How much a file sink buffers before it writes: a batch is written in pieces this
 /// large, and made durable as a whole.
 const WRITE_CHUNK: usize = 1 << 16;
-
-/// `SHMRING_TEST_FAIL_FSYNC`: a documented test hook. When set to `N`, the file sink's
-/// `N`th data fsync (counting from 1) fails with `EIO` as a dying disk's would, so the
-/// integration tests can show what the daemon does then. Unset in production.
-const FAIL_FSYNC_HOOK: &str = "SHMRING_TEST_FAIL_FSYNC";
 
 /// Appends records to a file, exactly once across restarts of the consumer.
 ///
@@ -584,8 +661,8 @@ pub struct FileSink {
     last_sync: Instant,
     written: u64,
     skipped: u64,
-    /// Data fsyncs left before the test hook makes one fail.
-    fail_fsync_in: Option<u64>,
+    /// The test hook `SHMRING_TEST_FAIL_FSYNC` (never due in a shipped build).
+    fail_fsync: FailCountdown,
 }
 
 fn progress_path(path: &Path) -> PathBuf {
@@ -632,7 +709,6 @@ impl FileSink {
             None => {}
         }
         let file_len = file.metadata()?.len();
-        let fail_fsync_in = std::env::var(FAIL_FSYNC_HOOK).ok().and_then(|v| v.trim().parse().ok());
         let mut sink = FileSink {
             path: path.to_path_buf(),
             binary,
@@ -652,7 +728,7 @@ impl FileSink {
             last_sync: Instant::now(),
             written: 0,
             skipped: 0,
-            fail_fsync_in,
+            fail_fsync: FailCountdown::of(Hook::FailFsync),
         };
         // Record where the file stands before the first batch, so that a crash during
         // it is truncated away on restart rather than kept next to its re-delivery.
@@ -682,12 +758,8 @@ impl FileSink {
 
     /// Data fsync, through the test hook.
     fn sync_data(&mut self) -> io::Result<()> {
-        if let Some(left) = &mut self.fail_fsync_in {
-            *left = left.saturating_sub(1);
-            if *left == 0 {
-                self.fail_fsync_in = None;
-                return Err(io::Error::from_raw_os_error(nix::libc::EIO));
-            }
+        if self.fail_fsync.due() {
+            return Err(io::Error::from_raw_os_error(nix::libc::EIO));
         }
         self.file.sync_data()
     }

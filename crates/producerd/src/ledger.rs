@@ -6,7 +6,8 @@
 //! compares the file with what its own reader received, so its "lost" figure is
 //! "acknowledged and never delivered", counted by something other than the ring.
 //!
-//! Unset (as in production), nothing is opened and each batch pays one `None` check.
+//! Honoured only in a build with the test hooks (`shm_daemon::test_hooks`); unset, or
+//! in a shipped build, nothing is opened and each batch pays one `None` check.
 //! A process killed between the publish and the append leaves those records
 //! unacknowledged (delivered, never in the ledger); a kill inside the `write` at worst
 //! leaves a partial last entry, which the reader ignores.
@@ -16,17 +17,16 @@ use std::io::Write;
 use std::ops::Range;
 
 use anyhow::{Context, Result};
-
-/// The environment variable naming the ledger file.
-const VAR: &str = "SHMRING_TEST_LEDGER";
+use shm_daemon::test_hooks::Hook;
 
 /// The ledger file, when the test asked for one.
 pub struct Ledger(Option<File>);
 
 impl Ledger {
-    /// Opens `$SHMRING_TEST_LEDGER` for appending, or nothing when it is unset.
+    /// Opens `$SHMRING_TEST_LEDGER` for appending, or nothing when it is unset (or the
+    /// build has no test hooks).
     pub fn from_env() -> Result<Ledger> {
-        let Some(path) = std::env::var_os(VAR).map(std::path::PathBuf::from) else { return Ok(Ledger(None)) };
+        let Some(path) = Hook::Ledger.value().map(std::path::PathBuf::from) else { return Ok(Ledger(None)) };
         let file = OpenOptions::new()
             .create(true)
             .append(true)

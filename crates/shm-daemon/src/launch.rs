@@ -44,12 +44,19 @@ pub fn main<S>(
             return ExitCode::from(exit::CONFIG);
         }
     };
+    let test_hooks = crate::test_hooks::describe_set();
     if check_only {
+        if let Some(hooks) = test_hooks {
+            eprintln!("{daemon}: {hooks}");
+        }
         println!("{daemon}: config OK ({origin})");
         return ExitCode::SUCCESS;
     }
     let (log_settings, segment) = log_and_segment(&settings);
     let log = logging::init(log_settings, &segment.location.to_string());
+    if let Some(hooks) = test_hooks {
+        tracing::warn!("{hooks}");
+    }
     match run(settings, log) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -15,5 +15,6 @@ pub mod record;
 pub mod segment;
 pub mod service;
 pub mod signals;
+pub mod test_hooks;
 #[cfg(feature = "testing")]
 pub mod testing;
