@@ -432,23 +432,32 @@ pub struct Datagrams {
     undeliverable_after: Duration,
     /// When sends started failing, none going through since.
     refused_since: Option<Instant>,
+    /// Records skipped since then.
+    skipped_while_refused: u64,
     sent: u64,
     undeliverable: u64,
 }
 
 impl Datagrams {
     fn new(send: SendFn, on_undeliverable: Undeliverable, undeliverable_after: Duration) -> Self {
-        Datagrams { send, on_undeliverable, undeliverable_after, refused_since: None, sent: 0, undeliverable: 0 }
+        Datagrams {
+            send,
+            on_undeliverable,
+            undeliverable_after,
+            refused_since: None,
+            skipped_while_refused: 0,
+            sent: 0,
+            undeliverable: 0,
+        }
     }
 
-    /// Applies `on_undeliverable` to the record `what` describes.
-    fn undeliverable(&mut self, what: String) -> io::Result<()> {
+    /// Applies `on_undeliverable` to the record `what` describes; `log` says whether
+    /// a skip is worth a line.
+    fn undeliverable(&mut self, what: String, log: bool) -> io::Result<()> {
         match self.on_undeliverable {
             Undeliverable::SkipAndCount => {
                 self.undeliverable += 1;
-                // At most one line per refusal spell and per oversized record, plus
-                // every thousandth skip, so a long outage does not flood the log.
-                if self.undeliverable % 1000 == 1 || self.refused_since.is_none() {
+                if log {
                     warn!(
                         skipped_so_far = self.undeliverable,
                         "{what}; skipped and counted (on_undeliverable = \"skip_and_count\")"
@@ -469,24 +478,36 @@ impl Sink for Datagrams {
         match (self.send)(r.data) {
             Ok(()) => {
                 if let Some(since) = self.refused_since.take() {
-                    info!(refused_for = ?since.elapsed(), "the datagram sink's destination accepts records again");
+                    info!(
+                        refused_for = ?since.elapsed(),
+                        skipped = self.skipped_while_refused,
+                        "the datagram sink's destination accepts records again"
+                    );
+                    self.skipped_while_refused = 0;
                 }
                 self.sent += 1;
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(nix::libc::EMSGSIZE) => {
-                self.undeliverable(format!("{record} is too large for one datagram ({e})"))
+                self.undeliverable(format!("{record} is too large for one datagram ({e})"), true)
             }
             Err(e) => {
                 let since = *self.refused_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < self.undeliverable_after {
                     return Err(e);
                 }
-                self.undeliverable(format!(
-                    "{record}: the destination has refused every send for {:.1?} ({e}), past undeliverable_after = {:?}",
-                    since.elapsed(),
-                    self.undeliverable_after
-                ))
+                self.skipped_while_refused += 1;
+                // The first skip of a refusal spell, then every thousandth: a long
+                // outage does not flood the log.
+                let log = self.skipped_while_refused % 1000 == 1;
+                self.undeliverable(
+                    format!(
+                        "{record}: the destination has refused every send for {:.1?} ({e}), past undeliverable_after = {:?}",
+                        since.elapsed(),
+                        self.undeliverable_after
+                    ),
+                    log,
+                )
             }
         }
     }
