@@ -84,6 +84,16 @@
 //! consumer has not yet passed into its slot's **orphan** range, which the consumer treats
 //! as dead, and makes no claim of its own until the consumer has passed it.
 //!
+//! # Durable batches
+//! [`Consumer::read_batch_durable`] is spsc's exactly-once read for this kind: the sink
+//! sees the records in place, the hook makes them durable, and only then are they
+//! released. During the batch the consumer *holds*: it zeroes nothing it passes and
+//! stores no cursor (`zeroed_to` stays where the batch began); at the end it zeroes the
+//! whole passed range and releases it with one cursor store. A refusing hook (or a
+//! panicking sink) puts the position and the per-producer tallies back, and since
+//! nothing was zeroed the same frames are read again, hole markers it wrote included
+//! (they are counted again from the restored tallies, so once).
+//!
 //! # Exact counters
 //! The consumer's tallies per producer (records released, holes passed) are written into
 //! the ledger of the release slot it is about to use, before the read cursor (Release); a
@@ -735,6 +745,10 @@ pub struct Consumer {
     stuck_at: u64,
     stuck_since: Option<Instant>,
     stuck_looks: u32,
+    /// Every byte below this position is zeroed (see "Durable batches").
+    zeroed_to: u64,
+    /// A durable batch is in progress: nothing is zeroed or released until it ends.
+    holding: bool,
     _attachment: Option<crate::participant::Attachment>,
 }
 
@@ -800,6 +814,8 @@ impl Consumer {
             stuck_at: u64::MAX,
             stuck_since: None,
             stuck_looks: 0,
+            zeroed_to: head,
+            holding: false,
             ring,
             _attachment: attachment,
         };
@@ -847,35 +863,67 @@ impl Consumer {
         Ok(ReadGuard { consumer: self, frame: f, keep: false })
     }
 
+    /// Waits up to `timeout` (forever when `None`) until a committed record is at the
+    /// head, without taking it.
+    pub fn wait_for_data(&mut self, timeout: Option<Duration>) -> Result<(), ReadError> {
+        self.wait_frame(timeout).map(drop)
+    }
+
     /// Hands every available record (at most `max`) to `sink` in order, then releases
     /// the accepted ones with one cursor store. A refused record and the ones after it
     /// stay in the ring. Returns how many were accepted.
     pub fn read_batch<E>(
         &mut self,
         max: usize,
-        mut sink: impl FnMut(Record<'_>) -> Result<(), E>,
+        sink: impl FnMut(Record<'_>) -> Result<(), E>,
     ) -> Result<usize, super::BatchError<E>> {
+        self.read_batch_durable(max, sink, |_| Ok(()))
+    }
+
+    /// Like [`read_batch`](Self::read_batch), but calls `before_release` with the
+    /// position the read cursor is about to move to, after the sink accepted the records
+    /// and before they are released ("Durable batches" in the module docs). If it fails
+    /// (or the sink or the hook panics), nothing is released, nothing is zeroed, the
+    /// per-producer tallies are put back, and the same records are delivered again.
+    pub fn read_batch_durable<E>(
+        &mut self,
+        max: usize,
+        mut sink: impl FnMut(Record<'_>) -> Result<(), E>,
+        before_release: impl FnOnce(u64) -> Result<(), E>,
+    ) -> Result<usize, super::BatchError<E>> {
+        // Start from nothing held, so that a rewind goes back exactly here.
+        self.release_read();
+        let mut batch = Rewind::hold(self);
+        let this = &mut *batch.consumer;
         let mut accepted = 0;
         let outcome = loop {
             if accepted == max {
                 break Ok(());
             }
-            let f = match self.next_frame() {
+            let f = match this.next_frame() {
                 Ok(Next::Frame(f)) => f,
                 Ok(Next::Nothing) => break Ok(()),
                 Err(c) => break Err(super::BatchError::Corrupt(c)),
             };
             // SAFETY: `next_frame` checked the payload lies inside the region; its producer
-            // committed it and writes it no more, and nobody reuses it until we release it.
-            let data = unsafe { self.ring.data.slice(f.index + FRAME_HEADER, f.len as usize) };
+            // committed it and writes it no more, and nobody reuses or zeroes it until we
+            // release it (the batch holds every release).
+            let data = unsafe { this.ring.data.slice(f.index + FRAME_HEADER, f.len as usize) };
             let record = Record { data, record_type: f.record_type, producer: f.producer, position: f.position };
             if let Err(error) = sink(record) {
                 break Err(super::BatchError::Sink { accepted, error });
             }
-            self.pass_record(f);
+            this.pass_record(f);
             accepted += 1;
         };
-        self.release_read();
+        if accepted > 0 {
+            let end = batch.consumer.pos;
+            if let Err(error) = before_release(end) {
+                return Err(super::BatchError::Sink { accepted: 0, error });
+            }
+        }
+        // No sink saw a record, or the hook made them durable: keep what was passed.
+        batch.keep().release_read();
         outcome.map(|()| accepted)
     }
 
@@ -1037,10 +1085,13 @@ impl Consumer {
 
     /// Passes a frame that is not a record: zeroes it, counts a hole.
     fn pass(&mut self, framed: u64, unblocked_for: Option<usize>) {
-        let index = self.ring.data.index(self.pos);
-        // SAFETY: the frame lies inside the region (checked by `decode_word`) below the claim
-        // cursor; its writer is done with it and nobody reuses it before we release it.
-        unsafe { self.ring.data.zero(index, framed) };
+        if !self.holding {
+            let index = self.ring.data.index(self.pos);
+            // SAFETY: the frame lies inside the region (checked by `decode_word`) below the
+            // claim cursor; its writer is done with it and nobody reuses it before we release it.
+            unsafe { self.ring.data.zero(index, framed) };
+            self.zeroed_to = self.pos + framed;
+        }
         self.pos += framed;
         if let Some(k) = unblocked_for {
             self.tallies[k].unblocked += 1;
@@ -1051,9 +1102,11 @@ impl Consumer {
     /// A record was read: zero it, count it, maybe release ("Lazy release" in spsc).
     #[inline]
     fn pass_record(&mut self, f: DataFrame) {
-        let framed = f.next - f.position;
-        // SAFETY: as in `pass`; the record's borrow has ended.
-        unsafe { self.ring.data.zero(f.index, framed) };
+        if !self.holding {
+            // SAFETY: as in `pass`; the record's borrow has ended.
+            unsafe { self.ring.data.zero(f.index, f.next - f.position) };
+            self.zeroed_to = f.next;
+        }
         self.pos = f.next;
         self.read_to = f.next;
         self.counters.add(Counter::TotalConsumed, 1);
@@ -1069,9 +1122,10 @@ impl Consumer {
     /// Gives the space of everything passed so far back to the producers.
     pub fn release_read(&mut self) {
         let pos = self.pos.max(self.read_to);
-        if pos == self.released {
+        if self.holding || pos == self.released {
             return;
         }
+        self.zero_deferred(pos);
         let cursor = self.ring.cursor();
         let slot = &cursor.releases[self.flip];
         let ledger = &area(&self.ring).ledgers[self.flip];
@@ -1094,6 +1148,26 @@ impl Consumer {
         if wake_sleeper(self.ring.space_wake()) {
             self.counters.bump(&self.ring, Counter::ConsumerWakes);
         }
+    }
+
+    /// Zeroes what a durable batch passed without zeroing, `[zeroed_to, pos)`, split at
+    /// the ring's end.
+    fn zero_deferred(&mut self, pos: u64) {
+        if self.zeroed_to >= pos {
+            return;
+        }
+        let data = &self.ring.data;
+        let index = data.index(self.zeroed_to);
+        let len = pos - self.zeroed_to;
+        let first = len.min(self.ring.capacity - index);
+        // SAFETY: `[zeroed_to, pos)` is at most the ring (both lie between the released
+        // cursor and the claim cursor) and was passed by this consumer: its writers are done
+        // with it and nobody reuses it before the read cursor's store that follows.
+        unsafe {
+            data.zero(index, first);
+            data.zero(0, len - first);
+        }
+        self.zeroed_to = pos;
     }
 
     /// Copies the exact figures to where `shmctl stat` reads them (after the cursor).
@@ -1136,6 +1210,58 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         self.release_read();
+    }
+}
+
+/// A durable batch in progress: holds every release, and puts the consumer back where
+/// the batch began when it is dropped before [`keep`](Rewind::keep) (a refusing hook, a
+/// panicking sink).
+struct Rewind<'a> {
+    consumer: &'a mut Consumer,
+    saved: Option<Saved>,
+}
+
+/// Where a durable batch began.
+struct Saved {
+    pos: u64,
+    counters: LocalCounters,
+    tallies: [Tally; MPSC_PRODUCERS],
+    tally_ids: usize,
+}
+
+impl<'a> Rewind<'a> {
+    /// Starts holding; the consumer has released everything it passed.
+    fn hold(consumer: &'a mut Consumer) -> Self {
+        consumer.holding = true;
+        let saved = Saved {
+            pos: consumer.pos,
+            counters: consumer.counters.clone(),
+            tallies: consumer.tallies,
+            tally_ids: consumer.tally_ids,
+        };
+        Rewind { consumer, saved: Some(saved) }
+    }
+
+    /// Ends the batch keeping what it passed; the caller releases it.
+    fn keep(&mut self) -> &mut Consumer {
+        self.saved = None;
+        self.consumer.holding = false;
+        self.consumer
+    }
+}
+
+impl Drop for Rewind<'_> {
+    fn drop(&mut self) {
+        let Some(saved) = self.saved.take() else { return };
+        let c = &mut *self.consumer;
+        // Nothing was zeroed or released since `saved.pos` (the batch held them), so the
+        // frames from there on are as the producers left them, or our own hole markers.
+        c.pos = saved.pos;
+        c.read_to = saved.pos;
+        c.counters = saved.counters;
+        c.tallies = saved.tallies;
+        c.tally_ids = saved.tally_ids;
+        c.holding = false;
     }
 }
 
@@ -1308,6 +1434,43 @@ mod tests {
         let got: Vec<_> = (0..3).map(|_| c.try_read().map(|r| (r.producer(), r.to_vec())).unwrap()).collect();
         assert_eq!(got, [(0, b"a1".to_vec()), (1, b"b1".to_vec()), (0, b"a2".to_vec())]);
         assert_eq!(c.try_read().unwrap_err(), TryReadError::Empty);
+    }
+
+    #[test]
+    fn a_refused_durable_batch_is_delivered_again_whole_with_its_hole_counted_once() {
+        let ring = ring(4096);
+        let (mut a, mut b, mut c) = (ring.producer(0), ring.producer(1), ring.consumer());
+        a.try_publish(b"a1").unwrap();
+        std::mem::forget(b.try_claim(5).unwrap());
+        ring.kill(1);
+        a.try_publish(b"a2").unwrap();
+        let read_all = |c: &mut Consumer, hook_ok: bool| {
+            let mut got = Vec::new();
+            let deadline = Instant::now() + Duration::from_millis(50);
+            // The hole is reclaimed only after the consumer has been stuck on it a while.
+            while got.len() < 2 && Instant::now() < deadline {
+                got.clear();
+                let outcome = c.read_batch_durable(
+                    16,
+                    |r| {
+                        got.push((r.producer, r.data.to_vec()));
+                        Ok(())
+                    },
+                    |_| if hook_ok { Ok(()) } else { Err("not durable") },
+                );
+                if !hook_ok && got.len() == 2 {
+                    assert!(matches!(outcome, Err(crate::ring::BatchError::Sink { accepted: 0, .. })));
+                }
+            }
+            got
+        };
+        let want = [(0, b"a1".to_vec()), (0, b"a2".to_vec())];
+        assert_eq!(read_all(&mut c, false), want);
+        assert_eq!(c.consumed(0), 0, "a refused batch is not counted");
+        assert_eq!(c.unblocked(1), 0, "nor is the hole inside it");
+        assert_eq!(read_all(&mut c, true), want, "the same records again, none zeroed");
+        assert_eq!((c.consumed(0), c.unblocked(1)), (2, 1));
+        assert!(read_all(&mut c, true).is_empty());
     }
 
     #[test]

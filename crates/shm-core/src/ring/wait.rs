@@ -127,6 +127,7 @@ impl Waiting {
 /// publish or release (or per event, for the rare ones). They are loaded from memory any
 /// process can write, so they only grow by saturating addition: a hostile `u64::MAX`
 /// neither panics nor wraps back.
+#[derive(Clone)]
 pub(crate) struct LocalCounters([u64; Counter::ALL.len()]);
 
 impl LocalCounters {
