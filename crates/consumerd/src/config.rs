@@ -45,6 +45,7 @@ struct RawSink {
     on_undeliverable: Option<Spanned<String>>,
     undeliverable_after: Option<Spanned<String>>,
     cpu_affinity: Option<Spanned<Vec<u32>>>,
+    consumer_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +150,9 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// `[sink] cpu_affinity`: CPUs the ring thread is pinned to.
     pub cpu_affinity: Option<CpuAffinity>,
+    /// `[sink] consumer_name`: this consumer's name in logs (and, on rings with named
+    /// cursors, its cursor's name).
+    pub consumer_name: Option<String>,
     /// Where the settings came from.
     pub origin: String,
 }
@@ -196,6 +200,9 @@ impl Settings {
         if self.cpu_affinity != new.cpu_affinity {
             keys.push("sink.cpu_affinity");
         }
+        if self.consumer_name != new.consumer_name {
+            keys.push("sink.consumer_name");
+        }
         keys.extend(shm_daemon::config::changed_log_and_metrics((&self.log, self.metrics), (&new.log, new.metrics)));
         keys
     }
@@ -203,6 +210,9 @@ impl Settings {
 
 /// `[sink] undeliverable_after` when absent.
 pub const DEFAULT_UNDELIVERABLE_AFTER: Duration = Duration::from_secs(5);
+
+/// Longest `consumer_name`: it must fit a named cursor's slot on the kinds that have them.
+pub const CONSUMER_NAME_MAX: usize = 32;
 
 /// Parses and validates a config.
 pub fn load(src: &Source) -> Result<Settings, ConfigError> {
@@ -311,7 +321,26 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
         None => Duration::from_secs(5),
         Some(d) => parse_duration(d.get_ref()).map_err(|e| src.error("shutdown.drain_timeout", Some(d), e))?,
     };
+    let consumer_name = s
+        .consumer_name
+        .as_ref()
+        .map(|n| {
+            let name = n.get_ref();
+            let valid = (1..=CONSUMER_NAME_MAX).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if valid {
+                Ok(name.clone())
+            } else {
+                Err(src.error(
+                    "sink.consumer_name",
+                    Some(n),
+                    format!("{name:?} is not a name of 1 to {CONSUMER_NAME_MAX} letters, digits, '-', '_' or '.'"),
+                ))
+            }
+        })
+        .transpose()?;
     Ok(Settings {
+        consumer_name,
         segment,
         sink,
         drain_timeout,

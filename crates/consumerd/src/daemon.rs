@@ -5,13 +5,19 @@
 //! records move or the ring is really empty: a sink that refuses records, however
 //! healthy the thread, stops it, so systemd's watchdog sees the wedge. A sink error
 //! that retrying cannot cure (see `sinks::Unrecoverable`) ends the thread with it.
+//!
+//! [`RingConsumer`] is the segment's consumer, of its kind; both kinds read through the
+//! same durable batch (`read_batch_durable`), so the sinks and their exactly-once
+//! machinery are the same. On an mpsc ring the generator's records carry their producer
+//! id, which the verify sink checks order by.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use shm_core::{BatchError, Consumer, ReadError, Segment};
+use shm_core::ring::mpsc;
+use shm_core::{BatchError, Consumer, ReadError, Record, Segment};
 use shm_daemon::config::CpuAffinity;
 use shm_daemon::service::Reloads;
 use tracing::{info, warn};
@@ -45,11 +51,53 @@ pub struct Shared {
     pub sink_counters: Mutex<Vec<(&'static str, u64)>>,
 }
 
+/// The segment's consumer, of the ring's kind.
+pub enum RingConsumer {
+    /// The consumer of an spsc ring.
+    Spsc(Consumer),
+    /// The consumer of an mpsc ring.
+    Mpsc(mpsc::Consumer),
+}
+
+impl RingConsumer {
+    fn position(&self) -> u64 {
+        match self {
+            RingConsumer::Spsc(c) => c.position(),
+            RingConsumer::Mpsc(c) => c.position(),
+        }
+    }
+
+    fn wait_for_data(&mut self, timeout: Option<Duration>) -> Result<(), ReadError> {
+        match self {
+            RingConsumer::Spsc(c) => c.wait_for_data(timeout),
+            RingConsumer::Mpsc(c) => c.wait_for_data(timeout),
+        }
+    }
+
+    /// Hands a batch to `sink`, then `before_release`, then releases it (see the kinds'
+    /// `read_batch_durable`).
+    fn read_batch_durable<E>(
+        &mut self,
+        max: usize,
+        mut sink: impl FnMut(Record<'_>) -> Result<(), E>,
+        before_release: impl FnOnce(u64) -> Result<(), E>,
+    ) -> Result<usize, BatchError<E>> {
+        match self {
+            RingConsumer::Spsc(c) => c.read_batch_durable(max, sink, before_release),
+            RingConsumer::Mpsc(c) => c.read_batch_durable(
+                max,
+                |r| sink(Record { data: r.data, record_type: r.record_type, position: r.position }),
+                before_release,
+            ),
+        }
+    }
+}
+
 /// Moves records until stopped, then drains what the ring held at that moment for at
 /// most `drain_timeout`, on the calling thread (pinned to `cpus` first, when
 /// configured). Returns the sink for its summary.
 pub fn run(
-    mut consumer: Consumer,
+    mut consumer: RingConsumer,
     segment: Segment,
     mut sink: Box<dyn Sink>,
     cpus: Option<&CpuAffinity>,

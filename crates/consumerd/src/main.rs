@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use shm_core::Segment;
+use shm_core::{RingKind, Segment};
 use shm_daemon::service::{Ended, Service, StopRequested, Waiting};
 use shm_daemon::{exit, launch, logging, metrics};
 use tracing::{error, info, warn};
@@ -70,7 +70,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
             },
             Err(e) => return Err(e),
         };
-        let consumer = segment.consumer_with(settings.segment.wait)?;
+        let consumer = attach(&segment, &settings)?;
         let created = segment.info()?.created_unix_ns;
         let this_sink = match sink.take() {
             None => sinks::build(&settings.sink, created)
@@ -81,7 +81,14 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
             }
         };
         shared.stop.store(false, Ordering::Relaxed);
-        info!(segment = %segment.location(), config = %settings.origin, sink = settings.sink.kind(), "consumer attached");
+        info!(
+            segment = %segment.location(),
+            config = %settings.origin,
+            sink = settings.sink.kind(),
+            kind = segment.geometry().kind.name(),
+            consumer_name = settings.consumer_name.as_deref().unwrap_or("-"),
+            "consumer attached"
+        );
         let ring = {
             let (shared, segment) = (shared.clone(), segment.clone());
             let cpus = settings.cpu_affinity.clone();
@@ -108,6 +115,19 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         return Ok(exit::FAILURE);
     }
     Ok(exit::OK)
+}
+
+/// Attaches as the segment's consumer, of its kind (`segment::open` checked that it is
+/// the configured one).
+fn attach(segment: &Segment, settings: &config::Settings) -> Result<daemon::RingConsumer> {
+    Ok(match segment.geometry().kind {
+        RingKind::Spsc => daemon::RingConsumer::Spsc(segment.consumer_with(settings.segment.wait)?),
+        RingKind::Mpsc => {
+            let mut consumer = segment.mpsc_consumer()?;
+            consumer.set_wait_strategy(settings.segment.wait);
+            daemon::RingConsumer::Mpsc(consumer)
+        }
+    })
 }
 
 /// Logs the sink's summary and writes it to `--summary-file`.

@@ -110,7 +110,8 @@ fn write_framed(out: &mut impl Write, data: &[u8], binary: bool) -> io::Result<u
     }
 }
 
-/// Checks generator records: order, gaps, duplicates, checksums, latency.
+/// Checks generator records: order per producer (the id each record carries; 0 on an
+/// spsc ring), gaps, duplicates, checksums, latency.
 ///
 /// Its counts move with each record it accepts and are acknowledged with the batch:
 /// a batch the ring does not release (the state write failed) is abandoned, and the
@@ -118,14 +119,16 @@ fn write_framed(out: &mut impl Write, data: &[u8], binary: bool) -> io::Result<u
 /// batch, delivered again, is counted once. (The latency histogram keeps the abandoned
 /// batch's samples: a retried record's latency may be counted twice.)
 pub struct Verify {
-    expected: Option<u64>,
+    /// The next sequence number expected of each producer id, once one was seen.
+    expected: [Option<u64>; VERIFY_PRODUCERS],
     received: u64,
     lost: u64,
     duplicated: u64,
     reordered: u64,
     corrupt: u64,
-    /// Missing sequence numbers not seen yet (bounded), so a late one counts as reordered.
-    gaps: BTreeSet<u64>,
+    /// Missing (producer, sequence number)s not seen yet (bounded), so a late one counts
+    /// as reordered.
+    gaps: BTreeSet<(usize, u64)>,
     latency: hdrhistogram::Histogram<u64>,
     /// Persisted verification, so a restarted consumer continues it exactly once.
     state: Option<(StateFile, u64)>,
@@ -143,7 +146,7 @@ pub struct Verify {
 /// The verify sink's counts at one moment.
 #[derive(Debug, Clone, Copy)]
 struct VerifyCounts {
-    expected: Option<u64>,
+    expected: [Option<u64>; VERIFY_PRODUCERS],
     received: u64,
     lost: u64,
     duplicated: u64,
@@ -155,16 +158,21 @@ struct VerifyCounts {
 /// One change to the verify sink's missing sequence numbers.
 #[derive(Debug, Clone)]
 enum GapChange {
-    /// These went missing.
-    Added(std::ops::Range<u64>),
-    /// This one arrived late.
-    Removed(u64),
+    /// These of this producer went missing.
+    Added(usize, std::ops::Range<u64>),
+    /// This one of this producer arrived late.
+    Removed(usize, u64),
 }
 
 const MAX_TRACKED_GAPS: usize = 1 << 20;
 
-/// Words a verify state file keeps after the segment and position.
-const VERIFY_WORDS: usize = 7;
+/// Producer ids the verify sink tracks: an mpsc ring's.
+const VERIFY_PRODUCERS: usize = shm_core::layout::MPSC_PRODUCERS;
+
+/// Words a verify state file keeps after the segment and position: producer 0's "has an
+/// expected number" and expected number, the five counts, then for producers 1.. their
+/// expected number plus one (0: none yet).
+const VERIFY_WORDS: usize = 7 + VERIFY_PRODUCERS - 1;
 
 impl Verify {
     /// A verify sink; with `state`, it continues the verification of a previous run on
@@ -172,7 +180,7 @@ impl Verify {
     /// restart, and records verified but not yet released are not counted twice.
     fn open(state: Option<&Path>, segment_created_ns: u64) -> io::Result<Self> {
         let mut v = Verify {
-            expected: None,
+            expected: [None; VERIFY_PRODUCERS],
             received: 0,
             lost: 0,
             duplicated: 0,
@@ -185,7 +193,7 @@ impl Verify {
             skipped: 0,
             inherited_problems: 0,
             acknowledged: VerifyCounts {
-                expected: None,
+                expected: [None; VERIFY_PRODUCERS],
                 received: 0,
                 lost: 0,
                 duplicated: 0,
@@ -201,12 +209,15 @@ impl Verify {
                 saved.filter(|s| s.segment_created_ns == segment_created_ns)
             {
                 let has_expected = words[0] == 1;
-                v.expected = has_expected.then_some(words[1]);
+                v.expected[0] = has_expected.then_some(words[1]);
+                for (expected, &word) in v.expected[1..].iter_mut().zip(&words[7..]) {
+                    *expected = word.checked_sub(1);
+                }
                 (v.received, v.lost, v.duplicated, v.reordered, v.corrupt) =
                     (words[2], words[3], words[4], words[5], words[6]);
                 v.skip_until = skip_until;
                 v.inherited_problems = v.problems();
-                info!(next_expected = ?v.expected, received = v.received, lost = v.lost, "verify: continuing from its state file");
+                info!(next_expected = ?v.expected.iter().flatten().collect::<Vec<_>>(), received = v.received, lost = v.lost, "verify: continuing from its state file");
                 if v.inherited_problems > 0 {
                     warn!(
                         lost = v.lost,
@@ -259,31 +270,37 @@ impl Sink for Verify {
             }
             return Ok(());
         };
+        let producer = usize::from(d.producer);
+        let Some(&expected) = self.expected.get(producer) else {
+            self.corrupt += 1;
+            warn!(position = r.position, producer, "verify: a record names a producer id no ring has");
+            return Ok(());
+        };
         let _ = self.latency.record(record::monotonic_ns().saturating_sub(d.sent_ns).max(1));
-        match self.expected {
-            None => info!(first = d.seq, "verify: first sequence number"),
+        match expected {
+            None => info!(producer, first = d.seq, "verify: first sequence number"),
             Some(e) if d.seq == e => {}
             Some(e) if d.seq > e => {
                 self.lost += d.seq - e;
                 if self.gaps.len() + ((d.seq - e) as usize) < MAX_TRACKED_GAPS {
-                    self.gaps.extend(e..d.seq);
-                    self.batch_gaps.push(GapChange::Added(e..d.seq));
+                    self.gaps.extend((e..d.seq).map(|seq| (producer, seq)));
+                    self.batch_gaps.push(GapChange::Added(producer, e..d.seq));
                 }
-                warn!(expected = e, got = d.seq, "verify: gap");
+                warn!(producer, expected = e, got = d.seq, "verify: gap");
             }
-            Some(_) if self.gaps.remove(&d.seq) => {
-                self.batch_gaps.push(GapChange::Removed(d.seq));
+            Some(_) if self.gaps.remove(&(producer, d.seq)) => {
+                self.batch_gaps.push(GapChange::Removed(producer, d.seq));
                 self.lost -= 1;
                 self.reordered += 1;
                 return Ok(());
             }
             Some(e) => {
                 self.duplicated += 1;
-                warn!(expected = e, got = d.seq, "verify: duplicate");
+                warn!(producer, expected = e, got = d.seq, "verify: duplicate");
                 return Ok(());
             }
         }
-        self.expected = Some(d.seq + 1);
+        self.expected[producer] = Some(d.seq + 1);
         Ok(())
     }
 
@@ -296,15 +313,16 @@ impl Sink for Verify {
     }
 
     fn make_durable(&mut self, next_position: u64) -> io::Result<()> {
-        let words = [
-            u64::from(self.expected.is_some()),
-            self.expected.unwrap_or(0),
+        let mut words = vec![
+            u64::from(self.expected[0].is_some()),
+            self.expected[0].unwrap_or(0),
             self.received,
             self.lost,
             self.duplicated,
             self.reordered,
             self.corrupt,
         ];
+        words.extend(self.expected[1..].iter().map(|e| e.map_or(0, |n| n + 1)));
         if let Some((file, created)) = &mut self.state {
             file.store(*created, next_position, &words)?;
         }
@@ -319,11 +337,11 @@ impl Sink for Verify {
         (self.reordered, self.corrupt, self.skipped) = (reordered, corrupt, skipped);
         for change in self.batch_gaps.drain(..).rev() {
             match change {
-                GapChange::Added(missing) => missing.for_each(|seq| {
-                    self.gaps.remove(&seq);
+                GapChange::Added(producer, missing) => missing.for_each(|seq| {
+                    self.gaps.remove(&(producer, seq));
                 }),
-                GapChange::Removed(seq) => {
-                    self.gaps.insert(seq);
+                GapChange::Removed(producer, seq) => {
+                    self.gaps.insert((producer, seq));
                 }
             }
         }
@@ -349,7 +367,13 @@ impl Sink for Verify {
             "duplicated": self.duplicated,
             "reordered": self.reordered,
             "corrupt": self.corrupt,
-            "next_expected": self.expected,
+            "next_expected": self.expected[0],
+            "next_expected_per_producer": self
+                .expected
+                .iter()
+                .enumerate()
+                .filter_map(|(id, e)| e.map(|n| (id.to_string(), json!(n))))
+                .collect::<serde_json::Map<_, _>>(),
             "skipped_already_verified": self.skipped,
             "problems_from_earlier_runs": self.inherited_problems,
             "latency_ns": { "p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": self.latency.max(), "mean": self.latency.mean().round() },

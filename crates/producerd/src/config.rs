@@ -8,6 +8,8 @@ use shm_daemon::config::{
     ConfigError, CpuAffinity, CreateMode, KeySpan, LogSettings, RawLog, RawMetrics, RawSegment, SegmentDefaults,
     SegmentSettings, SizeValue, Source, refuse_keys, size_key,
 };
+use shm_core::RingKind;
+use shm_core::layout::MPSC_PRODUCERS;
 use toml::Spanned;
 
 /// The config used when no file is found: a generator on `/high_perf_ring`.
@@ -47,6 +49,7 @@ struct RawSource {
     bind: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
     cpu_affinity: Option<Spanned<Vec<u32>>>,
+    producer_id: Option<Spanned<i64>>,
 }
 
 /// Where records come from.
@@ -107,6 +110,8 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// `[source] cpu_affinity`: CPUs the ring thread is pinned to.
     pub cpu_affinity: Option<CpuAffinity>,
+    /// `[source] producer_id`: the producer slot of an mpsc ring (`None` for spsc).
+    pub producer_id: Option<usize>,
     /// Where the settings came from.
     pub origin: String,
 }
@@ -140,6 +145,9 @@ impl Settings {
         keys.extend(shm_daemon::config::changed_values(&self.source.fixed_keys(), &new.source.fixed_keys()));
         if self.cpu_affinity != new.cpu_affinity {
             keys.push("source.cpu_affinity");
+        }
+        if self.producer_id != new.producer_id {
+            keys.push("source.producer_id");
         }
         keys.extend(shm_daemon::config::changed_log_and_metrics((&self.log, self.metrics), (&new.log, new.metrics)));
         keys
@@ -255,7 +263,9 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
             ));
         }
     };
+    let producer_id = producer_id(src, &segment, s, &source, drop_when_full)?;
     Ok(Settings {
+        producer_id,
         segment,
         source,
         drop_when_full,
@@ -264,6 +274,49 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
         cpu_affinity: CpuAffinity::validate(src, "source.cpu_affinity", &s.cpu_affinity)?,
         origin: src.label.clone(),
     })
+}
+
+/// `[source] producer_id`: required for an mpsc ring (which of its producer slots this
+/// daemon takes), refused for spsc (one producer, no slot to choose).
+fn producer_id(
+    src: &Source,
+    segment: &SegmentSettings,
+    s: &RawSource,
+    source: &SourceKind,
+    drop_when_full: bool,
+) -> Result<Option<usize>, ConfigError> {
+    let key = "source.producer_id";
+    match (segment.kind, &s.producer_id) {
+        (RingKind::Spsc, None) => Ok(None),
+        (RingKind::Spsc, Some(id)) => Err(src.error(
+            key,
+            Some(id),
+            "applies to segment.kind = \"mpsc\" only (an spsc ring has one producer, no slot to choose)",
+        )),
+        (RingKind::Mpsc, None) => Err(src.error(
+            key,
+            None::<&Spanned<()>>,
+            format!("is required for segment.kind = \"mpsc\": this producer's slot, 0 to {}", MPSC_PRODUCERS - 1),
+        )),
+        (RingKind::Mpsc, Some(id)) => {
+            let value = *id.get_ref();
+            let id_ok = usize::try_from(value).ok().filter(|&i| i < MPSC_PRODUCERS);
+            let Some(valid) = id_ok else {
+                return Err(src.error(key, Some(id), format!("{value} is not a producer slot from 0 to {}", MPSC_PRODUCERS - 1)));
+            };
+            if drop_when_full && matches!(source, SourceKind::Generator { .. }) {
+                // The generator on mpsc resumes at the consumer's exact count of its records;
+                // numbers taken by dropped records would be reused.
+                return Err(src.error(
+                    "source.on_full",
+                    s.on_full.as_ref(),
+                    "\"drop\" is not supported for the generator on an mpsc ring (its resume point is the \
+                     consumer's exact count of its records, which dropped sequence numbers would break)",
+                ));
+            }
+            Ok(Some(valid))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,20 @@
 //! into the ring, datagram sources `recv` straight into a claim. Each turn of the loop
 //! publishes a batch with one cursor store, bumps the heartbeat, and checks the stop
 //! flag, so a stop is honoured within 100 ms and whatever was committed is published.
+//!
+//! # Ring kinds
+//! [`RingProducer`] is the segment's producer, of its kind: spsc (one producer, batches
+//! published with one cursor store) or mpsc (this daemon is producer `producer_id`; each
+//! record is committed on its own). Every source writes through it. The generator tags
+//! each record with the producer id ([`record`]), and resumes per producer:
+//! - spsc: after the last committed record, read back from the ring ([`LastFrameGuard`]
+//!   keeps it readable);
+//! - mpsc: the consumer zeroes what it passes, so its own last record may be gone. The
+//!   restarted generator first waits until the consumer has passed every claim made
+//!   before it attached (its predecessor's included: a dead one's hole is reclaimed), and
+//!   then resumes at the consumer's exact count of this producer's records
+//!   ([`Segment::mpsc_released`]). A stopped consumer therefore holds a restarted
+//!   generator at its start (it logs that it waits); the ring would hold it soon anyway.
 
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -13,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use shm_core::ring::frame::framed_len_u32;
+use shm_core::ring::mpsc;
 use shm_core::{Batch, ClaimError, Producer, Segment, TryClaimError};
 use shm_daemon::config::CpuAffinity;
 use shm_daemon::record;
@@ -120,7 +135,7 @@ pub fn open(source: &SourceKind) -> Result<Opened> {
 /// to `cpus` first, when configured). The source stays open, so a daemon that
 /// re-creates an unlinked segment carries on with it.
 pub fn run(
-    mut producer: Producer,
+    mut producer: RingProducer,
     segment: Segment,
     source: &mut Opened,
     cpus: Option<&CpuAffinity>,
@@ -130,10 +145,72 @@ pub fn run(
         cpus.pin_this_thread()?;
     }
     match source {
-        Opened::Generator(generator) => generate(&mut producer, &segment, generator, &shared),
+        Opened::Generator(generator) => match &mut producer {
+            RingProducer::Spsc(p) => {
+                let guard = LastFrameGuard::new(p, &segment);
+                let resume = resume_sequence(p, &segment);
+                generate(&mut SpscTarget { producer: p, guard }, Some(resume), generator, &shared)
+            }
+            RingProducer::Mpsc(p) => {
+                let resume = resume_mpsc(p.id(), &segment, &shared)?;
+                generate(p, resume, generator, &shared)
+            }
+        },
         Opened::Stdin(buffer) => read_stream(&mut producer, std::io::stdin().lock(), buffer, &shared),
         Opened::Udp(sock) => receive_datagrams(&mut producer, sock.as_fd(), &shared),
         Opened::Unix(sock, _) => receive_datagrams(&mut producer, sock.as_fd(), &shared),
+    }
+}
+
+/// The segment's producer, of the ring's kind.
+pub enum RingProducer {
+    /// The one producer of an spsc ring.
+    Spsc(Producer),
+    /// One of the producers of an mpsc ring (its id is the config's `producer_id`).
+    Mpsc(mpsc::Producer),
+}
+
+impl RingProducer {
+    fn max_record(&self) -> u64 {
+        match self {
+            RingProducer::Spsc(p) => p.max_record(),
+            RingProducer::Mpsc(p) => p.max_record(),
+        }
+    }
+
+    fn publish(&mut self, data: &[u8], timeout: Option<Duration>) -> Result<(), ClaimError> {
+        match self {
+            RingProducer::Spsc(p) => p.publish(data, timeout),
+            RingProducer::Mpsc(p) => p.publish(data, timeout),
+        }
+    }
+
+    /// Claims `room` bytes (waiting up to `timeout`) and lends them to `fill`, which says
+    /// how many of them to commit (`None`: abandon the claim) and what to return.
+    fn claim_with<T>(
+        &mut self,
+        room: usize,
+        timeout: Option<Duration>,
+        fill: impl FnOnce(&mut [u8]) -> (Option<usize>, T),
+    ) -> Result<T, ClaimError> {
+        match self {
+            RingProducer::Spsc(p) => {
+                let mut claim = p.claim(room, timeout)?;
+                let (commit, out) = fill(&mut claim);
+                if let Some(n) = commit {
+                    claim.commit_len(n);
+                }
+                Ok(out)
+            }
+            RingProducer::Mpsc(p) => {
+                let mut claim = p.claim(room, timeout)?;
+                let (commit, out) = fill(&mut claim);
+                if let Some(n) = commit {
+                    claim.commit_len(n);
+                }
+                Ok(out)
+            }
+        }
     }
 }
 
@@ -168,6 +245,38 @@ fn resume_sequence(producer: &Producer, segment: &Segment) -> u64 {
         warn!(next = produced, "last committed record not found; resuming from the total_produced counter");
     }
     produced
+}
+
+/// Where a restarted generator continues on an mpsc ring: the consumer's exact count of
+/// this producer's records, once the consumer has passed every claim made before this
+/// producer attached ("Ring kinds" in the module docs). `None` when stopped while waiting.
+fn resume_mpsc(id: usize, segment: &Segment, shared: &Shared) -> Result<Option<u64>> {
+    // Every claim of our predecessors lies below the claim cursor as it is now: we hold
+    // the id, and have claimed nothing yet.
+    let claimed = segment.stats().write_cursor;
+    let mut said = false;
+    loop {
+        let Some((read_cursor, records)) = segment.mpsc_released(id) else {
+            bail!("{}: the consumer's ledger matches no release slot (a damaged segment)", segment.location());
+        };
+        if read_cursor >= claimed {
+            info!(producer_id = id, next = records, "resuming after this producer's records the consumer has");
+            return Ok(Some(records));
+        }
+        if shared.stopping() {
+            return Ok(None);
+        }
+        if !said {
+            info!(
+                producer_id = id,
+                unread_bytes = claimed - read_cursor,
+                "waiting for the consumer to pass the ring's earlier records, to resume exactly"
+            );
+            said = true;
+        }
+        shared.beat();
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A small deterministic generator of record sizes.
@@ -238,22 +347,112 @@ impl LastFrameGuard {
     }
 }
 
-fn generate(producer: &mut Producer, segment: &Segment, generator: &mut Generator, shared: &Shared) -> Result<()> {
-    let largest = max_generated_record(producer.capacity());
+/// Where the generator writes: the ring, of its kind.
+trait GeneratorTarget {
+    /// The ring's capacity.
+    fn capacity(&self) -> u64;
+    /// Writes up to `due` records from `*seq` on (left at the next one) and publishes them.
+    fn fill(&mut self, seq: &mut u64, due: u64, sizes: &mut Sizes) -> Result<Filled>;
+    /// The ring was full: waits (up to [`STEP`]) for room for `len` bytes.
+    fn wait_for_space(&mut self, len: usize) -> Result<()>;
+}
+
+/// An spsc ring: batches published with one cursor store, clear of the resume point.
+struct SpscTarget<'a> {
+    producer: &'a mut Producer,
+    guard: LastFrameGuard,
+}
+
+impl GeneratorTarget for SpscTarget<'_> {
+    fn capacity(&self) -> u64 {
+        self.producer.capacity()
+    }
+
+    fn fill(&mut self, seq: &mut u64, due: u64, sizes: &mut Sizes) -> Result<Filled> {
+        let filled = fill_batch(&mut self.producer.batch(), &self.guard, seq, due, sizes)?;
+        // The batch was published as it was dropped, at the end of the line above.
+        if filled.written > 0 {
+            self.guard.published(filled.end, filled.last_len);
+        }
+        Ok(filled)
+    }
+
+    fn wait_for_space(&mut self, len: usize) -> Result<()> {
+        match self.producer.wait_for_space(len, Some(STEP)) {
+            Ok(()) | Err(ClaimError::TimedOut(_)) => Ok(()),
+            Err(e) => bail!("generator: {e}"),
+        }
+    }
+}
+
+/// An mpsc ring: each record claimed and committed on its own (a commit publishes it);
+/// the first of a batch waits up to [`STEP`] for space, so waiting is part of filling.
+impl GeneratorTarget for mpsc::Producer {
+    fn capacity(&self) -> u64 {
+        mpsc::Producer::capacity(self)
+    }
+
+    fn fill(&mut self, seq: &mut u64, due: u64, sizes: &mut Sizes) -> Result<Filled> {
+        let mut filled = Filled { written: 0, full: false, next_size: sizes.next(), end: 0, last_len: 0 };
+        let producer_id = self.id() as u8;
+        while filled.written < due {
+            let timeout = (filled.written == 0).then_some(STEP);
+            let claim = match timeout {
+                Some(t) => self.claim(filled.next_size, Some(t)).map_err(|e| match e {
+                    ClaimError::TimedOut(_) => None,
+                    e => Some(e.to_string()),
+                }),
+                None => self.try_claim(filled.next_size).map_err(|e| match e {
+                    TryClaimError::Full => None,
+                    e => Some(e.to_string()),
+                }),
+            };
+            match claim {
+                Ok(mut claim) => {
+                    record::encode(&mut claim, producer_id, *seq, record::monotonic_ns());
+                    claim.commit();
+                    *seq += 1;
+                    filled.written += 1;
+                    filled.next_size = sizes.next();
+                }
+                Err(None) => {
+                    filled.full = filled.written == 0;
+                    break;
+                }
+                Err(Some(e)) => bail!("generator: {e}"),
+            }
+        }
+        Ok(filled)
+    }
+
+    fn wait_for_space(&mut self, _len: usize) -> Result<()> {
+        // `fill` waited already.
+        Ok(())
+    }
+}
+
+/// Runs the generator from `resume` (`None`: stopped before it could start).
+fn generate(
+    target: &mut dyn GeneratorTarget,
+    resume: Option<u64>,
+    generator: &mut Generator,
+    shared: &Shared,
+) -> Result<()> {
+    let Some(resume) = resume else { return Ok(()) };
+    let largest = max_generated_record(target.capacity());
     if generator.sizes.1 > largest {
         bail!(
             "generator: max_size {} is more than {largest} bytes, the most a ring of {} bytes takes while \
              keeping the resume point safe",
             generator.sizes.1,
-            producer.capacity()
+            target.capacity()
         );
     }
-    let mut seq = resume_sequence(producer, segment).max(generator.next.unwrap_or(0));
+    let mut seq = resume.max(generator.next.unwrap_or(0));
     let first = seq;
     // What `count` leaves for this segment, when it is set.
     let budget = (generator.count != 0).then(|| generator.count.saturating_sub(generator.used));
-    let mut guard = LastFrameGuard::new(producer, segment);
-    let result = generate_from(producer, &mut guard, &mut seq, budget, generator.sizes, shared);
+    let result = generate_from(target, &mut seq, budget, generator.sizes, shared);
     (generator.next, generator.used) = (Some(seq), generator.used + (seq - first));
     if result.is_ok() && budget.is_some_and(|b| seq - first >= b) {
         info!(records = generator.count, "generator finished");
@@ -264,8 +463,7 @@ fn generate(producer: &mut Producer, segment: &Segment, generator: &mut Generato
 /// Generates from `*seq` (left at the next number however it ends), at most `budget`
 /// records when set, until stopped.
 fn generate_from(
-    producer: &mut Producer,
-    guard: &mut LastFrameGuard,
+    target: &mut dyn GeneratorTarget,
     seq: &mut u64,
     budget: Option<u64>,
     (min, max): (usize, usize),
@@ -298,13 +496,8 @@ fn generate_from(
         if let Some(b) = budget {
             due = due.min(b - (*seq - first));
         }
-        let Filled { written, full, next_size, end, last_len } =
-            fill_batch(&mut producer.batch(), guard, seq, due, &mut sizes)?;
-        // The batch was published as it was dropped, at the end of the line above.
-        if written > 0 {
-            guard.published(end, last_len);
-        }
-        // The batch has been published (its drop stored the write cursor).
+        let Filled { written, full, next_size, .. } = target.fill(seq, due, &mut sizes)?;
+        // The batch has been published.
         ledger.acknowledge(*seq - written..*seq)?;
         sent_since += written;
         shared.committed.fetch_add(written, Ordering::Relaxed);
@@ -317,10 +510,7 @@ fn generate_from(
                 sent_since += dropped;
                 shared.dropped.fetch_add(dropped, Ordering::Relaxed);
             } else {
-                match producer.wait_for_space(next_size, Some(STEP)) {
-                    Ok(()) | Err(ClaimError::TimedOut(_)) => {}
-                    Err(e) => bail!("generator: {e}"),
-                }
+                target.wait_for_space(next_size)?;
             }
         }
     }
@@ -355,7 +545,8 @@ fn fill_batch(
             Ok(mut claim) => {
                 filled.end = claim.position() + framed_len_u32(filled.next_size as u32);
                 filled.last_len = filled.next_size;
-                record::encode(&mut claim, *seq, record::monotonic_ns());
+                // An spsc ring has one producer: id 0.
+                record::encode(&mut claim, 0, *seq, record::monotonic_ns());
                 claim.commit();
                 *seq += 1;
                 filled.written += 1;
@@ -373,7 +564,7 @@ fn fill_batch(
 
 /// Commits one record, waiting for space in steps; gives up only when stopping and the
 /// grace period has passed (the record is then reported lost).
-fn commit_waiting(producer: &mut Producer, data: &[u8], shared: &Shared) -> Result<bool> {
+fn commit_waiting(producer: &mut RingProducer, data: &[u8], shared: &Shared) -> Result<bool> {
     let mut stop_deadline: Option<Instant> = None;
     loop {
         shared.beat();
@@ -507,7 +698,7 @@ impl StdinBuffer {
 /// stdin: lines, or u32 LE length-prefixed records, until EOF or stop. The buffer holds
 /// at most one record of the ring's maximum size and one read beyond it.
 fn read_stream(
-    producer: &mut Producer,
+    producer: &mut RingProducer,
     mut input: impl Read + AsFd,
     buffer: &mut StdinBuffer,
     shared: &Shared,
@@ -571,7 +762,7 @@ fn read_stream(
 }
 
 /// UDP or Unix datagrams, each received straight into a claim in the ring.
-fn receive_datagrams(producer: &mut Producer, sock: std::os::fd::BorrowedFd<'_>, shared: &Shared) -> Result<()> {
+fn receive_datagrams(producer: &mut RingProducer, sock: std::os::fd::BorrowedFd<'_>, shared: &Shared) -> Result<()> {
     use nix::sys::socket::{MsgFlags, recv};
     let tv = nix::sys::time::TimeVal::new(0, STEP.as_micros() as _);
     nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
@@ -579,15 +770,18 @@ fn receive_datagrams(producer: &mut Producer, sock: std::os::fd::BorrowedFd<'_>,
     let room = producer.max_record().min(1 << 18) as usize;
     while !shared.stopping() {
         shared.beat();
-        let mut claim = match producer.claim(room, Some(STEP)) {
-            Ok(c) => c,
+        let received = producer.claim_with(room, Some(STEP), |claim| {
+            // MSG_TRUNC: the real length even when the datagram did not fit.
+            let received = recv(std::os::fd::AsRawFd::as_raw_fd(&sock), claim, MsgFlags::MSG_TRUNC);
+            (received.ok().filter(|&n| n <= room), received)
+        });
+        let received = match received {
+            Ok(r) => r,
             Err(ClaimError::TimedOut(_)) => continue,
             Err(e) => bail!("{e}"),
         };
-        // MSG_TRUNC: the real length even when the datagram did not fit.
-        match recv(std::os::fd::AsRawFd::as_raw_fd(&sock), &mut claim, MsgFlags::MSG_TRUNC) {
+        match received {
             Ok(n) if n <= room => {
-                claim.commit_len(n);
                 shared.committed.fetch_add(1, Ordering::Relaxed);
             }
             Ok(n) => {

@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use shm_core::Segment;
+use shm_core::{RingKind, Segment};
 use shm_daemon::service::{Ended, Service, StopRequested, Waiting};
 use shm_daemon::{exit, launch, logging, metrics};
 use tracing::{error, info, warn};
@@ -67,9 +67,16 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
             Err(e) if e.is::<StopRequested>() => break,
             Err(e) => return Err(e),
         };
-        let producer = segment.producer_with(settings.segment.wait)?;
+        let producer = attach(&segment, &settings)?;
         shared.stop.store(false, Ordering::Relaxed);
-        info!(segment = %segment.location(), config = %settings.origin, source = settings.source.kind(), "producer attached");
+        info!(
+            segment = %segment.location(),
+            config = %settings.origin,
+            source = settings.source.kind(),
+            kind = segment.geometry().kind.name(),
+            producer_id = ?settings.producer_id,
+            "producer attached"
+        );
         let ring = {
             let (shared, segment) = (shared.clone(), segment.clone());
             let cpus = settings.cpu_affinity.clone();
@@ -103,6 +110,20 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         "stopped"
     );
     Ok(exit::OK)
+}
+
+/// Attaches as the segment's producer, of its kind (`segment::open` checked that it is
+/// the configured one, and the config that an mpsc ring has a `producer_id`).
+fn attach(segment: &Segment, settings: &config::Settings) -> Result<daemon::RingProducer> {
+    Ok(match (segment.geometry().kind, settings.producer_id) {
+        (RingKind::Spsc, _) => daemon::RingProducer::Spsc(segment.producer_with(settings.segment.wait)?),
+        (RingKind::Mpsc, Some(id)) => {
+            let mut producer = segment.mpsc_producer(id)?;
+            producer.set_wait_strategy(settings.segment.wait);
+            daemon::RingProducer::Mpsc(producer)
+        }
+        (RingKind::Mpsc, None) => bail!("source.producer_id: required for an mpsc ring"),
+    })
 }
 
 /// The service loop's view of this daemon: metrics, status, reload, unlink check.

@@ -624,6 +624,18 @@ impl Segment {
         Some(MpscStatus { producers, head, waiting_for_pid })
     }
 
+    /// For an mpsc ring: how many records of producer `id` the consumer has released, with
+    /// the read cursor that figure is exact at (a racing release may make it newer; it only
+    /// grows). Once the cursor has passed every claim producer `id` made, the figure is its
+    /// exact number of delivered records: where a restarted generator resumes. `None` for
+    /// other kinds, an id out of range, or a ledger that matches no release slot.
+    pub fn mpsc_released(&self, id: usize) -> Option<(u64, u64)> {
+        if self.inner.geometry.kind != crate::layout::RingKind::Mpsc {
+            return None;
+        }
+        mpsc::released_records(&self.ring_refs(), id)
+    }
+
     /// Whether mpsc producer `id` holds its kernel lock (`true` when that cannot be
     /// told, so a claim is never reclaimed without proof of death).
     fn producer_liveness(&self) -> mpsc::ProducerLiveness {

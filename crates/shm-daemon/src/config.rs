@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use shm_core::owner::{gid_of, uid_of};
 use shm_core::placement;
 use shm_core::units::parse_size;
-use shm_core::{FlushPolicy, Location, WaitStrategy};
+use shm_core::{FlushPolicy, Location, RingKind, WaitStrategy};
 use toml::Spanned;
 
 /// A configuration error: which file, which key, which line, what is wrong.
@@ -187,6 +187,8 @@ pub struct RawSegment {
     pub hugepages: Option<Spanned<bool>>,
     /// Map every page of the segment at start (default true).
     pub prefault: Option<Spanned<bool>>,
+    /// Ring kind: `spsc` (default) or `mpsc`.
+    pub kind: Option<Spanned<String>>,
 }
 
 /// What to do when the segment does not exist.
@@ -233,6 +235,14 @@ pub struct SegmentSettings {
     /// it each process takes a page fault, a few microseconds, on its first touch of
     /// every page, in the tail of its first lap around the ring).
     pub prefault: bool,
+    /// The ring kind created, and required of an existing segment.
+    pub kind: RingKind,
+}
+
+/// The ring kinds the daemons read and write. A kind shm-core knows but the daemons do not
+/// yet is refused by name, in the config and when an existing segment holds it.
+pub fn daemons_support(kind: RingKind) -> bool {
+    matches!(kind, RingKind::Spsc | RingKind::Mpsc)
 }
 
 impl SegmentSettings {
@@ -253,6 +263,7 @@ impl SegmentSettings {
             ("segment.numa_node", self.numa_node != new.numa_node),
             ("segment.hugepages", self.hugepages != new.hugepages),
             ("segment.prefault", self.prefault != new.prefault),
+            ("segment.kind", self.kind != new.kind),
         ];
         changes.into_iter().filter_map(|(key, changed)| changed.then_some(key)).collect()
     }
@@ -422,7 +433,20 @@ impl RawSegment {
                 "a posix segment lives on /dev/shm (tmpfs), which cannot hold huge pages; use backend = \"sysv\", or \"file\" with a name on a hugetlbfs mount (such as /dev/hugepages/ring)",
             ));
         }
+        let kind_text = text(&self.kind, "spsc");
+        let kind = kind_text
+            .parse::<RingKind>()
+            .ok()
+            .filter(|k| daemons_support(*k))
+            .ok_or_else(|| {
+                src.error(
+                    "segment.kind",
+                    self.kind.as_ref(),
+                    format!("{kind_text:?} is not a kind the daemons support (spsc, mpsc)"),
+                )
+            })?;
         Ok(SegmentSettings {
+            kind,
             location,
             capacity,
             max_record,

@@ -18,7 +18,8 @@ fn builder(s: &SegmentSettings) -> SegmentBuilder {
         .expected_owner(Some(s.owner))
         .numa_node(s.numa_node)
         .hugepages(s.hugepages)
-        .prefault(s.prefault);
+        .prefault(s.prefault)
+        .kind(s.kind);
     if let Some(m) = s.max_record {
         b = b.max_record(m);
     }
@@ -71,6 +72,19 @@ pub fn open(s: &SegmentSettings, waiting: &mut Waiting<'_>) -> Result<Segment> {
         );
     }
     let g = segment.geometry();
+    if g.kind != s.kind {
+        return Err(anyhow::Error::new(shm_core::AttachError::WrongKind {
+            location: s.location.clone(),
+            found: g.kind.name(),
+            wanted: s.kind.name(),
+        })
+        .context(format!(
+            "segment.kind: configured {:?}, but the segment {} holds a {:?} ring",
+            s.kind.name(),
+            s.location,
+            g.kind.name()
+        )));
+    }
     if g.capacity != s.capacity {
         warn!(segment = %s.location, configured = s.capacity, actual = g.capacity, "segment exists with another capacity; using the segment's");
     }

@@ -1348,6 +1348,28 @@ pub struct ProducerRow {
     pub unblocked_records: u64,
 }
 
+/// Producer `id`'s records the consumer has released, read from the ledger of the
+/// release slot that matches the read cursor: `(read cursor, records)`. The figure is
+/// exact at that cursor, or newer (a release racing this read rewrote the slot; the figure
+/// only grows). `None` when no slot matches (a damaged segment) or `id` is out of range.
+pub(crate) fn released_records(ring: &RingRefs, id: usize) -> Option<(u64, u64)> {
+    if id >= MPSC_PRODUCERS {
+        return None;
+    }
+    let cursor = ring.cursor();
+    // Acquire: pairs with the consumer's Release store of read_cursor, which follows its
+    // ledger stores.
+    let head = cursor.read_cursor.load(Ordering::Acquire);
+    // Relaxed: ordered after the Acquire load above, stored before that cursor.
+    match super::spsc::current_slot(head, |i| cursor.releases[i].position.load(Ordering::Relaxed)) {
+        super::spsc::CurrentSlot::Empty => Some((head, 0)),
+        super::spsc::CurrentSlot::Slot(i) => {
+            Some((head, area(ring).ledgers[i].producers[id].consumed.load(Ordering::Relaxed)))
+        }
+        super::spsc::CurrentSlot::Unknown => None,
+    }
+}
+
 /// The per-producer rows of ids that were ever used, and who holds the consumer up.
 pub(crate) fn status(ring: &RingRefs, alive: &dyn Fn(usize) -> bool) -> (Vec<ProducerRow>, HeadClaim) {
     let area = area(ring);
