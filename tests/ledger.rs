@@ -176,6 +176,34 @@ impl GeneratorStream {
     }
 }
 
+/// Several generators (mpsc producer ids) feeding one `binary` file sink: each producer's
+/// ledger (`(id, ledger file)`) against its own records in `out` (the id is the top byte
+/// of a generator record's first word, the sequence number the rest), added up, so that
+/// order is checked per producer. Panics on a record of a producer not listed.
+#[track_caller]
+pub fn per_producer_evidence(ledgers: &[(u8, &Path)], out: &Path) -> Evidence {
+    const SEQ_BITS: u32 = 56;
+    let delivered = read_generator_file(out);
+    let strangers: Vec<u64> = delivered
+        .iter()
+        .map(|w| w >> SEQ_BITS)
+        .filter(|id| !ledgers.iter().any(|(k, _)| u64::from(*k) == *id))
+        .collect();
+    assert!(strangers.is_empty(), "records of producer ids no generator had: {strangers:?}");
+    let rounds: Vec<Evidence> = ledgers
+        .iter()
+        .map(|&(id, ledger)| {
+            let mine = delivered
+                .iter()
+                .filter(|w| *w >> SEQ_BITS == u64::from(id))
+                .map(|w| w & ((1 << SEQ_BITS) - 1))
+                .collect();
+            Evidence::compare(GeneratorStream::LEDGER, read_ledger(ledger), GeneratorStream::READER, mine)
+        })
+        .collect();
+    Evidence::sum(&rounds)
+}
+
 /// The lost and duplicated figures of one reliability row.
 #[derive(Debug, Clone)]
 pub enum Figures {

@@ -207,3 +207,57 @@ fn a_second_producer_or_consumer_is_refused_with_69() {
     producer.stop(&fx).assert_success();
     consumer.stop(&fx).assert_success();
 }
+
+#[test]
+fn config_ring_kind_producer_id_and_consumer_name_name_the_key_and_line() {
+    let fx = Fixture::new("cfg-kind");
+    let location = fx.location(Backend::Posix);
+    let spsc = segment_section(&location, &[]);
+    let mpsc = segment_section(&location, &["kind = \"mpsc\""]);
+    let mut cases =
+        both(&segment_section(&location, &["kind = \"broadcast\""]), &["segment.kind", "line 4", "broadcast"]);
+    cases.extend([
+        refused(Kind::Producer, format!("{mpsc}[source]\nrate = 10\n"), &["source.producer_id", "required", "mpsc"]),
+        refused(
+            Kind::Producer,
+            format!("{mpsc}[source]\nproducer_id = 16\n"),
+            &["source.producer_id", "line 6", "16", "0 to 15"],
+        ),
+        refused(
+            Kind::Producer,
+            format!("{spsc}[source]\nproducer_id = 0\n"),
+            &["source.producer_id", "line 5", "mpsc\" only"],
+        ),
+        refused(
+            Kind::Consumer,
+            format!("{mpsc}[sink]\nkind = \"discard\"\nconsumer_name = \"two words\"\n"),
+            &["sink.consumer_name", "line 7", "two words"],
+        ),
+    ]);
+    assert_all_refused(&fx, &location, &cases);
+}
+
+#[test]
+fn a_segment_of_another_kind_is_refused_with_78_naming_the_key_and_both_kinds() {
+    let fx = Fixture::new("cfg-wrong-kind");
+    for (created, configured, extra) in [
+        (shm_core::RingKind::Spsc, "mpsc", "[source]\nproducer_id = 0\n"),
+        (shm_core::RingKind::Mpsc, "spsc", "[source]\nrate = 10\n"),
+        (shm_core::RingKind::Spsc, "mpsc", "[sink]\nkind = \"discard\"\n"),
+        (shm_core::RingKind::Mpsc, "spsc", "[sink]\nkind = \"discard\"\n"),
+    ] {
+        let location = fx.location(Backend::Posix);
+        let segment = Segment::builder(location.clone()).kind(created).create().expect("create the segment");
+        let config = format!("{}{extra}", segment_section(&location, &[&format!("kind = \"{configured}\"")]));
+        let kind = if extra.contains("[sink]") { Kind::Consumer } else { Kind::Producer };
+        let daemon = Daemon::launch(&fx, kind, &config).start(&fx);
+        let out = daemon.wait(&fx);
+        out.assert_code(78);
+        for needle in ["segment.kind", &format!("configured \"{configured}\""), &format!("\"{}\" ring", created.name())]
+        {
+            assert!(out.stderr.contains(needle), "{}: {needle:?} missing from {}", kind.binary(), out.stderr);
+        }
+        assert!(!daemon.has_been_ready(), "{} became ready on a segment of another kind", kind.binary());
+        drop(segment);
+    }
+}

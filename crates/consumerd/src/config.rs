@@ -368,6 +368,18 @@ mod tests {
         assert!(message.contains("sink.cpu_affinity (line 3): CPU 4096 is not one"), "{message}");
     }
 
+    #[test]
+    fn a_reload_refuses_a_new_consumer_name_by_name() {
+        let settings = |text: &str| load(&Source::embedded(text)).expect(text);
+        let running = settings("[sink]\nkind = \"discard\"\nconsumer_name = \"recorder\"\n");
+        let renamed = settings("[sink]\nkind = \"discard\"\nconsumer_name = \"live\"\n");
+        assert_eq!(running.refused_on_reload(&renamed), ["sink.consumer_name"]);
+        assert_eq!(running.consumer_name.as_deref(), Some("recorder"));
+        let long = format!("[sink]\nconsumer_name = \"{}\"\n", "x".repeat(CONSUMER_NAME_MAX + 1));
+        let message = load(&Source::embedded(&long)).expect_err("too long").to_string();
+        assert!(message.contains("sink.consumer_name (line 2)"), "{message}");
+    }
+
     proptest! {
         /// Whatever the file holds, loading it gives settings or an error naming where,
         /// and never panics (the config-parsing fuzz target, run as proptest).

@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use shm_core::RingKind;
+use shm_core::layout::MPSC_PRODUCERS;
 use shm_daemon::config::{
     ConfigError, CpuAffinity, CreateMode, KeySpan, LogSettings, RawLog, RawMetrics, RawSegment, SegmentDefaults,
     SegmentSettings, SizeValue, Source, refuse_keys, size_key,
 };
-use shm_core::RingKind;
-use shm_core::layout::MPSC_PRODUCERS;
 use toml::Spanned;
 
 /// The config used when no file is found: a generator on `/high_perf_ring`.
@@ -302,7 +302,11 @@ fn producer_id(
             let value = *id.get_ref();
             let id_ok = usize::try_from(value).ok().filter(|&i| i < MPSC_PRODUCERS);
             let Some(valid) = id_ok else {
-                return Err(src.error(key, Some(id), format!("{value} is not a producer slot from 0 to {}", MPSC_PRODUCERS - 1)));
+                return Err(src.error(
+                    key,
+                    Some(id),
+                    format!("{value} is not a producer slot from 0 to {}", MPSC_PRODUCERS - 1),
+                ));
             };
             if drop_when_full && matches!(source, SourceKind::Generator { .. }) {
                 // The generator on mpsc resumes at the consumer's exact count of its records;
@@ -357,6 +361,18 @@ mod tests {
         assert_eq!(running.changed_keys(&changed), ["segment.capacity", "segment.numa_node", "segment.prefault"]);
         let same = settings("[segment]\ncapacity = \"1MiB\"\nwait_for_segment = \"3s\"\n");
         assert!(running.changed_keys(&same).is_empty());
+    }
+
+    #[test]
+    fn a_reload_refuses_a_new_ring_kind_or_producer_id_by_name() {
+        let settings = |text: &str| load(&Source::embedded(text)).expect(text);
+        let running = settings("[segment]\nkind = \"mpsc\"\n[source]\nproducer_id = 0\n");
+        let other_id = settings("[segment]\nkind = \"mpsc\"\n[source]\nproducer_id = 1\n");
+        assert_eq!(running.refused_on_reload(&other_id), ["source.producer_id"]);
+        let spsc = settings("");
+        assert_eq!(running.refused_on_reload(&spsc), ["segment.kind", "source.producer_id"]);
+        assert_eq!((running.segment.kind, running.producer_id), (RingKind::Mpsc, Some(0)));
+        assert_eq!((spsc.segment.kind, spsc.producer_id), (RingKind::Spsc, None), "spsc is the default");
     }
 
     #[test]

@@ -434,17 +434,13 @@ impl RawSegment {
             ));
         }
         let kind_text = text(&self.kind, "spsc");
-        let kind = kind_text
-            .parse::<RingKind>()
-            .ok()
-            .filter(|k| daemons_support(*k))
-            .ok_or_else(|| {
-                src.error(
-                    "segment.kind",
-                    self.kind.as_ref(),
-                    format!("{kind_text:?} is not a kind the daemons support (spsc, mpsc)"),
-                )
-            })?;
+        let kind = kind_text.parse::<RingKind>().ok().filter(|k| daemons_support(*k)).ok_or_else(|| {
+            src.error(
+                "segment.kind",
+                self.kind.as_ref(),
+                format!("{kind_text:?} is not a kind the daemons support (spsc, mpsc)"),
+            )
+        })?;
         Ok(SegmentSettings {
             kind,
             location,

@@ -71,8 +71,11 @@ pub fn decode(data: &[u8]) -> Option<Decoded> {
         return None;
     }
     let word = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
-    (fnv1a(&data[..n - 8]) == word(n - 8))
-        .then(|| Decoded { producer: (word(0) >> 56) as u8, seq: word(0) % SEQ_LIMIT, sent_ns: word(8) })
+    (fnv1a(&data[..n - 8]) == word(n - 8)).then(|| Decoded {
+        producer: (word(0) >> 56) as u8,
+        seq: word(0) % SEQ_LIMIT,
+        sent_ns: word(8),
+    })
 }
 
 #[cfg(test)]
