@@ -242,6 +242,13 @@ pub struct DemoArgs {
     /// Leave the segment in place afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Ring kind: spsc (one producer) or mpsc (several producers, one consumer).
+    #[arg(long, default_value = "spsc", value_parser = ["spsc", "mpsc"])]
+    pub kind: String,
+    /// Producers (generators), each a producerd with its own producer_id: 1 for spsc,
+    /// 1 to 16 for mpsc.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub producers: u8,
 }
 
 /// `shmctl completions`.

@@ -1,7 +1,9 @@
 //! `shmctl demo`: the main job in one command. Starts consumerd and producerd on the
 //! shipped default config (generator -> `/high_perf_ring` -> verify), prints live
 //! statistics read from the segment, stops both with SIGTERM (the consumer drains),
-//! and prints what the verify sink saw.
+//! and prints what the verify sink saw. `--kind mpsc --producers N` runs N producerd
+//! generators (producer ids 0..N) into one mpsc ring; the verify sink checks each
+//! producer's order.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +14,7 @@ use shm_core::units::format_size;
 use shm_core::{Liveness, Location, Role, Segment};
 
 use crate::cli::DemoArgs;
-use crate::exit::{UNAVAILABLE, refuse};
+use crate::exit::{UNAVAILABLE, USAGE, refuse};
 use crate::render::count;
 use crate::stdout::outln;
 use crate::target::open_read_only;
@@ -76,6 +78,10 @@ fn terminate(child: &mut Child, name: &str, within: Duration) -> Result<std::pro
 
 pub fn run(args: DemoArgs) -> Result<()> {
     let location = Location::posix(&args.segment)?;
+    let mpsc = args.kind == "mpsc";
+    if !mpsc && args.producers > 1 {
+        return Err(refuse(USAGE, "--producers above 1 needs --kind mpsc (an spsc ring has one producer)"));
+    }
     let (producerd, consumerd) = (beside_me("producerd")?, beside_me("consumerd")?);
     if let Ok(existing) = open_read_only(&location, Duration::ZERO)
         && existing.participants().iter().any(|p| p.liveness == Liveness::Alive)
@@ -89,27 +95,37 @@ pub fn run(args: DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut daemons = Daemons { children: Vec::new(), dir: dir.clone() };
     let name_line = format!("name = {:?}", args.segment);
-    let producer_config = dir.join("producerd.toml");
+    let kind_line = format!("kind = {:?}", args.kind);
+    let segment_lines = |config: &str| {
+        config.replacen("name = \"/high_perf_ring\"", &name_line, 1).replacen("kind = \"spsc\"", &kind_line, 1)
+    };
+    let producer_configs: Vec<PathBuf> =
+        (0..args.producers).map(|id| dir.join(format!("producerd-{id}.toml"))).collect();
+    for (id, path) in producer_configs.iter().enumerate() {
+        let mut config = segment_lines(PRODUCER_CONFIG).replacen("rate = 0 ", &format!("rate = {} ", args.rate), 1);
+        if mpsc {
+            config = config.replacen("# producer_id = 0 ", &format!("producer_id = {id} "), 1);
+        }
+        std::fs::write(path, config)?;
+    }
     let consumer_config = dir.join("consumerd.toml");
-    std::fs::write(
-        &producer_config,
-        PRODUCER_CONFIG.replacen("name = \"/high_perf_ring\"", &name_line, 1).replacen(
-            "rate = 0 ",
-            &format!("rate = {} ", args.rate),
-            1,
-        ),
-    )?;
-    std::fs::write(&consumer_config, CONSUMER_CONFIG.replacen("name = \"/high_perf_ring\"", &name_line, 1))?;
+    std::fs::write(&consumer_config, segment_lines(CONSUMER_CONFIG))?;
     let summary_path = dir.join("summary.json");
 
-    outln!("shmring demo: producerd (generator) -> {location} -> consumerd (verify), {} s", args.seconds);
+    let producers = match args.producers {
+        1 => "producerd (generator)".to_owned(),
+        n => format!("{n} producerd (generators, producer ids 0..{n})"),
+    };
+    outln!("shmring demo: {producers} -> {location} ({}) -> consumerd (verify), {} s", args.kind, args.seconds);
     let summary_arg = summary_path.to_string_lossy().into_owned();
     daemons.children.push(("consumerd", spawn(&consumerd, &consumer_config, &["--summary-file", &summary_arg])?));
-    daemons.children.push(("producerd", spawn(&producerd, &producer_config, &[])?));
+    for config in &producer_configs {
+        daemons.children.push(("producerd", spawn(&producerd, config, &[])?));
+    }
 
-    let segment = wait_until_running(&location, &mut daemons)?;
+    let segment = wait_until_running(&location, &mut daemons, usize::from(args.producers))?;
     let info = segment.info()?;
-    outln!("ring: {} {} ring of {}, both daemons attached", info.backend, info.kind.name(), format_size(info.capacity));
+    outln!("ring: {} {} ring of {}, every daemon attached", info.backend, info.kind.name(), format_size(info.capacity));
     outln!("{:>4}  {:>14} {:>12}  {:>14} {:>12}  {:>6}", "t", "produced", "rate/s", "consumed", "rate/s", "fill");
     let started = Instant::now();
     let mut last = (started, segment.stats());
@@ -134,8 +150,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
 
     outln!("stopping: SIGTERM to producerd, then to consumerd (it drains the ring)");
-    let (_, mut producer) = daemons.children.pop().expect("producer was started");
-    let producer_status = terminate(&mut producer, "producerd", Duration::from_secs(10))?;
+    let mut producer_status = Vec::new();
+    for _ in 0..args.producers {
+        let (_, mut producer) = daemons.children.pop().expect("producer was started");
+        producer_status.push(terminate(&mut producer, "producerd", Duration::from_secs(10))?);
+    }
     let (_, mut consumer) = daemons.children.pop().expect("consumer was started");
     let consumer_status = terminate(&mut consumer, "consumerd", Duration::from_secs(15))?;
     let end = segment.stats();
@@ -189,27 +208,35 @@ pub fn run(args: DemoArgs) -> Result<()> {
              mostly queueing: try --rate 100000 for the ring's own latency)"
         );
     }
-    outln!("  exits       producerd {producer_status}, consumerd {consumer_status}");
+    if mpsc {
+        let per_producer = summary["next_expected_per_producer"].as_object().cloned().unwrap_or_default();
+        let streams: Vec<String> = per_producer.iter().map(|(id, n)| format!("producer {id}: {n}")).collect();
+        outln!("  per producer records verified in order: {}", streams.join(", "));
+    }
+    let producers_ok = producer_status.iter().all(|s| s.success());
+    let shown: Vec<String> = producer_status.iter().map(ToString::to_string).collect();
+    outln!("  exits       producerd {}, consumerd {consumer_status}", shown.join(" / "));
     if !args.keep {
         outln!("  {location} removed (--keep leaves it for shmctl stat)");
     }
     let clean =
         n("lost") + n("duplicated") + n("reordered") + n("corrupt") == 0 && end.total_produced == end.total_consumed;
-    if !(clean && producer_status.success() && consumer_status.success()) {
+    if !(clean && producers_ok && consumer_status.success()) {
         bail!("the demo found a problem: see the summary above");
     }
     Ok(())
 }
 
-/// Waits for the segment to exist with a live producer and consumer.
-fn wait_until_running(location: &Location, daemons: &mut Daemons) -> Result<Segment> {
+/// Waits for the segment to exist with `producers` live producers and a live consumer.
+fn wait_until_running(location: &Location, daemons: &mut Daemons, producers: usize) -> Result<Segment> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         check_alive(daemons)?;
         if let Ok(segment) = open_read_only(location, Duration::ZERO) {
-            let alive =
-                |role| segment.participants().iter().any(|p| p.role == Some(role) && p.liveness == Liveness::Alive);
-            if alive(Role::Producer) && alive(Role::Consumer) {
+            let alive = |role| {
+                segment.participants().iter().filter(|p| p.role == Some(role) && p.liveness == Liveness::Alive).count()
+            };
+            if alive(Role::Producer) >= producers && alive(Role::Consumer) >= 1 {
                 return Ok(segment);
             }
         }
