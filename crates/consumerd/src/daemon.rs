@@ -52,6 +52,7 @@ pub struct Shared {
 }
 
 /// The segment's consumer, of the ring's kind.
+#[expect(clippy::large_enum_variant, reason = "one per daemon, made once and never moved on the hot path")]
 pub enum RingConsumer {
     /// The consumer of an spsc ring.
     Spsc(Consumer),
