@@ -239,6 +239,22 @@ pub enum AttachError {
         /// The number of ids.
         max: usize,
     },
+    /// A broadcast consumer name that is not 1 to 24 printable ASCII bytes.
+    #[error("{location}: {source}")]
+    ConsumerName {
+        /// The segment.
+        location: Location,
+        /// What is wrong with it.
+        source: crate::ring::broadcast::ConsumerNameError,
+    },
+    /// Every broadcast consumer slot holds another name.
+    #[error("{location}: all {max} broadcast consumer slots hold other names")]
+    NoConsumerSlot {
+        /// The segment.
+        location: Location,
+        /// The number of slots.
+        max: usize,
+    },
     /// The ring's cursors are impossible.
     #[error("{location}")]
     Corrupt {

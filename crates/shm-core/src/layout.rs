@@ -36,10 +36,13 @@
 //!   participant slot 1 are the consumer's, as in spsc; producer `k` (0..16) holds
 //!   participant slot `2 + k` and [`MpscArea::producers`]`[k]`; the consumer's exact
 //!   per-producer tallies alternate between [`MpscArea::ledgers`] with its release slots.
-//! - Still to come, and where they fit: `broadcast` keeps mpsc's claim cursor and frames
-//!   and gives each consumer its own cursor slot (`cursor_slots` up to 64, each slot's
-//!   release slots exact as today) and participant slot; a producer is held back by the
-//!   minimum over live consumers' cursors. `mpmc` keeps the same claim side and adds,
+//! - `broadcast` ([`crate::ring::broadcast`], layout 1.2): one producer (participant slot
+//!   0, as spsc) writes `write_cursor`, its publish slots and the producer line's
+//!   `horizon`, `space_floor` and `dead_passes`; consumer `k` (0..[`BROADCAST_CONSUMERS`])
+//!   owns cursor slot `k` (its name, pid, release slots and `missed` tallies) and the role
+//!   lock byte `BROADCAST_LOCK_BASE + k` (no participant record). [`FLAG_LOSSY`] in
+//!   `flags` lets the producer lap slow consumers instead of waiting for them.
+//! - Still to come, and where it fits: `mpmc` keeps the same claim side and adds,
 //!   per consumer, a "holding" word (the frame it took, by CAS on a shared read-claim
 //!   cursor in the 1 KiB still reserved) so a dead worker's record can be handed over.
 
@@ -51,7 +54,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMRING\0");
 /// Layout major version: a reader refuses any other.
 pub const LAYOUT_MAJOR: u16 = 1;
 /// Layout minor version: additions a version-1 reader may ignore.
-pub const LAYOUT_MINOR: u16 = 1;
+pub const LAYOUT_MINOR: u16 = 2;
 /// Bytes from the start of the segment to the ring data.
 pub const HEADER_SIZE: usize = 16384;
 /// The smallest ring capacity in bytes.
@@ -80,6 +83,15 @@ pub const MPSC_END: usize = 7168;
 pub const MPSC_PRODUCERS: usize = 16;
 /// Participant slot of mpsc producer 0; producer `k` holds `MPSC_PARTICIPANT_BASE + k`.
 pub const MPSC_PARTICIPANT_BASE: usize = 2;
+
+/// Consumers a broadcast ring can have at once, each with its own named cursor slot.
+pub const BROADCAST_CONSUMERS: usize = CURSOR_SLOTS;
+/// Role-lock byte of broadcast consumer 0; consumer `k` locks `BROADCAST_LOCK_BASE + k`.
+pub const BROADCAST_LOCK_BASE: usize = 64;
+/// Bytes of a broadcast consumer's name (NUL-padded).
+pub const CONSUMER_NAME_LEN: usize = 24;
+/// `Identity::flags` bit: a lossy broadcast ring (slow consumers are lapped, and counted).
+pub const FLAG_LOSSY: u32 = 1;
 
 /// Largest payload any ring accepts: a frame's length field is 32 bits.
 pub const MAX_RECORD_LIMIT: u64 = u32::MAX as u64 - 15;
@@ -110,6 +122,8 @@ pub enum RingKind {
     Spsc,
     /// Many producers, one consumer.
     Mpsc,
+    /// One producer, many consumers that each see every record.
+    Broadcast,
 }
 
 impl RingKind {
@@ -118,6 +132,7 @@ impl RingKind {
         match self {
             RingKind::Spsc => 1,
             RingKind::Mpsc => 2,
+            RingKind::Broadcast => 3,
         }
     }
 
@@ -126,6 +141,7 @@ impl RingKind {
         match code {
             1 => Some(RingKind::Spsc),
             2 => Some(RingKind::Mpsc),
+            3 => Some(RingKind::Broadcast),
             _ => None,
         }
     }
@@ -135,18 +151,27 @@ impl RingKind {
         match self {
             RingKind::Spsc => "spsc",
             RingKind::Mpsc => "mpsc",
+            RingKind::Broadcast => "broadcast",
         }
     }
 
     /// Every kind this build knows.
-    pub const ALL: [RingKind; 2] = [RingKind::Spsc, RingKind::Mpsc];
+    pub const ALL: [RingKind; 3] = [RingKind::Spsc, RingKind::Mpsc, RingKind::Broadcast];
+
+    /// Read-cursor slots the kind uses (`Identity::cursor_slots`).
+    pub const fn cursor_slots(self) -> u32 {
+        match self {
+            RingKind::Broadcast => BROADCAST_CONSUMERS as u32,
+            _ => 1,
+        }
+    }
 }
 
 impl std::str::FromStr for RingKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         RingKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            format!("unknown ring kind {s:?}: this build knows spsc and mpsc (broadcast and mpmc are not built yet)")
+            format!("unknown ring kind {s:?}: this build knows spsc, mpsc and broadcast (mpmc is not built yet)")
         })
     }
 }
@@ -221,6 +246,14 @@ pub struct ProducerLine {
     pub write_cursor: AtomicU64,
     /// The two most recent publishes, written alternately.
     pub publishes: [PublishSlot; 2],
+    /// Broadcast (1.2): one past the last byte the producer may be writing; stored before
+    /// it writes there, so a consumer can tell that the bytes it copied were overwritten.
+    pub horizon: AtomicU64,
+    /// Broadcast (1.2): the slowest live consumer's cursor as the producer last computed it.
+    pub space_floor: AtomicU64,
+    /// Broadcast (1.2): times the producer found a dead consumer's cursor in its way and
+    /// passed it.
+    pub dead_passes: AtomicU64,
 }
 
 /// What one release recorded, written before the read-cursor store it belongs to
@@ -275,6 +308,19 @@ pub struct CursorSlot {
     pub read_cursor: AtomicU64,
     /// The two most recent releases, written alternately.
     pub releases: [ReleaseSlot; 2],
+    /// Broadcast (1.2): records this consumer missed up to `releases[i].position`
+    /// (written with release slot `i`).
+    pub missed: [AtomicU64; 2],
+    /// Broadcast (1.2): sequence number of the first record this consumer was entitled to
+    /// (the records published before it joined).
+    pub first_seq: AtomicU64,
+    /// Broadcast (1.2): the consumer's name, NUL-padded ASCII read as little-endian
+    /// words; all zero for a slot never named.
+    pub name: [AtomicU64; 3],
+    /// Broadcast (1.2): pid of the last holder (display only).
+    pub pid: AtomicU32,
+    /// Broadcast (1.2): `0` never used, `1` attached, `2` detached cleanly, `3` being named.
+    pub state: AtomicU32,
 }
 
 /// One mpsc producer's line. Only that producer writes it (and its successor, which
@@ -369,6 +415,8 @@ const _: () = {
     assert!(size_of::<CursorSlot>() <= LINE);
     assert!(size_of::<StatSlot>() <= LINE);
     assert!(size_of::<ParticipantSlot>() == 64);
+    assert!(BROADCAST_LOCK_BASE >= PARTICIPANT_SLOTS && BROADCAST_LOCK_BASE + BROADCAST_CONSUMERS <= 128);
+    assert!(CONSUMER_NAME_LEN == 3 * 8);
     assert!(offset_of!(Header, identity) == 0);
     assert!(offset_of!(Header, producer) == 128);
     assert!(offset_of!(Header, data_wake) == 256);
@@ -475,7 +523,7 @@ impl RawIdentity {
         let kind = RingKind::from_code(self.ring_kind).ok_or(HeaderError::Field {
             field: "ring_kind",
             value: u64::from(self.ring_kind),
-            expected: "1 (spsc) or 2 (mpsc)",
+            expected: "1 (spsc), 2 (mpsc) or 3 (broadcast)",
         })?;
         let expect = |field: &'static str, value: u64, want: u64, expected: &'static str| {
             if value == want { Ok(()) } else { Err(HeaderError::Field { field, value, expected }) }
@@ -487,7 +535,15 @@ impl RawIdentity {
         expect("participants_offset", self.participants_offset, PARTICIPANTS_OFFSET as u64, "2560")?;
         expect("participant_slots", self.participant_slots.into(), PARTICIPANT_SLOTS as u64, "32")?;
         expect("cursors_offset", self.cursors_offset, CURSORS_OFFSET as u64, "8192")?;
-        expect("cursor_slots", self.cursor_slots.into(), 1, "1 for spsc")?;
+        expect("cursor_slots", self.cursor_slots.into(), kind.cursor_slots().into(), "1, or 64 for broadcast")?;
+        let allowed_flags = if kind == RingKind::Broadcast { FLAG_LOSSY } else { 0 };
+        if self.flags & !allowed_flags != 0 {
+            return Err(HeaderError::Field {
+                field: "flags",
+                value: self.flags.into(),
+                expected: "0, or 1 (lossy) for broadcast",
+            });
+        }
         let cap = self.capacity;
         if !cap.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&cap) {
             return Err(HeaderError::Field {
@@ -507,7 +563,7 @@ impl RawIdentity {
         if self.segment_size > mapped_len {
             return Err(HeaderError::Truncated { claimed: self.segment_size, actual: mapped_len });
         }
-        Ok(Geometry { kind, capacity: cap, max_record: self.max_record, minor })
+        Ok(Geometry { kind, capacity: cap, max_record: self.max_record, minor, lossy: self.flags & FLAG_LOSSY != 0 })
     }
 }
 
@@ -522,6 +578,8 @@ pub struct Geometry {
     pub max_record: u64,
     /// Layout minor version found.
     pub minor: u16,
+    /// A lossy broadcast ring ([`FLAG_LOSSY`]).
+    pub lossy: bool,
 }
 
 /// Why a header was refused.
@@ -603,7 +661,7 @@ impl Identity {
 
 impl RawIdentity {
     /// The identity a creator writes for a new ring.
-    pub(crate) fn new(kind: RingKind, capacity: u64, max_record: u64, wait_hint: u32) -> Self {
+    pub(crate) fn new(kind: RingKind, capacity: u64, max_record: u64, wait_hint: u32, flags: u32) -> Self {
         RawIdentity {
             magic: MAGIC,
             layout_version: pack_version(LAYOUT_MAJOR, LAYOUT_MINOR),
@@ -617,10 +675,10 @@ impl RawIdentity {
             created_unix_ns: crate::clock::unix_ns(),
             creator_pid: std::process::id(),
             creator_uid: nix::unistd::geteuid().as_raw(),
-            flags: 0,
+            flags,
             participant_slots: PARTICIPANT_SLOTS as u32,
             participants_offset: PARTICIPANTS_OFFSET as u64,
-            cursor_slots: 1,
+            cursor_slots: kind.cursor_slots(),
             stat_slots: STAT_SLOTS as u32,
             cursors_offset: CURSORS_OFFSET as u64,
             stats_offset: STATS_OFFSET as u64,

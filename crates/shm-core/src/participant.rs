@@ -314,7 +314,9 @@ fn register_held(fd: i32) -> Option<usize> {
 /// when dropped, in the process that took it.
 pub(crate) struct Attachment {
     lock: Option<OwnedFd>,
-    slot: std::ptr::NonNull<ParticipantSlot>,
+    /// `None` for a lock with no participant record (a broadcast consumer, which records
+    /// itself in its cursor slot).
+    slot: Option<std::ptr::NonNull<ParticipantSlot>>,
     /// The process that took the role (a forked child's copy holds nothing).
     owner: u32,
     /// Its entry in [`HELD`].
@@ -352,7 +354,15 @@ impl Attachment {
         s.attached_unix_ns.store(crate::clock::unix_ns(), Ordering::Relaxed);
         // Release: pairs with the Acquire load in `read_table`.
         s.state.store(STATE_ATTACHED, Ordering::Release);
-        Some(Attachment { lock: Some(lock), slot, owner: std::process::id(), held, _keep: keep })
+        Some(Attachment { lock: Some(lock), slot: Some(slot), owner: std::process::id(), held, _keep: keep })
+    }
+
+    /// Holds `lock` (a role lock with no participant record). `None` if this process
+    /// already holds [`MAX_HELD`] roles (the lock is then dropped).
+    pub(crate) fn hold(lock: OwnedFd, keep: Arc<dyn Send + Sync>) -> Option<Self> {
+        use std::os::fd::AsRawFd;
+        let held = register_held(lock.as_raw_fd())?;
+        Some(Attachment { lock: Some(lock), slot: None, owner: std::process::id(), held, _keep: keep })
     }
 }
 
@@ -369,11 +379,13 @@ impl Drop for Attachment {
             HELD[self.held].store(-1, Ordering::Relaxed);
             return;
         }
-        // SAFETY: `_keep` is still alive (fields drop after this), so the slot is mapped.
-        let s = unsafe { self.slot.as_ref() };
-        // Release: pairs with the Acquire load in `read_table`. The lock is released
-        // after this, when `lock` drops.
-        s.state.store(STATE_DETACHED, Ordering::Release);
+        if let Some(slot) = self.slot {
+            // SAFETY: `_keep` is still alive (fields drop after this), so the slot is mapped.
+            let s = unsafe { slot.as_ref() };
+            // Release: pairs with the Acquire load in `read_table`. The lock is released
+            // after this, when `lock` drops.
+            s.state.store(STATE_DETACHED, Ordering::Release);
+        }
         // Cleared before the descriptor closes: a fork in between leaves the child a
         // reference for its lifetime, rather than one onto an unrelated reused number.
         HELD[self.held].store(-1, Ordering::Relaxed);

@@ -23,7 +23,8 @@ use crate::layout::{MPSC_PARTICIPANT_BASE, MPSC_PRODUCERS};
 use crate::name::Location;
 use crate::participant::{self, Attachment, Participant, Role};
 use crate::placement::{self, HugePages};
-use crate::ring::mpsc;
+use crate::layout::{BROADCAST_CONSUMERS, BROADCAST_LOCK_BASE};
+use crate::ring::{broadcast, mpsc};
 use crate::ring::spsc::{Consumer, Producer};
 use crate::ring::{PublishHook, PublishStep, RingRefs, WaitStrategy};
 use crate::stats::StatsSnapshot;
@@ -103,6 +104,7 @@ pub struct SegmentBuilder {
     numa_node: Option<u32>,
     hugepages: bool,
     prefault: bool,
+    lossy: bool,
     flush_observer: Option<FlushObserver>,
 }
 
@@ -132,6 +134,13 @@ impl SegmentBuilder {
     /// Group of a new segment (default: the creator's).
     pub fn group(mut self, gid: u32) -> Self {
         self.group = Some(gid);
+        self
+    }
+
+    /// A lossy broadcast ring: slow consumers are lapped instead of holding the producer
+    /// back, and every record a consumer misses is counted for it (broadcast only).
+    pub fn lossy(mut self, on: bool) -> Self {
+        self.lossy = on;
         self
     }
 
@@ -229,6 +238,9 @@ impl SegmentBuilder {
                 self.mode
             )));
         }
+        if self.lossy && self.kind != RingKind::Broadcast {
+            return Err(invalid(format!("a {} ring cannot be lossy (only broadcast rings can)", self.kind.name())));
+        }
         if self.flush != FlushPolicy::None && !matches!(location, Location::File(_)) {
             return Err(invalid("a flush policy applies to file segments only".into()));
         }
@@ -243,8 +255,9 @@ impl SegmentBuilder {
         // is all atomics; the memory is freshly zeroed and nobody else has it initialised.
         let header = unsafe { backing.mapping.ptr().cast::<Header>().as_ref() };
         crate::stats::write_labels(header);
-        header.identity.0.publish(&RawIdentity::new(self.kind, cap, max_record, self.wait.code()));
-        let geometry = Geometry { kind: self.kind, capacity: cap, max_record, minor: crate::layout::LAYOUT_MINOR };
+        let flags = if self.lossy { crate::layout::FLAG_LOSSY } else { 0 };
+        header.identity.0.publish(&RawIdentity::new(self.kind, cap, max_record, self.wait.code(), flags));
+        let geometry = Geometry { kind: self.kind, capacity: cap, max_record, minor: crate::layout::LAYOUT_MINOR, lossy: self.lossy };
         Ok(self.segment(backing, geometry))
     }
 
@@ -420,6 +433,16 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+/// One broadcast consumer as `shmctl stat` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BroadcastConsumerStatus {
+    /// Alive, dead or detached, by its kernel lock.
+    pub liveness: participant::Liveness,
+    /// Its name, tallies, cursor and lag.
+    #[serde(flatten)]
+    pub row: broadcast::ConsumerRow,
+}
+
 /// An mpsc ring's producers and whom its consumer waits for ([`Segment::mpsc_status`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MpscStatus {
@@ -494,6 +517,7 @@ impl Segment {
             mode: 0o600,
             group: None,
             kind: RingKind::Spsc,
+            lossy: false,
             wait: WaitStrategy::default(),
             flush: FlushPolicy::None,
             writable: true,
@@ -557,7 +581,7 @@ impl Segment {
         // Its own open file description: OFD locks belong to it, and go when it drops.
         let fence = backend::reopen(lock_fd, false).map_err(io("re-open for locking"))?;
         let deadline = Instant::now() + participant::INHERITED_LOCK_PATIENCE;
-        while !participant::try_fence_all(&fence, crate::layout::PARTICIPANT_SLOTS).map_err(io("fcntl(F_OFD_SETLK)"))? {
+        while !participant::try_fence_all(&fence, crate::layout::BROADCAST_LOCK_BASE + crate::layout::BROADCAST_CONSUMERS).map_err(io("fcntl(F_OFD_SETLK)"))? {
             // Only detached slots' locks held: a child being spawned still has a copy.
             if participant::any_attached_holder(self.header(), lock_fd) || Instant::now() >= deadline {
                 let participants =
@@ -665,6 +689,102 @@ impl Segment {
         let attachment = self.attach(Role::Consumer)?;
         mpsc::Consumer::attach(self.ring_refs(), self.inner.wait, self.producer_liveness(), Some(attachment))
             .map_err(|source| AttachError::Corrupt { location: self.inner.location.clone(), source })
+    }
+
+    /// Attaches as the producer of a broadcast ring, with the segment's wait strategy.
+    /// Fails if a live producer is attached; resumes after the last record if one died.
+    pub fn broadcast_producer(&self) -> Result<broadcast::Producer, AttachError> {
+        self.check_kind(RingKind::Broadcast)?;
+        let attachment = self.attach(Role::Producer)?;
+        let inner = self.inner.clone();
+        let alive = Box::new(move |k: usize| match inner.backing.lock_fd.as_ref() {
+            Some(fd) => participant::is_locked(fd, BROADCAST_LOCK_BASE + k).unwrap_or(true),
+            None => true,
+        });
+        let lossy = self.inner.geometry.lossy;
+        broadcast::Producer::attach(self.ring_refs(), self.inner.wait, lossy, alive, Some(attachment))
+            .map_err(|source| AttachError::Corrupt { location: self.inner.location.clone(), source })
+    }
+
+    /// Attaches as the broadcast consumer called `name`: resumes that name's cursor, with
+    /// its exact tallies, if the ring has it; else joins at the newest record in a new
+    /// slot. Fails if a live process holds that name.
+    pub fn broadcast_consumer(&self, name: &str) -> Result<broadcast::Consumer, AttachError> {
+        self.check_kind(RingKind::Broadcast)?;
+        let location = &self.inner.location;
+        let name = broadcast::ConsumerName::new(name)
+            .map_err(|source| AttachError::ConsumerName { location: location.clone(), source })?;
+        let refs = self.ring_refs();
+        for _ in 0..BROADCAST_CONSUMERS {
+            let (k, entry) = broadcast::find_slot(&refs, &name)
+                .ok_or(AttachError::NoConsumerSlot { location: location.clone(), max: BROADCAST_CONSUMERS })?;
+            let Some(lock) = self.try_lock_byte(BROADCAST_LOCK_BASE + k)? else {
+                match entry {
+                    broadcast::Entry::Resume => {
+                        let pid = Some(broadcast::slot_pid(&refs, k));
+                        return Err(AttachError::RoleTaken { location: location.clone(), role: Role::Consumer, pid });
+                    }
+                    // Another process is naming that slot: look again.
+                    broadcast::Entry::Join => {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                }
+            };
+            if entry == broadcast::Entry::Join && !broadcast::slot_unused(&refs, k) {
+                continue; // named by another process since we looked
+            }
+            let attachment = participant::Attachment::hold(lock, self.inner.clone()).ok_or_else(|| AttachError::Io {
+                location: location.clone(),
+                op: "hold another role in this process",
+                source: std::io::Error::other(format!("this process already holds {} roles", participant::MAX_HELD)),
+            })?;
+            let lossy = self.inner.geometry.lossy;
+            return broadcast::Consumer::attach(refs, k, name, entry, self.inner.wait, lossy, Some(attachment))
+                .map_err(|source| AttachError::Corrupt { location: location.clone(), source });
+        }
+        Err(AttachError::NoConsumerSlot { location: location.clone(), max: BROADCAST_CONSUMERS })
+    }
+
+    /// For a broadcast ring: a row per named consumer with its liveness by kernel lock.
+    /// `None` for other kinds. Reads only.
+    pub fn broadcast_status(&self) -> Option<Vec<BroadcastConsumerStatus>> {
+        if self.inner.geometry.kind != RingKind::Broadcast {
+            return None;
+        }
+        let fd = self.inner.backing.lock_fd.as_ref();
+        let rows = broadcast::status(&self.ring_refs());
+        Some(
+            rows.into_iter()
+                .map(|row| {
+                    let locked = fd.map(|fd| participant::is_locked(fd, BROADCAST_LOCK_BASE + row.slot));
+                    let liveness = match (row.state, locked) {
+                        (_, Some(Ok(true))) => participant::Liveness::Alive,
+                        (broadcast::SLOT_DETACHED, _) => participant::Liveness::Detached,
+                        (_, Some(Ok(false))) => participant::Liveness::Dead,
+                        _ => participant::Liveness::Unknown,
+                    };
+                    BroadcastConsumerStatus { liveness, row }
+                })
+                .collect(),
+        )
+    }
+
+    /// Takes role-lock byte `byte` on a fresh open file description, without waiting:
+    /// `None` when a live process holds it.
+    fn try_lock_byte(&self, byte: usize) -> Result<Option<std::os::fd::OwnedFd>, AttachError> {
+        let location = &self.inner.location;
+        if !self.inner.backing.mapping.writable() {
+            return Err(AttachError::ReadOnly { location: location.clone(), role: Role::Consumer });
+        }
+        let io = |op| move |e| AttachError::Io { location: location.clone(), op, source: io_err(e) };
+        let fd = self.inner.backing.lock_fd.as_ref().ok_or_else(|| AttachError::Io {
+            location: location.clone(),
+            op: "open the lock file",
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        })?;
+        let lock = backend::reopen(fd, true).map_err(io("re-open for locking"))?;
+        Ok(participant::try_lock(&lock, byte).map_err(io("fcntl(F_OFD_SETLK)"))?.then_some(lock))
     }
 
     fn check_kind(&self, wanted: crate::layout::RingKind) -> Result<(), AttachError> {

@@ -141,7 +141,9 @@ mod memory {
     /// The shared fields of one ring as separate loom objects (counters only if asked for).
     pub(crate) struct HeapSegment {
         producer: ProducerLine,
-        cursor: CursorSlot,
+        /// As many cursor slots as a broadcast model scans (spsc and mpsc use slot 0),
+        /// each in its line, as in a header.
+        cursors: Box<[Line<CursorSlot>; crate::ring::broadcast::CONSUMER_SLOTS]>,
         data_wake: WakeWord,
         space_wake: WakeWord,
         pub(super) stats: Option<Box<[Line<StatSlot>; STAT_SLOTS]>>,
@@ -201,8 +203,24 @@ mod memory {
 
     fn new_refs(capacity: u64, max_record: u64, counted: bool, mpsc: Option<Box<MpscArea>>) -> RingRefs {
         let seg = Arc::new(HeapSegment {
-            producer: ProducerLine { write_cursor: AtomicU64::new(0), publishes: [publish_slot(), publish_slot()] },
-            cursor: CursorSlot { read_cursor: AtomicU64::new(0), releases: [release_slot(), release_slot()] },
+            producer: ProducerLine {
+                write_cursor: AtomicU64::new(0),
+                publishes: [publish_slot(), publish_slot()],
+                horizon: AtomicU64::new(0),
+                space_floor: AtomicU64::new(0),
+                dead_passes: AtomicU64::new(0),
+            },
+            cursors: Box::new(std::array::from_fn(|_| {
+                Line(CursorSlot {
+                    read_cursor: AtomicU64::new(0),
+                    releases: [release_slot(), release_slot()],
+                    missed: [AtomicU64::new(0), AtomicU64::new(0)],
+                    first_seq: AtomicU64::new(0),
+                    name: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+                    pid: AtomicU32::new(0),
+                    state: AtomicU32::new(0),
+                })
+            })),
             data_wake: WakeWord::new(),
             space_wake: WakeWord::new(),
             stats: counted.then(|| Box::new(std::array::from_fn(|_| stat_slot()))),
@@ -233,7 +251,7 @@ mod memory {
         let data = NonNull::new(seg.data.as_ptr().cast_mut().cast::<u8>()).expect("boxed slice is non-null");
         RingRefs {
             producer: NonNull::from(&seg.producer),
-            cursor: NonNull::from(&seg.cursor),
+            cursor: NonNull::from(&seg.cursors[0].0),
             data_wake: NonNull::from(&seg.data_wake),
             space_wake: NonNull::from(&seg.space_wake),
             stats: seg.stats.as_deref().map(NonNull::from),
@@ -250,6 +268,65 @@ mod memory {
 }
 
 pub(crate) use memory::HeapSegment;
+
+/// A broadcast ring on the heap, for threads of one process, tests and loom models.
+/// Liveness is a flag per consumer slot that [`kill`](Self::kill) clears: the model of
+/// a consumer whose kernel lock is gone.
+pub struct BroadcastHeapRing {
+    seg: Arc<HeapSegment>,
+    alive: Arc<[std::sync::atomic::AtomicBool; super::broadcast::CONSUMER_SLOTS]>,
+    lossy: bool,
+    wait: WaitStrategy,
+}
+
+impl std::fmt::Debug for BroadcastHeapRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastHeapRing").field("lossy", &self.lossy).finish_non_exhaustive()
+    }
+}
+
+impl BroadcastHeapRing {
+    /// A zeroed ring. Capacity may be as small as 64 bytes here.
+    pub fn new(capacity: u64, lossy: bool, wait: WaitStrategy) -> Result<Self, HeapRingError> {
+        let max_record = max_payload_for(capacity);
+        if !capacity.is_power_of_two() || capacity < 64 {
+            return Err(HeapRingError { capacity, max_record });
+        }
+        let seg = memory::refs(capacity, max_record).heap.expect("heap refs own their memory");
+        Ok(BroadcastHeapRing { seg, alive: Arc::new(std::array::from_fn(|_| false.into())), lossy, wait })
+    }
+
+    /// Attaches the producer.
+    ///
+    /// # Panics
+    /// If the ring's cursors are inconsistent.
+    pub fn producer(&self) -> super::broadcast::Producer {
+        let alive = self.alive.clone();
+        let probe = Box::new(move |k: usize| alive.get(k).is_some_and(|a| a.load(std::sync::atomic::Ordering::SeqCst)));
+        super::broadcast::Producer::attach(memory::refs_of_heap(&self.seg), self.wait, self.lossy, probe, None)
+            .expect("consistent ring")
+    }
+
+    /// Attaches the consumer called `name` (resuming it, or joining at the newest record)
+    /// and marks it alive.
+    ///
+    /// # Panics
+    /// If the name is invalid, no slot is free, or the ring is inconsistent.
+    pub fn consumer(&self, name: &str) -> super::broadcast::Consumer {
+        let name = super::broadcast::ConsumerName::new(name).expect("valid name");
+        let refs = memory::refs_of_heap(&self.seg);
+        let (k, entry) = super::broadcast::find_slot(&refs, &name).expect("a free slot");
+        self.alive[k].store(true, std::sync::atomic::Ordering::SeqCst);
+        super::broadcast::Consumer::attach(refs, k, name, entry, self.wait, self.lossy, None).expect("consistent ring")
+    }
+
+    /// Kills `consumer` as `kill -9` would: its lock is gone, and nothing it would have
+    /// done on the way out (release, detach) happens.
+    pub fn kill(&self, consumer: super::broadcast::Consumer) {
+        self.alive[consumer.slot()].store(false, std::sync::atomic::Ordering::SeqCst);
+        std::mem::forget(consumer);
+    }
+}
 
 /// An mpsc ring on the heap, for threads of one process, tests and loom models. Liveness
 /// is a flag per producer id that [`kill`](Self::kill) clears: the model of a producer

@@ -232,6 +232,22 @@ pub(crate) fn sleep_unless_moved(wake: &WakeWord, timeout: Duration, seen: u64, 
     slept
 }
 
+/// [`sleep_unless_moved`] on a word several sleepers share (a broadcast ring's consumers):
+/// a sleeper never withdraws its announcement, because another may still be asleep on
+/// the word; only the waker clears it. A stale announcement costs the waker one needless
+/// `FUTEX_WAKE`, once. Lost wake-ups are not told apart here (a word another sleeper set
+/// again would make a late waker look like a missed one); every sleep is still bounded.
+pub(crate) fn sleep_among_many(wake: &WakeWord, timeout: Duration, seen: u64, cursor: impl Fn() -> u64) -> Slept {
+    wake.word().store(1, Ordering::Relaxed);
+    // SeqCst fence: orders the announcement before the re-check (as in `sleep_unless_moved`).
+    fence(Ordering::SeqCst);
+    if cursor() != seen {
+        return Slept::No;
+    }
+    wake.wait(1, Some(timeout));
+    Slept::Yes
+}
+
 impl LocalCounters {
     /// Counts a sleep and, if it was one, a missed wake-up.
     pub(crate) fn record_sleep(&mut self, ring: &RingRefs, slept: Slept, sleeps: Counter, missed: Counter) {

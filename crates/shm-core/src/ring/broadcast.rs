@@ -1,0 +1,1142 @@
+//! The broadcast ring: one producer, up to [`BROADCAST_CONSUMERS`] named consumers that
+//! each see every record.
+//!
+//! # Layout (1.2)
+//! - The producer (participant slot 0 and its lock, as in spsc) owns the producer line:
+//!   `write_cursor` and its two publish slots as in spsc, plus `horizon`, `space_floor`
+//!   and `dead_passes`.
+//! - Consumer `k` owns cursor slot `k`: `read_cursor`, two release slots (position,
+//!   delivered records, delivered bytes) with the matching `missed[i]`, `first_seq`, its
+//!   name (24 bytes), pid and state; its liveness is the kernel lock on role-lock byte
+//!   `BROADCAST_LOCK_BASE + k` (no participant-table record).
+//!
+//! # Frames
+//! A broadcast frame is `[len: u32][type: u32][seq: u64][payload][pad to 8]`: the frame
+//! of [`super::frame`] with the record's sequence number (records committed before it,
+//! since the ring was created) after the header. Padding frames carry no sequence number.
+//! The payload is at most `min(max_record, capacity/2 - 16)` bytes, so a record always
+//! fits in an empty ring even when it wraps.
+//!
+//! # Reading without trusting the bytes to stay put
+//! A consumer never borrows ring bytes: it copies the frame into its own buffer with
+//! volatile word reads, then checks that the producer had not reached those bytes again:
+//! the producer stores `horizon` (one past the last position it may write) before it
+//! writes there, followed by a `Release` fence; the consumer issues an `Acquire` fence
+//! after its copy and loads `horizon`. If any byte it copied was written after the fence
+//! that followed a horizon store, it sees that horizon or a later one (fence-to-fence
+//! synchronisation); a horizon above `position + capacity` means the bytes at `position`
+//! may have been overwritten: the consumer was **lapped**, and drops the copy.
+//!
+//! # Missed records, exactly
+//! Consumer `k` expects the record numbered `first_seq + delivered + missed` next. A read
+//! whose frame carries a higher sequence number adds the difference to `missed` and hands
+//! it to the caller with that record ([`BroadcastRecord::missed`]). A lapped consumer
+//! moves to the newest `write_cursor`; the next record it reads says how many it missed.
+//! `delivered`, `bytes` and `missed` are stored in the release slot of the cursor value
+//! they belong to, before that cursor (`Release`), alternating as in spsc, so a consumer
+//! killed at any instruction resumes with its exact tallies: records it was handed but had
+//! not released (the current one) are handed again, once.
+//!
+//! # Joining and resuming
+//! A consumer names itself. [`crate::Segment::broadcast_consumer`] finds the slot that
+//! holds that name and takes its lock (it **resumes** at its cursor, with its tallies:
+//! records overwritten while it was away are counted as missed), or takes the lock of a
+//! never-used slot and **joins at the newest record**: it reads `write_cursor` `W` and the
+//! number of records below it (the publish slot whose position is `W`, read as a
+//! seqlock: the producer invalidates a slot's position before rewriting it), stores
+//! `first_seq`, the name and `read_cursor = W`.
+//!
+//! # Free space from the slowest live consumer
+//! The producer may write up to `space_floor + capacity`, and announces that limit as its
+//! `horizon` once per refresh, not per record; it refreshes only when a claim does not
+//! fit. A refresh loads every named slot's cursor, and asks the kernel about liveness
+//! (`F_OFD_GETLK`) only for a slot whose cursor would lower the floor: a dead consumer is
+//! passed (counted in `dead_passes`) and holds nothing back, a live one sets the floor.
+//! With no live consumer the floor is the producer's own position.
+//!
+//! A consumer that joins (or moves after being lapped) must not land below a floor the
+//! producer computed without it. Both sides run Dekker's pattern: the producer stores
+//! `space_floor`, issues `fence(SeqCst)` and loads the cursors again (lowering the floor
+//! to any new one it finds); the consumer stores its cursor, issues `fence(SeqCst)` and
+//! loads `space_floor`; if that is above its cursor it moves to the newest record and
+//! tries again. Either the producer sees the consumer, or the consumer sees the floor.
+//!
+//! # Lossy rings
+//! Created with [`crate::SegmentBuilder::lossy`]: the producer never waits. It announces
+//! its horizon a sixteenth of the ring ahead of its position (one store per sixteenth),
+//! so a consumer is lapped when it is more than fifteen sixteenths of a ring behind, and
+//! counts what it missed as above.
+//!
+//! # Waking
+//! As in spsc ("Waking"), with two differences: the consumers share `data_wake`, so a
+//! sleeping consumer never withdraws its announcement (only the producer clears it; see
+//! `sleep_among_many`); and the producer, sleeping for space, is woken by any consumer's
+//! release and re-checks.
+
+use std::time::Duration;
+
+use super::frame::{self, FRAME_HEADER, PADDING, RESERVED_TYPES};
+use super::spsc::{CurrentSlot, current_slot};
+use super::wait::{LocalCounters, Waiting, sleep_among_many, sleep_unless_moved, wake_sleeper};
+use super::{ClaimError, Corruption, ReadError, RingRefs, TryClaimError, TryReadError, WaitStrategy};
+use crate::layout::{BROADCAST_CONSUMERS, CONSUMER_NAME_LEN, CursorSlot, Line, ProducerLine, max_payload_for};
+use crate::stats::Counter;
+use crate::sync::{Ordering, fence};
+
+/// Consumer slots the ring code scans: every one in a segment; two in the loom models,
+/// whose heap rings hold only that many cursor lines.
+pub(crate) const CONSUMER_SLOTS: usize = if cfg!(loom) { 2 } else { BROADCAST_CONSUMERS };
+
+/// Bytes of a broadcast frame's header: the frame header and the sequence number.
+pub const BROADCAST_HEADER: u64 = FRAME_HEADER + 8;
+
+/// Cursor-slot states ([`CursorSlot::state`]).
+pub(crate) const SLOT_ATTACHED: u32 = 1;
+pub(crate) const SLOT_DETACHED: u32 = 2;
+pub(crate) const SLOT_NAMING: u32 = 3;
+
+/// Whether consumer `k` holds its kernel lock (`true` when that cannot be told, so a
+/// consumer is never passed without proof of death).
+pub type ConsumerLiveness = Box<dyn Fn(usize) -> bool + Send>;
+
+/// A consumer's name: 1 to 24 bytes of printable ASCII.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConsumerName([u8; CONSUMER_NAME_LEN]);
+
+/// Why a consumer name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("consumer name {0:?} must be 1 to 24 bytes of printable ASCII")]
+pub struct ConsumerNameError(pub String);
+
+impl ConsumerName {
+    /// Checks and packs `name`.
+    pub fn new(name: &str) -> Result<Self, ConsumerNameError> {
+        let ok = !name.is_empty() && name.len() <= CONSUMER_NAME_LEN && name.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err(ConsumerNameError(name.into()));
+        }
+        let mut bytes = [0; CONSUMER_NAME_LEN];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(ConsumerName(bytes))
+    }
+
+    fn words(&self) -> [u64; 3] {
+        std::array::from_fn(|i| u64::from_le_bytes(self.0[i * 8..i * 8 + 8].try_into().expect("8 bytes")))
+    }
+
+    /// The name stored in a slot, if it is a valid one (untrusted bytes: checked).
+    pub(crate) fn stored(slot: &CursorSlot) -> Option<Self> {
+        let mut bytes = [0; CONSUMER_NAME_LEN];
+        for (i, w) in slot.name.iter().enumerate() {
+            // Relaxed: the name is written before the Release store of `state` that
+            // makes the slot attached; callers load `state` with Acquire first.
+            bytes[i * 8..i * 8 + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(CONSUMER_NAME_LEN);
+        ConsumerName::new(std::str::from_utf8(&bytes[..len]).ok()?).ok()
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(CONSUMER_NAME_LEN);
+        std::str::from_utf8(&self.0[..len]).unwrap_or("")
+    }
+}
+
+/// The cursor slot of consumer `k` (`k < CONSUMER_SLOTS`).
+fn slot_of(ring: &RingRefs, k: usize) -> &CursorSlot {
+    debug_assert!(k < CONSUMER_SLOTS);
+    let k = k.min(CONSUMER_SLOTS - 1);
+    // SAFETY: `ring.cursor` points at the first of `CONSUMER_SLOTS` consecutive
+    // `Line<CursorSlot>`s (a header's cursor table; the loom heap ring's table of that
+    // many), so line `k` is inside it, kept alive by `ring._keep`.
+    unsafe { &ring.cursor.cast::<Line<CursorSlot>>().add(k).as_ref().0 }
+}
+
+/// Largest payload of a broadcast ring with this geometry (see "Frames").
+fn max_payload(ring: &RingRefs) -> u64 {
+    ring.max_record.min(max_payload_for(ring.capacity).saturating_sub(8))
+}
+
+/// Reads `(write_cursor, records below it)` consistently: the publish slot whose position
+/// is the cursor, read as a seqlock (see "Joining and resuming").
+fn published_records(ring: &RingRefs) -> Result<(u64, u64), Corruption> {
+    let line = ring.producer_line();
+    for _ in 0..1000 {
+        // Acquire: pairs with the producer's Release store of write_cursor.
+        let w = line.write_cursor.load(Ordering::Acquire);
+        if w == 0 {
+            return Ok((0, 0));
+        }
+        let CurrentSlot::Slot(i) = current_slot(w, |i| line.publishes[i].position.load(Ordering::Acquire)) else {
+            std::thread::yield_now();
+            continue;
+        };
+        let slot = &line.publishes[i];
+        // Relaxed, then the Acquire fence: the seqlock reader's half; the producer
+        // invalidates `position` and issues a Release fence before it rewrites `records`.
+        let records = slot.records.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        if slot.position.load(Ordering::Relaxed) == w {
+            return Ok((w, records));
+        }
+    }
+    Err(Corruption { what: "no publish slot matches the write cursor", value: 0, position: 0 })
+}
+
+/// The producing end of a broadcast ring. One per ring (a kernel lock), `Send`.
+pub struct Producer {
+    ring: RingRefs,
+    strategy: WaitStrategy,
+    lossy: bool,
+    alive: ConsumerLiveness,
+    /// Next write position; every commit publishes, so it is also `write_cursor`.
+    pos: u64,
+    /// The horizon last stored: frames may be written below it.
+    horizon: u64,
+    /// Records committed (the next record's sequence number).
+    seq: u64,
+    bytes: u64,
+    dead_passes: u64,
+    flip: usize,
+    counters: LocalCounters,
+    _attachment: Option<crate::participant::Attachment>,
+}
+
+// SAFETY: the handle owns its local state; the shared memory it points to is kept alive
+// by `ring._keep` and is only accessed through atomics and protocol-owned byte ranges.
+unsafe impl Send for Producer {}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("broadcast::Producer").field("position", &self.pos).field("seq", &self.seq).finish()
+    }
+}
+
+impl Producer {
+    /// Resumes from the segment: the write cursor and its publish slot's counts.
+    pub(crate) fn attach(
+        ring: RingRefs,
+        strategy: WaitStrategy,
+        lossy: bool,
+        alive: ConsumerLiveness,
+        attachment: Option<crate::participant::Attachment>,
+    ) -> Result<Self, Corruption> {
+        let line = ring.producer_line();
+        // Acquire: pairs with a predecessor's Release store.
+        let pos = line.write_cursor.load(Ordering::Acquire);
+        if pos % 8 != 0 || pos > u64::MAX / 4 {
+            return Err(Corruption { what: "write cursor not a frame boundary", value: pos, position: pos });
+        }
+        // Relaxed: ordered after the Acquire load above; the predecessor is dead or gone.
+        let (seq, bytes, flip) =
+            match current_slot(pos, |i| line.publishes[i].position.load(Ordering::Relaxed)) {
+                CurrentSlot::Empty => (0, 0, 0),
+                CurrentSlot::Slot(i) => (
+                    line.publishes[i].records.load(Ordering::Relaxed),
+                    line.publishes[i].bytes.load(Ordering::Relaxed),
+                    i ^ 1,
+                ),
+                CurrentSlot::Unknown => {
+                    return Err(Corruption { what: "no publish slot matches the write cursor", value: pos, position: pos });
+                }
+            };
+        let counters = LocalCounters::load(&ring, &Counter::PRODUCER_SIDE);
+        let dead_passes = line.dead_passes.load(Ordering::Relaxed);
+        let mut p = Producer {
+            ring,
+            strategy,
+            lossy,
+            alive,
+            pos,
+            horizon: pos,
+            seq,
+            bytes,
+            dead_passes,
+            flip,
+            counters,
+            _attachment: attachment,
+        };
+        p.counters.set_exact(&[(Counter::TotalProduced, seq), (Counter::BytesProduced, bytes)]);
+        p.counters.store(&p.ring, Counter::TotalProduced);
+        p.counters.store(&p.ring, Counter::BytesProduced);
+        Ok(p)
+    }
+
+    /// Largest payload this ring accepts.
+    pub fn max_record(&self) -> u64 {
+        max_payload(&self.ring)
+    }
+
+    /// Records committed so far (the next record's sequence number).
+    pub fn records(&self) -> u64 {
+        self.seq
+    }
+
+    /// Times a refresh found a dead consumer in its way and passed it.
+    pub fn dead_passes(&self) -> u64 {
+        self.dead_passes
+    }
+
+    /// Claims space for `len` payload bytes without waiting. In a lossy ring this never
+    /// fails for being full.
+    pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, TryClaimError> {
+        let need = self.need(len)?;
+        if !self.fits(need)? {
+            self.counters.bump(&self.ring, Counter::ProducerBlocks);
+            return Err(TryClaimError::Full);
+        }
+        Ok(self.claim_at(len, need))
+    }
+
+    /// Claims space for `len` payload bytes, waiting up to `timeout` (forever when `None`)
+    /// for the slowest live consumer.
+    pub fn claim(&mut self, len: usize, timeout: Option<Duration>) -> Result<Claim<'_>, ClaimError> {
+        let need = self.need(len).map_err(|e| match e {
+            TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
+            TryClaimError::Corrupt(c) => ClaimError::Corrupt(c),
+            TryClaimError::Full => ClaimError::TimedOut(Duration::ZERO),
+        })?;
+        if !self.fits(need)? {
+            self.counters.bump(&self.ring, Counter::ProducerBlocks);
+            let mut waiting = Waiting::new(self.strategy, timeout);
+            loop {
+                waiting.turn(
+                    self.strategy,
+                    |d| {
+                        self.sleep_for_space(d);
+                        Ok(())
+                    },
+                    ClaimError::TimedOut,
+                )?;
+                if self.fits(need)? {
+                    break;
+                }
+            }
+        }
+        Ok(self.claim_at(len, need))
+    }
+
+    /// Copies `data` in as one record of type 0, without waiting.
+    pub fn try_publish(&mut self, data: &[u8]) -> Result<(), TryClaimError> {
+        let mut claim = self.try_claim(data.len())?;
+        claim.copy_from_slice(data);
+        claim.commit();
+        Ok(())
+    }
+
+    /// Copies `data` in as one record of type 0, waiting up to `timeout` for space.
+    pub fn publish(&mut self, data: &[u8], timeout: Option<Duration>) -> Result<(), ClaimError> {
+        let mut claim = self.claim(data.len(), timeout)?;
+        claim.copy_from_slice(data);
+        claim.commit();
+        Ok(())
+    }
+
+    /// `(bytes needed from pos, framed size, bytes to the end of the lap)`.
+    fn need(&self, len: usize) -> Result<(u64, u64, u64), TryClaimError> {
+        let max = max_payload(&self.ring);
+        if len as u64 > max {
+            return Err(TryClaimError::TooLarge { len, max });
+        }
+        let framed = frame::framed_len_u32(len as u32) + 8;
+        let to_end = self.ring.capacity - self.ring.data.index(self.pos);
+        Ok(if framed <= to_end { (framed, framed, to_end) } else { (to_end + framed, framed, to_end) })
+    }
+
+    /// Whether `need` bytes may be written from `pos`, refreshing the floor (and the
+    /// horizon) only when the last horizon says no.
+    fn fits(&mut self, (need, _, _): (u64, u64, u64)) -> Result<bool, Corruption> {
+        let end = self.pos + need;
+        if end <= self.horizon {
+            return Ok(true);
+        }
+        let new_horizon = if self.lossy {
+            end + self.ring.capacity / 16
+        } else {
+            let floor = self.refresh_floor()?;
+            floor + self.ring.capacity
+        };
+        if new_horizon > self.horizon {
+            self.horizon = new_horizon;
+            // Relaxed store, then a Release fence before the frame bytes are written: the
+            // writer's half of "Reading without trusting the bytes to stay put".
+            self.ring.producer_line().horizon.store(new_horizon, Ordering::Relaxed);
+            fence(Ordering::Release);
+        }
+        Ok(end <= self.horizon)
+    }
+
+    /// The slowest live consumer's cursor (or `pos` when none is live), published as
+    /// `space_floor` with Dekker's check against joining consumers (module docs).
+    fn refresh_floor(&mut self) -> Result<u64, Corruption> {
+        let mut known: [Option<bool>; CONSUMER_SLOTS] = [None; CONSUMER_SLOTS];
+        let mut floor = self.min_live_cursor(&mut known)?;
+        loop {
+            // Relaxed store, then SeqCst fence: the producer's half of Dekker's pattern,
+            // against the consumer's cursor store, fence, and load of space_floor.
+            self.ring.producer_line().space_floor.store(floor, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let again = self.min_live_cursor(&mut known)?;
+            if again >= floor {
+                // Relaxed: a displayed count.
+                self.ring.producer_line().dead_passes.store(self.dead_passes, Ordering::Relaxed);
+                return Ok(floor);
+            }
+            floor = again;
+        }
+    }
+
+    /// The lowest cursor among named live consumers, `pos` if none. Asks the kernel about
+    /// a consumer (once per refresh, cached in `known`) only when its cursor is lower than
+    /// what has been found so far.
+    fn min_live_cursor(&mut self, known: &mut [Option<bool>; CONSUMER_SLOTS]) -> Result<u64, Corruption> {
+        let mut floor = self.pos;
+        for (k, alive) in known.iter_mut().enumerate() {
+            let slot = slot_of(&self.ring, k);
+            // Acquire: pairs with the consumer's Release store of `state` (after its name);
+            // ordered after our SeqCst fence on the second pass.
+            if slot.state.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            // Acquire: pairs with the consumer's Release store of read_cursor; it is done
+            // with every byte below it before we overwrite them.
+            let cursor = slot.read_cursor.load(Ordering::Acquire);
+            if cursor >= floor {
+                continue;
+            }
+            if cursor % 8 != 0 {
+                return Err(Corruption { what: "consumer cursor not a frame boundary", value: cursor, position: self.pos });
+            }
+            let live = *alive.get_or_insert_with(|| (self.alive)(k));
+            if live {
+                floor = cursor;
+            } else {
+                self.dead_passes = self.dead_passes.saturating_add(1);
+            }
+        }
+        Ok(floor)
+    }
+
+    fn claim_at(&mut self, len: usize, (_, framed, to_end): (u64, u64, u64)) -> Claim<'_> {
+        let mut start = self.pos;
+        if framed > to_end {
+            let index = self.ring.data.index(start);
+            self.ring.data.write_word(index, frame::encode((to_end - FRAME_HEADER) as u32, PADDING));
+            start += to_end;
+        }
+        self.ring.data.track(self.ring.data.index(start), framed, true);
+        Claim { producer: self, start, len: len as u32, record_type: 0 }
+    }
+
+    /// Writes the frame header and sequence number, then publishes.
+    fn commit_frame(&mut self, start: u64, len: u32, record_type: u32) {
+        let index = self.ring.data.index(start);
+        self.ring.data.write_word(index, frame::encode(len, record_type));
+        self.ring.data.write_word(index + FRAME_HEADER, self.seq);
+        self.pos = start + frame::framed_len_u32(len) + 8;
+        self.seq += 1;
+        self.bytes = self.bytes.saturating_add(u64::from(len));
+        self.publish_pending(start);
+    }
+
+    /// Stores the counts and the publish slot (as a seqlock writer), then the cursor.
+    fn publish_pending(&mut self, last_start: u64) {
+        self.counters.set_exact(&[(Counter::TotalProduced, self.seq), (Counter::BytesProduced, self.bytes)]);
+        self.counters.store(&self.ring, Counter::TotalProduced);
+        self.counters.store(&self.ring, Counter::BytesProduced);
+        let line: &ProducerLine = self.ring.producer_line();
+        let slot = &line.publishes[self.flip];
+        // Invalidate, Release fence, then the fields: the seqlock writer's half (see
+        // `published_records`). Relaxed: ordered by the fence and by the final Release.
+        slot.position.store(u64::MAX, Ordering::Relaxed);
+        fence(Ordering::Release);
+        slot.records.store(self.seq, Ordering::Relaxed);
+        slot.bytes.store(self.bytes, Ordering::Relaxed);
+        slot.last_frame.store(last_start, Ordering::Relaxed);
+        // Release: pairs with the Acquire load of `position` in `published_records`.
+        slot.position.store(self.pos, Ordering::Release);
+        // Release: pairs with the consumers' Acquire load of write_cursor; the frame and
+        // the publish slot are visible to a consumer that sees it.
+        line.write_cursor.store(self.pos, Ordering::Release);
+        self.flip ^= 1;
+        if wake_sleeper(self.ring.data_wake()) {
+            self.counters.bump(&self.ring, Counter::ProducerWakes);
+        }
+    }
+
+    /// Sleeps until some consumer's cursor moves, or `timeout` passes.
+    fn sleep_for_space(&mut self, timeout: Duration) {
+        let ring = &self.ring;
+        let sum = || {
+            (0..CONSUMER_SLOTS).fold(0u64, |acc, k| {
+                // Acquire: pairs with the consumers' Release stores of read_cursor.
+                acc.wrapping_add(slot_of(ring, k).read_cursor.load(Ordering::Acquire))
+            })
+        };
+        let seen = sum();
+        let slept = sleep_unless_moved(ring.space_wake(), timeout, seen, sum);
+        self.counters.record_sleep(&self.ring, slept, Counter::ProducerSleeps, Counter::ProducerMissedWakes);
+    }
+}
+
+/// Space claimed for one record; write the payload, then [`commit`](Claim::commit).
+#[must_use = "a claim is abandoned unless committed"]
+pub struct Claim<'a> {
+    producer: &'a mut Producer,
+    start: u64,
+    len: u32,
+    record_type: u32,
+}
+
+impl std::fmt::Debug for Claim<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim").field("position", &self.start).field("len", &self.len).finish()
+    }
+}
+
+impl Claim<'_> {
+    /// Sets the record type (below `0xFFFF_0000`).
+    ///
+    /// # Panics
+    /// If `record_type` is reserved: a bug in the caller.
+    pub fn set_record_type(&mut self, record_type: u32) {
+        assert!(record_type < RESERVED_TYPES, "record types from 0xFFFF_0000 are reserved");
+        self.record_type = record_type;
+    }
+
+    /// Commits and publishes the record.
+    pub fn commit(self) {
+        let (start, len, ty) = (self.start, self.len, self.record_type);
+        self.producer.commit_frame(start, len, ty);
+    }
+}
+
+impl std::ops::Deref for Claim<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let ring = &self.producer.ring;
+        // SAFETY: the claim owns `index + 16 .. index + 16 + len`, inside the region (no
+        // frame straddles the end); consumers only copy these bytes, with volatile reads.
+        unsafe { ring.data.slice(ring.data.index(self.start) + BROADCAST_HEADER, self.len as usize) }
+    }
+}
+
+impl std::ops::DerefMut for Claim<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let ring = &self.producer.ring;
+        // SAFETY: as in `deref`; `&mut self` makes this the only view in this process.
+        unsafe { ring.data.slice_mut(ring.data.index(self.start) + BROADCAST_HEADER, self.len as usize) }
+    }
+}
+
+/// One record, copied out of the ring.
+#[derive(Debug, Clone, Copy)]
+pub struct BroadcastRecord<'a> {
+    /// The payload (the consumer's copy).
+    pub data: &'a [u8],
+    /// The record type.
+    pub record_type: u32,
+    /// Its sequence number (records committed before it).
+    pub seq: u64,
+    /// Records this consumer missed since the record it was handed before (lapped, or
+    /// away): 0 normally.
+    pub missed: u64,
+}
+
+/// A consumer's tallies, exact across kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct ConsumerTallies {
+    /// Records delivered (handed over and released).
+    pub delivered: u64,
+    /// Payload bytes delivered.
+    pub bytes: u64,
+    /// Records missed.
+    pub missed: u64,
+    /// Sequence number of the first record it was entitled to.
+    pub first_seq: u64,
+}
+
+/// The consuming end of a broadcast ring, under a name. `Send`, not `Sync`.
+pub struct Consumer {
+    ring: RingRefs,
+    strategy: WaitStrategy,
+    k: usize,
+    name: ConsumerName,
+    lossless: bool,
+    /// Next frame to read.
+    pos: u64,
+    /// Last value stored in `read_cursor`.
+    released: u64,
+    /// End of the record handed out last (released at the next read or at drop).
+    handed: u64,
+    cached_tail: u64,
+    tallies: ConsumerTallies,
+    /// Tallies of what was handed, not yet released.
+    pending: ConsumerTallies,
+    flip: usize,
+    buf: Vec<u8>,
+    laps: u64,
+    /// Records counted missed by a jump, to report with the next record.
+    unreported_missed: u64,
+    _attachment: Option<crate::participant::Attachment>,
+}
+
+// SAFETY: as for `Producer`.
+unsafe impl Send for Consumer {}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("broadcast::Consumer")
+            .field("name", &self.name.as_str())
+            .field("slot", &self.k)
+            .field("position", &self.pos)
+            .field("tallies", &self.tallies)
+            .finish()
+    }
+}
+
+/// How a consumer attaches to its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// A never-used slot: join at the newest record.
+    Join,
+    /// The slot holds this name: resume at its cursor.
+    Resume,
+}
+
+impl Consumer {
+    /// Attaches as consumer `k` under `name`; the caller holds slot `k`'s lock.
+    pub(crate) fn attach(
+        ring: RingRefs,
+        k: usize,
+        name: ConsumerName,
+        entry: Entry,
+        strategy: WaitStrategy,
+        lossy: bool,
+        attachment: Option<crate::participant::Attachment>,
+    ) -> Result<Self, Corruption> {
+        let mut c = Consumer {
+            ring,
+            strategy,
+            k,
+            name,
+            lossless: !lossy,
+            pos: 0,
+            released: 0,
+            handed: 0,
+            cached_tail: 0,
+            tallies: ConsumerTallies::default(),
+            pending: ConsumerTallies::default(),
+            flip: 0,
+            buf: Vec::new(),
+            laps: 0,
+            unreported_missed: 0,
+            _attachment: attachment,
+        };
+        // Relaxed: displayed only.
+        c.cursor_slot().pid.store(std::process::id(), Ordering::Relaxed);
+        match entry {
+            Entry::Join => {
+                let slot = c.cursor_slot();
+                // Relaxed: published by the Release store of `state` below.
+                slot.state.store(SLOT_NAMING, Ordering::Relaxed);
+                for (w, v) in slot.name.iter().zip(c.name.words()) {
+                    w.store(v, Ordering::Relaxed);
+                }
+                let (w, records) = published_records(&c.ring)?;
+                c.cursor_slot().first_seq.store(records, Ordering::Relaxed);
+                c.tallies.first_seq = records;
+                c.pos = w;
+                c.released = w.wrapping_sub(1); // forces the release in `settle` to store
+                c.handed = w;
+                c.cached_tail = w;
+                // Release: pairs with the producer's Acquire load of `state`.
+                c.cursor_slot().state.store(SLOT_ATTACHED, Ordering::Release);
+                c.settle()?;
+            }
+            Entry::Resume => {
+                let slot = c.cursor_slot();
+                // Acquire: pairs with our predecessor's Release store of read_cursor.
+                let head = slot.read_cursor.load(Ordering::Acquire);
+                let tail = c.ring.producer_line().write_cursor.load(Ordering::Acquire);
+                if head > tail || head % 8 != 0 {
+                    return Err(Corruption { what: "consumer cursor ahead of write cursor", value: head, position: tail });
+                }
+                // Relaxed: ordered after the Acquire load of read_cursor.
+                let first_seq = slot.first_seq.load(Ordering::Relaxed);
+                let Some((delivered, bytes, missed, i)) = release_tallies(slot, head) else {
+                    return Err(Corruption {
+                        what: "no release slot matches the consumer cursor",
+                        value: head,
+                        position: head,
+                    });
+                };
+                c.tallies = ConsumerTallies { delivered, bytes, missed, first_seq };
+                c.flip = i ^ 1;
+                c.pos = head;
+                c.released = head;
+                c.handed = head;
+                c.cached_tail = head;
+                // Release: pairs with the producer's Acquire load of `state`.
+                c.cursor_slot().state.store(SLOT_ATTACHED, Ordering::Release);
+            }
+        }
+        c.pending = c.tallies;
+        Ok(c)
+    }
+
+    fn cursor_slot(&self) -> &CursorSlot {
+        slot_of(&self.ring, self.k)
+    }
+
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    /// Its cursor slot.
+    pub fn slot(&self) -> usize {
+        self.k
+    }
+
+    /// Tallies of released records (exact, as stored in the segment).
+    pub fn tallies(&self) -> ConsumerTallies {
+        self.tallies
+    }
+
+    /// Times this handle was lapped.
+    pub fn laps(&self) -> u64 {
+        self.laps
+    }
+
+    /// The position of the next record to read.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Releases the record handed out last, if any: its space may be reused, and it will
+    /// not be handed again after a restart.
+    pub fn release(&mut self) {
+        if self.handed != self.released {
+            self.tallies = self.pending;
+            self.release_to(self.handed);
+        }
+    }
+
+    /// Stores the release slot, then the cursor, then wakes a sleeping producer.
+    fn release_to(&mut self, pos: u64) {
+        let slot = slot_of(&self.ring, self.k);
+        let r = &slot.releases[self.flip];
+        // Relaxed: published by the Release store of read_cursor below.
+        r.records.store(self.tallies.delivered, Ordering::Relaxed);
+        r.bytes.store(self.tallies.bytes, Ordering::Relaxed);
+        slot.missed[self.flip].store(self.tallies.missed, Ordering::Relaxed);
+        r.position.store(pos, Ordering::Relaxed);
+        // Release: pairs with the producer's Acquire load in `min_live_cursor` and with a
+        // successor's in `attach`.
+        slot.read_cursor.store(pos, Ordering::Release);
+        self.flip ^= 1;
+        self.released = pos;
+        // Its SeqCst fence is also the consumer's half of Dekker's pattern (`settle`).
+        wake_sleeper(self.ring.space_wake());
+    }
+
+    /// After storing a cursor it chose itself (a join, a lap), makes sure a lossless
+    /// producer counts it: if the producer's floor is above it, moves to the newest
+    /// record and checks again (module docs, "Free space from the slowest live consumer").
+    fn settle(&mut self) -> Result<(), Corruption> {
+        loop {
+            self.release_to(self.pos);
+            if !self.lossless {
+                return Ok(());
+            }
+            // Relaxed: after the SeqCst fence in `release_to` (Dekker's pattern).
+            let floor = self.ring.producer_line().space_floor.load(Ordering::Relaxed);
+            if floor <= self.pos {
+                return Ok(());
+            }
+            let tail = self.ring.producer_line().write_cursor.load(Ordering::Acquire);
+            if tail < floor {
+                return Err(Corruption { what: "space floor ahead of the write cursor", value: floor, position: tail });
+            }
+            self.pos = tail;
+            self.handed = tail;
+            self.cached_tail = tail;
+        }
+    }
+
+    /// Copies out the next record without waiting.
+    pub fn try_read(&mut self) -> Result<BroadcastRecord<'_>, TryReadError> {
+        self.release();
+        let found = self.next_frame()?;
+        match found {
+            Some(r) => Ok(self.record(r)),
+            None => Err(TryReadError::Empty),
+        }
+    }
+
+    /// Copies out the next record, waiting up to `timeout` (forever when `None`).
+    pub fn read(&mut self, timeout: Option<Duration>) -> Result<BroadcastRecord<'_>, ReadError> {
+        self.release();
+        if let Some(r) = self.next_frame()? {
+            return Ok(self.record(r));
+        }
+        let mut waiting = Waiting::new(self.strategy, timeout);
+        loop {
+            waiting.turn(
+                self.strategy,
+                |d| {
+                    let ring = &self.ring;
+                    // Acquire: pairs with the producer's Release store of write_cursor.
+                    let tail = || ring.producer_line().write_cursor.load(Ordering::Acquire);
+                    sleep_among_many(ring.data_wake(), d, self.cached_tail, tail);
+                    Ok(())
+                },
+                ReadError::TimedOut,
+            )?;
+            if let Some(r) = self.next_frame()? {
+                return Ok(self.record(r));
+            }
+        }
+    }
+
+    fn record(&self, (record_type, seq, missed): (u32, u64, u64)) -> BroadcastRecord<'_> {
+        BroadcastRecord { data: &self.buf, record_type, seq, missed }
+    }
+
+    /// Whether bytes at `pos` may have been overwritten (call after copying them).
+    fn lapped_at(&self, pos: u64) -> bool {
+        // Acquire fence, then Relaxed load: the reader's half of "Reading without
+        // trusting the bytes to stay put".
+        fence(Ordering::Acquire);
+        let horizon = self.ring.producer_line().horizon.load(Ordering::Relaxed);
+        horizon > pos + self.ring.capacity
+    }
+
+    /// Moves to the newest record after being lapped, counting every record below it it
+    /// had not accounted for as missed (stored at once, reported with the next record).
+    fn jump(&mut self) -> Result<(), Corruption> {
+        self.laps += 1;
+        let (tail, records) = published_records(&self.ring)?;
+        let expected = self.pending.first_seq + self.pending.delivered + self.pending.missed;
+        if tail < self.pos || records < expected {
+            return Err(Corruption { what: "write cursor moved back", value: tail, position: self.pos });
+        }
+        self.pending.missed += records - expected;
+        self.unreported_missed += records - expected;
+        // Everything handed out was released before this read began.
+        self.tallies = self.pending;
+        self.pos = tail;
+        self.handed = tail;
+        self.cached_tail = tail;
+        self.settle()
+    }
+
+    /// Copies the next data frame into `buf`: `(type, seq, missed)`, `None` when empty.
+    fn next_frame(&mut self) -> Result<Option<(u32, u64, u64)>, Corruption> {
+        let cap = self.ring.capacity;
+        loop {
+            if self.pos == self.cached_tail {
+                // Acquire: pairs with the producer's Release store of write_cursor.
+                let tail = self.ring.producer_line().write_cursor.load(Ordering::Acquire);
+                if tail < self.pos {
+                    return Err(Corruption { what: "write cursor behind the consumer", value: tail, position: self.pos });
+                }
+                if tail == self.pos {
+                    return Ok(None);
+                }
+                self.cached_tail = tail;
+            }
+            let pos = self.pos;
+            if self.cached_tail - pos > cap {
+                self.jump()?;
+                continue;
+            }
+            let index = self.ring.data.index(pos);
+            let to_end = cap - index;
+            let (len, record_type) = frame::decode(self.ring.data.read_word(index));
+            if record_type == PADDING {
+                if self.lapped_at(pos) {
+                    self.jump()?;
+                    continue;
+                }
+                if u64::from(len) + FRAME_HEADER != to_end {
+                    return Err(Corruption { what: "padding frame not ending the lap", value: len.into(), position: pos });
+                }
+                self.pos += to_end;
+                self.handed = self.pos;
+                continue;
+            }
+            let framed = frame::framed_len_u32(len) + 8;
+            let fits = u64::from(len) <= max_payload(&self.ring) && framed <= to_end && pos + framed <= self.cached_tail;
+            let seq = if fits { self.ring.data.read_word(index + FRAME_HEADER) } else { 0 };
+            if fits {
+                self.buf.clear();
+                for word in 0..u64::from(len).div_ceil(8) {
+                    let w = self.ring.data.read_word(index + BROADCAST_HEADER + 8 * word);
+                    self.buf.extend_from_slice(&w.to_le_bytes());
+                }
+                self.buf.truncate(len as usize);
+            }
+            if self.lapped_at(pos) {
+                self.jump()?;
+                continue;
+            }
+            if !fits {
+                return Err(Corruption { what: "frame length outside the ring", value: len.into(), position: pos });
+            }
+            let expected = self.pending.first_seq + self.pending.delivered + self.pending.missed;
+            if seq < expected {
+                return Err(Corruption { what: "record sequence number went back", value: seq, position: pos });
+            }
+            let missed = seq - expected;
+            self.pending.missed += missed;
+            let missed = missed + std::mem::take(&mut self.unreported_missed);
+            self.pending.delivered += 1;
+            self.pending.bytes = self.pending.bytes.saturating_add(len.into());
+            self.pos = pos + framed;
+            self.handed = self.pos;
+            return Ok(Some((record_type, seq, missed)));
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.release();
+        // Release: pairs with the Acquire loads of `state` by the producer and readers.
+        slot_of(&self.ring, self.k).state.store(SLOT_DETACHED, Ordering::Release);
+    }
+}
+
+/// One consumer as `shmctl stat` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConsumerRow {
+    /// Its cursor slot.
+    pub slot: usize,
+    /// Its name (`None` if the slot holds no valid name).
+    pub name: Option<String>,
+    /// Pid of its last holder (display only).
+    pub pid: u32,
+    /// Its exact tallies as of its last release.
+    pub tallies: ConsumerTallies,
+    /// Its read cursor.
+    pub read_cursor: u64,
+    /// Records published it has not accounted for (delivered or missed).
+    pub lag_records: u64,
+    /// Bytes between its cursor and the write cursor.
+    pub lag_bytes: u64,
+    /// The slot's state word.
+    pub state: u32,
+}
+
+/// Reads every named consumer's row (reads only; never panics on any bytes).
+pub(crate) fn status(ring: &RingRefs) -> Vec<ConsumerRow> {
+    let line = ring.producer_line();
+    // Acquire: pairs with the producer's Release store.
+    let tail = line.write_cursor.load(Ordering::Acquire);
+    let produced = published_records(ring).map(|(_, r)| r).unwrap_or(0);
+    (0..CONSUMER_SLOTS)
+        .filter_map(|k| {
+            let slot = slot_of(ring, k);
+            // Acquire: pairs with the consumer's Release store of `state`.
+            let state = slot.state.load(Ordering::Acquire);
+            if state == 0 {
+                return None;
+            }
+            let head = slot.read_cursor.load(Ordering::Acquire);
+            let (delivered, bytes, missed, _) = release_tallies(slot, head).unwrap_or_default();
+            // Relaxed: ordered after the Acquire load of read_cursor.
+            let first_seq = slot.first_seq.load(Ordering::Relaxed);
+            let tallies = ConsumerTallies { delivered, bytes, missed, first_seq };
+            let accounted = tallies.first_seq.saturating_add(tallies.delivered).saturating_add(tallies.missed);
+            Some(ConsumerRow {
+                slot: k,
+                name: ConsumerName::stored(slot).map(|n| n.as_str().to_owned()),
+                pid: slot.pid.load(Ordering::Relaxed),
+                tallies,
+                read_cursor: head,
+                lag_records: produced.saturating_sub(accounted),
+                lag_bytes: tail.saturating_sub(head),
+                state,
+            })
+        })
+        .collect()
+}
+
+/// `(delivered, bytes, missed, release slot)` as of cursor value `head`, from the release
+/// slot whose position is `head` (complete: written before the cursor). `head == 0`
+/// (never released) gives zeros.
+fn release_tallies(slot: &CursorSlot, head: u64) -> Option<(u64, u64, u64, usize)> {
+    // Relaxed: callers load read_cursor with Acquire first.
+    match current_slot(head, |i| slot.releases[i].position.load(Ordering::Relaxed)) {
+        CurrentSlot::Empty => Some((0, 0, 0, 1)),
+        CurrentSlot::Slot(i) => Some((
+            slot.releases[i].records.load(Ordering::Relaxed),
+            slot.releases[i].bytes.load(Ordering::Relaxed),
+            slot.missed[i].load(Ordering::Relaxed),
+            i,
+        )),
+        CurrentSlot::Unknown => None,
+    }
+}
+
+/// Finds the slot to attach `name` to: the one holding it (resume), else the first
+/// never-used one (join). `None` when every slot holds another name.
+pub(crate) fn find_slot(ring: &RingRefs, name: &ConsumerName) -> Option<(usize, Entry)> {
+    let stored = |k: usize| ConsumerName::stored(slot_of(ring, k));
+    if let Some(k) = (0..CONSUMER_SLOTS).find(|&k| stored(k).as_ref() == Some(name)) {
+        return Some((k, Entry::Resume));
+    }
+    // Acquire: pairs with the Release store of `state` by a consumer naming its slot.
+    (0..CONSUMER_SLOTS)
+        .find(|&k| slot_of(ring, k).state.load(Ordering::Acquire) == 0)
+        .map(|k| (k, Entry::Join))
+}
+
+/// The pid last recorded in slot `k` (display only).
+pub(crate) fn slot_pid(ring: &RingRefs, k: usize) -> u32 {
+    // Relaxed: a displayed value.
+    slot_of(ring, k).pid.load(Ordering::Relaxed)
+}
+
+/// Whether slot `k` is still never-used (checked again under its lock).
+pub(crate) fn slot_unused(ring: &RingRefs, k: usize) -> bool {
+    // Acquire: as in `find_slot`.
+    slot_of(ring, k).state.load(Ordering::Acquire) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::heap::BroadcastHeapRing;
+
+    fn heap_ring(capacity: u64, lossy: bool) -> BroadcastHeapRing {
+        BroadcastHeapRing::new(capacity, lossy, WaitStrategy::Spin).unwrap()
+    }
+
+    fn read_all(c: &mut Consumer) -> Vec<(u64, u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Ok(r) = c.try_read() {
+            out.push((r.seq, r.missed, r.data.to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn every_consumer_sees_every_record_in_order() {
+        let ring = heap_ring(4096, false);
+        let mut p = ring.producer();
+        let (mut a, mut b) = (ring.consumer("a"), ring.consumer("b"));
+        let mut next = [0u64; 2];
+        for i in 0..5000u64 {
+            let len = (i % 37) as usize;
+            while let Err(TryClaimError::Full) = p.try_publish(&vec![i as u8; len]) {
+                for (c, n) in [&mut a, &mut b].into_iter().zip(next.iter_mut()) {
+                    for (seq, missed, data) in read_all(c) {
+                        assert_eq!((seq, missed, data.len()), (*n, 0, (*n % 37) as usize));
+                        *n += 1;
+                    }
+                }
+            }
+        }
+        for (c, n) in [&mut a, &mut b].into_iter().zip(next.iter_mut()) {
+            for (seq, missed, _) in read_all(c) {
+                assert_eq!((seq, missed), (*n, 0));
+                *n += 1;
+            }
+            c.release();
+        }
+        assert_eq!(next, [5000, 5000]);
+        assert_eq!(a.tallies().delivered, 5000);
+    }
+
+    #[test]
+    fn a_live_slow_consumer_holds_the_producer_back_and_a_dead_one_does_not() {
+        let ring = heap_ring(4096, false);
+        let mut p = ring.producer();
+        let slow = ring.consumer("slow");
+        let mut n = 0;
+        while p.try_publish(&[0; 100]).is_ok() {
+            n += 1;
+        }
+        assert!(n > 10 && n < 4096 / 100, "held back after {n}");
+        ring.kill(slow);
+        for _ in 0..1000 {
+            p.try_publish(&[1; 100]).unwrap();
+        }
+        assert!(p.dead_passes() > 0);
+        // It comes back under its name: what it missed is counted exactly.
+        let mut back = ring.consumer("slow");
+        assert!(back.try_read().is_err(), "lapped while away: it moves to the newest record");
+        p.try_publish(&[2; 100]).unwrap();
+        let r = back.try_read().unwrap();
+        assert_eq!((r.seq, r.missed, r.data), (n + 1000, n + 1000, &[2u8; 100][..]));
+        back.release();
+        assert_eq!((back.tallies().delivered, back.tallies().missed), (1, n + 1000));
+    }
+
+    #[test]
+    fn a_new_consumer_joins_at_the_newest_record() {
+        let ring = heap_ring(4096, false);
+        let mut p = ring.producer();
+        p.try_publish(b"old").unwrap();
+        let mut c = ring.consumer("late");
+        assert!(c.try_read().is_err());
+        p.try_publish(b"new").unwrap();
+        let r = c.try_read().unwrap();
+        assert_eq!((r.data, r.seq, r.missed), (&b"new"[..], 1, 0));
+    }
+
+    #[test]
+    fn a_lossy_ring_laps_a_slow_consumer_and_counts_every_missed_record() {
+        let ring = heap_ring(4096, true);
+        let mut p = ring.producer();
+        let mut c = ring.consumer("slow");
+        let mut fast = ring.consumer("fast");
+        let (mut delivered, mut missed, mut fast_n) = (0u64, 0u64, 0u64);
+        for i in 0..20_000u64 {
+            p.try_publish(&i.to_le_bytes()).unwrap();
+            for (seq, m, _) in read_all(&mut fast) {
+                assert_eq!((seq, m), (fast_n, 0));
+                fast_n += 1;
+            }
+            // One record per ten published: lapped every couple of hundred records.
+            if i % 10 == 0
+                && let Ok(r) = c.try_read()
+            {
+                assert_eq!(r.data, r.seq.to_le_bytes());
+                missed += r.missed;
+                delivered += 1;
+                assert_eq!(r.seq, delivered + missed - 1, "every record before it delivered or reported missed");
+            }
+        }
+        for (_, m, _) in read_all(&mut c) {
+            missed += m;
+            delivered += 1;
+        }
+        c.release();
+        assert!(missed > 0 && c.laps() > 0);
+        // Missed records found by the last jump are not reported until a record follows.
+        assert_eq!(delivered + c.tallies().missed, 20_000);
+        assert!(c.tallies().missed >= missed);
+    }
+
+    #[test]
+    fn a_killed_consumer_resumes_with_exact_tallies_and_gets_its_unreleased_record_again() {
+        let ring = heap_ring(4096, false);
+        let mut p = ring.producer();
+        let mut c = ring.consumer("k");
+        for i in 0..5u8 {
+            p.try_publish(&[i]).unwrap();
+        }
+        assert_eq!(c.try_read().unwrap().data, [0]);
+        assert_eq!(c.try_read().unwrap().data, [1]);
+        ring.kill(c);
+        let mut back = ring.consumer("k");
+        assert_eq!(back.tallies().delivered, 1);
+        let r = back.try_read().unwrap();
+        assert_eq!((r.data, r.seq, r.missed), (&[1u8][..], 1, 0));
+    }
+}
