@@ -471,6 +471,8 @@ pub struct MpscProducerStatus {
 pub struct SegmentInfo {
     /// `posix`, `sysv`, `file` or `anon`.
     pub backend: &'static str,
+    /// A lossy broadcast ring.
+    pub lossy: bool,
     /// The name, key or path.
     pub name: String,
     /// The file behind it, where there is one.
@@ -861,6 +863,7 @@ impl Segment {
         };
         Ok(SegmentInfo {
             backend: location.backend(),
+            lossy: inner.geometry.lossy,
             name,
             path,
             size,

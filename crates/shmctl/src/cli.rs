@@ -106,9 +106,14 @@ pub struct CreateArgs {
     /// Group name or gid of the segment.
     #[arg(long)]
     pub group: Option<String>,
-    /// Ring kind: spsc (one producer) or mpsc (up to 16 producers, one consumer).
-    #[arg(long, default_value = "spsc", value_parser = ["spsc", "mpsc"])]
+    /// Ring kind: spsc (one producer), mpsc (up to 16 producers, one consumer) or
+    /// broadcast (one producer, up to 64 named consumers that each see every record).
+    #[arg(long, default_value = "spsc", value_parser = ["spsc", "mpsc", "broadcast"])]
     pub kind: String,
+    /// Broadcast only: slow consumers are lapped (and told how many records they missed)
+    /// instead of holding the producer back.
+    #[arg(long)]
+    pub lossy: bool,
     /// Wait strategy hint stored in the segment: spin, yield, futex, hybrid.
     #[arg(long, default_value = "hybrid")]
     pub wait: String,

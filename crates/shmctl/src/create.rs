@@ -18,6 +18,7 @@ pub fn run(args: CreateArgs) -> Result<()> {
     let kind: shm_core::RingKind = args.kind.parse().map_err(|e: String| refuse(USAGE, format!("--kind: {e}")))?;
     let mut builder = Segment::builder(location)
         .kind(kind)
+        .lossy(args.lossy)
         .capacity(capacity)
         .mode(mode)
         .wait_strategy(wait)
@@ -45,9 +46,10 @@ pub fn run(args: CreateArgs) -> Result<()> {
             placement += &format!(", {} of huge pages", format_size(info.size));
         }
         outln!(
-            "created {} ({}, {} ring of {}, max record {}, mode {:04o}{placement})",
+            "created {} ({}, {}{} ring of {}, max record {}, mode {:04o}{placement})",
             info.name,
             info.backend,
+            if info.lossy { "lossy " } else { "" },
             info.kind.name(),
             format_size(info.capacity),
             format_size(info.max_record),

@@ -67,7 +67,10 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
             return match e {
                 AttachError::RoleTaken { .. } => UNAVAILABLE,
                 AttachError::ReadOnly { .. } => NO_PERM,
-                AttachError::WrongKind { .. } | AttachError::ProducerId { .. } => USAGE,
+                AttachError::WrongKind { .. } | AttachError::ProducerId { .. } | AttachError::ConsumerName { .. } => {
+                    USAGE
+                }
+                AttachError::NoConsumerSlot { .. } => UNAVAILABLE,
                 AttachError::Corrupt { .. } => DATA,
                 AttachError::Io { .. } => IO,
             };

@@ -19,7 +19,7 @@ use crate::target::open_read_only;
 pub struct Row {
     pub name: String,
     pub backend: &'static str,
-    /// The ring kind (`spsc`, `mpsc`).
+    /// The ring kind (`spsc`, `mpsc`, `broadcast`).
     pub ring: &'static str,
     pub size: u64,
     pub uid: u32,
@@ -31,6 +31,9 @@ pub struct Row {
     pub total_produced: u64,
     pub total_consumed: u64,
     pub participants: Vec<Participant>,
+    /// A broadcast ring's named consumers (they hold no participant slot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<Vec<shm_core::BroadcastConsumerStatus>>,
     pub unlinked: bool,
 }
 
@@ -89,6 +92,7 @@ pub fn row(segment: &Segment, c: &Candidate) -> Row {
         total_produced: stats.total_produced,
         total_consumed: stats.total_consumed,
         participants: segment.participants(),
+        consumers: segment.broadcast_status(),
         unlinked: segment.is_unlinked(),
     }
 }
@@ -139,7 +143,10 @@ pub fn run(args: ListArgs) -> Result<()> {
                 r.fill_percent,
                 render::count(r.records_in_flight),
                 render::role_summary(&r.participants, Role::Producer),
-                render::role_summary(&r.participants, Role::Consumer),
+                match &r.consumers {
+                    Some(consumers) => render::liveness_counts(consumers.iter().map(|c| c.liveness)),
+                    None => render::role_summary(&r.participants, Role::Consumer),
+                },
             );
         }
     }

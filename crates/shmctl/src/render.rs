@@ -57,18 +57,21 @@ pub fn role_summary(participants: &[Participant], role: Role) -> String {
         [] => "-".into(),
         [p] => format!("{} ({})", liveness(p.liveness), p.pid),
         // Several (the producers of an mpsc ring): how many in each state.
-        many => {
-            let states = [Liveness::Alive, Liveness::Dead, Liveness::Detached, Liveness::Unknown];
-            let counts: Vec<String> = states
-                .iter()
-                .filter_map(|&l| {
-                    let n = many.iter().filter(|p| p.liveness == l).count();
-                    (n > 0).then(|| format!("{n} {}", liveness(l)))
-                })
-                .collect();
-            counts.join(", ")
-        }
+        many => liveness_counts(many.iter().map(|p| p.liveness)),
     }
+}
+
+/// `2 alive, 1 dead`: how many of `states` are in each state, `-` for none.
+pub fn liveness_counts(states: impl Iterator<Item = Liveness> + Clone) -> String {
+    let order = [Liveness::Alive, Liveness::Dead, Liveness::Detached, Liveness::Unknown];
+    let counts: Vec<String> = order
+        .iter()
+        .filter_map(|&l| {
+            let n = states.clone().filter(|&s| s == l).count();
+            (n > 0).then(|| format!("{n} {}", liveness(l)))
+        })
+        .collect();
+    if counts.is_empty() { "-".into() } else { counts.join(", ") }
 }
 
 /// The command name of a pid, from /proc.

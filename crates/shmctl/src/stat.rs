@@ -32,6 +32,9 @@ pub struct StatReport {
     /// An mpsc ring's producers and whom its consumer waits for; absent for spsc.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mpsc: Option<shm_core::MpscStatus>,
+    /// A broadcast ring's named consumers; absent for other kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<Vec<shm_core::BroadcastConsumerStatus>>,
 }
 
 /// The ring's gauges.
@@ -66,6 +69,7 @@ pub fn report(segment: &Segment) -> Result<(StatReport, StatsSnapshot)> {
         mode_octal: format!("{:04o}", info.mode),
         participants: segment.participants(),
         mpsc: segment.mpsc_status(),
+        consumers: segment.broadcast_status(),
         segment: info,
     };
     Ok((report, stats))
@@ -181,7 +185,38 @@ fn render(r: &StatReport, rates: Option<&Rates>) -> String {
     if let Some(m) = &r.mpsc {
         render_mpsc(&mut o, m);
     }
+    if let Some(consumers) = &r.consumers {
+        render_consumers(&mut o, consumers, r.segment.lossy);
+    }
     o
+}
+
+/// The broadcast section: a row per named consumer.
+fn render_consumers(o: &mut String, consumers: &[shm_core::BroadcastConsumerStatus], lossy: bool) {
+    let _ = writeln!(o, "consumers (broadcast{})", if lossy { ", lossy" } else { "" });
+    if consumers.is_empty() {
+        let _ = writeln!(o, "  (none has attached)");
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "  {:<4} {:<24} {:>8} {:<9} {:>14} {:>12} {:>12} {:>10}",
+        "slot", "name", "pid", "liveness", "delivered", "missed", "lag", "lag bytes"
+    );
+    for c in consumers {
+        let _ = writeln!(
+            o,
+            "  {:<4} {:<24} {:>8} {:<9} {:>14} {:>12} {:>12} {:>10}",
+            c.row.slot,
+            c.row.name.as_deref().unwrap_or("?"),
+            c.row.pid,
+            render::liveness(c.liveness),
+            render::count(c.row.tallies.delivered),
+            render::count(c.row.tallies.missed),
+            render::count(c.row.lag_records),
+            format_size(c.row.lag_bytes)
+        );
+    }
 }
 
 /// The mpsc section: a row per producer id, then whom the consumer waits for.

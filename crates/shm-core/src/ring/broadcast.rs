@@ -648,7 +648,7 @@ impl Consumer {
                 c.cursor_slot().first_seq.store(records, Ordering::Relaxed);
                 c.tallies.first_seq = records;
                 c.pos = w;
-                c.released = w.wrapping_sub(1); // forces the release in `settle` to store
+                c.released = w;
                 c.handed = w;
                 c.cached_tail = w;
                 // Release: pairs with the producer's Acquire load of `state`.
@@ -680,6 +680,10 @@ impl Consumer {
                 c.cached_tail = head;
                 // Release: pairs with the producer's Acquire load of `state`.
                 c.cursor_slot().state.store(SLOT_ATTACHED, Ordering::Release);
+                // Stores the same cursor and tallies again, for the SeqCst fence after it:
+                // the producer's next refresh counts this consumer. Records overwritten
+                // before that were missed while it was away, and are counted as such.
+                c.release_to(head);
             }
         }
         c.pending = c.tallies;
@@ -703,6 +707,13 @@ impl Consumer {
     /// Tallies of released records (exact, as stored in the segment).
     pub fn tallies(&self) -> ConsumerTallies {
         self.tallies
+    }
+
+    /// The sequence number of the next record it is entitled to: records it was handed
+    /// or counted as missed, plus its `first_seq`. Moves past missed records as soon as a
+    /// lap is found, before a record follows them.
+    pub fn next_seq(&self) -> u64 {
+        self.pending.first_seq + self.pending.delivered + self.pending.missed
     }
 
     /// Times this handle was lapped.

@@ -6,7 +6,6 @@
 //! shape: a mapped segment in production, a heap buffer in unit tests and benches,
 //! loom-modelled cells under `--cfg loom`.
 
-#[cfg(not(loom))]
 pub mod broadcast;
 pub mod frame;
 pub mod heap;
