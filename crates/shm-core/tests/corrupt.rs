@@ -1286,3 +1286,98 @@ fn hostile_counters_are_corrected_from_the_cursors_or_saturate() {
     assert_eq!(stats.records_in_flight, 0);
     assert_eq!(value(Counter::ConsumerBlocks), u64::MAX, "an unverifiable counter saturates, never wraps");
 }
+
+// ---------------------------------------------------------------------------------------
+// Broadcast rings (layout 1.2): hostile values in the fields only they use.
+// ---------------------------------------------------------------------------------------
+
+/// The words a broadcast ring reads that another process can write: the producer line's
+/// horizon, floor and publish slots, and every word of the first consumer slots.
+fn broadcast_words() -> Vec<usize> {
+    let producer = offset_of!(Header, producer.0);
+    let mut words: Vec<usize> = (0..size_of::<ProducerLine>() / 8).map(|w| producer + 8 * w).collect();
+    for k in 0..3 {
+        let slot = offset_of!(Header, cursors) + k * size_of::<Line<CursorSlot>>();
+        words.extend((0..size_of::<CursorSlot>() / 8).map(|w| slot + 8 * w));
+    }
+    words
+}
+
+/// A broadcast segment with a producer and two consumers that have moved some records;
+/// then, for each case, hostile values in its words and every call a process makes on
+/// it: never a panic, and a hostile cursor or sequence number is a `Corrupt` error or a
+/// counted gap, never a record read from outside the ring.
+#[test]
+fn hostile_broadcast_fields_give_errors_never_panics() {
+    let words = broadcast_words();
+    let mut rng = SplitMix64(0xB40A_DCA5);
+    for case in 0..300 {
+        let seg = TestSegment::new();
+        let segment = Segment::builder(seg.location.clone())
+            .kind(RingKind::Broadcast)
+            .lossy(case % 2 == 1)
+            .capacity(CAP)
+            .create()
+            .expect("create");
+        let raw = seg.raw();
+        let mut producer = segment.broadcast_producer().expect("producer");
+        let mut a = segment.broadcast_consumer("a").expect("consumer a");
+        let mut b = segment.broadcast_consumer("b").expect("consumer b");
+        for i in 0..(rng.below(200)) {
+            let _ = producer.try_publish(&vec![i as u8; (i % 50) as usize]);
+            if i % 3 == 0 {
+                let _ = a.try_read();
+            }
+        }
+        for _ in 0..1 + rng.below(4) {
+            let at = words[rng.below(words.len() as u64) as usize];
+            let value = match rng.below(4) {
+                0 => rng.next(),
+                1 => rng.below(4 * CAP) & !7,
+                2 => u64::MAX - rng.below(16),
+                _ => raw.word(at).load(Ordering::Relaxed).wrapping_add(8 * rng.below(64)),
+            };
+            raw.set(at, value);
+        }
+        for _ in 0..20 {
+            let _ = producer.try_publish(&[7; 24]);
+            for c in [&mut a, &mut b] {
+                if let Ok(r) = c.try_read() {
+                    assert!(r.data.len() as u64 <= CAP / 2, "case {case}: a record larger than the ring");
+                }
+            }
+        }
+        let _ = segment.broadcast_status();
+        drop((a, b, producer));
+        // Re-attach every role over the damaged fields.
+        if let Ok(mut c) = segment.broadcast_consumer("a") {
+            let _ = c.try_read();
+        }
+        if let Ok(mut c) = segment.broadcast_consumer("newcomer") {
+            let _ = c.try_read();
+        }
+        if let Ok(mut p) = segment.broadcast_producer() {
+            let _ = p.try_publish(&[1; 8]);
+        }
+    }
+}
+
+#[test]
+fn a_broadcast_header_with_the_wrong_cursor_count_or_flags_is_refused() {
+    let seg = TestSegment::new();
+    drop(Segment::builder(seg.location.clone()).kind(RingKind::Broadcast).capacity(CAP).create().expect("create"));
+    let raw = seg.raw();
+    let cursor_slots = offset_of!(Header, identity.0) + offset_of!(Identity, cursor_slots);
+    let flags = offset_of!(Header, identity.0) + offset_of!(Identity, flags);
+    raw.set32(cursor_slots, 1);
+    assert_field_error(header_error(seg.open()), "cursor_slots", 1);
+    raw.set32(cursor_slots, 64);
+    raw.set32(flags, 2);
+    assert_field_error(header_error(seg.open()), "flags", 2);
+    raw.set32(flags, 1);
+    assert!(seg.open().expect("lossy is a broadcast flag").geometry().lossy);
+    // A lossy flag on an spsc ring is refused.
+    raw.set32(offset_of!(Header, identity.0) + offset_of!(Identity, ring_kind), 1);
+    raw.set32(cursor_slots, 1);
+    assert_field_error(header_error(seg.open()), "flags", 1);
+}

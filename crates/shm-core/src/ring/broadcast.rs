@@ -153,6 +153,18 @@ fn slot_of(ring: &RingRefs, k: usize) -> &CursorSlot {
     unsafe { &ring.cursor.cast::<Line<CursorSlot>>().add(k).as_ref().0 }
 }
 
+/// The largest position accepted from the segment: far beyond any real ring's life
+/// (2^62 bytes), and low enough that `position + capacity` and similar sums never overflow.
+const POSITION_LIMIT: u64 = u64::MAX / 4;
+
+/// `value`, if it can be a ring position (see [`POSITION_LIMIT`]).
+fn position(value: u64, what: &'static str, at: u64) -> Result<u64, Corruption> {
+    if value > POSITION_LIMIT || value % 8 != 0 {
+        return Err(Corruption { what, value, position: at });
+    }
+    Ok(value)
+}
+
 /// Largest payload of a broadcast ring with this geometry (see "Frames").
 fn max_payload(ring: &RingRefs) -> u64 {
     ring.max_record.min(max_payload_for(ring.capacity).saturating_sub(8))
@@ -164,7 +176,7 @@ fn published_records(ring: &RingRefs) -> Result<(u64, u64), Corruption> {
     let line = ring.producer_line();
     for _ in 0..1000 {
         // Acquire: pairs with the producer's Release store of write_cursor.
-        let w = line.write_cursor.load(Ordering::Acquire);
+        let w = position(line.write_cursor.load(Ordering::Acquire), "write cursor out of range", 0)?;
         if w == 0 {
             return Ok((0, 0));
         }
@@ -224,10 +236,7 @@ impl Producer {
     ) -> Result<Self, Corruption> {
         let line = ring.producer_line();
         // Acquire: pairs with a predecessor's Release store.
-        let pos = line.write_cursor.load(Ordering::Acquire);
-        if pos % 8 != 0 || pos > u64::MAX / 4 {
-            return Err(Corruption { what: "write cursor not a frame boundary", value: pos, position: pos });
-        }
+        let pos = position(line.write_cursor.load(Ordering::Acquire), "write cursor out of range", 0)?;
         // Relaxed: ordered after the Acquire load above; the predecessor is dead or gone.
         let (seq, bytes, flip) =
             match current_slot(pos, |i| line.publishes[i].position.load(Ordering::Relaxed)) {
@@ -405,9 +414,7 @@ impl Producer {
             if cursor >= floor {
                 continue;
             }
-            if cursor % 8 != 0 {
-                return Err(Corruption { what: "consumer cursor not a frame boundary", value: cursor, position: self.pos });
-            }
+            position(cursor, "consumer cursor out of range", self.pos)?;
             let live = *alive.get_or_insert_with(|| (self.alive)(k));
             if live {
                 floor = cursor;
@@ -435,7 +442,7 @@ impl Producer {
         self.ring.data.write_word(index, frame::encode(len, record_type));
         self.ring.data.write_word(index + FRAME_HEADER, self.seq);
         self.pos = start + frame::framed_len_u32(len) + 8;
-        self.seq += 1;
+        self.seq = self.seq.saturating_add(1);
         self.bytes = self.bytes.saturating_add(u64::from(len));
         self.publish_pending(start);
     }
@@ -658,9 +665,9 @@ impl Consumer {
             Entry::Resume => {
                 let slot = c.cursor_slot();
                 // Acquire: pairs with our predecessor's Release store of read_cursor.
-                let head = slot.read_cursor.load(Ordering::Acquire);
+                let head = position(slot.read_cursor.load(Ordering::Acquire), "consumer cursor out of range", 0)?;
                 let tail = c.ring.producer_line().write_cursor.load(Ordering::Acquire);
-                if head > tail || head % 8 != 0 {
+                if head > tail {
                     return Err(Corruption { what: "consumer cursor ahead of write cursor", value: head, position: tail });
                 }
                 // Relaxed: ordered after the Acquire load of read_cursor.
@@ -713,7 +720,8 @@ impl Consumer {
     /// or counted as missed, plus its `first_seq`. Moves past missed records as soon as a
     /// lap is found, before a record follows them.
     pub fn next_seq(&self) -> u64 {
-        self.pending.first_seq + self.pending.delivered + self.pending.missed
+        // Saturating: the three come from memory another process can write.
+        self.pending.first_seq.saturating_add(self.pending.delivered).saturating_add(self.pending.missed)
     }
 
     /// Times this handle was lapped.
@@ -768,7 +776,7 @@ impl Consumer {
                 return Ok(());
             }
             let tail = self.ring.producer_line().write_cursor.load(Ordering::Acquire);
-            if tail < floor {
+            if tail < floor || tail > POSITION_LIMIT {
                 return Err(Corruption { what: "space floor ahead of the write cursor", value: floor, position: tail });
             }
             self.pos = tail;
@@ -822,7 +830,7 @@ impl Consumer {
         // trusting the bytes to stay put".
         fence(Ordering::Acquire);
         let horizon = self.ring.producer_line().horizon.load(Ordering::Relaxed);
-        horizon > pos + self.ring.capacity
+        horizon > pos.saturating_add(self.ring.capacity)
     }
 
     /// Moves to the newest record after being lapped, counting every record below it it
@@ -830,12 +838,12 @@ impl Consumer {
     fn jump(&mut self) -> Result<(), Corruption> {
         self.laps += 1;
         let (tail, records) = published_records(&self.ring)?;
-        let expected = self.pending.first_seq + self.pending.delivered + self.pending.missed;
+        let expected = self.next_seq();
         if tail < self.pos || records < expected {
             return Err(Corruption { what: "write cursor moved back", value: tail, position: self.pos });
         }
         self.pending.missed += records - expected;
-        self.unreported_missed += records - expected;
+        self.unreported_missed = self.unreported_missed.saturating_add(records - expected);
         // Everything handed out was released before this read began.
         self.tallies = self.pending;
         self.pos = tail;
@@ -851,7 +859,7 @@ impl Consumer {
             if self.pos == self.cached_tail {
                 // Acquire: pairs with the producer's Release store of write_cursor.
                 let tail = self.ring.producer_line().write_cursor.load(Ordering::Acquire);
-                if tail < self.pos {
+                if tail < self.pos || tail > POSITION_LIMIT {
                     return Err(Corruption { what: "write cursor behind the consumer", value: tail, position: self.pos });
                 }
                 if tail == self.pos {
@@ -897,14 +905,14 @@ impl Consumer {
             if !fits {
                 return Err(Corruption { what: "frame length outside the ring", value: len.into(), position: pos });
             }
-            let expected = self.pending.first_seq + self.pending.delivered + self.pending.missed;
+            let expected = self.next_seq();
             if seq < expected {
                 return Err(Corruption { what: "record sequence number went back", value: seq, position: pos });
             }
             let missed = seq - expected;
             self.pending.missed += missed;
-            let missed = missed + std::mem::take(&mut self.unreported_missed);
-            self.pending.delivered += 1;
+            let missed = missed.saturating_add(std::mem::take(&mut self.unreported_missed));
+            self.pending.delivered = self.pending.delivered.saturating_add(1);
             self.pending.bytes = self.pending.bytes.saturating_add(len.into());
             self.pos = pos + framed;
             self.handed = self.pos;
