@@ -93,7 +93,10 @@ pub use name::{Location, NameError, SegmentName, SysvKey};
 pub use participant::{Liveness, Participant, Role};
 pub use ring::spsc::{Batch, Claim, Consumer, PeekedRecord, Producer, ReadGuard, Record};
 pub use ring::{BatchError, ClaimError, Corruption, ReadError, TryClaimError, TryReadError, WaitStrategy};
-pub use segment::{BroadcastConsumerStatus, FlushPolicy, MpscProducerStatus, MpscStatus, Segment, SegmentBuilder, SegmentInfo, SysvStat};
+pub use segment::{
+    BroadcastConsumerStatus, FlushPolicy, MpscProducerStatus, MpscStatus, Segment, SegmentBuilder, SegmentInfo,
+    SysvStat,
+};
 pub use stats::{Counter, StatsSnapshot};
 
 /// The SysV lock-file path for a key (where participants' liveness locks live).

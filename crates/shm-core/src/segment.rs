@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{self, Backing, CreateSpec, OpenSpec};
 use crate::error::{AttachError, CreateError, OpenError, OpenOrCreateError, UnlinkError, io_err};
+use crate::layout::{BROADCAST_CONSUMERS, BROADCAST_LOCK_BASE};
 use crate::layout::{
     Geometry, HEADER_SIZE, Header, MAX_CAPACITY, MIN_CAPACITY, RawIdentity, RingKind, max_payload_for,
 };
@@ -23,10 +24,9 @@ use crate::layout::{MPSC_PARTICIPANT_BASE, MPSC_PRODUCERS};
 use crate::name::Location;
 use crate::participant::{self, Attachment, Participant, Role};
 use crate::placement::{self, HugePages};
-use crate::layout::{BROADCAST_CONSUMERS, BROADCAST_LOCK_BASE};
-use crate::ring::{broadcast, mpsc};
 use crate::ring::spsc::{Consumer, Producer};
 use crate::ring::{PublishHook, PublishStep, RingRefs, WaitStrategy};
+use crate::ring::{broadcast, mpsc};
 use crate::stats::StatsSnapshot;
 
 pub use crate::backend::sysv::SysvStat;
@@ -257,7 +257,13 @@ impl SegmentBuilder {
         crate::stats::write_labels(header);
         let flags = if self.lossy { crate::layout::FLAG_LOSSY } else { 0 };
         header.identity.0.publish(&RawIdentity::new(self.kind, cap, max_record, self.wait.code(), flags));
-        let geometry = Geometry { kind: self.kind, capacity: cap, max_record, minor: crate::layout::LAYOUT_MINOR, lossy: self.lossy };
+        let geometry = Geometry {
+            kind: self.kind,
+            capacity: cap,
+            max_record,
+            minor: crate::layout::LAYOUT_MINOR,
+            lossy: self.lossy,
+        };
         Ok(self.segment(backing, geometry))
     }
 
@@ -583,7 +589,12 @@ impl Segment {
         // Its own open file description: OFD locks belong to it, and go when it drops.
         let fence = backend::reopen(lock_fd, false).map_err(io("re-open for locking"))?;
         let deadline = Instant::now() + participant::INHERITED_LOCK_PATIENCE;
-        while !participant::try_fence_all(&fence, crate::layout::BROADCAST_LOCK_BASE + crate::layout::BROADCAST_CONSUMERS).map_err(io("fcntl(F_OFD_SETLK)"))? {
+        while !participant::try_fence_all(
+            &fence,
+            crate::layout::BROADCAST_LOCK_BASE + crate::layout::BROADCAST_CONSUMERS,
+        )
+        .map_err(io("fcntl(F_OFD_SETLK)"))?
+        {
             // Only detached slots' locks held: a child being spawned still has a copy.
             if participant::any_attached_holder(self.header(), lock_fd) || Instant::now() >= deadline {
                 let participants =
@@ -736,11 +747,15 @@ impl Segment {
             if entry == broadcast::Entry::Join && !broadcast::slot_unused(&refs, k) {
                 continue; // named by another process since we looked
             }
-            let attachment = participant::Attachment::hold(lock, self.inner.clone()).ok_or_else(|| AttachError::Io {
-                location: location.clone(),
-                op: "hold another role in this process",
-                source: std::io::Error::other(format!("this process already holds {} roles", participant::MAX_HELD)),
-            })?;
+            let attachment =
+                participant::Attachment::hold(lock, self.inner.clone()).ok_or_else(|| AttachError::Io {
+                    location: location.clone(),
+                    op: "hold another role in this process",
+                    source: std::io::Error::other(format!(
+                        "this process already holds {} roles",
+                        participant::MAX_HELD
+                    )),
+                })?;
             let lossy = self.inner.geometry.lossy;
             return broadcast::Consumer::attach(refs, k, name, entry, self.inner.wait, lossy, Some(attachment))
                 .map_err(|source| AttachError::Corrupt { location: location.clone(), source });

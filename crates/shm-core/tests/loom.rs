@@ -304,3 +304,86 @@ fn mpsc_a_dead_producers_claim_becomes_padding_exactly_once() {
         assert_eq!(consumer.unblocked(0), 0);
     });
 }
+
+/// Preemption bound of the broadcast models when `LOOM_MAX_PREEMPTIONS` is not set: three
+/// threads (a producer, two consumers) each with a wait loop ran for more than twenty
+/// minutes at 2 here; 1 still interleaves each side's announce/re-check with the other's
+/// publish/check, and found the two lost wake-ups these models were written for (a shared
+/// data word used as a flag; the producer's "seen" cursors taken at sleep time).
+const BROADCAST_PREEMPTIONS: usize = 1;
+
+/// broadcast (a): one producer, two consumers, each in its own thread, in a 64-byte ring
+/// that holds two 24-byte frames: the third record wraps (a padding frame) and must wait
+/// until both live consumers have released the first. Each consumer sees every record
+/// once, in order, none missed; a read before its write, or an overwrite of a frame a live
+/// consumer has not released, is a race on that word's cell (loom fails the model); a
+/// lost wake-up on either side deadlocks it.
+#[test]
+fn broadcast_two_consumers_each_see_every_record_and_hold_the_producer_back() {
+    use shm_core::ring::heap::BroadcastHeapRing;
+    const RECORDS: [&[u8; 8]; 3] = [b"record-0", b"record-1", b"record-2"];
+    check_bounded(
+        "broadcast_two_consumers_each_see_every_record_and_hold_the_producer_back",
+        BROADCAST_PREEMPTIONS,
+        || {
+            let ring = BroadcastHeapRing::new(64, false, WaitStrategy::Futex).unwrap();
+            let (mut a, mut b) = (ring.consumer("a"), ring.consumer("b"));
+            let mut producer = ring.producer();
+            let producing = thread::spawn(move || {
+                for record in RECORDS {
+                    producer.publish(record, None).unwrap();
+                }
+            });
+            let second = thread::spawn(move || {
+                for (i, want) in RECORDS.iter().enumerate() {
+                    let r = b.read(None).unwrap();
+                    assert_eq!((r.data, r.seq, r.missed), (&want[..], i as u64, 0), "b, record {i}");
+                }
+                b.release();
+            });
+            for (i, want) in RECORDS.iter().enumerate() {
+                let r = a.read(None).unwrap();
+                assert_eq!((r.data, r.seq, r.missed), (&want[..], i as u64, 0), "a, record {i}");
+            }
+            producing.join().unwrap();
+            second.join().unwrap();
+            assert!(a.try_read().is_err(), "a record delivered twice or invented");
+        },
+    );
+}
+
+/// broadcast (b): a consumer that died without releasing anything does not hold the
+/// producer back: the producer passes it (its lock is gone) and streams past it while the
+/// live consumer reads every record; the dead one, back under its name, is told exactly
+/// how many it missed.
+#[test]
+fn broadcast_a_dead_consumer_is_passed_and_told_what_it_missed() {
+    use shm_core::ring::heap::BroadcastHeapRing;
+    check_bounded("broadcast_a_dead_consumer_is_passed_and_told_what_it_missed", BROADCAST_PREEMPTIONS, || {
+        let ring = BroadcastHeapRing::new(64, false, WaitStrategy::Futex).unwrap();
+        let (mut live, dead) = (ring.consumer("live"), ring.consumer("dead"));
+        ring.kill(dead);
+        let mut producer = ring.producer();
+        let producing = thread::spawn(move || {
+            for i in 0..4u64 {
+                producer.publish(&i.to_le_bytes(), None).unwrap();
+            }
+            producer
+        });
+        for i in 0..4u64 {
+            let r = live.read(None).unwrap();
+            assert_eq!((r.data, r.seq, r.missed), (&i.to_le_bytes()[..], i, 0));
+        }
+        let mut producer = producing.join().unwrap();
+        assert!(producer.dead_passes() > 0, "the producer never had to pass the dead consumer");
+        live.release();
+        // Back, it holds the producer back again: it finds itself lapped and moves to
+        // the newest record before the producer can go on.
+        let mut back = ring.consumer("dead");
+        assert!(back.try_read().is_err(), "lapped: nothing to read at the newest record");
+        assert_eq!(back.next_seq(), 4, "records 0..4 counted missed at once");
+        producer.publish(&4u64.to_le_bytes(), None).unwrap();
+        let r = back.read(None).unwrap();
+        assert_eq!((r.seq, r.missed), (4, 4), "told it missed records 0..4");
+    });
+}

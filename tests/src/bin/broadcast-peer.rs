@@ -99,9 +99,9 @@ fn consume(args: &[String]) -> Outcome {
     let ledger_path = option(args, "--ledger");
     let already = ledger_path.and_then(last_in_ledger);
     let mut ledger = match ledger_path {
-        Some(path) => Some(
-            std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| (IO, e.to_string()))?,
-        ),
+        Some(path) => {
+            Some(std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| (IO, e.to_string()))?)
+        }
         None => None,
     };
     let mut consumer = segment.broadcast_consumer(name).map_err(|e| (IO, e.to_string()))?;

@@ -68,16 +68,16 @@
 //! counts what it missed as above.
 //!
 //! # Waking
-//! As in spsc ("Waking"), with two differences: the consumers share `data_wake`, so a
-//! sleeping consumer never withdraws its announcement (only the producer clears it; see
-//! `sleep_among_many`); and the producer, sleeping for space, is woken by any consumer's
-//! release and re-checks.
+//! As in spsc ("Waking"), with two differences: the consumers share `data_wake`, which is
+//! therefore an event count rather than a flag (`sleep_among_many` in `ring::wait` says
+//! why); and the producer, sleeping for space, is woken by any consumer's release, and
+//! sleeps only if no consumer's cursor moved since the refresh that found no space.
 
 use std::time::Duration;
 
 use super::frame::{self, FRAME_HEADER, PADDING, RESERVED_TYPES};
 use super::spsc::{CurrentSlot, current_slot};
-use super::wait::{LocalCounters, Waiting, sleep_among_many, sleep_unless_moved, wake_sleeper};
+use super::wait::{LocalCounters, Waiting, sleep_among_many, sleep_unless_moved, wake_all_sleepers, wake_sleeper};
 use super::{ClaimError, Corruption, ReadError, RingRefs, TryClaimError, TryReadError, WaitStrategy};
 use crate::layout::{BROADCAST_CONSUMERS, CONSUMER_NAME_LEN, CursorSlot, Line, ProducerLine, max_payload_for};
 use crate::stats::Counter;
@@ -210,6 +210,8 @@ pub struct Producer {
     seq: u64,
     bytes: u64,
     dead_passes: u64,
+    /// [`cursor_sum`] as of the last refresh of the floor.
+    cursors_seen: u64,
     flip: usize,
     counters: LocalCounters,
     _attachment: Option<crate::participant::Attachment>,
@@ -238,18 +240,17 @@ impl Producer {
         // Acquire: pairs with a predecessor's Release store.
         let pos = position(line.write_cursor.load(Ordering::Acquire), "write cursor out of range", 0)?;
         // Relaxed: ordered after the Acquire load above; the predecessor is dead or gone.
-        let (seq, bytes, flip) =
-            match current_slot(pos, |i| line.publishes[i].position.load(Ordering::Relaxed)) {
-                CurrentSlot::Empty => (0, 0, 0),
-                CurrentSlot::Slot(i) => (
-                    line.publishes[i].records.load(Ordering::Relaxed),
-                    line.publishes[i].bytes.load(Ordering::Relaxed),
-                    i ^ 1,
-                ),
-                CurrentSlot::Unknown => {
-                    return Err(Corruption { what: "no publish slot matches the write cursor", value: pos, position: pos });
-                }
-            };
+        let (seq, bytes, flip) = match current_slot(pos, |i| line.publishes[i].position.load(Ordering::Relaxed)) {
+            CurrentSlot::Empty => (0, 0, 0),
+            CurrentSlot::Slot(i) => (
+                line.publishes[i].records.load(Ordering::Relaxed),
+                line.publishes[i].bytes.load(Ordering::Relaxed),
+                i ^ 1,
+            ),
+            CurrentSlot::Unknown => {
+                return Err(Corruption { what: "no publish slot matches the write cursor", value: pos, position: pos });
+            }
+        };
         let counters = LocalCounters::load(&ring, &Counter::PRODUCER_SIDE);
         let dead_passes = line.dead_passes.load(Ordering::Relaxed);
         let mut p = Producer {
@@ -262,6 +263,7 @@ impl Producer {
             seq,
             bytes,
             dead_passes,
+            cursors_seen: 0,
             flip,
             counters,
             _attachment: attachment,
@@ -363,6 +365,9 @@ impl Producer {
         let new_horizon = if self.lossy {
             end + self.ring.capacity / 16
         } else {
+            // Taken before the floor: a consumer that moves after this wakes, or keeps
+            // from sleeping, a producer that then finds no space (see `sleep_for_space`).
+            self.cursors_seen = cursor_sum(&self.ring);
             let floor = self.refresh_floor()?;
             floor + self.ring.capacity
         };
@@ -467,24 +472,26 @@ impl Producer {
         // the publish slot are visible to a consumer that sees it.
         line.write_cursor.store(self.pos, Ordering::Release);
         self.flip ^= 1;
-        if wake_sleeper(self.ring.data_wake()) {
+        if wake_all_sleepers(self.ring.data_wake()) {
             self.counters.bump(&self.ring, Counter::ProducerWakes);
         }
     }
 
-    /// Sleeps until some consumer's cursor moves, or `timeout` passes.
+    /// Sleeps until some consumer's cursor moves after the last refresh of the floor
+    /// (which found no space), or `timeout` passes.
     fn sleep_for_space(&mut self, timeout: Duration) {
         let ring = &self.ring;
-        let sum = || {
-            (0..CONSUMER_SLOTS).fold(0u64, |acc, k| {
-                // Acquire: pairs with the consumers' Release stores of read_cursor.
-                acc.wrapping_add(slot_of(ring, k).read_cursor.load(Ordering::Acquire))
-            })
-        };
-        let seen = sum();
-        let slept = sleep_unless_moved(ring.space_wake(), timeout, seen, sum);
+        let slept = sleep_unless_moved(ring.space_wake(), timeout, self.cursors_seen, || cursor_sum(ring));
         self.counters.record_sleep(&self.ring, slept, Counter::ProducerSleeps, Counter::ProducerMissedWakes);
     }
+}
+
+/// The sum of every consumer slot's cursor (wrapping): it changes whenever one moves.
+fn cursor_sum(ring: &RingRefs) -> u64 {
+    (0..CONSUMER_SLOTS).fold(0u64, |acc, k| {
+        // Acquire: pairs with the consumers' Release stores of read_cursor.
+        acc.wrapping_add(slot_of(ring, k).read_cursor.load(Ordering::Acquire))
+    })
 }
 
 /// Space claimed for one record; write the payload, then [`commit`](Claim::commit).
@@ -668,7 +675,11 @@ impl Consumer {
                 let head = position(slot.read_cursor.load(Ordering::Acquire), "consumer cursor out of range", 0)?;
                 let tail = c.ring.producer_line().write_cursor.load(Ordering::Acquire);
                 if head > tail {
-                    return Err(Corruption { what: "consumer cursor ahead of write cursor", value: head, position: tail });
+                    return Err(Corruption {
+                        what: "consumer cursor ahead of write cursor",
+                        value: head,
+                        position: tail,
+                    });
                 }
                 // Relaxed: ordered after the Acquire load of read_cursor.
                 let first_seq = slot.first_seq.load(Ordering::Relaxed);
@@ -860,7 +871,11 @@ impl Consumer {
                 // Acquire: pairs with the producer's Release store of write_cursor.
                 let tail = self.ring.producer_line().write_cursor.load(Ordering::Acquire);
                 if tail < self.pos || tail > POSITION_LIMIT {
-                    return Err(Corruption { what: "write cursor behind the consumer", value: tail, position: self.pos });
+                    return Err(Corruption {
+                        what: "write cursor behind the consumer",
+                        value: tail,
+                        position: self.pos,
+                    });
                 }
                 if tail == self.pos {
                     return Ok(None);
@@ -881,14 +896,19 @@ impl Consumer {
                     continue;
                 }
                 if u64::from(len) + FRAME_HEADER != to_end {
-                    return Err(Corruption { what: "padding frame not ending the lap", value: len.into(), position: pos });
+                    return Err(Corruption {
+                        what: "padding frame not ending the lap",
+                        value: len.into(),
+                        position: pos,
+                    });
                 }
                 self.pos += to_end;
                 self.handed = self.pos;
                 continue;
             }
             let framed = frame::framed_len_u32(len) + 8;
-            let fits = u64::from(len) <= max_payload(&self.ring) && framed <= to_end && pos + framed <= self.cached_tail;
+            let fits =
+                u64::from(len) <= max_payload(&self.ring) && framed <= to_end && pos + framed <= self.cached_tail;
             let seq = if fits { self.ring.data.read_word(index + FRAME_HEADER) } else { 0 };
             if fits {
                 self.buf.clear();
@@ -1009,9 +1029,7 @@ pub(crate) fn find_slot(ring: &RingRefs, name: &ConsumerName) -> Option<(usize, 
         return Some((k, Entry::Resume));
     }
     // Acquire: pairs with the Release store of `state` by a consumer naming its slot.
-    (0..CONSUMER_SLOTS)
-        .find(|&k| slot_of(ring, k).state.load(Ordering::Acquire) == 0)
-        .map(|k| (k, Entry::Join))
+    (0..CONSUMER_SLOTS).find(|&k| slot_of(ring, k).state.load(Ordering::Acquire) == 0).map(|k| (k, Entry::Join))
 }
 
 /// The pid last recorded in slot `k` (display only).
@@ -1140,6 +1158,50 @@ mod tests {
         // Missed records found by the last jump are not reported until a record follows.
         assert_eq!(delivered + c.tallies().missed, 20_000);
         assert!(c.tallies().missed >= missed);
+    }
+
+    /// A producer thread laps a slower consumer thread in a lossy ring: every record the
+    /// consumer is handed is whole (the bytes it copied were not overwritten meanwhile:
+    /// the horizon check), and every one it is not handed is reported missed.
+    #[test]
+    fn a_lapped_reader_never_gets_a_torn_record() {
+        let ring = heap_ring(4096, true);
+        let mut p = ring.producer();
+        let mut c = ring.consumer("slow");
+        const N: u64 = 100_000;
+        let record = |seq: u64| {
+            let mut r = vec![seq as u8; 8 + (seq % 57) as usize];
+            r[..8].copy_from_slice(&seq.to_le_bytes());
+            r
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for seq in 0..N {
+                    p.try_publish(&record(seq)).unwrap();
+                    for _ in 0..300 {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+            let (mut delivered, mut missed) = (0u64, 0u64);
+            while c.next_seq() < N {
+                match c.try_read() {
+                    Ok(r) => {
+                        assert_eq!(r.data, &record(r.seq)[..], "record {} torn", r.seq);
+                        delivered += 1;
+                        missed += r.missed;
+                        assert_eq!(r.seq + 1, delivered + missed);
+                    }
+                    Err(TryReadError::Empty) => std::hint::spin_loop(),
+                    Err(e) => panic!("{e}"),
+                }
+                // Slower than the producer: lapped again and again.
+                for _ in 0..2000 {
+                    std::hint::spin_loop();
+                }
+            }
+            assert!(missed > 0, "the consumer was never lapped: the test proves nothing");
+        });
     }
 
     #[test]

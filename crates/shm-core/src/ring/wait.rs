@@ -232,20 +232,44 @@ pub(crate) fn sleep_unless_moved(wake: &WakeWord, timeout: Duration, seen: u64, 
     slept
 }
 
-/// [`sleep_unless_moved`] on a word several sleepers share (a broadcast ring's consumers):
-/// a sleeper never withdraws its announcement, because another may still be asleep on
-/// the word; only the waker clears it. A stale announcement costs the waker one needless
-/// `FUTEX_WAKE`, once. Lost wake-ups are not told apart here (a word another sleeper set
-/// again would make a late waker look like a missed one); every sleep is still bounded.
+/// [`sleep_unless_moved`] on a word several sleepers share (a broadcast ring's consumers).
+/// A flag alone would lose wake-ups there: a sleeper that re-announces after a wake
+/// would set the word back to what a second sleeper, not yet in `FUTEX_WAIT`, expects,
+/// and that one would sleep through the record it was woken for. So the word is an
+/// event count: bit 0 says "someone sleeps", the bits above count wakes. A sleeper sets
+/// bit 0 and keeps the value it set (one atomic step), re-checks, and sleeps only while
+/// the word still holds that value; [`wake_all_sleepers`] bumps the count, so every
+/// sleeper that announced before the wake finds the word changed. Lost wake-ups are not
+/// counted here; every sleep is still bounded by its timeout.
 pub(crate) fn sleep_among_many(wake: &WakeWord, timeout: Duration, seen: u64, cursor: impl Fn() -> u64) -> Slept {
-    wake.word().store(1, Ordering::Relaxed);
-    // SeqCst fence: orders the announcement before the re-check (as in `sleep_unless_moved`).
+    // SeqCst read-modify-write, then the SeqCst fence: announce before the re-check (as in
+    // `sleep_unless_moved`), and learn the count the wake must change.
+    let expected = wake.word().fetch_or(1, Ordering::SeqCst) | 1;
     fence(Ordering::SeqCst);
     if cursor() != seen {
         return Slept::No;
     }
-    wake.wait(1, Some(timeout));
+    wake.wait(expected, Some(timeout));
     Slept::Yes
+}
+
+/// The waker half for [`sleep_among_many`], called right after storing the cursor: if
+/// anyone announced, bumps the count (clearing bit 0) and wakes them all. A busy ring with
+/// nobody asleep returns `false` without a syscall.
+pub(crate) fn wake_all_sleepers(wake: &WakeWord) -> bool {
+    // SeqCst fence: orders our cursor store before the load of the word (as in `wake_sleeper`).
+    fence(Ordering::SeqCst);
+    let word = wake.word();
+    // Relaxed: ordered by the fence above.
+    let seen = word.load(Ordering::Relaxed);
+    if seen & 1 == 0 {
+        return false;
+    }
+    // A sleeper announcing meanwhile set bit 0 of the old count: its expected value is no
+    // longer the word's, so it does not sleep.
+    word.store((seen & !1).wrapping_add(2), Ordering::SeqCst);
+    wake.wake();
+    true
 }
 
 impl LocalCounters {
