@@ -536,14 +536,6 @@ impl RawIdentity {
         expect("participant_slots", self.participant_slots.into(), PARTICIPANT_SLOTS as u64, "32")?;
         expect("cursors_offset", self.cursors_offset, CURSORS_OFFSET as u64, "8192")?;
         expect("cursor_slots", self.cursor_slots.into(), kind.cursor_slots().into(), "1, or 64 for broadcast")?;
-        let allowed_flags = if kind == RingKind::Broadcast { FLAG_LOSSY } else { 0 };
-        if self.flags & !allowed_flags != 0 {
-            return Err(HeaderError::Field {
-                field: "flags",
-                value: self.flags.into(),
-                expected: "0, or 1 (lossy) for broadcast",
-            });
-        }
         let cap = self.capacity;
         if !cap.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&cap) {
             return Err(HeaderError::Field {
@@ -563,7 +555,13 @@ impl RawIdentity {
         if self.segment_size > mapped_len {
             return Err(HeaderError::Truncated { claimed: self.segment_size, actual: mapped_len });
         }
-        Ok(Geometry { kind, capacity: cap, max_record: self.max_record, minor, lossy: self.flags & FLAG_LOSSY != 0 })
+        Ok(Geometry {
+            kind,
+            capacity: cap,
+            max_record: self.max_record,
+            minor,
+            lossy: kind == RingKind::Broadcast && self.flags & FLAG_LOSSY != 0,
+        })
     }
 }
 

@@ -630,9 +630,10 @@ fn header_claiming_more_than_the_file_is_truncated() {
 fn layout_fields_other_than_geometry_must_match_layout_1() {
     let seg = TestSegment::new();
     let raw = seg.created_and_mapped();
-    // Kinds this build does not know are refused by code (2 is mpsc since layout 1.1).
-    raw.set32(RING_KIND_AT, 3);
-    assert_field_error(header_error(seg.open()), "ring_kind", 3);
+    // Kinds this build does not know are refused by code (2 is mpsc since layout 1.1, 3
+    // broadcast since 1.2).
+    raw.set32(RING_KIND_AT, 99);
+    assert_field_error(header_error(seg.open()), "ring_kind", 99);
     raw.set32(RING_KIND_AT, RingKind::Spsc.code());
     raw.set32(HEADER_SIZE_AT, 4096);
     assert_field_error(header_error(seg.open()), "header_size", 4096);
@@ -1363,7 +1364,7 @@ fn hostile_broadcast_fields_give_errors_never_panics() {
 }
 
 #[test]
-fn a_broadcast_header_with_the_wrong_cursor_count_or_flags_is_refused() {
+fn a_broadcast_header_with_the_wrong_cursor_count_is_refused_and_lossy_is_read_from_its_flags() {
     let seg = TestSegment::new();
     drop(Segment::builder(seg.location.clone()).kind(RingKind::Broadcast).capacity(CAP).create().expect("create"));
     let raw = seg.raw();
@@ -1372,12 +1373,11 @@ fn a_broadcast_header_with_the_wrong_cursor_count_or_flags_is_refused() {
     raw.set32(cursor_slots, 1);
     assert_field_error(header_error(seg.open()), "cursor_slots", 1);
     raw.set32(cursor_slots, 64);
-    raw.set32(flags, 2);
-    assert_field_error(header_error(seg.open()), "flags", 2);
+    assert!(!seg.open().expect("a broadcast ring").geometry().lossy);
     raw.set32(flags, 1);
-    assert!(seg.open().expect("lossy is a broadcast flag").geometry().lossy);
-    // A lossy flag on an spsc ring is refused.
+    assert!(seg.open().expect("a lossy broadcast ring").geometry().lossy);
+    // Flags stay reserved for the other kinds: an spsc ring with the bit set is not lossy.
     raw.set32(offset_of!(Header, identity.0) + offset_of!(Identity, ring_kind), 1);
     raw.set32(cursor_slots, 1);
-    assert_field_error(header_error(seg.open()), "flags", 1);
+    assert!(!seg.open().expect("an spsc ring").geometry().lossy);
 }
