@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use shm_core::{RingKind, Segment};
 use shm_daemon::service::{Ended, Service, StopRequested, Waiting};
@@ -126,6 +126,9 @@ fn attach(segment: &Segment, settings: &config::Settings) -> Result<daemon::Ring
             let mut consumer = segment.mpsc_consumer()?;
             consumer.set_wait_strategy(settings.segment.wait);
             daemon::RingConsumer::Mpsc(consumer)
+        }
+        kind @ RingKind::Broadcast => {
+            bail!("{}: consumerd does not read {} rings yet", segment.location(), kind.name())
         }
     })
 }
