@@ -10,7 +10,7 @@
 //! 2560    2048   32 participant slots, 64 bytes each    each participant its own slot
 //! 4608    512    mpsc: 2 consumer ledgers, per producer  the consumer (layout 1.1)
 //! 5120    2048   mpsc: 16 producer slots, 128 bytes each each producer its own slot (1.1)
-//! 7168    1024   reserved (zero)
+//! 7168    1024   mpmc: take line, release line, 6 workers each worker its own line (1.2)
 //! 8192    8192   64 read-cursor slots, 128 bytes each   each consumer its own slot
 //! 16384   cap    ring data (power of two, 4 KiB ..= 1 TiB)
 //! ```
@@ -42,9 +42,11 @@
 //!   owns cursor slot `k` (its name, pid, release slots and `missed` tallies) and the role
 //!   lock byte `BROADCAST_LOCK_BASE + k` (no participant record). [`FLAG_LOSSY`] in
 //!   `flags` lets the producer lap slow consumers instead of waiting for them.
-//! - Still to come, and where it fits: `mpmc` keeps the same claim side and adds,
-//!   per consumer, a "holding" word (the frame it took, by CAS on a shared read-claim
-//!   cursor in the 1 KiB still reserved) so a dead worker's record can be handed over.
+//! - `mpmc` ([`crate::ring::mpmc`], layout 1.2): the producers are mpsc's (claim cursor,
+//!   producer slots, participant slots `2 + k`); cursor slot 0 is the *release* cursor
+//!   the producers see, with mpsc's ledgers; [`MpmcArea`] holds the shared take cursor,
+//!   the hand-off word, the release token and one line per worker (its "holding" word).
+//!   Worker `w` (0..6) holds role-lock byte `MPMC_LOCK_BASE + w` and no participant slot.
 
 pub use crate::sync::WakeWord;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -83,6 +85,12 @@ pub const MPSC_END: usize = 7168;
 pub const MPSC_PRODUCERS: usize = 16;
 /// Participant slot of mpsc producer 0; producer `k` holds `MPSC_PARTICIPANT_BASE + k`.
 pub const MPSC_PARTICIPANT_BASE: usize = 2;
+/// Offset of the mpmc area (layout 1.2).
+pub const MPMC_OFFSET: usize = MPSC_END;
+/// Workers an mpmc ring can have at once (the release token names its owner in 3 bits).
+pub const MPMC_WORKERS: usize = 6;
+/// Role-lock byte of mpmc worker 0; worker `w` locks `MPMC_LOCK_BASE + w` (no table slot).
+pub const MPMC_LOCK_BASE: usize = 128;
 
 /// Consumers a broadcast ring can have at once, each with its own named cursor slot.
 pub const BROADCAST_CONSUMERS: usize = CURSOR_SLOTS;
@@ -124,6 +132,8 @@ pub enum RingKind {
     Mpsc,
     /// One producer, many consumers that each see every record.
     Broadcast,
+    /// Many producers, competing workers: each record goes to one of them.
+    Mpmc,
 }
 
 impl RingKind {
@@ -133,6 +143,7 @@ impl RingKind {
             RingKind::Spsc => 1,
             RingKind::Mpsc => 2,
             RingKind::Broadcast => 3,
+            RingKind::Mpmc => 4,
         }
     }
 
@@ -142,6 +153,7 @@ impl RingKind {
             1 => Some(RingKind::Spsc),
             2 => Some(RingKind::Mpsc),
             3 => Some(RingKind::Broadcast),
+            4 => Some(RingKind::Mpmc),
             _ => None,
         }
     }
@@ -152,11 +164,12 @@ impl RingKind {
             RingKind::Spsc => "spsc",
             RingKind::Mpsc => "mpsc",
             RingKind::Broadcast => "broadcast",
+            RingKind::Mpmc => "mpmc",
         }
     }
 
     /// Every kind this build knows.
-    pub const ALL: [RingKind; 3] = [RingKind::Spsc, RingKind::Mpsc, RingKind::Broadcast];
+    pub const ALL: [RingKind; 4] = [RingKind::Spsc, RingKind::Mpsc, RingKind::Broadcast, RingKind::Mpmc];
 
     /// Read-cursor slots the kind uses (`Identity::cursor_slots`).
     pub const fn cursor_slots(self) -> u32 {
@@ -171,7 +184,7 @@ impl std::str::FromStr for RingKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         RingKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            format!("unknown ring kind {s:?}: this build knows spsc, mpsc and broadcast (mpmc is not built yet)")
+            format!("unknown ring kind {s:?}: this build knows spsc, mpsc, broadcast and mpmc")
         })
     }
 }
@@ -382,6 +395,59 @@ pub struct MpscArea {
     pub producers: [Line<MpscProducerSlot>; MPSC_PRODUCERS],
 }
 
+/// The shared take side of an mpmc ring ([`crate::ring::mpmc`], "Take").
+#[repr(C)]
+#[derive(Debug)]
+pub struct MpmcTakeLine {
+    /// Ring position of the next frame no worker has taken; only grows, by compare-and-swap.
+    pub take_cursor: AtomicU64,
+    /// A dead worker's record waiting for another worker: `position | 1`, or `0`.
+    pub handoff: AtomicU64,
+}
+
+/// The release side of an mpmc ring: who may advance the release cursor now.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MpmcReleaseLine {
+    /// `sequence << 8 | (owner + 1)`, or `sequence << 8` when free.
+    pub token: AtomicU64,
+    /// Records handed over from a dead worker (written by the token holder that posted them).
+    pub handoffs: AtomicU64,
+}
+
+/// One mpmc worker's line. Only that worker (and its successor, which holds the same
+/// lock) writes it, except that the release-token holder clears the holding words of a
+/// dead worker with a compare-and-swap when it hands the record over.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MpmcWorkerSlot {
+    /// `position | INTENT` before a take's compare-and-swap, `position | HELD` after it,
+    /// `0` when holding nothing.
+    pub holding: AtomicU64,
+    /// A dead predecessor's holding word, adopted at attach: treated as dead.
+    pub orphan: AtomicU64,
+    /// Pid of the worker (display only).
+    pub pid: AtomicU64,
+    /// Records returned to the application (display).
+    pub taken: AtomicU64,
+    /// Records acknowledged (display; the release ledger is exact).
+    pub acknowledged: AtomicU64,
+    /// Records this worker received from a dead worker.
+    pub redelivered: AtomicU64,
+}
+
+/// The fields only mpmc rings use (zero in every other kind).
+#[repr(C)]
+#[derive(Debug)]
+pub struct MpmcArea {
+    /// The take cursor and the hand-off word.
+    pub take: Line<MpmcTakeLine>,
+    /// The release token.
+    pub release: Line<MpmcReleaseLine>,
+    /// One line per worker id.
+    pub workers: [Line<MpmcWorkerSlot>; MPMC_WORKERS],
+}
+
 /// The whole header, as it lies at offset 0 of a segment.
 #[repr(C)]
 #[derive(Debug)]
@@ -400,7 +466,8 @@ pub struct Header {
     pub participants: [ParticipantSlot; PARTICIPANT_SLOTS],
     /// Fields of the mpsc kind.
     pub mpsc: MpscArea,
-    reserved: [u8; CURSORS_OFFSET - MPSC_END],
+    /// Fields of the mpmc kind.
+    pub mpmc: MpmcArea,
     /// Read cursors; spsc uses slot 0.
     pub cursors: [Line<CursorSlot>; CURSOR_SLOTS],
 }
@@ -429,6 +496,10 @@ const _: () = {
     assert!(size_of::<MpscProducerSlot>() <= LINE);
     assert!(MPSC_OFFSET + size_of::<MpscArea>() == MPSC_END);
     assert!(MPSC_PARTICIPANT_BASE + MPSC_PRODUCERS <= PARTICIPANT_SLOTS);
+    assert!(offset_of!(Header, mpmc) == MPMC_OFFSET);
+    assert!(MPMC_OFFSET + size_of::<MpmcArea>() == CURSORS_OFFSET);
+    assert!(size_of::<MpmcWorkerSlot>() <= LINE);
+    assert!(MPMC_WORKERS < 8);
     assert!(HEADER_SIZE % 4096 == 0);
 };
 
@@ -523,7 +594,7 @@ impl RawIdentity {
         let kind = RingKind::from_code(self.ring_kind).ok_or(HeaderError::Field {
             field: "ring_kind",
             value: u64::from(self.ring_kind),
-            expected: "1 (spsc), 2 (mpsc) or 3 (broadcast)",
+            expected: "1 (spsc), 2 (mpsc), 3 (broadcast) or 4 (mpmc)",
         })?;
         let expect = |field: &'static str, value: u64, want: u64, expected: &'static str| {
             if value == want { Ok(()) } else { Err(HeaderError::Field { field, value, expected }) }

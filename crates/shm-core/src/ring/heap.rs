@@ -132,8 +132,8 @@ pub fn spsc_pair_counted(
 mod memory {
     use super::*;
     use crate::layout::{
-        CursorSlot, Line, MpscArea, MpscLedger, MpscProducerSlot, MpscTally, ProducerLine, PublishSlot, ReleaseSlot,
-        STAT_SLOTS, StatSlot, WakeWord,
+        CursorSlot, Line, MpmcArea, MpmcReleaseLine, MpmcTakeLine, MpmcWorkerSlot, MpscArea, MpscLedger,
+        MpscProducerSlot, MpscTally, ProducerLine, PublishSlot, ReleaseSlot, STAT_SLOTS, StatSlot, WakeWord,
     };
     use crate::ring::Region;
     use crate::sync::{AtomicU32, AtomicU64};
@@ -153,6 +153,8 @@ mod memory {
         cells: Arc<[crate::ring::LoomWord]>,
         /// Only mpsc rings build it (each atomic is a loom object).
         mpsc: Option<Box<MpscArea>>,
+        /// Built with the mpsc area (the heap ring serves both kinds).
+        mpmc: Option<Box<MpmcArea>>,
         pub(super) capacity: u64,
         pub(super) max_record: u64,
     }
@@ -165,6 +167,8 @@ mod memory {
     pub(super) fn refs(capacity: u64, max_record: u64) -> RingRefs {
         new_refs(capacity, max_record, false, None)
     }
+
+    type Areas = Option<(Box<MpscArea>, Box<MpmcArea>)>;
 
     pub(super) fn counted_refs(capacity: u64, max_record: u64) -> RingRefs {
         new_refs(capacity, max_record, true, None)
@@ -189,7 +193,22 @@ mod memory {
             })
         };
         let area = MpscArea { ledgers: [ledger(), ledger()], producers: std::array::from_fn(|_| producer()) };
-        new_refs(capacity, max_record, false, Some(Box::new(area)))
+        let worker = || {
+            Line(MpmcWorkerSlot {
+                holding: z(),
+                orphan: z(),
+                pid: z(),
+                taken: z(),
+                acknowledged: z(),
+                redelivered: z(),
+            })
+        };
+        let mpmc = MpmcArea {
+            take: Line(MpmcTakeLine { take_cursor: z(), handoff: z() }),
+            release: Line(MpmcReleaseLine { token: z(), handoffs: z() }),
+            workers: std::array::from_fn(|_| worker()),
+        };
+        new_refs(capacity, max_record, false, Some((Box::new(area), Box::new(mpmc))))
     }
 
     pub(super) fn refs_of_heap(seg: &Arc<HeapSegment>) -> RingRefs {
@@ -201,7 +220,8 @@ mod memory {
         Line(StatSlot { value: z(), label: [z(), z(), z(), z()], in_use: AtomicU32::new(0) })
     }
 
-    fn new_refs(capacity: u64, max_record: u64, counted: bool, mpsc: Option<Box<MpscArea>>) -> RingRefs {
+    fn new_refs(capacity: u64, max_record: u64, counted: bool, areas: Areas) -> RingRefs {
+        let (mpsc, mpmc) = areas.unzip();
         let seg = Arc::new(HeapSegment {
             producer: ProducerLine {
                 write_cursor: AtomicU64::new(0),
@@ -227,6 +247,7 @@ mod memory {
             data: (0..capacity / 8).map(|_| std::cell::UnsafeCell::new(0)).collect(),
             cells: crate::ring::loom_cells(capacity),
             mpsc,
+            mpmc,
             capacity,
             max_record,
         });
@@ -256,6 +277,7 @@ mod memory {
             space_wake: NonNull::from(&seg.space_wake),
             stats: seg.stats.as_deref().map(NonNull::from),
             mpsc: seg.mpsc.as_deref().map(NonNull::from),
+            mpmc: seg.mpmc.as_deref().map(NonNull::from),
             // SAFETY: `capacity` bytes, 8-aligned, owned by `seg`, which the refs keep;
             // `seg.cells` has one cell per word.
             data: unsafe { Region::with_cells(data, seg.capacity, seg.cells.clone()) },
@@ -328,13 +350,14 @@ impl BroadcastHeapRing {
     }
 }
 
-/// An mpsc ring on the heap, for threads of one process, tests and loom models. Liveness
-/// is a flag per producer id that [`kill`](Self::kill) clears: the model of a producer
-/// whose kernel lock is gone.
+/// An mpsc (or mpmc) ring on the heap, for threads of one process, tests and loom
+/// models. Liveness is a flag per producer id that [`kill`](Self::kill) clears (and per
+/// worker id, [`kill_worker`](Self::kill_worker)): the model of a kernel lock gone.
 pub struct MpscHeapRing {
     pub(crate) refs: RingRefs,
     seg: Arc<HeapSegment>,
     alive: Arc<[std::sync::atomic::AtomicBool; crate::layout::MPSC_PRODUCERS]>,
+    workers_alive: Arc<[std::sync::atomic::AtomicBool; crate::layout::MPMC_WORKERS]>,
     wait: WaitStrategy,
 }
 
@@ -352,7 +375,9 @@ impl MpscHeapRing {
         }
         let refs = memory::mpsc_refs(capacity, max_record);
         let seg = refs.heap.clone().expect("heap refs own their memory");
-        Ok(MpscHeapRing { refs, seg, alive: Arc::new(std::array::from_fn(|_| false.into())), wait })
+        let (alive, workers_alive) =
+            (Arc::new(std::array::from_fn(|_| false.into())), Arc::new(std::array::from_fn(|_| false.into())));
+        Ok(MpscHeapRing { refs, seg, alive, workers_alive, wait })
     }
 
     /// Attaches producer `id` (`0..16`) and marks it alive.
@@ -373,6 +398,26 @@ impl MpscHeapRing {
         let probe =
             Box::new(move |id: usize| alive.get(id).is_some_and(|a| a.load(std::sync::atomic::Ordering::SeqCst)));
         super::mpsc::Consumer::attach(memory::refs_of_heap(&self.seg), self.wait, probe, None).expect("consistent ring")
+    }
+
+    /// Attaches mpmc worker `id` (`0..6`) and marks it alive.
+    ///
+    /// # Panics
+    /// If `id` is out of range or the ring's cursors are inconsistent.
+    pub fn worker(&self, id: usize) -> super::mpmc::Worker {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        self.workers_alive[id].store(true, SeqCst);
+        fn probe<const N: usize>(flags: Arc<[AtomicBool; N]>) -> super::mpsc::ProducerLiveness {
+            Box::new(move |id: usize| flags.get(id).is_some_and(|a| a.load(SeqCst)))
+        }
+        let (producers, workers) = (probe(self.alive.clone()), probe(self.workers_alive.clone()));
+        super::mpmc::Worker::attach(memory::refs_of_heap(&self.seg), id, self.wait, producers, workers, None)
+            .expect("consistent ring")
+    }
+
+    /// Marks worker `id` dead, as the kernel does when its process dies.
+    pub fn kill_worker(&self, id: usize) {
+        self.workers_alive[id].store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Marks producer `id` dead, as the kernel does when its process dies.

@@ -9,6 +9,7 @@
 pub mod broadcast;
 pub mod frame;
 pub mod heap;
+pub mod mpmc;
 pub mod mpsc;
 pub mod spsc;
 pub(crate) mod wait;
@@ -17,7 +18,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::layout::{CursorSlot, Line, MpscArea, ProducerLine, STAT_SLOTS, StatSlot, WakeWord};
+use crate::layout::{CursorSlot, Line, MpmcArea, MpscArea, ProducerLine, STAT_SLOTS, StatSlot, WakeWord};
 
 /// How a blocked handle waits for the other side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
@@ -213,6 +214,8 @@ pub(crate) struct RingRefs {
     pub(crate) stats: Option<NonNull<[Line<StatSlot>; STAT_SLOTS]>>,
     /// The mpsc fields (in every segment; only mpsc rings use them).
     pub(crate) mpsc: Option<NonNull<MpscArea>>,
+    /// The mpmc fields (in every segment; only mpmc rings use them).
+    pub(crate) mpmc: Option<NonNull<MpmcArea>>,
     pub(crate) data: Region,
     pub(crate) capacity: u64,
     pub(crate) max_record: u64,
@@ -246,6 +249,7 @@ impl RingRefs {
             space_wake: NonNull::from(&h.space_wake.0),
             stats: Some(NonNull::from(&h.stats)),
             mpsc: Some(NonNull::from(&h.mpsc)),
+            mpmc: Some(NonNull::from(&h.mpmc)),
             // SAFETY: page-aligned data of `capacity` bytes, kept by `keep`.
             data: unsafe { Region::new(data, capacity) },
             capacity,
@@ -286,6 +290,12 @@ impl RingRefs {
     pub(crate) fn mpsc_area(&self) -> Option<&MpscArea> {
         // SAFETY: as in `producer_line`.
         self.mpsc.map(|p| unsafe { p.as_ref() })
+    }
+
+    /// The mpmc area. Every constructor of an mpmc ring sets it.
+    pub(crate) fn mpmc_area(&self) -> Option<&MpmcArea> {
+        // SAFETY: as in `producer_line`.
+        self.mpmc.map(|p| unsafe { p.as_ref() })
     }
 
     pub(crate) fn counters(&self) -> Option<crate::stats::CounterCells<'_>> {

@@ -146,7 +146,7 @@ pub(crate) type ProducerLiveness = Box<dyn Fn(usize) -> bool + Send>;
 
 /// What a header word says, decoded and checked against the ring's geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Word {
+pub(crate) enum Word {
     /// Nothing written: a claim whose owner has not reached its in-flight store.
     Unwritten,
     /// A claim of `len` payload bytes by `producer`, not committed.
@@ -161,7 +161,7 @@ enum Word {
 
 /// Decodes the header word at `pos`; checks every length against the ring (never trusts it).
 #[inline]
-fn decode_word(ring: &RingRefs, pos: u64, word: u64) -> Result<Word, Corruption> {
+pub(crate) fn decode_word(ring: &RingRefs, pos: u64, word: u64) -> Result<Word, Corruption> {
     if word == 0 {
         return Ok(Word::Unwritten);
     }
@@ -202,14 +202,14 @@ fn decode_word(ring: &RingRefs, pos: u64, word: u64) -> Result<Word, Corruption>
 }
 
 /// Checks a claim cursor read from the segment against the consumer's `head`.
-fn check_claim_cursor(tail: u64, head: u64, capacity: u64) -> Result<(), Corruption> {
+pub(crate) fn check_claim_cursor(tail: u64, head: u64, capacity: u64) -> Result<(), Corruption> {
     if tail > CURSOR_LIMIT || tail < head || tail - head > capacity || tail % 8 != 0 {
         return Err(Corruption { what: "claim cursor outside the ring", value: tail, position: head });
     }
     Ok(())
 }
 
-fn area(ring: &RingRefs) -> &MpscArea {
+pub(crate) fn area(ring: &RingRefs) -> &MpscArea {
     ring.mpsc_area().expect("every mpsc ring has its area")
 }
 
@@ -301,9 +301,168 @@ pub(crate) fn head_claim(ring: &RingRefs, pos: u64, tail: u64, alive: &dyn Fn(us
 
 /// Per-producer tallies the consumer keeps exactly (see "Exact counters").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Tally {
-    consumed: u64,
-    unblocked: u64,
+pub(crate) struct Tally {
+    pub(crate) consumed: u64,
+    pub(crate) unblocked: u64,
+}
+
+/// The exact release figures (records, bytes, per-producer tallies) of whoever advances
+/// the read cursor: the mpsc consumer, or the mpmc release-token holder.
+#[derive(Debug, Clone)]
+pub(crate) struct ReleaseLedger {
+    /// The release slot (and ledger) the next release writes.
+    pub(crate) flip: usize,
+    pub(crate) records: u64,
+    pub(crate) bytes: u64,
+    pub(crate) tallies: [Tally; MPSC_PRODUCERS],
+    /// Producer ids below this may have non-zero tallies (only those are written).
+    pub(crate) tally_ids: usize,
+}
+
+impl ReleaseLedger {
+    /// The figures as of the read cursor `head` (loaded with Acquire by the caller): from
+    /// the release slot whose position equals it, however its writer died. `None` when no
+    /// slot matches (a corrupt segment): the figures then restart from zero.
+    pub(crate) fn load(ring: &RingRefs, head: u64) -> (Self, bool) {
+        let cursor = ring.cursor();
+        let mut ledger =
+            ReleaseLedger { flip: 0, records: 0, bytes: 0, tallies: [Tally::default(); MPSC_PRODUCERS], tally_ids: 0 };
+        // Relaxed: ordered after the caller's Acquire load of read_cursor, stored before it.
+        let exact = match super::spsc::current_slot(head, |i| cursor.releases[i].position.load(Ordering::Relaxed)) {
+            super::spsc::CurrentSlot::Empty => true,
+            super::spsc::CurrentSlot::Slot(i) => {
+                let slot = &cursor.releases[i];
+                ledger.records = slot.records.load(Ordering::Relaxed);
+                ledger.bytes = slot.bytes.load(Ordering::Relaxed);
+                for (t, stored) in ledger.tallies.iter_mut().zip(&area(ring).ledgers[i].producers) {
+                    t.consumed = stored.consumed.load(Ordering::Relaxed);
+                    t.unblocked = stored.unblocked.load(Ordering::Relaxed);
+                }
+                ledger.flip = i ^ 1;
+                true
+            }
+            super::spsc::CurrentSlot::Unknown => false,
+        };
+        ledger.tally_ids = ledger.tallies.iter().rposition(|t| *t != Tally::default()).map_or(0, |k| k + 1);
+        (ledger, exact)
+    }
+
+    /// Counts a released record of producer `k`.
+    pub(crate) fn count_record(&mut self, k: usize, len: u32) {
+        self.records += 1;
+        self.bytes += u64::from(len);
+        self.tallies[k].consumed += 1;
+        self.tally_ids = self.tally_ids.max(k + 1);
+    }
+
+    /// Counts a passed hole of producer `k`.
+    pub(crate) fn count_hole(&mut self, k: usize) {
+        self.tallies[k].unblocked += 1;
+        self.tally_ids = self.tally_ids.max(k + 1);
+    }
+
+    /// Writes the figures into the release slot and ledger of `flip`, then stores the read
+    /// cursor `pos` with Release, and flips. The bytes below `pos` must be zeroed and done with.
+    pub(crate) fn publish(&mut self, ring: &RingRefs, pos: u64) {
+        self.write_pending(ring, pos);
+        self.store_cursor(ring, pos);
+    }
+
+    /// Writes the figures, with `pos` as its position, into the release slot and ledger of
+    /// `flip`: a successor that finds this slot past the read cursor knows the release to
+    /// finish (mpmc's token holder).
+    pub(crate) fn write_pending(&self, ring: &RingRefs, pos: u64) {
+        let cursor = ring.cursor();
+        let slot = &cursor.releases[self.flip];
+        let ledger = &area(ring).ledgers[self.flip];
+        // Relaxed: published by the Release store of read_cursor just below; a successor
+        // uses this slot and ledger only if it sees that store.
+        slot.records.store(self.records, Ordering::Relaxed);
+        slot.bytes.store(self.bytes, Ordering::Relaxed);
+        for (stored, t) in ledger.producers.iter().zip(&self.tallies).take(self.tally_ids) {
+            stored.consumed.store(t.consumed, Ordering::Relaxed);
+            stored.unblocked.store(t.unblocked, Ordering::Relaxed);
+        }
+        slot.position.store(pos, Ordering::Relaxed);
+    }
+
+    /// Stores the read cursor `pos` after [`write_pending`](Self::write_pending), and flips.
+    pub(crate) fn store_cursor(&mut self, ring: &RingRefs, pos: u64) {
+        // Release: pairs with the producers' Acquire load of read_cursor; the releaser is done
+        // with (and has zeroed) every byte below `pos`.
+        ring.cursor().read_cursor.store(pos, Ordering::Release);
+        self.flip ^= 1;
+    }
+
+    /// Copies the per-producer tallies to where `shmctl stat` reads them (after the cursor).
+    pub(crate) fn store_displayed(&self, ring: &RingRefs) {
+        for (slot, t) in area(ring).producers.iter().zip(&self.tallies).take(self.tally_ids) {
+            // Relaxed: display copies.
+            slot.0.consumed.store(t.consumed, Ordering::Relaxed);
+            slot.0.unblocked.store(t.unblocked, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How long a reader has been stuck on one claim: rate-limits the liveness check
+/// ([`HOLE_CHECK_AFTER`], one clock read per [`PENDING_LOOKS_PER_CLOCK`] looks).
+#[derive(Debug)]
+pub(crate) struct Stuck {
+    at: u64,
+    since: Option<Instant>,
+    looks: u32,
+}
+
+impl Stuck {
+    pub(crate) const fn new() -> Self {
+        Stuck { at: u64::MAX, since: None, looks: 0 }
+    }
+
+    /// Whether the reader has been stuck at `pos` for `HOLE_CHECK_AFTER`. Loom models
+    /// have no clock (and must be deterministic), so there every look checks.
+    pub(crate) fn check_due(&mut self, pos: u64) -> bool {
+        if self.at != pos {
+            *self = Stuck { at: pos, since: None, looks: 0 };
+        }
+        self.looks = self.looks.wrapping_add(1);
+        if cfg!(loom) {
+            return true;
+        }
+        if self.looks % PENDING_LOOKS_PER_CLOCK != 1 {
+            return false;
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        since.elapsed() >= HOLE_CHECK_AFTER
+    }
+
+    /// Look again at once on the next check (after a sleep).
+    pub(crate) fn look_again(&mut self) {
+        self.looks = 0;
+    }
+}
+
+/// Writes `UNBLOCKED | producer` over the dead claim `[pos, end)`, split at the ring's end
+/// (the part after the end as `SKIP`, so the hole counts once). The caller is the only one
+/// who may write there (the mpsc consumer, or the mpmc release-token holder at the take cursor).
+pub(crate) fn write_hole(ring: &RingRefs, pos: u64, producer: usize, end: u64) -> Result<(), Corruption> {
+    let data = &ring.data;
+    let index = data.index(pos);
+    let lap_end = pos + (ring.capacity - index);
+    let max_piece = frame::framed_len(ring.max_record).unwrap_or(u64::MAX);
+    let first_end = end.min(lap_end);
+    let pieces = [(pos, first_end, UNBLOCKED), (lap_end, end, SKIP)];
+    for (start, stop, kind) in pieces {
+        if stop <= start {
+            continue;
+        }
+        if stop - start > max_piece + FRAME_HEADER {
+            return Err(Corruption { what: "hole longer than any claim", value: stop - start, position: start });
+        }
+        // Release: pairs with the readers' Acquire loads: the marker is the hole's commit word.
+        data.atomic_word(data.index(start))
+            .store(frame::encode((stop - start - FRAME_HEADER) as u32, kind | producer as u32), Ordering::Release);
+    }
+    Ok(())
 }
 
 /// A producer of an mpsc ring. Several may write one ring, each with its own id, in as
@@ -734,17 +893,12 @@ pub struct Consumer {
     released: u64,
     read_to: u64,
     cached_tail: u64,
-    flip: usize,
     counters: LocalCounters,
-    tallies: [Tally; MPSC_PRODUCERS],
-    /// Producer ids below this may have non-zero tallies (the ledger writes only those).
-    tally_ids: usize,
+    /// The exact release figures, per producer.
+    ledger: ReleaseLedger,
     alive: ProducerLiveness,
-    /// Where the consumer is stuck on a claim, since when, and how many looks since the
-    /// clock was last read.
-    stuck_at: u64,
-    stuck_since: Option<Instant>,
-    stuck_looks: u32,
+    /// Where the consumer is stuck on a claim, and since when.
+    stuck: Stuck,
     /// Every byte below this position is zeroed (see "Durable batches").
     zeroed_to: u64,
     /// A durable batch is in progress: nothing is zeroed or released until it ends.
@@ -777,43 +931,23 @@ impl Consumer {
             return Err(Corruption { what: "read cursor not 8-byte aligned", value: head, position: head });
         }
         let mut counters = LocalCounters::load(&ring, &Counter::CONSUMER_SIDE);
-        let mut tallies = [Tally::default(); MPSC_PRODUCERS];
-        let cursor = ring.cursor();
-        let mut flip = 0;
-        // Relaxed: ordered after the Acquire load of read_cursor, stored before it.
-        match super::spsc::current_slot(head, |i| cursor.releases[i].position.load(Ordering::Relaxed)) {
-            super::spsc::CurrentSlot::Empty => {
-                counters.set_exact(&[(Counter::TotalConsumed, 0), (Counter::BytesConsumed, 0)]);
-            }
-            super::spsc::CurrentSlot::Slot(i) => {
-                let slot = &cursor.releases[i];
-                counters.set_exact(&[
-                    (Counter::TotalConsumed, slot.records.load(Ordering::Relaxed)),
-                    (Counter::BytesConsumed, slot.bytes.load(Ordering::Relaxed)),
-                ]);
-                for (t, stored) in tallies.iter_mut().zip(&area(&ring).ledgers[i].producers) {
-                    t.consumed = stored.consumed.load(Ordering::Relaxed);
-                    t.unblocked = stored.unblocked.load(Ordering::Relaxed);
-                }
-                flip = i ^ 1;
-            }
-            super::spsc::CurrentSlot::Unknown => {}
+        let (mut ledger, exact) = ReleaseLedger::load(&ring, head);
+        if exact {
+            counters.set_exact(&[(Counter::TotalConsumed, ledger.records), (Counter::BytesConsumed, ledger.bytes)]);
+        } else {
+            (ledger.records, ledger.bytes) =
+                (counters.get(Counter::TotalConsumed), counters.get(Counter::BytesConsumed));
         }
-        let tally_ids = tallies.iter().rposition(|t| *t != Tally::default()).map_or(0, |k| k + 1);
         let consumer = Consumer {
             strategy,
             pos: head,
             released: head,
             read_to: head,
             cached_tail: tail,
-            flip,
             counters,
-            tallies,
-            tally_ids,
+            ledger,
             alive,
-            stuck_at: u64::MAX,
-            stuck_since: None,
-            stuck_looks: 0,
+            stuck: Stuck::new(),
             zeroed_to: head,
             holding: false,
             ring,
@@ -836,12 +970,12 @@ impl Consumer {
     /// Holes of producer `id` passed so far (records whose producer died between claim
     /// and commit), exact across consumer restarts.
     pub fn unblocked(&self, id: usize) -> u64 {
-        self.tallies.get(id).map_or(0, |t| t.unblocked)
+        self.ledger.tallies.get(id).map_or(0, |t| t.unblocked)
     }
 
     /// Records of producer `id` read so far.
     pub fn consumed(&self, id: usize) -> u64 {
-        self.tallies.get(id).map_or(0, |t| t.consumed)
+        self.ledger.tallies.get(id).map_or(0, |t| t.consumed)
     }
 
     /// Borrows the next committed record, without waiting. A claim in progress at the
@@ -1018,7 +1152,7 @@ impl Consumer {
     /// Stuck on a claim at `pos`: once stuck for `HOLE_CHECK_AFTER`, asks whose it is and,
     /// if its owner is dead, turns it into padding. Whether it did.
     fn reclaim_if_dead(&mut self) -> Result<bool, Corruption> {
-        if !self.hole_check_due() {
+        if !self.stuck.check_due(self.pos) {
             return Ok(false);
         }
         // Acquire: pairs with the producers' compare-and-swaps, which published their intents.
@@ -1037,49 +1171,7 @@ impl Consumer {
         if !matches!(decode_word(&self.ring, self.pos, word)?, Word::Unwritten | Word::InFlight { .. }) {
             return Ok(true);
         }
-        self.write_hole(producer, end)
-    }
-
-    /// Whether the consumer has been stuck at `pos` for `HOLE_CHECK_AFTER`, reading the
-    /// clock once per `PENDING_LOOKS_PER_CLOCK` looks. Loom models have no clock (and must
-    /// be deterministic), so there every look checks.
-    fn hole_check_due(&mut self) -> bool {
-        if self.stuck_at != self.pos {
-            self.stuck_at = self.pos;
-            self.stuck_since = None;
-            self.stuck_looks = 0;
-        }
-        self.stuck_looks = self.stuck_looks.wrapping_add(1);
-        if cfg!(loom) {
-            return true;
-        }
-        if self.stuck_looks % PENDING_LOOKS_PER_CLOCK != 1 {
-            return false;
-        }
-        let since = *self.stuck_since.get_or_insert_with(Instant::now);
-        since.elapsed() >= HOLE_CHECK_AFTER
-    }
-
-    /// Writes `UNBLOCKED | producer` over `[pos, end)`, split at the ring's end.
-    fn write_hole(&mut self, producer: usize, end: u64) -> Result<bool, Corruption> {
-        let data = &self.ring.data;
-        let index = data.index(self.pos);
-        let lap_end = self.pos + (self.ring.capacity - index);
-        let max_piece = frame::framed_len(self.ring.max_record).unwrap_or(u64::MAX);
-        let first_end = end.min(lap_end);
-        let pieces = [(self.pos, first_end, UNBLOCKED), (lap_end, end, SKIP)];
-        for (start, stop, kind) in pieces {
-            if stop <= start {
-                continue;
-            }
-            if stop - start > max_piece + FRAME_HEADER {
-                return Err(Corruption { what: "hole longer than any claim", value: stop - start, position: start });
-            }
-            // Release: pairs with our own later Acquire load (and a successor's): the marker
-            // is the hole's commit word.
-            data.atomic_word(data.index(start))
-                .store(frame::encode((stop - start - FRAME_HEADER) as u32, kind | producer as u32), Ordering::Release);
-        }
+        write_hole(&self.ring, self.pos, producer, end)?;
         Ok(true)
     }
 
@@ -1094,8 +1186,7 @@ impl Consumer {
         }
         self.pos += framed;
         if let Some(k) = unblocked_for {
-            self.tallies[k].unblocked += 1;
-            self.tally_ids = self.tally_ids.max(k + 1);
+            self.ledger.count_hole(k);
         }
     }
 
@@ -1111,8 +1202,7 @@ impl Consumer {
         self.read_to = f.next;
         self.counters.add(Counter::TotalConsumed, 1);
         self.counters.add(Counter::BytesConsumed, u64::from(f.len));
-        self.tallies[f.producer].consumed += 1;
-        self.tally_ids = self.tally_ids.max(f.producer + 1);
+        self.ledger.count_record(f.producer, f.len);
         let quarter = self.ring.capacity / 4;
         if f.next == self.cached_tail || f.next - self.released >= quarter {
             self.release_read();
@@ -1126,22 +1216,7 @@ impl Consumer {
             return;
         }
         self.zero_deferred(pos);
-        let cursor = self.ring.cursor();
-        let slot = &cursor.releases[self.flip];
-        let ledger = &area(&self.ring).ledgers[self.flip];
-        // Relaxed: published by the Release store of read_cursor just below; a successor
-        // uses this slot and ledger only if it sees that store.
-        slot.records.store(self.counters.get(Counter::TotalConsumed), Ordering::Relaxed);
-        slot.bytes.store(self.counters.get(Counter::BytesConsumed), Ordering::Relaxed);
-        for (stored, t) in ledger.producers.iter().zip(&self.tallies).take(self.tally_ids) {
-            stored.consumed.store(t.consumed, Ordering::Relaxed);
-            stored.unblocked.store(t.unblocked, Ordering::Relaxed);
-        }
-        slot.position.store(pos, Ordering::Relaxed);
-        // Release: pairs with the producers' Acquire load of read_cursor; we are done with
-        // (and have zeroed) every byte below `pos`.
-        cursor.read_cursor.store(pos, Ordering::Release);
-        self.flip ^= 1;
+        self.ledger.publish(&self.ring, pos);
         self.released = pos;
         self.read_to = pos;
         self.store_displayed();
@@ -1174,11 +1249,7 @@ impl Consumer {
     fn store_displayed(&self) {
         self.counters.store(&self.ring, Counter::TotalConsumed);
         self.counters.store(&self.ring, Counter::BytesConsumed);
-        for (slot, t) in area(&self.ring).producers.iter().zip(&self.tallies).take(self.tally_ids) {
-            // Relaxed: display copies.
-            slot.0.consumed.store(t.consumed, Ordering::Relaxed);
-            slot.0.unblocked.store(t.unblocked, Ordering::Relaxed);
-        }
+        self.ledger.store_displayed(&self.ring);
     }
 
     /// Sleeps until the frame at the head is no longer a claim in progress (a commit) or
@@ -1203,7 +1274,7 @@ impl Consumer {
         });
         self.counters.record_sleep(&self.ring, slept, Counter::ConsumerSleeps, Counter::ConsumerMissedWakes);
         // A sleeper may sleep on a dead producer's claim: look at it again on waking.
-        self.stuck_looks = 0;
+        self.stuck.look_again();
     }
 }
 
@@ -1225,8 +1296,7 @@ struct Rewind<'a> {
 struct Saved {
     pos: u64,
     counters: LocalCounters,
-    tallies: [Tally; MPSC_PRODUCERS],
-    tally_ids: usize,
+    ledger: ReleaseLedger,
 }
 
 impl<'a> Rewind<'a> {
@@ -1236,8 +1306,7 @@ impl<'a> Rewind<'a> {
         let saved = Saved {
             pos: consumer.pos,
             counters: consumer.counters.clone(),
-            tallies: consumer.tallies,
-            tally_ids: consumer.tally_ids,
+            ledger: consumer.ledger.clone(),
         };
         Rewind { consumer, saved: Some(saved) }
     }
@@ -1259,8 +1328,7 @@ impl Drop for Rewind<'_> {
         c.pos = saved.pos;
         c.read_to = saved.pos;
         c.counters = saved.counters;
-        c.tallies = saved.tallies;
-        c.tally_ids = saved.tally_ids;
+        c.ledger = saved.ledger;
         c.holding = false;
     }
 }
