@@ -127,7 +127,7 @@ fn attach(segment: &Segment, settings: &config::Settings) -> Result<daemon::Ring
             consumer.set_wait_strategy(settings.segment.wait);
             daemon::RingConsumer::Mpsc(consumer)
         }
-        kind @ RingKind::Broadcast => {
+        kind @ (RingKind::Broadcast | RingKind::Mpmc) => {
             bail!("{}: consumerd does not read {} rings yet", segment.location(), kind.name())
         }
     })

@@ -287,12 +287,10 @@ fn producer_id(
 ) -> Result<Option<usize>, ConfigError> {
     let key = "source.producer_id";
     match (segment.kind, &s.producer_id) {
-        (RingKind::Spsc | RingKind::Broadcast, None) => Ok(None),
-        (RingKind::Broadcast, Some(id)) => Err(src.error(
-            key,
-            Some(id),
-            "applies to segment.kind = \"mpsc\" only (a broadcast ring has one producer, no slot to choose)",
-        )),
+        (RingKind::Spsc | RingKind::Broadcast | RingKind::Mpmc, None) => Ok(None),
+        (RingKind::Broadcast | RingKind::Mpmc, Some(id)) => {
+            Err(src.error(key, Some(id), "applies to segment.kind = \"mpsc\" only (the daemons do not run this kind)"))
+        }
         (RingKind::Spsc, Some(id)) => Err(src.error(
             key,
             Some(id),

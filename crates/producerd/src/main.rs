@@ -123,7 +123,7 @@ fn attach(segment: &Segment, settings: &config::Settings) -> Result<daemon::Ring
             daemon::RingProducer::Mpsc(producer)
         }
         (RingKind::Mpsc, None) => bail!("source.producer_id: required for an mpsc ring"),
-        (kind @ RingKind::Broadcast, _) => {
+        (kind @ (RingKind::Broadcast | RingKind::Mpmc), _) => {
             bail!("{}: producerd does not write {} rings yet", segment.location(), kind.name())
         }
     })

@@ -255,6 +255,24 @@ pub enum AttachError {
         /// The number of slots.
         max: usize,
     },
+    /// An mpmc worker id outside `0..6`.
+    #[error("{location}: worker id {id} is out of range (0..{max})")]
+    WorkerId {
+        /// The segment.
+        location: Location,
+        /// The id asked for.
+        id: usize,
+        /// The number of ids.
+        max: usize,
+    },
+    /// An mpmc worker id whose dead predecessors left records still to hand over.
+    #[error("{location}")]
+    Worker {
+        /// The segment.
+        location: Location,
+        /// What is pending.
+        source: crate::ring::mpmc::WorkerAttachError,
+    },
     /// The ring's cursors are impossible.
     #[error("{location}")]
     Corrupt {

@@ -101,6 +101,10 @@ pub const CONSUMER_NAME_LEN: usize = 24;
 /// `Identity::flags` bit: a lossy broadcast ring (slow consumers are lapped, and counted).
 pub const FLAG_LOSSY: u32 = 1;
 
+/// Role-lock bytes any kind uses: participant slots, broadcast consumers, mpmc workers.
+/// `shmctl unlink` fences them all before it removes a name.
+pub const ROLE_LOCK_BYTES: usize = MPMC_LOCK_BASE + MPMC_WORKERS;
+
 /// Largest payload any ring accepts: a frame's length field is 32 bits.
 pub const MAX_RECORD_LIMIT: u64 = u32::MAX as u64 - 15;
 
@@ -183,9 +187,10 @@ impl RingKind {
 impl std::str::FromStr for RingKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        RingKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            format!("unknown ring kind {s:?}: this build knows spsc, mpsc, broadcast and mpmc")
-        })
+        RingKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown ring kind {s:?}: this build knows spsc, mpsc, broadcast and mpmc"))
     }
 }
 

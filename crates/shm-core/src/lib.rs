@@ -94,8 +94,8 @@ pub use participant::{Liveness, Participant, Role};
 pub use ring::spsc::{Batch, Claim, Consumer, PeekedRecord, Producer, ReadGuard, Record};
 pub use ring::{BatchError, ClaimError, Corruption, ReadError, TryClaimError, TryReadError, WaitStrategy};
 pub use segment::{
-    BroadcastConsumerStatus, FlushPolicy, MpscProducerStatus, MpscStatus, Segment, SegmentBuilder, SegmentInfo,
-    SysvStat,
+    BroadcastConsumerStatus, FlushPolicy, MpmcStatus, MpmcWorkerStatus, MpscProducerStatus, MpscStatus, Segment,
+    SegmentBuilder, SegmentInfo, SysvStat,
 };
 pub use stats::{Counter, StatsSnapshot};
 

@@ -314,8 +314,8 @@ fn register_held(fd: i32) -> Option<usize> {
 /// when dropped, in the process that took it.
 pub(crate) struct Attachment {
     lock: Option<OwnedFd>,
-    /// `None` for a lock with no participant record (a broadcast consumer, which records
-    /// itself in its cursor slot).
+    /// `None` for a role that has a lock byte and no table slot (a broadcast consumer,
+    /// which records itself in its cursor slot; an mpmc worker).
     slot: Option<std::ptr::NonNull<ParticipantSlot>>,
     /// The process that took the role (a forked child's copy holds nothing).
     owner: u32,
@@ -357,9 +357,9 @@ impl Attachment {
         Some(Attachment { lock: Some(lock), slot: Some(slot), owner: std::process::id(), held, _keep: keep })
     }
 
-    /// Holds `lock` (a role lock with no participant record). `None` if this process
-    /// already holds [`MAX_HELD`] roles (the lock is then dropped).
-    pub(crate) fn hold(lock: OwnedFd, keep: Arc<dyn Send + Sync>) -> Option<Self> {
+    /// Holds `lock` (a role-lock byte with no participant-table slot, such as an mpmc
+    /// worker's) for this process. `None` if this process already holds [`MAX_HELD`] roles.
+    pub(crate) fn lock_only(lock: OwnedFd, keep: Arc<dyn Send + Sync>) -> Option<Self> {
         use std::os::fd::AsRawFd;
         let held = register_held(lock.as_raw_fd())?;
         Some(Attachment { lock: Some(lock), slot: None, owner: std::process::id(), held, _keep: keep })

@@ -20,13 +20,13 @@ use crate::layout::{BROADCAST_CONSUMERS, BROADCAST_LOCK_BASE};
 use crate::layout::{
     Geometry, HEADER_SIZE, Header, MAX_CAPACITY, MIN_CAPACITY, RawIdentity, RingKind, max_payload_for,
 };
-use crate::layout::{MPSC_PARTICIPANT_BASE, MPSC_PRODUCERS};
+use crate::layout::{MPMC_LOCK_BASE, MPMC_WORKERS, MPSC_PARTICIPANT_BASE, MPSC_PRODUCERS};
 use crate::name::Location;
-use crate::participant::{self, Attachment, Participant, Role};
+use crate::participant::{self, Attachment, Liveness, Participant, Role};
 use crate::placement::{self, HugePages};
 use crate::ring::spsc::{Consumer, Producer};
 use crate::ring::{PublishHook, PublishStep, RingRefs, WaitStrategy};
-use crate::ring::{broadcast, mpsc};
+use crate::ring::{broadcast, mpmc, mpsc};
 use crate::stats::StatsSnapshot;
 
 pub use crate::backend::sysv::SysvStat;
@@ -460,6 +460,29 @@ pub struct MpscStatus {
     pub waiting_for_pid: Option<u32>,
 }
 
+/// An mpmc ring's workers and producers ([`Segment::mpmc_status`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MpmcStatus {
+    /// One row per worker id ever used.
+    pub workers: Vec<MpmcWorkerStatus>,
+    /// One row per producer id ever used (mpsc's rows).
+    pub producers: Vec<MpscProducerStatus>,
+    /// The take cursor (next frame no worker has taken).
+    pub take_cursor: u64,
+    /// Records handed over from dead workers so far.
+    pub handoffs: u64,
+}
+
+/// One mpmc worker id: its counters and its lock's liveness.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MpmcWorkerStatus {
+    /// Alive or dead, by its role-lock byte.
+    pub liveness: Liveness,
+    /// Its counters.
+    #[serde(flatten)]
+    pub row: mpmc::WorkerRow,
+}
+
 /// One mpsc producer id: its counters, and its participant slot's pid and liveness.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MpscProducerStatus {
@@ -589,12 +612,7 @@ impl Segment {
         // Its own open file description: OFD locks belong to it, and go when it drops.
         let fence = backend::reopen(lock_fd, false).map_err(io("re-open for locking"))?;
         let deadline = Instant::now() + participant::INHERITED_LOCK_PATIENCE;
-        while !participant::try_fence_all(
-            &fence,
-            crate::layout::BROADCAST_LOCK_BASE + crate::layout::BROADCAST_CONSUMERS,
-        )
-        .map_err(io("fcntl(F_OFD_SETLK)"))?
-        {
+        while !participant::try_fence_all(&fence, crate::layout::ROLE_LOCK_BYTES).map_err(io("fcntl(F_OFD_SETLK)"))? {
             // Only detached slots' locks held: a child being spawned still has a copy.
             if participant::any_attached_holder(self.header(), lock_fd) || Instant::now() >= deadline {
                 let participants =
@@ -629,8 +647,12 @@ impl Segment {
     /// producer-side figures are the sums of the producers' own.
     pub fn stats(&self) -> StatsSnapshot {
         let mut stats = StatsSnapshot::read(self.header(), self.inner.geometry.capacity);
-        if let Some(status) = self.mpsc_status() {
-            let sum = |f: fn(&mpsc::ProducerRow) -> u64| status.producers.iter().map(|p| f(&p.row)).sum::<u64>();
+        let producers = match self.inner.geometry.kind {
+            RingKind::Mpsc | RingKind::Mpmc => Some(self.mpsc_rows()),
+            RingKind::Spsc | RingKind::Broadcast => None,
+        };
+        if let Some(producers) = producers {
+            let sum = |f: fn(&mpsc::ProducerRow) -> u64| producers.iter().map(|p| f(&p.row)).sum::<u64>();
             stats.set_producer_side(sum(|r| r.records), sum(|r| r.bytes), sum(|r| r.blocks));
         }
         stats
@@ -642,6 +664,22 @@ impl Segment {
         if self.inner.geometry.kind != crate::layout::RingKind::Mpsc {
             return None;
         }
+        let (producers, head) = self.mpsc_rows_and_head();
+        let waiting_for_pid = match head {
+            mpsc::HeadClaim::WaitingFor { producer } => {
+                producers.iter().find(|p| p.row.id == producer).and_then(|p| p.pid)
+            }
+            _ => None,
+        };
+        Some(MpscStatus { producers, head, waiting_for_pid })
+    }
+
+    /// The producer rows of an mpsc or mpmc ring.
+    fn mpsc_rows(&self) -> Vec<MpscProducerStatus> {
+        self.mpsc_rows_and_head().0
+    }
+
+    fn mpsc_rows_and_head(&self) -> (Vec<MpscProducerStatus>, mpsc::HeadClaim) {
         let participants = self.participants();
         let alive = self.producer_liveness();
         let (rows, head) = mpsc::status(&self.ring_refs(), &*alive);
@@ -654,11 +692,7 @@ impl Segment {
                 MpscProducerStatus { pid, liveness, row }
             })
             .collect();
-        let waiting_for_pid = match head {
-            mpsc::HeadClaim::WaitingFor { producer } => pid_of(producer).map(|(pid, _)| pid),
-            _ => None,
-        };
-        Some(MpscStatus { producers, head, waiting_for_pid })
+        (producers, head)
     }
 
     /// For an mpsc ring: how many records of producer `id` the consumer has released, with
@@ -686,8 +720,11 @@ impl Segment {
     /// Attaches as producer `id` (`0..16`) of an mpsc ring, with the segment's wait
     /// strategy. Fails if a live process holds that id; adopts the pending claim of a
     /// dead one (see [`crate::ring::mpsc`]).
+    /// An mpmc ring's producers are mpsc's: this attaches them too.
     pub fn mpsc_producer(&self, id: usize) -> Result<mpsc::Producer, AttachError> {
-        self.check_kind(crate::layout::RingKind::Mpsc)?;
+        if self.inner.geometry.kind != crate::layout::RingKind::Mpmc {
+            self.check_kind(crate::layout::RingKind::Mpsc)?;
+        }
         if id >= MPSC_PRODUCERS {
             return Err(AttachError::ProducerId { location: self.inner.location.clone(), id, max: MPSC_PRODUCERS });
         }
@@ -748,7 +785,7 @@ impl Segment {
                 continue; // named by another process since we looked
             }
             let attachment =
-                participant::Attachment::hold(lock, self.inner.clone()).ok_or_else(|| AttachError::Io {
+                participant::Attachment::lock_only(lock, self.inner.clone()).ok_or_else(|| AttachError::Io {
                     location: location.clone(),
                     op: "hold another role in this process",
                     source: std::io::Error::other(format!(
@@ -787,6 +824,34 @@ impl Segment {
         )
     }
 
+    /// Attaches as worker `id` (`0..6`) of an mpmc ring, with the segment's wait strategy.
+    /// Fails if a live process holds that id; a dead predecessor's unacknowledged record
+    /// is handed to a worker (see [`crate::ring::mpmc`]).
+    pub fn mpmc_worker(&self, id: usize) -> Result<mpmc::Worker, AttachError> {
+        self.check_kind(crate::layout::RingKind::Mpmc)?;
+        let location = &self.inner.location;
+        if id >= MPMC_WORKERS {
+            return Err(AttachError::WorkerId { location: location.clone(), id, max: MPMC_WORKERS });
+        }
+        let Some(lock) = self.try_lock_byte(MPMC_LOCK_BASE + id)? else {
+            return Err(AttachError::RoleTaken { location: location.clone(), role: Role::Consumer, pid: None });
+        };
+        let attachment = Attachment::lock_only(lock, self.inner.clone()).ok_or_else(|| AttachError::Io {
+            location: location.clone(),
+            op: "hold another role in this process",
+            source: std::io::Error::other(format!("this process already holds {} roles", participant::MAX_HELD)),
+        })?;
+        mpmc::Worker::attach(
+            self.ring_refs(),
+            id,
+            self.inner.wait,
+            self.producer_liveness(),
+            self.worker_liveness(),
+            Some(attachment),
+        )
+        .map_err(|source| AttachError::Worker { location: location.clone(), source })
+    }
+
     /// Takes role-lock byte `byte` on a fresh open file description, without waiting:
     /// `None` when a live process holds it.
     fn try_lock_byte(&self, byte: usize) -> Result<Option<std::os::fd::OwnedFd>, AttachError> {
@@ -802,6 +867,39 @@ impl Segment {
         })?;
         let lock = backend::reopen(fd, true).map_err(io("re-open for locking"))?;
         Ok(participant::try_lock(&lock, byte).map_err(io("fcntl(F_OFD_SETLK)"))?.then_some(lock))
+    }
+
+    /// Whether mpmc worker `id` holds its kernel lock (`true` when that cannot be told).
+    fn worker_liveness(&self) -> mpsc::ProducerLiveness {
+        let inner = self.inner.clone();
+        Box::new(move |id: usize| match inner.backing.lock_fd.as_ref() {
+            Some(fd) => participant::is_locked(fd, MPMC_LOCK_BASE + id).unwrap_or(true),
+            None => true,
+        })
+    }
+
+    /// For an mpmc ring: a row per worker id ever used, with its liveness, and the shared
+    /// figures. `None` for other kinds. Reads only.
+    pub fn mpmc_status(&self) -> Option<MpmcStatus> {
+        if self.inner.geometry.kind != crate::layout::RingKind::Mpmc {
+            return None;
+        }
+        let alive = self.worker_liveness();
+        let has_lock = self.inner.backing.lock_fd.is_some();
+        let (rows, take_cursor, handoffs) = mpmc::status(&self.ring_refs());
+        let workers = rows
+            .into_iter()
+            .map(|row| {
+                let liveness = match (has_lock, alive(row.id)) {
+                    (false, _) => Liveness::Unknown,
+                    (true, true) => Liveness::Alive,
+                    (true, false) => Liveness::Dead,
+                };
+                MpmcWorkerStatus { liveness, row }
+            })
+            .collect();
+        let producers = self.mpsc_rows();
+        Some(MpmcStatus { workers, producers, take_cursor, handoffs })
     }
 
     fn check_kind(&self, wanted: crate::layout::RingKind) -> Result<(), AttachError> {

@@ -387,3 +387,80 @@ fn broadcast_a_dead_consumer_is_passed_and_told_what_it_missed() {
         assert_eq!((r.seq, r.missed), (4, 4), "told it missed records 0..4");
     });
 }
+
+/// mpmc (a): two workers race for two committed records. Each record goes to exactly one
+/// worker, and while a worker holds its record unacknowledged the release cursor the
+/// producers see has not passed it; once both are acknowledged it covers both.
+#[test]
+fn mpmc_two_workers_race_for_frames_each_record_once_and_release_waits_for_acks() {
+    use shm_core::ring::heap::MpscHeapRing;
+    check_bounded("mpmc_two_workers_race_for_frames", MPSC_PREEMPTIONS, || {
+        let ring = std::sync::Arc::new(MpscHeapRing::new(64, 24, WaitStrategy::Spin).unwrap());
+        let mut p = ring.producer(0);
+        p.try_publish(b"one").unwrap();
+        p.try_publish(b"two").unwrap();
+        let racer = |id: usize| {
+            let ring = ring.clone();
+            let mut w = ring.worker(id);
+            thread::spawn(move || {
+                let Ok(job) = w.try_take() else { return None };
+                let got = (job.position(), job.to_vec());
+                assert!(ring.release_cursor() <= job.position(), "released past an unacknowledged record");
+                job.ack().unwrap();
+                Some(got)
+            })
+        };
+        let (a, b) = (racer(0), racer(1));
+        let mut got: Vec<_> = [a.join().unwrap(), b.join().unwrap()].into_iter().flatten().collect();
+        let mut late = ring.worker(2);
+        while let Ok(job) = late.try_take() {
+            got.push((job.position(), job.to_vec()));
+            job.ack().unwrap();
+        }
+        got.sort();
+        assert_eq!(got, [(0, b"one".to_vec()), (16, b"two".to_vec())]);
+        assert_eq!(ring.release_cursor(), 32);
+    });
+}
+
+/// mpmc (b): a worker dies holding a record (its job forgotten, then its liveness flag
+/// cleared: the kernel dropping its lock) while another worker takes concurrently. The
+/// record is handed over exactly once, flagged redelivered; the other record arrives once.
+#[test]
+fn mpmc_a_dead_workers_record_is_handed_over_exactly_once() {
+    use shm_core::ring::heap::MpscHeapRing;
+    check_bounded("mpmc_a_dead_workers_record_is_handed_over_exactly_once", MPSC_PREEMPTIONS, || {
+        let ring = std::sync::Arc::new(MpscHeapRing::new(64, 24, WaitStrategy::Spin).unwrap());
+        let mut p = ring.producer(0);
+        p.try_publish(b"one").unwrap();
+        p.try_publish(b"two").unwrap();
+        let mut dying = ring.worker(0);
+        let mut living = ring.worker(1);
+        let dies = thread::spawn(move || {
+            let job = dying.try_take().ok().map(|j| {
+                let got = j.to_vec();
+                std::mem::forget(j);
+                got
+            });
+            drop(dying);
+            job
+        });
+        let lives = thread::spawn(move || {
+            let got = living.try_take().ok().map(|j| (j.to_vec(), j.redelivered()));
+            (living, got)
+        });
+        let held = dies.join().unwrap();
+        ring.kill_worker(0);
+        let (mut living, first) = lives.join().unwrap();
+        let mut got: Vec<_> = first.into_iter().collect();
+        while let Ok(job) = living.try_take() {
+            got.push((job.to_vec(), job.redelivered()));
+        }
+        let handed: Vec<_> = got.iter().filter(|g| g.1).map(|g| g.0.clone()).collect();
+        assert_eq!(handed, held.into_iter().collect::<Vec<_>>(), "the dead worker's record, once");
+        let mut all: Vec<_> = got.into_iter().map(|g| g.0).collect();
+        all.sort();
+        assert_eq!(all, [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(ring.release_cursor(), 32);
+    });
+}

@@ -106,9 +106,10 @@ pub struct CreateArgs {
     /// Group name or gid of the segment.
     #[arg(long)]
     pub group: Option<String>,
-    /// Ring kind: spsc (one producer), mpsc (up to 16 producers, one consumer) or
-    /// broadcast (one producer, up to 64 named consumers that each see every record).
-    #[arg(long, default_value = "spsc", value_parser = ["spsc", "mpsc", "broadcast"])]
+    /// Ring kind: spsc (one producer), mpsc (up to 16 producers, one consumer), broadcast
+    /// (one producer, up to 64 named consumers that each see every record) or mpmc (up to
+    /// 16 producers, up to 6 competing workers: each record to one of them).
+    #[arg(long, default_value = "spsc", value_parser = ["spsc", "mpsc", "broadcast", "mpmc"])]
     pub kind: String,
     /// Broadcast only: slow consumers are lapped (and told how many records they missed)
     /// instead of holding the producer back.

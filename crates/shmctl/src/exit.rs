@@ -65,11 +65,12 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<AttachError>() {
             return match e {
-                AttachError::RoleTaken { .. } => UNAVAILABLE,
+                AttachError::RoleTaken { .. } | AttachError::Worker { .. } => UNAVAILABLE,
                 AttachError::ReadOnly { .. } => NO_PERM,
-                AttachError::WrongKind { .. } | AttachError::ProducerId { .. } | AttachError::ConsumerName { .. } => {
-                    USAGE
-                }
+                AttachError::WrongKind { .. }
+                | AttachError::ProducerId { .. }
+                | AttachError::ConsumerName { .. }
+                | AttachError::WorkerId { .. } => USAGE,
                 AttachError::NoConsumerSlot { .. } => UNAVAILABLE,
                 AttachError::Corrupt { .. } => DATA,
                 AttachError::Io { .. } => IO,

@@ -19,7 +19,7 @@ use crate::target::open_read_only;
 pub struct Row {
     pub name: String,
     pub backend: &'static str,
-    /// The ring kind (`spsc`, `mpsc`, `broadcast`).
+    /// The ring kind (`spsc`, `mpsc`, `broadcast`, `mpmc`).
     pub ring: &'static str,
     pub size: u64,
     pub uid: u32,

@@ -35,6 +35,9 @@ pub struct StatReport {
     /// A broadcast ring's named consumers; absent for other kinds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumers: Option<Vec<shm_core::BroadcastConsumerStatus>>,
+    /// An mpmc ring's workers and producers; absent for other kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mpmc: Option<shm_core::MpmcStatus>,
 }
 
 /// The ring's gauges.
@@ -70,6 +73,7 @@ pub fn report(segment: &Segment) -> Result<(StatReport, StatsSnapshot)> {
         participants: segment.participants(),
         mpsc: segment.mpsc_status(),
         consumers: segment.broadcast_status(),
+        mpmc: segment.mpmc_status(),
         segment: info,
     };
     Ok((report, stats))
@@ -188,6 +192,9 @@ fn render(r: &StatReport, rates: Option<&Rates>) -> String {
     if let Some(consumers) = &r.consumers {
         render_consumers(&mut o, consumers, r.segment.lossy);
     }
+    if let Some(m) = &r.mpmc {
+        render_mpmc(&mut o, m);
+    }
     o
 }
 
@@ -217,6 +224,31 @@ fn render_consumers(o: &mut String, consumers: &[shm_core::BroadcastConsumerStat
             format_size(c.row.lag_bytes)
         );
     }
+}
+
+/// The mpmc section: a row per worker id, then the hand-over figure.
+fn render_mpmc(o: &mut String, m: &shm_core::MpmcStatus) {
+    let _ = writeln!(o, "workers (mpmc)");
+    let _ = writeln!(
+        o,
+        "  {:<3} {:>8} {:<9} {:>14} {:>14} {:>11} {:>14}",
+        "id", "pid", "liveness", "taken", "acknowledged", "redelivered", "holding"
+    );
+    for w in &m.workers {
+        let holding = w.row.holding.map_or("-".to_owned(), |p| p.to_string());
+        let _ = writeln!(
+            o,
+            "  {:<3} {:>8} {:<9} {:>14} {:>14} {:>11} {:>14}",
+            w.row.id,
+            w.row.pid,
+            render::liveness(w.liveness),
+            render::count(w.row.taken),
+            render::count(w.row.acknowledged),
+            render::count(w.row.redelivered),
+            holding
+        );
+    }
+    let _ = writeln!(o, "take cursor: {}; records handed over from dead workers: {}", m.take_cursor, m.handoffs);
 }
 
 /// The mpsc section: a row per producer id, then whom the consumer waits for.

@@ -415,6 +415,12 @@ impl MpscHeapRing {
             .expect("consistent ring")
     }
 
+    /// The release cursor (cursor slot 0's read cursor) as the producers see it.
+    pub fn release_cursor(&self) -> u64 {
+        // SeqCst: a test's observation, ordered with everything else it checks.
+        self.refs.cursor().read_cursor.load(crate::sync::Ordering::SeqCst)
+    }
+
     /// Marks worker `id` dead, as the kernel does when its process dies.
     pub fn kill_worker(&self, id: usize) {
         self.workers_alive[id].store(false, std::sync::atomic::Ordering::SeqCst);

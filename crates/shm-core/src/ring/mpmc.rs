@@ -109,6 +109,8 @@ const HELD: u64 = 2;
 const OWNER_BITS: u64 = 0xFF;
 /// Release walks between two looks at the clock for the dead-worker scan.
 const SCAN_LOOKS_PER_CLOCK: u32 = 64;
+/// Tries at a consistent view of the three cursors before calling them corrupt.
+const CURSOR_RETRIES: u32 = 64;
 /// How often the token holder looks for dead workers' records at most.
 const SCAN_EVERY: Duration = Duration::from_millis(1);
 
@@ -146,17 +148,30 @@ struct Cursors {
 }
 
 fn load_cursors(ring: &RingRefs) -> Result<Cursors, Corruption> {
-    // Acquire (all three): pairs with the Release store of the release cursor, the takers'
-    // and the producers' compare-and-swaps. Loaded in this order, so a later cursor is
-    // never seen older than an earlier one's view requires.
-    let release = ring.cursor().read_cursor.load(Ordering::Acquire);
-    let take = area(ring).take.0.take_cursor.load(Ordering::Acquire);
-    let claim = ring.producer_line().write_cursor.load(Ordering::Acquire);
-    check_claim_cursor(claim, release, ring.capacity)?;
-    if take < release || take > claim || take % 8 != 0 {
-        return Err(Corruption { what: "take cursor outside the ring", value: take, position: release });
+    let mut failure = None;
+    // Other workers and producers move all three meanwhile: a reader preempted between its
+    // loads may see a claim cursor more than a ring past an old release cursor. So a
+    // failed check is retried; one that keeps failing is corruption.
+    for _ in 0..CURSOR_RETRIES {
+        // Acquire (all three): pairs with the Release store of the release cursor, the
+        // takers' and the producers' compare-and-swaps. Loaded in this order, each
+        // monotonic: `release <= take <= claim` holds between the values loaded.
+        let release = ring.cursor().read_cursor.load(Ordering::Acquire);
+        let take = area(ring).take.0.take_cursor.load(Ordering::Acquire);
+        let claim = ring.producer_line().write_cursor.load(Ordering::Acquire);
+        let checked = check_claim_cursor(claim, release, ring.capacity).and_then(|()| {
+            if take < release || take > claim || take % 8 != 0 {
+                return Err(Corruption { what: "take cursor outside the ring", value: take, position: release });
+            }
+            Ok(Cursors { release, take, claim })
+        });
+        match checked {
+            Ok(c) => return Ok(c),
+            Err(e) => failure = Some(e),
+        }
+        crate::sync::spin_loop();
     }
-    Ok(Cursors { release, take, claim })
+    Err(failure.expect("at least one try"))
 }
 
 /// A record a worker holds.
@@ -339,17 +354,29 @@ impl Worker {
             let line = &area(&self.ring).take.0;
             let c = load_cursors(&self.ring)?;
             if c.take == c.claim {
-                self.try_release()?;
-                return Ok(None);
+                return self.idle();
             }
             let data = &self.ring.data;
             let index = data.index(c.take);
             // Acquire: pairs with the Release store of the word (commit, padding, markers).
             let word = data.atomic_word(index).load(Ordering::Acquire);
-            let passed = match decode(&self.ring, c.take, word)? {
+            // A stale take cursor (others took, released, and the producers reused that frame
+            // since we loaded it) reads another lap's bytes: a surprise there is corruption
+            // only if the take cursor has not moved. Acquire: as in `load_cursors`.
+            let moved = || line.take_cursor.load(Ordering::Acquire) != c.take;
+            let decoded = match decode(&self.ring, c.take, word) {
+                Err(_) | Ok(Frame::Acked { .. } | Frame::Mpsc(Word::Unwritten | Word::InFlight { .. })) if moved() => {
+                    continue;
+                }
+                other => other?,
+            };
+            let passed = match decoded {
                 Frame::Mpsc(Word::Committed { producer, record_type, len }) => {
                     let next = c.take + frame::framed_len_u32(len);
                     if next > c.claim {
+                        if moved() {
+                            continue;
+                        }
                         return Err(Corruption { what: "record past the claim cursor", value: word, position: c.take });
                     }
                     let slot = self.slot();
@@ -371,31 +398,35 @@ impl Worker {
                 Frame::Mpsc(Word::Padding) => self.ring.capacity - index,
                 Frame::Mpsc(Word::Pass { framed, .. }) => framed,
                 Frame::Acked { .. } => {
-                    // Taken and acknowledged since we loaded the take cursor: it has moved on.
-                    // Acquire: as in `load_cursors`.
-                    if line.take_cursor.load(Ordering::Acquire) == c.take {
-                        return Err(Corruption {
-                            what: "acknowledged frame at the take cursor",
-                            value: word,
-                            position: c.take,
-                        });
-                    }
-                    continue;
+                    return Err(Corruption {
+                        what: "acknowledged frame at the take cursor",
+                        value: word,
+                        position: c.take,
+                    });
                 }
                 Frame::Mpsc(Word::Unwritten | Word::InFlight { .. }) => {
                     if c.take == c.release && self.stuck.check_due(c.take) && self.reclaim_hole(c.take)? {
                         continue;
                     }
-                    self.try_release()?;
-                    return Ok(None);
+                    return self.idle();
                 }
             };
             if c.take + passed > c.claim {
+                if moved() {
+                    continue;
+                }
                 return Err(Corruption { what: "frame past the claim cursor", value: word, position: c.take });
             }
             // AcqRel: as for a record; nothing to publish, but the order with other takers holds.
             let _ = line.take_cursor.compare_exchange(c.take, c.take + passed, Ordering::AcqRel, Ordering::Relaxed);
         }
+    }
+
+    /// Nothing to take at the take cursor: release what can be (the walk may hand over a
+    /// dead worker's record), then take a posted hand-off if there is one.
+    fn idle(&mut self) -> Result<Option<Taken>, Corruption> {
+        self.try_release()?;
+        self.take_handoff()
     }
 
     /// Step 1 of "Take": a dead worker's record posted for another.
@@ -546,9 +577,11 @@ impl Worker {
             if pos + framed > c.take {
                 return Err(Corruption { what: "frame past the take cursor", value: word, position: pos });
             }
-            // SAFETY: the frame lies inside the region (checked by `decode`), below the take
-            // cursor and acknowledged or passed: nobody reads or writes its payload any more.
-            unsafe { ring.data.zero(index + FRAME_HEADER, framed - FRAME_HEADER) };
+            if framed > FRAME_HEADER {
+                // SAFETY: the frame lies inside the region (checked by `decode`), below the take
+                // cursor and acknowledged or passed: nobody reads or writes its payload any more.
+                unsafe { ring.data.zero(index + FRAME_HEADER, framed - FRAME_HEADER) };
+            }
             pos += framed;
         }
         if pos != c.release {

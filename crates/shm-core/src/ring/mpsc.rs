@@ -1303,11 +1303,7 @@ impl<'a> Rewind<'a> {
     /// Starts holding; the consumer has released everything it passed.
     fn hold(consumer: &'a mut Consumer) -> Self {
         consumer.holding = true;
-        let saved = Saved {
-            pos: consumer.pos,
-            counters: consumer.counters.clone(),
-            ledger: consumer.ledger.clone(),
-        };
+        let saved = Saved { pos: consumer.pos, counters: consumer.counters.clone(), ledger: consumer.ledger.clone() };
         Rewind { consumer, saved: Some(saved) }
     }
 
