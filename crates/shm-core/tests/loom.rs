@@ -403,7 +403,11 @@ fn mpmc_two_workers_race_for_frames_each_record_once_and_release_waits_for_acks(
             let ring = ring.clone();
             let mut w = ring.worker(id);
             thread::spawn(move || {
-                let Ok(job) = w.try_take() else { return None };
+                let job = match w.try_take() {
+                    Ok(job) => job,
+                    Err(TryReadError::Empty) => return None,
+                    Err(e) => panic!("{e}"),
+                };
                 let got = (job.position(), job.to_vec());
                 assert!(ring.release_cursor() <= job.position(), "released past an unacknowledged record");
                 job.ack().unwrap();
@@ -413,9 +417,15 @@ fn mpmc_two_workers_race_for_frames_each_record_once_and_release_waits_for_acks(
         let (a, b) = (racer(0), racer(1));
         let mut got: Vec<_> = [a.join().unwrap(), b.join().unwrap()].into_iter().flatten().collect();
         let mut late = ring.worker(2);
-        while let Ok(job) = late.try_take() {
-            got.push((job.position(), job.to_vec()));
-            job.ack().unwrap();
+        loop {
+            match late.try_take() {
+                Ok(job) => {
+                    got.push((job.position(), job.to_vec()));
+                    job.ack().unwrap();
+                }
+                Err(TryReadError::Empty) => break,
+                Err(e) => panic!("{e}"),
+            }
         }
         got.sort();
         assert_eq!(got, [(0, b"one".to_vec()), (16, b"two".to_vec())]);
@@ -437,24 +447,36 @@ fn mpmc_a_dead_workers_record_is_handed_over_exactly_once() {
         let mut dying = ring.worker(0);
         let mut living = ring.worker(1);
         let dies = thread::spawn(move || {
-            let job = dying.try_take().ok().map(|j| {
-                let got = j.to_vec();
-                std::mem::forget(j);
-                got
-            });
+            let job = match dying.try_take() {
+                Ok(j) => {
+                    let got = j.to_vec();
+                    std::mem::forget(j);
+                    Some(got)
+                }
+                Err(TryReadError::Empty) => None,
+                Err(e) => panic!("{e}"),
+            };
             drop(dying);
             job
         });
         let lives = thread::spawn(move || {
-            let got = living.try_take().ok().map(|j| (j.to_vec(), j.redelivered()));
+            let got = match living.try_take() {
+                Ok(j) => Some((j.to_vec(), j.redelivered())),
+                Err(TryReadError::Empty) => None,
+                Err(e) => panic!("{e}"),
+            };
             (living, got)
         });
         let held = dies.join().unwrap();
         ring.kill_worker(0);
         let (mut living, first) = lives.join().unwrap();
         let mut got: Vec<_> = first.into_iter().collect();
-        while let Ok(job) = living.try_take() {
-            got.push((job.to_vec(), job.redelivered()));
+        loop {
+            match living.try_take() {
+                Ok(job) => got.push((job.to_vec(), job.redelivered())),
+                Err(TryReadError::Empty) => break,
+                Err(e) => panic!("{e}"),
+            }
         }
         let handed: Vec<_> = got.iter().filter(|g| g.1).map(|g| g.0.clone()).collect();
         assert_eq!(handed, held.into_iter().collect::<Vec<_>>(), "the dead worker's record, once");
