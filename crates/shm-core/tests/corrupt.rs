@@ -1381,3 +1381,55 @@ fn a_broadcast_header_with_the_wrong_cursor_count_is_refused_and_lossy_is_read_f
     raw.set32(cursor_slots, 1);
     assert!(!seg.open().expect("an spsc ring").geometry().lossy);
 }
+
+// ---------------------------------------------------------------------------------------
+// mpmc: hostile words in the worker area (layout 1.2).
+// ---------------------------------------------------------------------------------------
+
+/// The words of the mpmc area another process could scribble on: the take cursor, the
+/// hand-off, the release token, workers 0 and 1's holding and orphan words, and the
+/// release and claim cursors.
+fn mpmc_words() -> [usize; 8] {
+    use shm_core::layout::{MpmcArea, MpmcReleaseLine, MpmcTakeLine, MpmcWorkerSlot};
+    let area = offset_of!(Header, mpmc);
+    let worker = |w: usize| area + offset_of!(MpmcArea, workers) + w * size_of::<Line<MpmcWorkerSlot>>();
+    [
+        area + offset_of!(MpmcArea, take) + offset_of!(MpmcTakeLine, take_cursor),
+        area + offset_of!(MpmcArea, take) + offset_of!(MpmcTakeLine, handoff),
+        area + offset_of!(MpmcArea, release) + offset_of!(MpmcReleaseLine, token),
+        worker(0) + offset_of!(MpmcWorkerSlot, holding),
+        worker(0) + offset_of!(MpmcWorkerSlot, orphan),
+        worker(1) + offset_of!(MpmcWorkerSlot, holding),
+        READ_CURSOR_AT,
+        WRITE_CURSOR_AT,
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Any value (or a small, plausible one) in any of the mpmc words: attaching a worker,
+    /// taking, acknowledging and `mpmc_status` give values or errors, never a panic.
+    #[test]
+    fn hostile_mpmc_words_give_errors_not_panics(
+        which in 0usize..8,
+        value in prop_oneof![any::<u64>(), 0u64..64, (0u64..8).prop_map(|v| v * 8 + 1)],
+    ) {
+        let test = TestSegment::new();
+        let seg = Segment::builder(test.location.clone()).capacity(CAP).kind(RingKind::Mpmc).create().unwrap();
+        let raw = test.raw();
+        let mut producer = seg.mpsc_producer(0).unwrap();
+        producer.try_publish(b"one").unwrap();
+        producer.try_publish(b"two").unwrap();
+        raw.set(mpmc_words()[which], value);
+        if let Ok(mut worker) = seg.mpmc_worker(1) {
+            for _ in 0..4 {
+                if let Ok(job) = worker.try_take() {
+                    let _ = job.ack();
+                }
+            }
+        }
+        let _ = seg.mpmc_status();
+        let _ = seg.stats();
+    }
+}
