@@ -103,7 +103,7 @@ fn invalid_create_options_exit_64_and_leave_nothing(backend: Backend) {
         (&["--mode", "04600"], "mode 4600"),
         (&["--group", "no-such-group-shmring"], "--group"),
         (&["--wait", "sometimes"], "--wait"),
-        (&["--kind", "mpmc"], "--kind"),
+        (&["--kind", "lifo"], "--kind"),
     ];
     for (args, needle) in cases {
         let f = shmctl_on(&fx, "create", &location, args);

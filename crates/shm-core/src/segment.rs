@@ -710,9 +710,14 @@ impl Segment {
     /// Whether mpsc producer `id` holds its kernel lock (`true` when that cannot be
     /// told, so a claim is never reclaimed without proof of death).
     fn producer_liveness(&self) -> mpsc::ProducerLiveness {
+        self.lock_liveness(MPSC_PARTICIPANT_BASE)
+    }
+
+    /// Whether the holder of lock byte `base + id` is alive (`true` when that cannot be told).
+    fn lock_liveness(&self, base: usize) -> mpsc::ProducerLiveness {
         let inner = self.inner.clone();
         Box::new(move |id: usize| match inner.backing.lock_fd.as_ref() {
-            Some(fd) => participant::is_locked(fd, MPSC_PARTICIPANT_BASE + id).unwrap_or(true),
+            Some(fd) => participant::is_locked(fd, base + id).unwrap_or(true),
             None => true,
         })
     }
@@ -746,11 +751,7 @@ impl Segment {
     pub fn broadcast_producer(&self) -> Result<broadcast::Producer, AttachError> {
         self.check_kind(RingKind::Broadcast)?;
         let attachment = self.attach(Role::Producer)?;
-        let inner = self.inner.clone();
-        let alive = Box::new(move |k: usize| match inner.backing.lock_fd.as_ref() {
-            Some(fd) => participant::is_locked(fd, BROADCAST_LOCK_BASE + k).unwrap_or(true),
-            None => true,
-        });
+        let alive = self.lock_liveness(BROADCAST_LOCK_BASE);
         let lossy = self.inner.geometry.lossy;
         broadcast::Producer::attach(self.ring_refs(), self.inner.wait, lossy, alive, Some(attachment))
             .map_err(|source| AttachError::Corrupt { location: self.inner.location.clone(), source })
@@ -855,27 +856,18 @@ impl Segment {
     /// Takes role-lock byte `byte` on a fresh open file description, without waiting:
     /// `None` when a live process holds it.
     fn try_lock_byte(&self, byte: usize) -> Result<Option<std::os::fd::OwnedFd>, AttachError> {
-        let location = &self.inner.location;
-        if !self.inner.backing.mapping.writable() {
-            return Err(AttachError::ReadOnly { location: location.clone(), role: Role::Consumer });
-        }
-        let io = |op| move |e| AttachError::Io { location: location.clone(), op, source: io_err(e) };
-        let fd = self.inner.backing.lock_fd.as_ref().ok_or_else(|| AttachError::Io {
-            location: location.clone(),
-            op: "open the lock file",
-            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        let lock = self.lock_description(Role::Consumer)?;
+        let held = participant::try_lock(&lock, byte).map_err(|e| AttachError::Io {
+            location: self.inner.location.clone(),
+            op: "fcntl(F_OFD_SETLK)",
+            source: io_err(e),
         })?;
-        let lock = backend::reopen(fd, true).map_err(io("re-open for locking"))?;
-        Ok(participant::try_lock(&lock, byte).map_err(io("fcntl(F_OFD_SETLK)"))?.then_some(lock))
+        Ok(held.then_some(lock))
     }
 
     /// Whether mpmc worker `id` holds its kernel lock (`true` when that cannot be told).
     fn worker_liveness(&self) -> mpsc::ProducerLiveness {
-        let inner = self.inner.clone();
-        Box::new(move |id: usize| match inner.backing.lock_fd.as_ref() {
-            Some(fd) => participant::is_locked(fd, MPMC_LOCK_BASE + id).unwrap_or(true),
-            None => true,
-        })
+        self.lock_liveness(MPMC_LOCK_BASE)
     }
 
     /// For an mpmc ring: a row per worker id ever used, with its liveness, and the shared
@@ -1048,16 +1040,8 @@ impl Segment {
 
     fn attach_slot(&self, role: Role, slot: usize) -> Result<Attachment, AttachError> {
         let location = &self.inner.location;
-        if !self.inner.backing.mapping.writable() {
-            return Err(AttachError::ReadOnly { location: location.clone(), role });
-        }
+        let lock = self.lock_description(role)?;
         let io = |op| move |e| AttachError::Io { location: location.clone(), op, source: io_err(e) };
-        let fd = self.inner.backing.lock_fd.as_ref().ok_or_else(|| AttachError::Io {
-            location: location.clone(),
-            op: "open the lock file",
-            source: std::io::Error::from_raw_os_error(libc::ENOENT),
-        })?;
-        let lock = backend::reopen(fd, true).map_err(io("re-open for locking"))?;
         let recorded = &self.header().participants[slot];
         let deadline = Instant::now() + participant::INHERITED_LOCK_PATIENCE;
         while !participant::try_lock(&lock, slot).map_err(io("fcntl(F_OFD_SETLK)"))? {
@@ -1075,6 +1059,25 @@ impl Segment {
             location: location.clone(),
             op: "hold another role in this process",
             source: std::io::Error::other(format!("this process already holds {} roles", participant::MAX_HELD)),
+        })
+    }
+
+    /// A new open file description of the lock file, for one role's lock (writable
+    /// segments only).
+    fn lock_description(&self, role: Role) -> Result<std::os::fd::OwnedFd, AttachError> {
+        let location = &self.inner.location;
+        if !self.inner.backing.mapping.writable() {
+            return Err(AttachError::ReadOnly { location: location.clone(), role });
+        }
+        let fd = self.inner.backing.lock_fd.as_ref().ok_or_else(|| AttachError::Io {
+            location: location.clone(),
+            op: "open the lock file",
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        })?;
+        backend::reopen(fd, true).map_err(|e| AttachError::Io {
+            location: location.clone(),
+            op: "re-open for locking",
+            source: io_err(e),
         })
     }
 
