@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use openmetrics_parser::{MetricFamily, MetricsExposition, OpenMetricsType, OpenMetricsValue};
 use shm_core::{Location, Segment, StatsSnapshot};
 
 use crate::fixture::{self, Finished, Fixture, Proc, location_args};
@@ -623,20 +624,64 @@ pub fn udp_port_bound(port: u16) -> bool {
     table.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
 }
 
-/// `GET /metrics` over HTTP/1.0; the whole response, head and body.
+/// `GET path` over HTTP/1.0; the whole response, head and body.
 #[track_caller]
-pub fn http_get(addr: SocketAddr) -> String {
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect_timeout(&addr, PATIENCE).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream.set_read_timeout(Some(PATIENCE)).expect("a non-zero timeout");
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send the request");
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).expect("send the request");
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap_or_else(|e| panic!("read the response from {addr}: {e}"));
     response
 }
 
-/// The value of the Prometheus sample `name` (with its labels, as written) in `text`.
-pub fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+/// One scrape of a metrics endpoint, parsed as OpenMetrics text (by `openmetrics-parser`,
+/// which checks `HELP`/`TYPE`/`UNIT` lines, suffixes, label sets and the closing `# EOF`).
+pub struct Scrape {
+    /// The response's status line and headers.
+    pub head: String,
+    /// The parsed body.
+    pub exposition: MetricsExposition<OpenMetricsType, OpenMetricsValue>,
+    /// The body as served, for failure messages.
+    pub text: String,
+}
+
+impl Scrape {
+    /// `GET /metrics` on `addr`, parsed; panics with the text if it does not parse.
+    #[track_caller]
+    pub fn get(addr: SocketAddr) -> Scrape {
+        let response = http_get(addr, "/metrics");
+        let (head, text) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of head in {response}"));
+        let exposition = openmetrics_parser::openmetrics::parse_openmetrics(text)
+            .unwrap_or_else(|e| panic!("the exposition does not parse ({e:?}):\n{text}"));
+        Scrape { head: head.to_owned(), exposition, text: text.to_owned() }
+    }
+
+    /// The family `name` (as in its `TYPE` line: without `_total`).
+    #[track_caller]
+    pub fn family(&self, name: &str) -> &MetricFamily<OpenMetricsType, OpenMetricsValue> {
+        self.exposition.families.get(name).unwrap_or_else(|| panic!("no family {name} in\n{}", self.text))
+    }
+
+    /// The one sample of family `name`, and its labels sorted by name.
+    #[track_caller]
+    pub fn sample(&self, name: &str) -> (&OpenMetricsValue, Vec<(String, String)>) {
+        let family = self.family(name);
+        let samples: Vec<_> = family.iter_samples().collect();
+        assert_eq!(samples.len(), 1, "family {name} has {} samples:\n{}", samples.len(), self.text);
+        let labels = samples[0].get_labelset().expect("a label set");
+        let mut labels: Vec<_> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        labels.sort();
+        (&samples[0].value, labels)
+    }
+
+    /// The value of the counter or gauge family `name` (one sample).
+    #[track_caller]
+    pub fn value(&self, name: &str) -> f64 {
+        match self.sample(name).0 {
+            OpenMetricsValue::Counter(c) => c.value.as_f64(),
+            OpenMetricsValue::Gauge(g) => g.as_f64(),
+            other => panic!("{name} is neither a counter nor a gauge: {other:?}"),
+        }
+    }
 }

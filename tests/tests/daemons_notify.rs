@@ -9,14 +9,19 @@
 //!   taken during the reload (systemd 253+ needs it), then `READY=1`; and under a
 //!   `$RUNTIME_DIRECTORY`, `reloaded.<pid>` counts the reloads handled, written after that
 //!   `READY=1` (what the units' waiting `ExecReload=` reads).
-//! - `metrics_endpoint_serves_prometheus_text`: a plain HTTP GET on `[metrics] listen`
-//!   returns the segment's counters labelled with the segment, and each daemon's own.
+//! - `metrics_exposition_parses_with_names_types_labels_and_moving_values`: `GET /metrics`
+//!   on each daemon parses as OpenMetrics; each family has the expected name, type, unit
+//!   and `segment`/`role` labels; a segment's counters come from one daemon only (the
+//!   producer's side from producerd, the consumer's side and the gauges from consumerd);
+//!   the verify latency histogram has buckets from 100 ns to 1 s; values move; other
+//!   paths are 404.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use openmetrics_parser::{OpenMetricsType, OpenMetricsValue};
 use shm_core::Location;
-use shmring_tests::daemons::{self, Daemon, Kind, generator, observe, segment_section, wait_produced};
+use shmring_tests::daemons::{self, Daemon, Kind, Scrape, generator, observe, segment_section, wait_produced};
 use shmring_tests::{Backend, Fixture, wait_until};
 
 /// A consumer config: the verify sink on `location`, then `extra`.
@@ -144,7 +149,7 @@ fn reload_notifies_then_acknowledges() {
 }
 
 #[test]
-fn metrics_endpoint_serves_prometheus_text() {
+fn metrics_exposition_parses_with_names_types_labels_and_moving_values() {
     let fx = Fixture::new("metrics");
     let location = fx.location(Backend::Posix);
     let p_port = daemons::free_tcp_port();
@@ -160,28 +165,101 @@ fn metrics_endpoint_serves_prometheus_text() {
     let ring = observe(&location);
     wait_produced(&ring, 2000);
     let [_, name] = shmring_tests::location_args(&location);
-    let produced = format!("shmring_total_produced{{segment=\"{name}\"}}");
+    let labels = |role: &str| vec![("role".to_owned(), role.to_owned()), ("segment".to_owned(), name.clone())];
 
-    let p = daemons::http_get(p_addr);
-    assert!(p.starts_with("HTTP/1.0 200"), "{p}");
-    assert!(p.contains("Content-Type: text/plain; version=0.0.4"), "{p}");
-    assert!(p.contains("# TYPE shmring_total_produced counter"), "{p}");
-    let p_total = daemons::metric(&p, &produced).unwrap_or_else(|| panic!("no {produced} in\n{p}"));
-    let committed = daemons::metric(&p, "producerd_committed_total").unwrap_or_else(|| panic!("no committed in\n{p}"));
-    assert!(p_total >= 2000 && committed >= 2000, "{p}");
+    // The producer: its side's counters, its own, nothing of the consumer's side.
+    let p = Scrape::get(p_addr);
+    assert!(p.head.starts_with("HTTP/1.0 200"), "{}", p.head);
+    assert!(p.head.contains("Content-Type: application/openmetrics-text; version=1.0.0"), "{}", p.head);
+    for family in PRODUCER_COUNTERS.iter().chain(["producerd_records_committed", "producerd_source_errors"].iter()) {
+        assert_eq!(p.family(family).family_type, OpenMetricsType::Counter, "{family}");
+        assert_eq!(p.sample(family).1, labels("producer"), "{family}");
+    }
+    for family in CONSUMER_COUNTERS.iter().chain(SEGMENT_GAUGES.iter()) {
+        assert!(!p.exposition.families.contains_key(*family), "{family} exported by the producer too:\n{}", p.text);
+    }
+    let produced = p.value("shmring_records_produced");
+    assert!(produced >= 2000.0 && p.value("producerd_records_committed") >= 2000.0, "{}", p.text);
+    assert!(p.value("shmring_bytes_produced") >= produced * 16.0, "{}", p.text);
 
-    // Counters are live: a later scrape of the consumer sees at least what the producer's did.
+    // The consumer: its side's counters, the segment's gauges with their unit, the
+    // verify sink's latency histogram; nothing of the producer's side.
     wait_until(daemons::PATIENCE, "the consumer delivered what the producer had", || {
-        ring.stats().total_consumed >= p_total
+        ring.stats().total_consumed as f64 >= produced
     });
-    let c = daemons::http_get(c_addr);
-    assert!(c.starts_with("HTTP/1.0 200"), "{c}");
-    let c_total = daemons::metric(&c, &produced).unwrap_or_else(|| panic!("no {produced} in\n{c}"));
-    let delivered = daemons::metric(&c, "consumerd_delivered_total").unwrap_or_else(|| panic!("no delivered in\n{c}"));
-    let verified = daemons::metric(&c, "consumerd_verify_received").unwrap_or_else(|| panic!("no verify in\n{c}"));
-    assert!(c_total >= p_total && delivered >= p_total && verified >= p_total, "{c}");
-    assert_eq!(daemons::metric(&c, "consumerd_verify_lost"), Some(0), "{c}");
+    let c = Scrape::get(c_addr);
+    for family in CONSUMER_COUNTERS.iter().chain(["consumerd_records_delivered", "consumerd_verify_received"].iter()) {
+        assert_eq!(c.family(family).family_type, OpenMetricsType::Counter, "{family}");
+        assert_eq!(c.sample(family).1, labels("consumer"), "{family}");
+    }
+    for family in SEGMENT_GAUGES {
+        assert_eq!(c.family(family).family_type, OpenMetricsType::Gauge, "{family}");
+        assert_eq!(c.sample(family).1, labels("consumer"), "{family}");
+    }
+    for family in PRODUCER_COUNTERS {
+        assert!(!c.exposition.families.contains_key(family), "{family} exported by the consumer too:\n{}", c.text);
+    }
+    assert_eq!(c.family("shmring_capacity_bytes").unit, "bytes");
+    assert_eq!(c.value("shmring_capacity_bytes"), ring.stats().capacity as f64);
+    assert!(c.value("shmring_records_consumed") >= produced, "{}", c.text);
+    assert!(c.value("consumerd_verify_received") >= produced, "{}", c.text);
+    assert_eq!(c.value("consumerd_verify_lost"), 0.0, "{}", c.text);
+
+    let latency = c.family("consumerd_verify_latency_seconds");
+    assert_eq!(latency.family_type, OpenMetricsType::Histogram);
+    let (OpenMetricsValue::Histogram(histogram), histogram_labels) = c.sample("consumerd_verify_latency_seconds")
+    else {
+        panic!("not a histogram:\n{}", c.text)
+    };
+    assert_eq!(histogram_labels, labels("consumer"));
+    let bounds: Vec<f64> = histogram.buckets.iter().map(|b| b.upper_bound).collect();
+    assert_eq!(
+        (bounds.first(), bounds.iter().rev().nth(1), bounds.last()),
+        (Some(&1e-7), Some(&1.0), Some(&f64::INFINITY))
+    );
+    let count = histogram.count.expect("a _count");
+    assert!(count as f64 >= produced, "{count} latencies for {produced} records:\n{}", c.text);
+    assert!(histogram.sum.expect("a _sum").as_f64() > 0.0, "{}", c.text);
+
+    for scrape in [&p, &c] {
+        for family in scrape.exposition.families.values() {
+            assert!(!family.help.is_empty(), "{} has no HELP", family.family_name);
+        }
+    }
+
+    // Values move: a later scrape sees more produced.
+    wait_produced(&ring, produced as u64 + 1000);
+    assert!(Scrape::get(p_addr).value("shmring_records_produced") > produced);
+
+    // `/metrics` only.
+    for path in ["/", "/metrics/x", "/favicon.ico"] {
+        let response = daemons::http_get(p_addr, path);
+        assert!(response.starts_with("HTTP/1.0 404"), "{path}: {response}");
+    }
 
     producer.stop(&fx).assert_success();
     consumer.stop(&fx).assert_success();
 }
+
+/// The producer's side of a segment's counters (family names, as in the `TYPE` lines).
+const PRODUCER_COUNTERS: [&str; 6] = [
+    "shmring_records_produced",
+    "shmring_bytes_produced",
+    "shmring_producer_blocks",
+    "shmring_producer_sleeps",
+    "shmring_producer_wakes",
+    "shmring_producer_missed_wakes",
+];
+
+/// The consumer's side.
+const CONSUMER_COUNTERS: [&str; 6] = [
+    "shmring_records_consumed",
+    "shmring_bytes_consumed",
+    "shmring_consumer_blocks",
+    "shmring_consumer_sleeps",
+    "shmring_consumer_wakes",
+    "shmring_consumer_missed_wakes",
+];
+
+/// The segment's gauges, exported by the consumer.
+const SEGMENT_GAUGES: [&str; 3] = ["shmring_capacity_bytes", "shmring_used_bytes", "shmring_records_in_flight"];

@@ -847,7 +847,7 @@ fn metrics_endpoint_does_not_spin_on_emfile_and_answers_long_requests() {
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read the whole response");
     assert!(response.starts_with("HTTP/1.0 200"), "{response}");
-    assert!(response.contains("producerd_committed_total"), "{response}");
+    assert!(response.contains("producerd_records_committed_total"), "{response}");
     p.stop(&fx).assert_success();
 }
 

@@ -49,6 +49,8 @@ pub struct Shared {
     pub sink_errors: AtomicU64,
     /// The sink's own counters, refreshed every turn.
     pub sink_counters: Mutex<Vec<(&'static str, u64)>>,
+    /// The verify sink's latencies, for the metrics endpoint.
+    pub latency: shm_daemon::metrics::LatencyHistogram,
 }
 
 /// The segment's consumer, of the ring's kind.

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use shm_core::{RingKind, Segment};
+use shm_core::{RingKind, Role, Segment};
 use shm_daemon::service::{Ended, Service, StopRequested, Waiting};
 use shm_daemon::{exit, launch, logging, metrics};
 use tracing::{error, info, warn};
@@ -73,7 +73,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         let consumer = attach(&segment, &settings)?;
         let created = segment.info()?.created_unix_ns;
         let this_sink = match sink.take() {
-            None => sinks::build(&settings.sink, created)
+            None => sinks::build(&settings.sink, created, &shared.latency)
                 .with_context(|| format!("opening the {:?} sink", settings.sink))?,
             Some(mut previous) => {
                 previous.switch_segment(created).context("moving the sink's state to the new segment")?;
@@ -154,16 +154,37 @@ fn service(
 ) -> Service {
     let name = segment.location().to_string();
     let metrics = settings.metrics.map(|addr| {
-        let (segment, shared) = (segment.clone(), shared.clone());
-        let render: metrics::Render = Arc::new(move || {
-            let mut out = metrics::segment_lines(&name, &segment.stats());
-            out += &metrics::daemon_line("consumerd", "delivered_total", shared.delivered.load(Ordering::Relaxed));
-            out += &metrics::daemon_line("consumerd", "sink_errors_total", shared.sink_errors.load(Ordering::Relaxed));
+        let (segment, shared, latency) = (segment.clone(), shared.clone(), shared.latency.clone());
+        let exposition = metrics::Exposition::new(&name, Role::Consumer, move || {
+            let mut readings = metrics::segment_readings(&segment.stats(), Role::Consumer);
+            readings.push(metrics::Reading::counter(
+                "consumerd_records_delivered",
+                "Records this daemon's sink accepted and the ring released",
+                shared.delivered.load(Ordering::Relaxed),
+            ));
+            readings.push(metrics::Reading::counter(
+                "consumerd_sink_errors",
+                "Batches the sink refused (they stay in the ring and are retried)",
+                shared.sink_errors.load(Ordering::Relaxed),
+            ));
             for (key, value) in shared.sink_counters.lock().map(|c| c.clone()).unwrap_or_default() {
-                out += &metrics::daemon_line("consumerd", key, value);
+                readings.push(metrics::Reading::counter(
+                    format!("consumerd_{key}"),
+                    format!("The sink's {key} count (README, Metrics)"),
+                    value,
+                ));
             }
-            out
+            readings
         });
+        let exposition = match settings.sink {
+            config::SinkKind::Verify { .. } => exposition.with_latency(
+                "consumerd_verify_latency_seconds",
+                "Verify sink: time from the generator's stamp, just before commit, to the read",
+                &latency,
+            ),
+            _ => exposition,
+        };
+        let render = exposition.into_render();
         (addr, render)
     });
     let status = launch::rate_status(

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use shm_core::Record;
+use shm_daemon::metrics::LatencyHistogram;
 use shm_daemon::record;
 use shm_daemon::test_hooks::{FailCountdown, Hook};
 use tracing::{info, warn};
@@ -72,9 +73,10 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Builds the configured sink. `segment_created_ns` and the read cursor let the file
 /// sink recognise records it already wrote before a restart.
-pub fn build(kind: &SinkKind, segment_created_ns: u64) -> io::Result<Box<dyn Sink>> {
+/// The verify sink also counts its latencies in `latency` (the metrics endpoint's histogram).
+pub fn build(kind: &SinkKind, segment_created_ns: u64, latency: &LatencyHistogram) -> io::Result<Box<dyn Sink>> {
     Ok(match kind {
-        SinkKind::Verify { state } => Box::new(Verify::open(state.as_deref(), segment_created_ns)?),
+        SinkKind::Verify { state } => Box::new(Verify::open(state.as_deref(), segment_created_ns, latency.clone())?),
         SinkKind::Discard => Box::new(Discard::default()),
         SinkKind::Stdout { binary } => {
             Box::new(Stdout { out: BufWriter::new(io::stdout()), binary: *binary, written: 0 })
@@ -130,6 +132,8 @@ pub struct Verify {
     /// as reordered.
     gaps: BTreeSet<(usize, u64)>,
     latency: hdrhistogram::Histogram<u64>,
+    /// The same latencies in the metrics endpoint's buckets.
+    exported_latency: LatencyHistogram,
     /// Persisted verification, so a restarted consumer continues it exactly once.
     state: Option<(StateFile, u64)>,
     skip_until: u64,
@@ -178,7 +182,7 @@ impl Verify {
     /// A verify sink; with `state`, it continues the verification of a previous run on
     /// the same segment: the next expected sequence number and the counts survive a
     /// restart, and records verified but not yet released are not counted twice.
-    fn open(state: Option<&Path>, segment_created_ns: u64) -> io::Result<Self> {
+    fn open(state: Option<&Path>, segment_created_ns: u64, exported_latency: LatencyHistogram) -> io::Result<Self> {
         let mut v = Verify {
             expected: [None; VERIFY_PRODUCERS],
             received: 0,
@@ -188,6 +192,7 @@ impl Verify {
             corrupt: 0,
             gaps: BTreeSet::new(),
             latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+            exported_latency,
             state: None,
             skip_until: 0,
             skipped: 0,
@@ -276,7 +281,9 @@ impl Sink for Verify {
             warn!(position = r.position, producer, "verify: a record names a producer id no ring has");
             return Ok(());
         };
-        let _ = self.latency.record(record::monotonic_ns().saturating_sub(d.sent_ns).max(1));
+        let latency_ns = record::monotonic_ns().saturating_sub(d.sent_ns).max(1);
+        let _ = self.latency.record(latency_ns);
+        self.exported_latency.observe_ns(latency_ns);
         match expected {
             None => info!(producer, first = d.seq, "verify: first sequence number"),
             Some(e) if d.seq == e => {}

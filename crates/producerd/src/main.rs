@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use shm_core::{RingKind, Segment};
+use shm_core::{RingKind, Role, Segment};
 use shm_daemon::service::{Ended, Service, StopRequested, Waiting};
 use shm_daemon::{exit, launch, logging, metrics};
 use tracing::{error, info, warn};
@@ -140,14 +140,28 @@ fn service(
     let name = segment.location().to_string();
     let metrics = settings.metrics.map(|addr| {
         let (segment, shared, name) = (segment.clone(), shared.clone(), name.clone());
-        let render: metrics::Render = Arc::new(move || {
-            let mut out = metrics::segment_lines(&name, &segment.stats());
-            out += &metrics::daemon_line("producerd", "committed_total", shared.committed.load(Ordering::Relaxed));
-            out += &metrics::daemon_line("producerd", "dropped_total", shared.dropped.load(Ordering::Relaxed));
-            out +=
-                &metrics::daemon_line("producerd", "source_errors_total", shared.source_errors.load(Ordering::Relaxed));
-            out
+        let exposition = metrics::Exposition::new(&name, Role::Producer, move || {
+            let mut readings = metrics::segment_readings(&segment.stats(), Role::Producer);
+            readings.extend([
+                metrics::Reading::counter(
+                    "producerd_records_committed",
+                    "Records this daemon committed",
+                    shared.committed.load(Ordering::Relaxed),
+                ),
+                metrics::Reading::counter(
+                    "producerd_records_dropped",
+                    "Records dropped because the ring was full (on_full = \"drop\")",
+                    shared.dropped.load(Ordering::Relaxed),
+                ),
+                metrics::Reading::counter(
+                    "producerd_source_errors",
+                    "Source input skipped or lost: oversized or truncated records, input left at a stop",
+                    shared.source_errors.load(Ordering::Relaxed),
+                ),
+            ]);
+            readings
         });
+        let render = exposition.into_render();
         (addr, render)
     });
     let status = {
