@@ -1,17 +1,21 @@
-//! Sizes with units, as operators type them (`64KiB`, `1MiB`, `1GiB`) and read them.
+//! Sizes with units, as operators type them (`64KiB`, `1MiB`, `1GB`) and read them.
+//!
+//! Units mean what they say, as in GNU coreutils: `KiB`, `MiB`, `GiB`, `TiB` (and the
+//! bare `K`, `M`, `G`, `T`) are binary, powers of 1024; `KB`, `MB`, `GB`, `TB` are SI,
+//! powers of 1000. Printed sizes use the binary units, spelled `KiB`, `MiB`, ...
 
 /// Why a size was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid size {input:?}: expected a number of bytes with an optional unit (B, KiB, MiB, GiB, TiB; K, M, G, T mean the same)"
+    "invalid size {input:?}: expected a number of bytes with an optional unit (B; binary KiB, MiB, GiB, TiB, or K, M, G, T; SI KB, MB, GB, TB)"
 )]
 pub struct SizeError {
     /// What was given.
     pub input: String,
 }
 
-/// Parses `4096`, `64KiB`, `64k`, `1 MiB`, `1GiB`... Units are binary (1 KiB = 1024 B);
-/// `KB`/`MB`/`GB` are read as binary too, since ring sizes are powers of two.
+/// Parses `4096`, `64KiB`, `64k`, `1 MiB`, `1GiB`, `1GB`... `KiB`/`K` are binary
+/// (1 KiB = 1024 B), `KB` is SI (1 KB = 1000 B); likewise M, G and T.
 pub fn parse_size(input: &str) -> Result<u64, SizeError> {
     let err = || SizeError { input: input.to_owned() };
     let text = input.trim();
@@ -19,15 +23,19 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
     let (digits, unit) = text.split_at(split);
     let digits: String = digits.chars().filter(|&c| c != '_').collect();
     let n: u64 = digits.parse().map_err(|_| err())?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
         _ => return Err(err()),
     };
-    n.checked_mul(1 << shift).ok_or_else(err)
+    n.checked_mul(multiplier).ok_or_else(err)
 }
 
 /// Formats bytes for people: exact units when they divide evenly (`64 KiB`), else one
@@ -61,6 +69,12 @@ mod tests {
         assert_eq!(parse_size("1 MiB"), Ok(1 << 20));
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("1_048_576"), Ok(1 << 20));
+        // SI and binary mean what they say.
+        assert_eq!(parse_size("1TB"), Ok(1_000_000_000_000));
+        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
+        assert_eq!(parse_size("64KB"), Ok(64_000));
+        assert_eq!(parse_size("1 MB"), Ok(1_000_000));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
         for bad in ["", "MiB", "1.5MiB", "-1", "12 parsecs", "99999999999T"] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
