@@ -53,7 +53,6 @@ fn bad_command_lines_exit_64() {
         (&[], "Usage"),
         (&["frobnicate"], "frobnicate"),
         (&["stat"], "<NAME>"),
-        (&["stat", "/x", "--json", "--watch"], "--watch"),
         (&["stat", "/x", "--watch", "0s"], "positive"),
         (&["stat", "/x", "--backend", "nfs"], "nfs"),
         (&["publish", "/x"], "<DATA>"),

@@ -22,7 +22,8 @@ pub struct Candidate {
     pub name: String,
     /// SysV id.
     pub id: Option<i32>,
-    /// Permission bits.
+    /// Permission bits (JSON: `"0600"`).
+    #[serde(serialize_with = "crate::owner::serialize_mode")]
     pub perms: u32,
     /// Owner uid.
     pub uid: u32,

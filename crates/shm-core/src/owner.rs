@@ -1,5 +1,12 @@
 //! Who a segment belongs to: users and groups given by name or number, as the CLI's
-//! `--group`/`--owner` and the daemons' `group =`/`owner =` take them.
+//! `--group`/`--owner` and the daemons' `group =`/`owner =` take them; permission bits as
+//! people write them.
+
+/// Serializes permission bits as people write them, `"0600"` (not `384`): the JSON
+/// of [`crate::SegmentInfo`] and the discovery listing use it.
+pub fn serialize_mode<S: serde::Serializer>(mode: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format!("{mode:04o}"))
+}
 
 /// The uid of `user`, a name or a number; `None` if there is no such user.
 pub fn uid_of(user: &str) -> Option<u32> {

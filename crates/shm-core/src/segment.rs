@@ -512,7 +512,8 @@ pub struct SegmentInfo {
     pub uid: u32,
     /// Owner gid.
     pub gid: u32,
-    /// Permission bits.
+    /// Permission bits (JSON: `"0600"`).
+    #[serde(serialize_with = "crate::owner::serialize_mode")]
     pub mode: u32,
     /// `major.minor`.
     pub layout_version: String,

@@ -139,8 +139,8 @@ pub struct StatArgs {
     /// The segment.
     #[command(flatten)]
     pub target: Target,
-    /// One JSON object with stable snake_case fields.
-    #[arg(long, conflicts_with = "watch")]
+    /// One JSON object with stable snake_case fields; with --watch, one per line (NDJSON).
+    #[arg(long)]
     pub json: bool,
     /// Refresh in place every INTERVAL (default 1s) with per-second rates until Ctrl-C.
     #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s", value_parser = parse_interval)]
@@ -159,6 +159,18 @@ pub struct ListArgs {
     /// Directories holding file segments (default: /var/lib/shmring if it exists).
     #[arg(long = "dir", value_name = "DIR")]
     pub dirs: Vec<PathBuf>,
+    /// Print no header line.
+    #[arg(short = 'n', long)]
+    pub noheadings: bool,
+    /// Raw output: columns separated by one space, not aligned.
+    #[arg(short = 'r', long)]
+    pub raw: bool,
+    /// Sizes in bytes rather than in KiB, MiB, ...
+    #[arg(short = 'b', long)]
+    pub bytes: bool,
+    /// The columns of shmring segments, comma-separated (default: all but OWNER, PERMS).
+    #[arg(short = 'o', long, value_name = "COLUMNS", value_delimiter = ',', value_enum, ignore_case = true)]
+    pub output: Vec<crate::list::Column>,
 }
 
 /// `shmctl unlink`.
@@ -171,6 +183,9 @@ pub struct UnlinkArgs {
     /// when it is not a shmring segment.
     #[arg(long)]
     pub force: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `shmctl gc`.
@@ -190,6 +205,9 @@ pub struct GcArgs {
     /// file segments must be in a `--dir`). Default: every segment found.
     #[arg(value_name = "SEGMENT")]
     pub only: Vec<String>,
+    /// Print what was decided for each segment as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `shmctl publish`.
@@ -214,6 +232,9 @@ pub struct PublishArgs {
     /// (root: any).
     #[arg(long)]
     pub owner: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `shmctl peek`.
@@ -228,7 +249,7 @@ pub struct PeekArgs {
     /// Show payloads as hex dumps.
     #[arg(long)]
     pub hex: bool,
-    /// JSON instead of text.
+    /// JSON instead of text (payloads as UTF-8 text or base64, as `encoding` says).
     #[arg(long, conflicts_with = "hex")]
     pub json: bool,
 }

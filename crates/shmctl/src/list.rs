@@ -11,7 +11,7 @@ use shm_core::{Liveness, OpenError, Participant, Role, Segment};
 
 use crate::cli::ListArgs;
 use crate::render;
-use crate::stdout::outln;
+use crate::stdout::{out, outln};
 use crate::target::open_read_only;
 
 /// One shmring segment in the listing (also its JSON shape).
@@ -23,6 +23,8 @@ pub struct Row {
     pub ring: &'static str,
     pub size: u64,
     pub uid: u32,
+    /// `"0600"`.
+    #[serde(serialize_with = "shm_core::owner::serialize_mode")]
     pub mode: u32,
     pub capacity: u64,
     pub used_bytes: u64,
@@ -118,73 +120,173 @@ pub fn run(args: ListArgs) -> Result<()> {
         outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
+    let style = TableStyle { headings: !args.noheadings, raw: args.raw };
+    let size = |bytes: u64| if args.bytes { bytes.to_string() } else { format_size(bytes) };
     if ours.is_empty() {
-        outln!("no shmring segments{}", if args.all { "" } else { " (--all lists other shared memory)" });
-    } else {
-        outln!(
-            "{:<22} {:<6} {:<5} {:>9} {:>6} {:>12} {:<15} {:<15}",
-            "NAME",
-            "KIND",
-            "RING",
-            "SIZE",
-            "FILL",
-            "IN FLIGHT",
-            "PRODUCER",
-            "CONSUMER"
-        );
-        for r in &ours {
-            let name = if r.unlinked { format!("{} (unlinked)", r.name) } else { r.name.clone() };
-            outln!(
-                "{:<22} {:<6} {:<5} {:>9} {:>5.1}% {:>12} {:<15} {:<15}",
-                name,
-                r.backend,
-                r.ring,
-                format_size(r.size),
-                r.fill_percent,
-                render::count(r.records_in_flight),
-                render::role_summary(&r.participants, Role::Producer),
-                match &r.consumers {
-                    Some(consumers) => render::liveness_counts(consumers.iter().map(|c| c.liveness)),
-                    None => render::role_summary(&r.participants, Role::Consumer),
-                },
-            );
+        if !args.noheadings {
+            outln!("no shmring segments{}", if args.all { "" } else { " (--all lists other shared memory)" });
         }
+    } else {
+        let columns = if args.output.is_empty() { Column::DEFAULT.to_vec() } else { args.output.clone() };
+        let rows = ours.iter().map(|r| columns.iter().map(|c| c.cell(r, &size)).collect()).collect();
+        let headers: Vec<&str> = columns.iter().map(|c| c.header()).collect();
+        out!("{}", style.render(&headers, &columns.iter().map(|c| c.right_aligned()).collect::<Vec<_>>(), rows));
     }
     if args.all {
-        outln!();
-        outln!(
-            "{:<24} {:>6} {:>5} {:<8} {:>9} {:>6} {:<13} {:<20} {:>6} {:>6} COMMAND",
-            "NAME/KEY",
-            "ID",
-            "PERMS",
-            "OWNER",
-            "SIZE",
-            "NATTCH",
-            "STATUS",
-            "CTIME",
-            "CPID",
-            "LPID"
-        );
-        for (c, why) in &foreign {
-            let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-            let status = if c.destroyed { "dest" } else { why };
-            outln!(
-                "{:<24} {:>6} {:>5} {:<8} {:>9} {:>6} {:<13} {:<20} {:>6} {:>6} {}",
-                c.name,
-                dash(c.id.map(|v| v.to_string())),
-                format!("{:03o}", c.perms & 0o777),
-                render::user(c.uid),
-                format_size(c.size),
-                dash(c.nattch.map(|v| v.to_string())),
-                if status.is_empty() { "-" } else { status },
-                render::time_s(c.ctime),
-                dash(c.cpid.map(|v| v.to_string())),
-                dash(c.lpid.map(|v| v.to_string())),
-                c.cpid.map_or_else(|| "-".into(), render::command),
-            );
+        if !args.noheadings {
+            outln!();
         }
+        let headers =
+            ["NAME/KEY", "ID", "PERMS", "OWNER", "SIZE", "NATTCH", "STATUS", "CTIME", "CPID", "LPID", "COMMAND"];
+        let right = [false, true, true, false, true, true, false, false, true, true, false];
+        let rows = foreign
+            .iter()
+            .map(|(c, why)| {
+                let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+                let status = if c.destroyed { "dest" } else { why };
+                vec![
+                    c.name.clone(),
+                    dash(c.id.map(|v| v.to_string())),
+                    format!("{:03o}", c.perms & 0o777),
+                    render::user(c.uid),
+                    size(c.size),
+                    dash(c.nattch.map(|v| v.to_string())),
+                    if status.is_empty() { "-".into() } else { status.to_owned() },
+                    render::time_s(c.ctime),
+                    dash(c.cpid.map(|v| v.to_string())),
+                    dash(c.lpid.map(|v| v.to_string())),
+                    c.cpid.map_or_else(|| "-".into(), render::command),
+                ]
+            })
+            .collect();
+        out!("{}", style.render(&headers, &right, rows));
     }
     Ok(())
+}
+
+/// A column of the shmring segments' table (`-o/--output`, as lsipc's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum Column {
+    /// The name, key or path (`(unlinked)` after it once unlinked).
+    Name,
+    /// The backend: posix, sysv, file.
+    Kind,
+    /// The ring kind: spsc, mpsc, broadcast, mpmc.
+    Ring,
+    /// Bytes of the segment.
+    Size,
+    /// Ring data bytes.
+    Capacity,
+    /// Bytes in use, in percent of the capacity.
+    Fill,
+    /// Records committed and not yet released.
+    Inflight,
+    /// The producer's liveness and pid.
+    Producer,
+    /// The consumer's liveness and pid.
+    Consumer,
+    /// The owner's user name.
+    Owner,
+    /// Permission bits.
+    Perms,
+}
+
+impl Column {
+    /// The columns shown without `-o`.
+    const DEFAULT: [Column; 8] = [
+        Column::Name,
+        Column::Kind,
+        Column::Ring,
+        Column::Size,
+        Column::Fill,
+        Column::Inflight,
+        Column::Producer,
+        Column::Consumer,
+    ];
+
+    fn header(self) -> &'static str {
+        match self {
+            Column::Name => "NAME",
+            Column::Kind => "KIND",
+            Column::Ring => "RING",
+            Column::Size => "SIZE",
+            Column::Capacity => "CAPACITY",
+            Column::Fill => "FILL",
+            Column::Inflight => "INFLIGHT",
+            Column::Producer => "PRODUCER",
+            Column::Consumer => "CONSUMER",
+            Column::Owner => "OWNER",
+            Column::Perms => "PERMS",
+        }
+    }
+
+    fn right_aligned(self) -> bool {
+        matches!(self, Column::Size | Column::Capacity | Column::Fill | Column::Inflight)
+    }
+
+    fn cell(self, r: &Row, size: &dyn Fn(u64) -> String) -> String {
+        match self {
+            Column::Name if r.unlinked => format!("{} (unlinked)", r.name),
+            Column::Name => r.name.clone(),
+            Column::Kind => r.backend.to_owned(),
+            Column::Ring => r.ring.to_owned(),
+            Column::Size => size(r.size),
+            Column::Capacity => size(r.capacity),
+            Column::Fill => format!("{:.1}%", r.fill_percent),
+            Column::Inflight => render::count(r.records_in_flight),
+            Column::Producer => render::role_summary(&r.participants, Role::Producer),
+            Column::Consumer => match &r.consumers {
+                Some(consumers) => render::liveness_counts(consumers.iter().map(|c| c.liveness)),
+                None => render::role_summary(&r.participants, Role::Consumer),
+            },
+            Column::Owner => render::user(r.uid),
+            Column::Perms => format!("{:04o}", r.mode),
+        }
+    }
+}
+
+/// How `list` prints a table: with or without its header line; aligned (column widths
+/// that fit the longest cell) or raw (cells separated by one space, a space inside a
+/// cell written `\x20`, as lsipc does).
+struct TableStyle {
+    headings: bool,
+    raw: bool,
+}
+
+impl TableStyle {
+    fn render(&self, headers: &[&str], right_aligned: &[bool], rows: Vec<Vec<String>>) -> String {
+        let mut text = String::new();
+        if self.raw {
+            let escape = |cell: &str| cell.replace(' ', "\\x20");
+            if self.headings {
+                text += &headers.join(" ");
+                text.push('\n');
+            }
+            for row in rows {
+                text += &row.iter().map(|c| escape(c)).collect::<Vec<_>>().join(" ");
+                text.push('\n');
+            }
+            return text;
+        }
+        let mut table = comfy_table::Table::new();
+        table.load_preset(comfy_table::presets::NOTHING);
+        if self.headings {
+            table.set_header(headers.iter().copied());
+        }
+        table.add_rows(rows);
+        for (column, &right) in table.column_iter_mut().zip(right_aligned) {
+            column.set_padding((0, 1));
+            if right {
+                column.set_cell_alignment(comfy_table::CellAlignment::Right);
+            }
+        }
+        for line in table.lines() {
+            text += line.trim_end();
+            text.push('\n');
+        }
+        text
+    }
 }
 
 /// Whether any participant of a segment is alive.

@@ -4,6 +4,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use base64::Engine as _;
+use serde::Serialize;
+use shm_core::PeekedRecord;
 
 use crate::cli::PeekArgs;
 use crate::stdout::{out, outln};
@@ -14,7 +17,8 @@ pub fn run(args: PeekArgs) -> Result<()> {
     let segment = open_read_only(&location, Duration::from_secs(1))?;
     let records = segment.peek(args.count).with_context(|| location.to_string())?;
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&records)?);
+        let doc = PeekJson { segment: location.to_string(), records: records.iter().map(RecordJson::of).collect() };
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     if records.is_empty() {
@@ -29,6 +33,36 @@ pub fn run(args: PeekArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `peek --json`: the segment and its waiting records, oldest first.
+#[derive(Serialize)]
+struct PeekJson {
+    segment: String,
+    records: Vec<RecordJson>,
+}
+
+/// One record in `peek --json`.
+#[derive(Serialize)]
+struct RecordJson {
+    position: u64,
+    record_type: u32,
+    /// Payload bytes.
+    len: usize,
+    /// `utf8` when the payload is valid UTF-8 (`data` is that text), else `base64`
+    /// (`data` is the standard base64 of the bytes, with padding).
+    encoding: &'static str,
+    data: String,
+}
+
+impl RecordJson {
+    fn of(r: &PeekedRecord) -> Self {
+        let (encoding, data) = match std::str::from_utf8(&r.data) {
+            Ok(text) => ("utf8", text.to_owned()),
+            Err(_) => ("base64", base64::engine::general_purpose::STANDARD.encode(&r.data)),
+        };
+        RecordJson { position: r.position, record_type: r.record_type, len: r.data.len(), encoding, data }
+    }
 }
 
 /// Printable text as a quoted string, anything else as the first bytes in hex.

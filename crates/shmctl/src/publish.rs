@@ -45,6 +45,16 @@ pub fn run(args: PublishArgs) -> Result<()> {
     claim.set_record_type(args.record_type);
     let position = claim.position();
     claim.commit();
-    outln!("published {} bytes (type {}) at position {position}", data.len(), args.record_type);
+    if args.json {
+        let published = serde_json::json!({
+            "segment": location.to_string(),
+            "bytes": data.len(),
+            "record_type": args.record_type,
+            "position": position,
+        });
+        outln!("{published}");
+    } else {
+        outln!("published {} bytes (type {}) at position {position}", data.len(), args.record_type);
+    }
     Ok(())
 }

@@ -26,8 +26,6 @@ pub struct StatReport {
     /// The same counters in slot order, for people.
     #[serde(skip)]
     pub counters_in_order: Vec<shm_core::stats::LabelledCounter>,
-    /// The mode as `0600`.
-    pub mode_octal: String,
     pub participants: Vec<Participant>,
     /// An mpsc ring's producers and whom its consumer waits for; absent for spsc.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,7 +67,6 @@ pub fn report(segment: &Segment) -> Result<(StatReport, StatsSnapshot)> {
         },
         counters: stats.counters.iter().map(|c| (c.label.clone(), c.value)).collect(),
         counters_in_order: stats.counters.clone(),
-        mode_octal: format!("{:04o}", info.mode),
         participants: segment.participants(),
         mpsc: segment.mpsc_status(),
         consumers: segment.broadcast_status(),
@@ -83,7 +80,7 @@ pub fn run(args: StatArgs) -> Result<()> {
     let location = location(&args.target)?;
     let segment = open_read_only(&location, Duration::from_secs(1))?;
     if let Some(interval) = args.watch {
-        return watch(&segment, interval);
+        return watch(&segment, interval, args.json);
     }
     let (report, _) = report(&segment)?;
     if args.json {
@@ -95,11 +92,26 @@ pub fn run(args: StatArgs) -> Result<()> {
 }
 
 /// Per-second rates between two snapshots.
+#[derive(Debug, Serialize)]
 struct Rates {
+    #[serde(rename = "records_produced_per_second")]
     produced: f64,
+    #[serde(rename = "records_consumed_per_second")]
     consumed: f64,
+    #[serde(rename = "bytes_produced_per_second")]
     bytes_in: f64,
+    #[serde(rename = "bytes_consumed_per_second")]
     bytes_out: f64,
+}
+
+/// One line of `stat --watch --json`: the report, when it was taken, and the rates since
+/// the line before (absent on the first).
+#[derive(Serialize)]
+struct WatchLine<'a> {
+    time_unix_ns: u64,
+    #[serde(flatten)]
+    report: &'a StatReport,
+    rates: Option<&'a Rates>,
 }
 
 fn render(r: &StatReport, rates: Option<&Rates>) -> String {
@@ -298,8 +310,12 @@ fn process_state(pid: u32) -> &'static str {
     }
 }
 
-/// Refreshes in place until Ctrl-C. Reads only: the segment is mapped read-only.
-fn watch(segment: &Segment, interval: Duration) -> Result<()> {
+/// Prints a frame every `interval` until Ctrl-C: on a terminal in place (the screen cleared
+/// first), else as plain successive reports; with `json`, one JSON object per line
+/// (NDJSON). Reads only: the segment is mapped read-only.
+fn watch(segment: &Segment, interval: Duration, json: bool) -> Result<()> {
+    use std::io::IsTerminal as _;
+    let terminal = std::io::stdout().is_terminal();
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
@@ -308,8 +324,18 @@ fn watch(segment: &Segment, interval: Duration) -> Result<()> {
         let (report, stats) = report(segment)?;
         let now = Instant::now();
         let rates = last.as_ref().map(|(then, prev)| Rates::between(prev, &stats, now.duration_since(*then)));
-        out!("\x1b[H\x1b[2J{}", render(&report, rates.as_ref()));
-        outln!("\n(every {}; Ctrl-C to stop)", humantime::format_duration(interval));
+        if json {
+            let time_unix_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            outln!("{}", serde_json::to_string(&WatchLine { time_unix_ns, report: &report, rates: rates.as_ref() })?);
+        } else {
+            if terminal {
+                out!("\x1b[H\x1b[2J");
+            }
+            out!("{}", render(&report, rates.as_ref()));
+            outln!("\n(every {}; Ctrl-C to stop)", humantime::format_duration(interval));
+        }
         last = Some((now, stats));
         let deadline = now + interval;
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {

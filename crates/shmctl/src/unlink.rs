@@ -34,8 +34,7 @@ pub fn run(args: UnlinkArgs) -> Result<()> {
                 }
                 e => e.into(),
             })?;
-            outln!("removed {location}");
-            return Ok(());
+            return removed(&location, &args);
         }
         Ok(_) => {}
         Err(OpenError::NotFound { .. }) => return Err(OpenError::NotFound { location }.into()),
@@ -65,7 +64,16 @@ pub fn run(args: UnlinkArgs) -> Result<()> {
         Err(_) => {}
     }
     Segment::unlink(&location)?;
-    outln!("removed {location}");
+    removed(&location, &args)
+}
+
+/// Says that `location` was removed: `{"removed": NAME, "forced": BOOL}` with `--json`.
+fn removed(location: &shm_core::Location, args: &UnlinkArgs) -> Result<()> {
+    if args.json {
+        outln!("{}", serde_json::json!({ "removed": location.to_string(), "forced": args.force }));
+    } else {
+        outln!("removed {location}");
+    }
     Ok(())
 }
 
