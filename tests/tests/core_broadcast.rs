@@ -135,12 +135,18 @@ fn a_killed_consumer_does_not_hold_the_producer_back_and_returns_knowing_exactly
     let produced = fx.wait(&producing, Duration::from_secs(300));
     let steady_done = fx.wait(&steady, Duration::from_secs(300));
     let back_done = fx.wait(&back, Duration::from_secs(300));
-    let (delivered, told_missed) = read_ledger(&ledger);
+    let (accepted, told_missed) = read_ledger(&ledger);
+    // The sink writes a record's line before the next read releases it. Killed between
+    // the two, and lapped while dead, the victim cannot be handed that record again: the
+    // ring counts it missed (delivered means handed and released) and says so with the
+    // first record after the restart. So the ledger may hold exactly one record it was
+    // also told it missed (about one run in four), never more.
+    let (unreleased, delivered): (Vec<u64>, Vec<u64>) = accepted.into_iter().partition(|s| told_missed.contains(s));
     let acknowledged: Vec<u64> = (0..total).filter(|s| !told_missed.contains(s)).collect();
     let evidence = Evidence::compare(
         "the producer process's published sequence numbers (0..N, exit 0 after the last), less those the consumer was told it missed",
         acknowledged,
-        "the killed-and-restarted consumer's ledger file (one line per record its sink accepted)",
+        "the killed-and-restarted consumer's ledger file (one line per record its sink accepted), less the one it held unreleased when killed if it was overwritten while it was dead (told missed)",
         delivered.clone(),
     );
     let victim_row = row("victim").expect("the victim's row");
@@ -152,6 +158,7 @@ fn a_killed_consumer_does_not_hold_the_producer_back_and_returns_knowing_exactly
         && steady_exact
         && evidence.exact()
         && missed > 0
+        && unreleased.len() <= 1
         && victim_row.row.tallies.missed == missed
         && victim_row.row.tallies.delivered == delivered.len() as u64;
     shmring_tests::reliability::report(
@@ -164,6 +171,7 @@ fn a_killed_consumer_does_not_hold_the_producer_back_and_returns_knowing_exactly
             "missed_reported": missed,
             "missed_in_segment": victim_row.row.tallies.missed,
             "published_while_dead": segment.stats().total_produced.min(past) - at_kill,
+            "accepted_unreleased_then_missed": unreleased.len(),
         }),
     );
     produced.assert_success();
@@ -172,6 +180,7 @@ fn a_killed_consumer_does_not_hold_the_producer_back_and_returns_knowing_exactly
     assert!(steady_exact, "the live consumer got every record: {steady_summary:?}");
     evidence.assert_exact();
     assert!(missed > 0, "ten rings passed while it was dead: it must have missed some");
+    assert!(unreleased.len() <= 1, "only the record held when killed may be accepted and missed: {unreleased:?}");
     assert_eq!(victim_row.row.tallies.missed, missed, "the segment's tally is what the consumer was told");
     assert_eq!(victim_row.row.tallies.delivered, delivered.len() as u64);
     assert_eq!(delivered.len() as u64 + missed, total, "every record delivered once or reported missed");

@@ -17,7 +17,10 @@
 //! records it was told it missed. With `--ledger PATH` it appends `SEQ MISSED_BEFORE` to
 //! the file for each record before asking for the next one (which releases it), and at
 //! the end `end NEXT`: a sink that, restarted, skips the one record it may be handed again
-//! (the last in its ledger). Prints `delivered=D missed=M laps=L`.
+//! (the last in its ledger). If that record was overwritten while it was dead it is not
+//! handed again but counted missed by the ring (never released, so never delivered), and
+//! the first record after the restart reports it among the missed: the ledger then holds
+//! it as accepted and inside a later line's missed range. Prints `delivered=D missed=M laps=L`.
 //!
 //! Exit codes: 0 success; 64 usage; 65 the stream is wrong; 69 nothing arrived within the
 //! timeout (default 30 s of silence); 74 any other failure.
