@@ -32,6 +32,7 @@ use shm_core::{Batch, ClaimError, Producer, Segment, TryClaimError};
 use shm_daemon::config::CpuAffinity;
 use shm_daemon::record;
 use shm_daemon::service::Reloads;
+use shm_daemon::test_hooks::Hook;
 use tracing::{info, warn};
 
 use crate::config::{SourceKind, max_generated_record};
@@ -149,7 +150,13 @@ pub fn run(
             RingProducer::Spsc(p) => {
                 let guard = LastFrameGuard::new(p, &segment);
                 let resume = resume_sequence(p, &segment);
-                generate(&mut SpscTarget { producer: p, guard }, Some(resume), generator, &shared)
+                let crash = CrashAfterBatchWrite { at: Hook::KillAfterBatchWrite.countdown(), filled: 0 };
+                generate(
+                    &mut SpscTarget { producer: p, segment: &segment, guard, crash },
+                    Some(resume),
+                    generator,
+                    &shared,
+                )
             }
             RingProducer::Mpsc(p) => {
                 let resume = resume_mpsc(p.id(), &segment, &shared)?;
@@ -355,12 +362,23 @@ trait GeneratorTarget {
     fn fill(&mut self, seq: &mut u64, due: u64, sizes: &mut Sizes) -> Result<Filled>;
     /// The ring was full: waits (up to [`STEP`]) for room for `len` bytes.
     fn wait_for_space(&mut self, len: usize) -> Result<()>;
+    /// Called before each batch's rate is worked out (for the test hook of [`SpscTarget`]).
+    fn before_batch(&mut self, _shared: &Shared) {}
 }
 
 /// An spsc ring: batches published with one cursor store, clear of the resume point.
 struct SpscTarget<'a> {
     producer: &'a mut Producer,
+    segment: &'a Segment,
     guard: LastFrameGuard,
+    crash: CrashAfterBatchWrite,
+}
+
+/// The test hook [`Hook::KillAfterBatchWrite`]: the batch it names (from 1, unset in a
+/// build without the hooks), and the batches filled so far.
+struct CrashAfterBatchWrite {
+    at: Option<u64>,
+    filled: u64,
 }
 
 impl GeneratorTarget for SpscTarget<'_> {
@@ -369,8 +387,14 @@ impl GeneratorTarget for SpscTarget<'_> {
     }
 
     fn fill(&mut self, seq: &mut u64, due: u64, sizes: &mut Sizes) -> Result<Filled> {
-        let filled = fill_batch(&mut self.producer.batch(), &self.guard, seq, due, sizes)?;
-        // The batch was published as it was dropped, at the end of the line above.
+        self.crash.filled += 1;
+        let mut batch = self.producer.batch();
+        let filled = fill_batch(&mut batch, &self.guard, seq, due, sizes)?;
+        if self.crash.at == Some(self.crash.filled) {
+            kill_this_process_unpublished(filled.written);
+        }
+        drop(batch);
+        // The batch was published as it was dropped, on the line above.
         if filled.written > 0 {
             self.guard.published(filled.end, filled.last_len);
         }
@@ -383,6 +407,31 @@ impl GeneratorTarget for SpscTarget<'_> {
             Err(e) => bail!("generator: {e}"),
         }
     }
+
+    /// Before the batch the test hook names: waits until the consumer has read
+    /// everything published (or a stop), so the batch may run a whole lap of the ring;
+    /// waiting before the rate is worked out makes it a full batch under a rate too.
+    fn before_batch(&mut self, shared: &Shared) {
+        if self.crash.at != Some(self.crash.filled + 1) {
+            return;
+        }
+        loop {
+            let stats = self.segment.stats();
+            if stats.read_cursor >= stats.write_cursor || shared.stopping() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// For [`Hook::KillAfterBatchWrite`]: dies by SIGKILL with a batch of `written` records
+/// written into the ring and not published, as a power cut or the OOM killer would.
+fn kill_this_process_unpublished(written: u64) -> ! {
+    warn!(written, "test hook {}: SIGKILL before publishing", Hook::KillAfterBatchWrite.var());
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    // Not reached: SIGKILL cannot be caught or ignored.
+    std::process::abort()
 }
 
 /// An mpsc ring: each record claimed and committed on its own (a commit publishes it);
@@ -480,6 +529,7 @@ fn generate_from(
         if budget.is_some_and(|b| *seq - first >= b) {
             break;
         }
+        target.before_batch(shared);
         let now_rate = shared.rate.load(Ordering::Relaxed);
         if now_rate != rate {
             (rate, rate_since, sent_since) = (now_rate, Instant::now(), 0);

@@ -27,11 +27,15 @@ pub enum Hook {
     /// `SHMRING_TEST_LEDGER=PATH`: the generator appends each published sequence
     /// number to `PATH` (see producerd's `ledger` module).
     Ledger,
+    /// `SHMRING_TEST_KILL_AFTER_BATCH_WRITE=N`: the generator waits until the consumer
+    /// has read everything, writes the frames of its `N`th batch (from 1), and SIGKILLs
+    /// itself before publishing it: the crash that could overwrite its resume point.
+    KillAfterBatchWrite,
 }
 
 impl Hook {
     /// All of them.
-    pub const ALL: [Hook; 3] = [Hook::FailFsync, Hook::FailStateWrite, Hook::Ledger];
+    pub const ALL: [Hook; 4] = [Hook::FailFsync, Hook::FailStateWrite, Hook::Ledger, Hook::KillAfterBatchWrite];
 
     /// The environment variable.
     pub fn var(self) -> &'static str {
@@ -39,6 +43,7 @@ impl Hook {
             Hook::FailFsync => "SHMRING_TEST_FAIL_FSYNC",
             Hook::FailStateWrite => "SHMRING_TEST_FAIL_STATE_WRITE",
             Hook::Ledger => "SHMRING_TEST_LEDGER",
+            Hook::KillAfterBatchWrite => "SHMRING_TEST_KILL_AFTER_BATCH_WRITE",
         }
     }
 
