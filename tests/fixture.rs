@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use shm_core::{Location, Segment, SegmentName, SysvKey, UnlinkError};
+use shm_core::{Location, RingKind, Segment, SegmentName, SysvKey, UnlinkError, WaitStrategy};
 
 /// Where a segment lives, without its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -214,6 +214,39 @@ impl Fixture {
         };
         self.track_segment(location.clone());
         location
+    }
+
+    /// Creates a `kind` ring of `capacity` bytes (hybrid waits) on a new posix segment,
+    /// removed on drop; returns it and its name, for a peer's command line.
+    pub fn create_posix_ring(&self, kind: RingKind, capacity: u64) -> (Segment, String) {
+        let name = self.posix_name();
+        let location = Location::Posix(name.clone());
+        self.track_segment(location.clone());
+        let segment = Segment::builder(location)
+            .kind(kind)
+            .capacity(capacity)
+            .wait_strategy(WaitStrategy::Hybrid)
+            .create()
+            .unwrap_or_else(|e| panic!("create {kind:?} ring {name}: {e}"));
+        (segment, name.to_string())
+    }
+
+    /// Spawns `mpsc-peer produce` (the binary at `peer`) as producer `id` of the ring
+    /// `name`, publishing records `0..total`; `hang` is its `--hang-at SEQ --go PATH`.
+    pub fn spawn_mpsc_producer(
+        &self,
+        peer: &str,
+        name: &str,
+        id: usize,
+        total: u64,
+        hang: Option<(u64, &Path)>,
+    ) -> Proc {
+        let mut cmd = Command::new(peer);
+        cmd.args(["produce", name, "--id", &id.to_string(), "--total", &total.to_string()]);
+        if let Some((seq, go)) = hang {
+            cmd.args(["--hang-at", &seq.to_string(), "--go"]).arg(go);
+        }
+        self.spawn(&format!("producer-{id}"), &mut cmd)
     }
 
     /// A new POSIX name (`/shmring-t-<test>-<pid>-<n>`), not recorded: for tests that put
