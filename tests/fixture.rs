@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -525,6 +525,28 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// An open handle of `/proc/<pid>/stat`, to watch a process's scheduling state.
+#[derive(Debug)]
+pub struct ProcStat(fs::File);
+
+impl ProcStat {
+    /// Opens `/proc/<pid>/stat`.
+    #[track_caller]
+    pub fn open(pid: u32) -> Self {
+        ProcStat(fs::File::open(format!("/proc/{pid}/stat")).unwrap_or_else(|e| panic!("open /proc/{pid}/stat: {e}")))
+    }
+
+    /// The state letter (`R`, `S`, `T` for stopped, ...), re-read from offset 0: one
+    /// syscall. `None` once the process is gone.
+    pub fn state(&self) -> Option<u8> {
+        let mut buf = [0u8; 512];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        // `pid (comm) S ...`: the comm may hold anything, so look after its last ')'.
+        let close = buf[..n].iter().rposition(|&b| b == b')')?;
+        buf.get(close + 2).copied()
+    }
 }
 
 /// Calls `cond` until it returns true; panics naming `what` after `timeout`.

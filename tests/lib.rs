@@ -28,5 +28,7 @@ pub mod reliability;
 pub mod skip;
 pub mod stream;
 
-pub use fixture::{Backend, Finished, Fixture, ObjectStat, Proc, Summary, location_args, os_stat, seed, wait_until};
+pub use fixture::{
+    Backend, Finished, Fixture, ObjectStat, Proc, ProcStat, Summary, location_args, os_stat, seed, wait_until,
+};
 pub use progress::Progress;
