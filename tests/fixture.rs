@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use shm_core::{Location, Segment, SegmentName, SysvKey, UnlinkError};
+use shm_core::{Location, RingKind, Segment, SegmentName, SysvKey, UnlinkError, WaitStrategy};
 
 /// Where a segment lives, without its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -214,6 +214,39 @@ impl Fixture {
         };
         self.track_segment(location.clone());
         location
+    }
+
+    /// Creates a `kind` ring of `capacity` bytes (hybrid waits) on a new posix segment,
+    /// removed on drop; returns it and its name, for a peer's command line.
+    pub fn create_posix_ring(&self, kind: RingKind, capacity: u64) -> (Segment, String) {
+        let name = self.posix_name();
+        let location = Location::Posix(name.clone());
+        self.track_segment(location.clone());
+        let segment = Segment::builder(location)
+            .kind(kind)
+            .capacity(capacity)
+            .wait_strategy(WaitStrategy::Hybrid)
+            .create()
+            .unwrap_or_else(|e| panic!("create {kind:?} ring {name}: {e}"));
+        (segment, name.to_string())
+    }
+
+    /// Spawns `mpsc-peer produce` (the binary at `peer`) as producer `id` of the ring
+    /// `name`, publishing records `0..total`; `hang` is its `--hang-at SEQ --go PATH`.
+    pub fn spawn_mpsc_producer(
+        &self,
+        peer: &str,
+        name: &str,
+        id: usize,
+        total: u64,
+        hang: Option<(u64, &Path)>,
+    ) -> Proc {
+        let mut cmd = Command::new(peer);
+        cmd.args(["produce", name, "--id", &id.to_string(), "--total", &total.to_string()]);
+        if let Some((seq, go)) = hang {
+            cmd.args(["--hang-at", &seq.to_string(), "--go"]).arg(go);
+        }
+        self.spawn(&format!("producer-{id}"), &mut cmd)
     }
 
     /// A new POSIX name (`/shmring-t-<test>-<pid>-<n>`), not recorded: for tests that put
@@ -492,6 +525,28 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// An open handle of `/proc/<pid>/stat`, to watch a process's scheduling state.
+#[derive(Debug)]
+pub struct ProcStat(fs::File);
+
+impl ProcStat {
+    /// Opens `/proc/<pid>/stat`.
+    #[track_caller]
+    pub fn open(pid: u32) -> Self {
+        ProcStat(fs::File::open(format!("/proc/{pid}/stat")).unwrap_or_else(|e| panic!("open /proc/{pid}/stat: {e}")))
+    }
+
+    /// The state letter (`R`, `S`, `T` for stopped, ...), re-read from offset 0: one
+    /// syscall. `None` once the process is gone.
+    pub fn state(&self) -> Option<u8> {
+        let mut buf = [0u8; 512];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        // `pid (comm) S ...`: the comm may hold anything, so look after its last ')'.
+        let close = buf[..n].iter().rposition(|&b| b == b')')?;
+        buf.get(close + 2).copied()
+    }
 }
 
 /// Calls `cond` until it returns true; panics naming `what` after `timeout`.

@@ -12,6 +12,7 @@
 //! - [`reliability`]: the `RELIABILITY` line of the reliability tests.
 //! - [`skip`]: how a test that cannot run here says so visibly (and fails in CI).
 //! - [`forked`]: forking children in tests without the harness.
+//! - [`peer`]: what the `mpsc-peer`, `broadcast-peer` and `mpmc-peer` binaries share.
 //!
 //! The tests themselves are in `tests/`; the peer is `src/bin/ring-peer.rs`, which they
 //! find as `env!("CARGO_BIN_EXE_ring-peer")`.
@@ -20,11 +21,14 @@ pub mod daemons;
 pub mod fixture;
 pub mod forked;
 pub mod ledger;
+pub mod peer;
 pub mod progress;
 pub mod records;
 pub mod reliability;
 pub mod skip;
 pub mod stream;
 
-pub use fixture::{Backend, Finished, Fixture, ObjectStat, Proc, Summary, location_args, os_stat, seed, wait_until};
+pub use fixture::{
+    Backend, Finished, Fixture, ObjectStat, Proc, ProcStat, Summary, location_args, os_stat, seed, wait_until,
+};
 pub use progress::Progress;

@@ -16,23 +16,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use shm_core::{Liveness, Location, RingKind, Segment, WaitStrategy};
+use shm_core::{Liveness, RingKind};
 use shmring_tests::ledger::{Evidence, Figures};
-use shmring_tests::{Backend, Fixture, Proc, wait_until};
+use shmring_tests::{Fixture, Proc, wait_until};
 
 const PEER: &str = env!("CARGO_BIN_EXE_broadcast-peer");
-
-fn create(fx: &Fixture, capacity: u64) -> (Segment, String) {
-    let location = fx.location(Backend::Posix);
-    let segment = Segment::builder(location.clone())
-        .kind(RingKind::Broadcast)
-        .capacity(capacity)
-        .wait_strategy(WaitStrategy::Hybrid)
-        .create()
-        .expect("create");
-    let Location::Posix(name) = &location else { unreachable!("a posix location") };
-    (segment, name.to_string())
-}
 
 fn producer(fx: &Fixture, name: &str, total: u64) -> Proc {
     fx.spawn("producer", Command::new(PEER).args(["produce", name, "--total", &total.to_string()]))
@@ -59,7 +47,7 @@ fn records() -> u64 {
 #[test]
 fn one_producer_streams_a_million_records_to_two_consumer_processes() {
     let fx = Fixture::new("broadcast-stream");
-    let (segment, name) = create(&fx, 256 * 1024);
+    let (segment, name) = fx.create_posix_ring(RingKind::Broadcast, 256 * 1024);
     let total = records();
     let consumers = [consumer(&fx, &name, "recorder", total, None), consumer(&fx, &name, "live", total, None)];
     let producing = producer(&fx, &name, total);
@@ -110,7 +98,7 @@ fn read_ledger(path: &std::path::Path) -> (Vec<u64>, BTreeSet<u64>) {
 fn a_killed_consumer_does_not_hold_the_producer_back_and_returns_knowing_exactly_what_it_missed() {
     let fx = Fixture::new("broadcast-kill");
     let capacity = 64 * 1024;
-    let (segment, name) = create(&fx, capacity);
+    let (segment, name) = fx.create_posix_ring(RingKind::Broadcast, capacity);
     let total = 400_000;
     let ledger = fx.path("ledger");
     let steady = consumer(&fx, &name, "steady", total, None);

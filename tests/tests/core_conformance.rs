@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use shm_core::layout::HEADER_SIZE;
 use shm_core::{
-    AttachError, CreateError, FlushPolicy, Liveness, Location, OpenError, Role, Segment, SegmentBuilder, TryReadError,
-    UnlinkError,
+    AttachError, CreateError, FlushPolicy, Liveness, Location, OpenError, RingKind, Role, Segment, SegmentBuilder,
+    TryReadError, UnlinkError,
 };
 use shmring_tests::{Backend, Fixture, location_args, os_stat, wait_until};
 
@@ -217,11 +217,14 @@ fn one_producer_and_one_consumer_at_a_time(backend: Backend) {
 
 /// A role given up is free at once, even while another thread of the process spawns
 /// children: each child holds a copy of the lock's file description from its clone to
-/// its exec (close-on-exec), and an attach in that moment must not be refused.
+/// its exec (close-on-exec), and an attach in that moment must not be refused. For
+/// every kind's roles: spsc's producer and consumer, a broadcast consumer, an mpmc worker.
 fn a_role_given_up_is_free_again_while_threads_spawn(backend: Backend) {
-    const ATTACHES: usize = 3000;
+    const ATTACHES: usize = 6000;
     let fx = Fixture::new("role-free-while-spawning");
     let segment = builder(&fx.location(backend)).create().expect("create");
+    let broadcast = builder(&fx.location(backend)).kind(RingKind::Broadcast).create().expect("create broadcast");
+    let mpmc = builder(&fx.location(backend)).kind(RingKind::Mpmc).create().expect("create mpmc");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let refused = std::thread::scope(|s| {
         s.spawn(|| {
@@ -230,9 +233,15 @@ fn a_role_given_up_is_free_again_while_threads_spawn(backend: Backend) {
             }
         });
         let refused: Vec<String> = (0..ATTACHES)
-            .filter_map(|i| match i % 2 {
+            .filter_map(|i| match i % 4 {
                 0 => segment.producer().map(drop).err().map(|e| format!("producer {i}: {e}")),
-                _ => segment.consumer().map(drop).err().map(|e| format!("consumer {i}: {e}")),
+                1 => segment.consumer().map(drop).err().map(|e| format!("consumer {i}: {e}")),
+                2 => broadcast
+                    .broadcast_consumer("again")
+                    .map(drop)
+                    .err()
+                    .map(|e| format!("broadcast consumer {i}: {e}")),
+                _ => mpmc.mpmc_worker(0).map(drop).err().map(|e| format!("mpmc worker {i}: {e}")),
             })
             .collect();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);

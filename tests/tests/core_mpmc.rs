@@ -17,30 +17,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use shm_core::{Liveness, Location, RingKind, Segment, WaitStrategy};
+use shm_core::{Liveness, RingKind};
 use shmring_tests::ledger::{Evidence, Figures};
-use shmring_tests::{Backend, Fixture, Proc, wait_until};
+use shmring_tests::{Fixture, Proc, wait_until};
 
 const PRODUCER: &str = env!("CARGO_BIN_EXE_mpsc-peer");
 const WORKER: &str = env!("CARGO_BIN_EXE_mpmc-peer");
-
-fn create(fx: &Fixture, capacity: u64) -> (Segment, String) {
-    let location = fx.location(Backend::Posix);
-    let segment = Segment::builder(location.clone())
-        .kind(RingKind::Mpmc)
-        .capacity(capacity)
-        .wait_strategy(WaitStrategy::Hybrid)
-        .create()
-        .expect("create");
-    let Location::Posix(name) = &location else { unreachable!("a posix location") };
-    (segment, name.to_string())
-}
-
-fn producer(fx: &Fixture, name: &str, id: usize, total: u64) -> Proc {
-    let mut cmd = Command::new(PRODUCER);
-    cmd.args(["produce", name, "--id", &id.to_string(), "--total", &total.to_string()]);
-    fx.spawn(&format!("producer-{id}"), &mut cmd)
-}
 
 fn worker(fx: &Fixture, name: &str, id: usize, stop: &Path, hold_at: Option<u64>) -> (Proc, PathBuf) {
     let out = fx.path(&format!("worker-{id}.out"));
@@ -105,12 +87,12 @@ fn records() -> u64 {
 #[test]
 fn two_producers_and_two_worker_processes_share_a_million_records_each_once() {
     let fx = Fixture::new("mpmc-stream");
-    let (segment, name) = create(&fx, 256 * 1024);
+    let (segment, name) = fx.create_posix_ring(RingKind::Mpmc, 256 * 1024);
     let per = records() / 2;
     let stop = fx.path("stop");
     let workers: Vec<_> = (0..2).map(|id| worker(&fx, &name, id, &stop, None)).collect();
     let started = Instant::now();
-    let producing: Vec<Proc> = (0..2).map(|id| producer(&fx, &name, id, per)).collect();
+    let producing: Vec<Proc> = (0..2).map(|id| fx.spawn_mpsc_producer(PRODUCER, &name, id, per, None)).collect();
     for p in &producing {
         fx.wait(p, Duration::from_secs(300)).assert_success();
     }
@@ -136,11 +118,11 @@ fn two_producers_and_two_worker_processes_share_a_million_records_each_once() {
 #[test]
 fn a_worker_killed_holding_a_record_has_it_handed_to_the_other_worker() {
     let fx = Fixture::new("mpmc-kill");
-    let (segment, name) = create(&fx, 64 * 1024);
+    let (segment, name) = fx.create_posix_ring(RingKind::Mpmc, 64 * 1024);
     let (per, hold_at) = (50_000, 1_000);
     let stop = fx.path("stop");
     let (victim, victim_out) = worker(&fx, &name, 0, &stop, Some(hold_at));
-    let producing: Vec<Proc> = (0..2).map(|id| producer(&fx, &name, id, per)).collect();
+    let producing: Vec<Proc> = (0..2).map(|id| fx.spawn_mpsc_producer(PRODUCER, &name, id, per, None)).collect();
     wait_until(Duration::from_secs(60), "worker 0 holds a record", || fx.stdout_so_far(&victim).contains("holding="));
     let held = fx.stdout_so_far(&victim);
     fx.kill(&victim);

@@ -17,33 +17,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use shm_core::ring::mpsc::HeadClaim;
-use shm_core::{Liveness, Location, RingKind, Segment, WaitStrategy};
+use shm_core::{Liveness, RingKind};
 use shmring_tests::ledger::{Evidence, Figures};
-use shmring_tests::{Backend, Fixture, Proc, wait_until};
+use shmring_tests::{Fixture, Proc, wait_until};
 
 const PEER: &str = env!("CARGO_BIN_EXE_mpsc-peer");
-
-fn create(fx: &Fixture, capacity: u64) -> (Location, Segment, String) {
-    let location = fx.location(Backend::Posix);
-    let segment = Segment::builder(location.clone())
-        .kind(RingKind::Mpsc)
-        .capacity(capacity)
-        .wait_strategy(WaitStrategy::Hybrid)
-        .create()
-        .expect("create");
-    let Location::Posix(name) = &location else { unreachable!("a posix location") };
-    let name = name.to_string();
-    (location, segment, name)
-}
-
-fn producer(fx: &Fixture, name: &str, id: usize, total: u64, hang: Option<(u64, &std::path::Path)>) -> Proc {
-    let mut cmd = Command::new(PEER);
-    cmd.args(["produce", name, "--id", &id.to_string(), "--total", &total.to_string()]);
-    if let Some((seq, go)) = hang {
-        cmd.args(["--hang-at", &seq.to_string(), "--go"]).arg(go);
-    }
-    fx.spawn(&format!("producer-{id}"), &mut cmd)
-}
 
 fn consumer(fx: &Fixture, name: &str, expect: &[(usize, u64)]) -> Proc {
     let expect: Vec<String> = expect.iter().map(|(k, n)| format!("{k}:{n}")).collect();
@@ -75,10 +53,10 @@ fn records() -> u64 {
 #[test]
 fn three_producer_processes_stream_a_million_records_to_one_consumer() {
     let fx = Fixture::new("mpsc-stream");
-    let (_location, segment, name) = create(&fx, 256 * 1024);
+    let (segment, name) = fx.create_posix_ring(RingKind::Mpsc, 256 * 1024);
     let per = records() / 3;
     let consuming = consumer(&fx, &name, &[(0, per), (1, per), (2, per)]);
-    let producing: Vec<Proc> = (0..3).map(|id| producer(&fx, &name, id, per, None)).collect();
+    let producing: Vec<Proc> = (0..3).map(|id| fx.spawn_mpsc_producer(PEER, &name, id, per, None)).collect();
     let started = Instant::now();
     for p in &producing {
         fx.wait(p, Duration::from_secs(300)).assert_success();
@@ -96,15 +74,15 @@ fn three_producer_processes_stream_a_million_records_to_one_consumer() {
 #[test]
 fn a_producer_killed_between_claim_and_commit_leaves_a_hole_the_consumer_reclaims_and_counts() {
     let fx = Fixture::new("mpsc-kill");
-    let (_location, segment, name) = create(&fx, 64 * 1024);
+    let (segment, name) = fx.create_posix_ring(RingKind::Mpsc, 64 * 1024);
     let (streamed, hang_at) = (200_000, 1_000);
     let go = fx.path("never");
     let consuming = consumer(&fx, &name, &[(0, streamed), (1, hang_at)]);
-    let victim = producer(&fx, &name, 1, 2 * hang_at, Some((hang_at, &go)));
+    let victim = fx.spawn_mpsc_producer(PEER, &name, 1, 2 * hang_at, Some((hang_at, &go)));
     wait_until(Duration::from_secs(30), "producer 1 holds its claim", || {
         fx.stdout_so_far(&victim).contains(&format!("claimed={hang_at}"))
     });
-    let streaming = producer(&fx, &name, 0, streamed, None);
+    let streaming = fx.spawn_mpsc_producer(PEER, &name, 0, streamed, None);
     fx.kill(&victim);
     let streamed_all = fx.wait(&streaming, Duration::from_secs(120));
     let done = fx.wait(&consuming, Duration::from_secs(120));
@@ -133,17 +111,17 @@ fn a_producer_killed_between_claim_and_commit_leaves_a_hole_the_consumer_reclaim
 #[test]
 fn a_stopped_producer_is_waited_for_past_every_timeout_and_never_reclaimed() {
     let fx = Fixture::new("mpsc-stop");
-    let (_location, segment, name) = create(&fx, 64 * 1024);
+    let (segment, name) = fx.create_posix_ring(RingKind::Mpsc, 64 * 1024);
     let (streamed, hang_at, total) = (20_000, 500, 1_000);
     let go = fx.path("go");
     let consuming = consumer(&fx, &name, &[(0, streamed), (1, total)]);
-    let sleeper = producer(&fx, &name, 1, total, Some((hang_at, &go)));
+    let sleeper = fx.spawn_mpsc_producer(PEER, &name, 1, total, Some((hang_at, &go)));
     wait_until(Duration::from_secs(30), "producer 1 holds its claim", || {
         fx.stdout_so_far(&sleeper).contains(&format!("claimed={hang_at}"))
     });
     let pid = nix::unistd::Pid::from_raw(sleeper.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
-    let streaming = producer(&fx, &name, 0, streamed, None);
+    let streaming = fx.spawn_mpsc_producer(PEER, &name, 0, streamed, None);
     // Past every timeout of the ring: the hole check's rate limit (1 ms), the longest futex
     // sleep (100 ms), the hybrid spin, many times over.
     let stopped_for = Duration::from_secs(3);

@@ -20,7 +20,7 @@ use shm_core::Location;
 use shmring_tests::daemons::{Daemon, Kind, observe_when_created, segment_section};
 use shmring_tests::ledger::{Figures, GENERATOR_LEDGER_VAR, per_producer_evidence, read_ledger};
 use shmring_tests::reliability::report;
-use shmring_tests::{Backend, Fixture, wait_until};
+use shmring_tests::{Backend, Fixture, ProcStat, wait_until};
 
 /// The `[segment]` lines every daemon of these tests has: an mpsc ring of 256 KiB.
 fn mpsc_segment(location: &Location) -> String {
@@ -93,7 +93,8 @@ fn a_killed_generator_restarts_with_nothing_lost_or_duplicated_per_producer() {
     // The consumer stopped first, so the ring holds records of producer 1 it has not read
     // when the restarted producer 1 looks for its resume point.
     consumer.signal(&fx, Signal::SIGSTOP);
-    std::thread::sleep(Duration::from_millis(100));
+    let consumer_stat = ProcStat::open(consumer.pid());
+    wait_until(Duration::from_secs(30), "the consumer is stopped", || consumer_stat.state() == Some(b'T'));
     victim.kill(&fx);
     let before_kill = read_ledger(&ledgers[1]).len() as u64;
     let restarted = start(1, 0);

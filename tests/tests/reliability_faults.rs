@@ -55,7 +55,7 @@ use shmring_tests::daemons::{
 use shmring_tests::fixture::binary;
 use shmring_tests::ledger::{Evidence, Figures, GeneratorStream, stream_through};
 use shmring_tests::records::{self, Api, splitmix64};
-use shmring_tests::{Backend, Finished, Fixture, Proc, location_args, seed, wait_until};
+use shmring_tests::{Backend, Finished, Fixture, Proc, ProcStat, location_args, seed, wait_until};
 
 const PEER: &str = env!("CARGO_BIN_EXE_ring-peer");
 
@@ -118,20 +118,6 @@ fn ensure_ready(fx: &Fixture, daemon: &mut Daemon) {
     if !daemon.has_been_ready() {
         daemon.wait_for(fx, "READY=1");
     }
-}
-
-/// The state letter in `/proc/<pid>/stat` (`R`, `S`, `T`, ...), read through `stat`, an
-/// open handle of that file (re-read from offset 0: one syscall).
-fn proc_state(stat: &fs::File) -> Option<u8> {
-    let mut buf = [0u8; 512];
-    let n = stat.read_at(&mut buf, 0).ok()?;
-    // `pid (comm) S ...`: the comm may hold anything, so look after its last ')'.
-    let close = buf[..n].iter().rposition(|&b| b == b')')?;
-    buf.get(close + 2).copied()
-}
-
-fn open_proc_stat(pid: u32) -> fs::File {
-    fs::File::open(format!("/proc/{pid}/stat")).unwrap_or_else(|e| panic!("open /proc/{pid}/stat: {e}"))
 }
 
 #[test]
@@ -273,8 +259,8 @@ fn sigstop(victim: Kind) {
         Kind::Consumer => (&consumer, &consumer_launch),
     };
     stopped.signal(&fx, Signal::SIGSTOP);
-    let stat = open_proc_stat(stopped.pid());
-    wait_until(PATIENCE, "the process is stopped", || proc_state(&stat) == Some(b'T'));
+    let stat = ProcStat::open(stopped.pid());
+    wait_until(PATIENCE, "the process is stopped", || stat.state() == Some(b'T'));
     let at_stop = ring.stats();
     // Time is the point: stay stopped past every timeout there is.
     std::thread::sleep(STOP_FOR);
@@ -416,7 +402,7 @@ fn wakeup_storm(name: &str, count: u64, drop_wake_at: Option<u64>) -> Storm {
     wait_until(PATIENCE, "the consumer attaches", || {
         segment.participants().iter().any(|p| p.role == Some(Role::Consumer) && p.liveness == Liveness::Alive)
     });
-    let stat = open_proc_stat(consumer.pid());
+    let stat = ProcStat::open(consumer.pid());
 
     let started = Instant::now();
     let (mut acknowledged, mut max_latency, mut late_but_woken) = (Vec::new(), Duration::ZERO, 0u64);
@@ -435,7 +421,7 @@ fn wakeup_storm(name: &str, count: u64, drop_wake_at: Option<u64>) -> Storm {
         let deadline = Instant::now() + PATIENCE;
         while !(segment.stats().total_consumed == seq
             && consumer_announced_sleep(&segment_file)
-            && proc_state(&stat) == Some(b'S'))
+            && stat.state() == Some(b'S'))
         {
             check_alive(&mut polls, deadline, seq, "the consumer never slept again");
             std::hint::spin_loop();
@@ -454,7 +440,7 @@ fn wakeup_storm(name: &str, count: u64, drop_wake_at: Option<u64>) -> Storm {
             // between the two looks, long enough for the consumer to read the record
             // and fall asleep again.
             if !asleep_late && published.elapsed() > WAKE_BOUND {
-                asleep_late = proc_state(&stat) == Some(b'S') && segment.stats().total_consumed == seq;
+                asleep_late = stat.state() == Some(b'S') && segment.stats().total_consumed == seq;
                 if asleep_late {
                     asleep_past_bound.push(seq);
                 }

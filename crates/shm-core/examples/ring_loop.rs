@@ -9,7 +9,8 @@
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/ring_loop 100000
 //! ```
 //!
-//! A second argument `mpsc` runs the same loop through an mpsc ring with one producer.
+//! A second argument `mpsc` runs the same loop through an mpsc ring with one producer,
+//! `batch` through the spsc ring's batch calls.
 
 use std::hint::black_box;
 
@@ -21,70 +22,79 @@ const CHUNK: u64 = 16;
 
 fn main() {
     let n: u64 = std::env::args().nth(1).map_or(100_000, |a| a.parse().expect("a record count"));
-    let mode = std::env::args().nth(2);
-    if mode.as_deref() == Some("mpsc") {
-        return mpsc_loop(n);
-    }
-    let batch = mode.as_deref() == Some("batch");
-    let (mut producer, mut consumer) =
-        spsc_pair(64 * 1024, RECORD as u64, WaitStrategy::Spin).expect("valid heap ring geometry");
-    let mut record = [0x5au8; RECORD];
-    let mut seq = 0u64;
-    let mut expect = 0u64;
-    while seq < n {
-        if batch {
-            let mut b = producer.batch();
-            for _ in 0..CHUNK {
-                record[..8].copy_from_slice(&seq.to_le_bytes());
-                b.try_push(black_box(&record)).expect("room for a chunk");
-                seq += 1;
-            }
-            drop(b);
-            let got = consumer
-                .read_batch(CHUNK as usize, |r| {
-                    let s = u64::from_le_bytes(r.data[..8].try_into().expect("64-byte records"));
-                    assert_eq!(s, expect, "record out of sequence");
-                    expect += 1;
-                    Ok::<(), ()>(())
-                })
-                .expect("no corruption");
-            assert_eq!(got as u64, CHUNK);
-        } else {
-            for _ in 0..CHUNK {
-                record[..8].copy_from_slice(&seq.to_le_bytes());
-                producer.try_publish(black_box(&record)).expect("room for a chunk");
-                seq += 1;
-            }
-            for _ in 0..CHUNK {
-                let guard = consumer.try_read().expect("a record is there");
-                let s = u64::from_le_bytes(guard[..8].try_into().expect("64-byte records"));
-                assert_eq!(s, expect, "record out of sequence");
-                expect += 1;
-            }
+    let records = match std::env::args().nth(2).as_deref() {
+        Some("mpsc") => {
+            let ring = shm_core::ring::heap::MpscHeapRing::new(64 * 1024, RECORD as u64, WaitStrategy::Spin)
+                .expect("valid heap ring geometry");
+            let (mut producer, mut consumer) = (ring.producer(0), ring.consumer());
+            one_call_loop(
+                n,
+                |record| producer.try_publish(black_box(record)).expect("room for a chunk"),
+                || seq_of(&consumer.try_read().expect("a record is there")),
+            )
         }
-    }
-    println!("{expect} records");
+        Some("batch") => batch_loop(n),
+        _ => {
+            let (mut producer, mut consumer) =
+                spsc_pair(64 * 1024, RECORD as u64, WaitStrategy::Spin).expect("valid heap ring geometry");
+            one_call_loop(
+                n,
+                |record| producer.try_publish(black_box(record)).expect("room for a chunk"),
+                || seq_of(&consumer.try_read().expect("a record is there")),
+            )
+        }
+    };
+    println!("{records} records");
 }
 
-/// The one-call-each loop through an mpsc ring with one live producer.
-fn mpsc_loop(n: u64) {
-    let ring = shm_core::ring::heap::MpscHeapRing::new(64 * 1024, RECORD as u64, WaitStrategy::Spin)
-        .expect("valid heap ring geometry");
-    let (mut producer, mut consumer) = (ring.producer(0), ring.consumer());
+/// The sequence number a record starts with.
+fn seq_of(record: &[u8]) -> u64 {
+    u64::from_le_bytes(record[..8].try_into().expect("64-byte records"))
+}
+
+/// Publishes `CHUNK` records one `publish` call each, then reads them back one `read`
+/// call each (it returns the record's sequence number), `n` records in all; returns how
+/// many it read, each checked to be the next in sequence.
+fn one_call_loop(n: u64, mut publish: impl FnMut(&[u8]), mut read: impl FnMut() -> u64) -> u64 {
     let mut record = [0x5au8; RECORD];
     let (mut seq, mut expect) = (0u64, 0u64);
     while seq < n {
         for _ in 0..CHUNK {
             record[..8].copy_from_slice(&seq.to_le_bytes());
-            producer.try_publish(black_box(&record)).expect("room for a chunk");
+            publish(&record);
             seq += 1;
         }
         for _ in 0..CHUNK {
-            let guard = consumer.try_read().expect("a record is there");
-            let s = u64::from_le_bytes(guard[..8].try_into().expect("64-byte records"));
-            assert_eq!(s, expect, "record out of sequence");
+            assert_eq!(read(), expect, "record out of sequence");
             expect += 1;
         }
     }
-    println!("{expect} records");
+    expect
+}
+
+/// The spsc ring through its batch calls: `CHUNK` records per `Producer::batch` and per
+/// `Consumer::read_batch`.
+fn batch_loop(n: u64) -> u64 {
+    let (mut producer, mut consumer) =
+        spsc_pair(64 * 1024, RECORD as u64, WaitStrategy::Spin).expect("valid heap ring geometry");
+    let mut record = [0x5au8; RECORD];
+    let (mut seq, mut expect) = (0u64, 0u64);
+    while seq < n {
+        let mut b = producer.batch();
+        for _ in 0..CHUNK {
+            record[..8].copy_from_slice(&seq.to_le_bytes());
+            b.try_push(black_box(&record)).expect("room for a chunk");
+            seq += 1;
+        }
+        drop(b);
+        let got = consumer
+            .read_batch(CHUNK as usize, |r| {
+                assert_eq!(seq_of(r.data), expect, "record out of sequence");
+                expect += 1;
+                Ok::<(), ()>(())
+            })
+            .expect("no corruption");
+        assert_eq!(got as u64, CHUNK);
+    }
+    expect
 }

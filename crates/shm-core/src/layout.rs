@@ -439,6 +439,10 @@ pub struct MpmcWorkerSlot {
     pub acknowledged: AtomicU64,
     /// Records this worker received from a dead worker.
     pub redelivered: AtomicU64,
+    /// `1` once this id's worker detached cleanly (dropped its handle), `0` while one is
+    /// attached, and in a segment no worker of this id has left: an attach that finds the
+    /// lock still held waits out a spawning child's copy of it only after a clean detach.
+    pub detached: AtomicU64,
 }
 
 /// The fields only mpmc rings use (zero in every other kind).

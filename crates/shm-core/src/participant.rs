@@ -33,7 +33,9 @@
 //! another thread of its process is spawning a child (a daemon running a hook, a test
 //! harness running tests in parallel) leaves the lock held for that moment, with its
 //! slot already marked detached. An attach that finds a detached slot's lock held waits
-//! for it, up to `INHERITED_LOCK_PATIENCE`, rather than refusing a free role.
+//! for it, up to `INHERITED_LOCK_PATIENCE`, rather than refusing a free role: every kind's
+//! attach takes its lock through `take_role_lock`, told how that kind marks a clean detach
+//! (a participant slot's state; a broadcast consumer's cursor slot; an mpmc worker's line).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -236,6 +238,23 @@ pub(crate) fn holder_pid(slot: &ParticipantSlot) -> Option<u32> {
 /// descriptor table; the copy closes at the child's exec, being close-on-exec), which
 /// takes microseconds to a few milliseconds on a loaded machine.
 pub(crate) const INHERITED_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Takes role-lock byte `byte` through `lock` (a fresh open file description of the lock
+/// file), for every kind's roles. When the byte is held but `detached` says the role's
+/// last holder let it go cleanly, the lock is a copy inherited by a child being spawned
+/// (see [`INHERITED_LOCK_PATIENCE`]): wait for that copy to close, up to the patience.
+/// `Ok(false)`: a holder that has not detached holds it, or the copy outlived the patience.
+pub(crate) fn take_role_lock(lock: impl AsFd, byte: usize, detached: impl Fn() -> bool) -> nix::Result<bool> {
+    let lock = lock.as_fd();
+    let deadline = std::time::Instant::now() + INHERITED_LOCK_PATIENCE;
+    while !try_lock(lock, byte)? {
+        if !detached() || std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    Ok(true)
+}
 
 /// Whether the slot's last holder detached cleanly (its lock may still be held for a
 /// moment by a spawning child: see [`INHERITED_LOCK_PATIENCE`]; or already by a new

@@ -770,7 +770,7 @@ impl Segment {
         for _ in 0..BROADCAST_CONSUMERS {
             let (k, entry) = broadcast::find_slot(&refs, &name)
                 .ok_or(AttachError::NoConsumerSlot { location: location.clone(), max: BROADCAST_CONSUMERS })?;
-            let Some(lock) = self.try_lock_byte(BROADCAST_LOCK_BASE + k)? else {
+            let Some(lock) = self.try_lock_byte(BROADCAST_LOCK_BASE + k, || broadcast::slot_detached(&refs, k))? else {
                 match entry {
                     broadcast::Entry::Resume => {
                         let pid = Some(broadcast::slot_pid(&refs, k));
@@ -835,7 +835,8 @@ impl Segment {
         if id >= MPMC_WORKERS {
             return Err(AttachError::WorkerId { location: location.clone(), id, max: MPMC_WORKERS });
         }
-        let Some(lock) = self.try_lock_byte(MPMC_LOCK_BASE + id)? else {
+        let refs = self.ring_refs();
+        let Some(lock) = self.try_lock_byte(MPMC_LOCK_BASE + id, || mpmc::worker_detached(&refs, id))? else {
             return Err(AttachError::RoleTaken { location: location.clone(), role: Role::Consumer, pid: None });
         };
         let attachment = Attachment::lock_only(lock, self.inner.clone()).ok_or_else(|| AttachError::Io {
@@ -844,7 +845,7 @@ impl Segment {
             source: std::io::Error::other(format!("this process already holds {} roles", participant::MAX_HELD)),
         })?;
         mpmc::Worker::attach(
-            self.ring_refs(),
+            refs,
             id,
             self.inner.wait,
             self.producer_liveness(),
@@ -854,11 +855,16 @@ impl Segment {
         .map_err(|source| AttachError::Worker { location: location.clone(), source })
     }
 
-    /// Takes role-lock byte `byte` on a fresh open file description, without waiting:
-    /// `None` when a live process holds it.
-    fn try_lock_byte(&self, byte: usize) -> Result<Option<std::os::fd::OwnedFd>, AttachError> {
+    /// Takes role-lock byte `byte` on a fresh open file description: `None` when a live
+    /// process holds it. Held while `detached` says its last holder let it go, it waits
+    /// out a spawning child's copy (`participant::take_role_lock`).
+    fn try_lock_byte(
+        &self,
+        byte: usize,
+        detached: impl Fn() -> bool,
+    ) -> Result<Option<std::os::fd::OwnedFd>, AttachError> {
         let lock = self.lock_description(Role::Consumer)?;
-        let held = participant::try_lock(&lock, byte).map_err(|e| AttachError::Io {
+        let held = participant::take_role_lock(&lock, byte, detached).map_err(|e| AttachError::Io {
             location: self.inner.location.clone(),
             op: "fcntl(F_OFD_SETLK)",
             source: io_err(e),
@@ -1044,15 +1050,11 @@ impl Segment {
         let lock = self.lock_description(role)?;
         let io = |op| move |e| AttachError::Io { location: location.clone(), op, source: io_err(e) };
         let recorded = &self.header().participants[slot];
-        let deadline = Instant::now() + participant::INHERITED_LOCK_PATIENCE;
-        while !participant::try_lock(&lock, slot).map_err(io("fcntl(F_OFD_SETLK)"))? {
-            // Held, but its holder detached: a child that another thread of the holder's
-            // process is spawning keeps a copy of the lock until its exec. Wait that out.
-            if !participant::detached(recorded) || Instant::now() >= deadline {
-                let pid = participant::holder_pid(recorded);
-                return Err(AttachError::RoleTaken { location: location.clone(), role, pid });
-            }
-            std::thread::sleep(Duration::from_micros(200));
+        let taken = participant::take_role_lock(&lock, slot, || participant::detached(recorded))
+            .map_err(io("fcntl(F_OFD_SETLK)"))?;
+        if !taken {
+            let pid = participant::holder_pid(recorded);
+            return Err(AttachError::RoleTaken { location: location.clone(), role, pid });
         }
         let slot_ptr = NonNull::from(&self.header().participants[slot]);
         // SAFETY: the slot lies in the header of the mapping that `inner` keeps alive.

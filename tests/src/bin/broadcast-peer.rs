@@ -29,46 +29,11 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shm_core::{Location, ReadError, Segment};
-
-const USAGE: u8 = 64;
-const DATA: u8 = 65;
-const UNAVAILABLE: u8 = 69;
-const IO: u8 = 74;
+use shm_core::ReadError;
+use shmring_tests::peer::{self, DATA, IO, Outcome, UNAVAILABLE, number, open, option, required, required_number};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let outcome = match args.first().map(String::as_str) {
-        Some("produce") => produce(&args[1..]),
-        Some("consume") => consume(&args[1..]),
-        _ => Err((USAGE, "usage: broadcast-peer produce|consume <posix-name> ...".to_owned())),
-    };
-    match outcome {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err((code, message)) => {
-            eprintln!("broadcast-peer: {message}");
-            ExitCode::from(code)
-        }
-    }
-}
-
-type Outcome = Result<String, (u8, String)>;
-
-fn option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
-}
-
-fn number(args: &[String], name: &str) -> Result<Option<u64>, (u8, String)> {
-    option(args, name).map(|v| v.parse().map_err(|e| (USAGE, format!("{name} {v}: {e}")))).transpose()
-}
-
-fn open(args: &[String]) -> Result<Segment, (u8, String)> {
-    let name = args.first().ok_or((USAGE, "missing segment name".to_owned()))?;
-    let location = Location::posix(name).map_err(|e| (USAGE, e.to_string()))?;
-    Segment::builder(location).open().map_err(|e| (IO, e.to_string()))
+    peer::main("broadcast-peer", &[("produce", produce), ("consume", consume)])
 }
 
 /// The payload of record `seq`.
@@ -80,7 +45,7 @@ fn record(seq: u64) -> Vec<u8> {
 
 fn produce(args: &[String]) -> Outcome {
     let segment = open(args)?;
-    let total = number(args, "--total")?.ok_or((USAGE, "--total is required".to_owned()))?;
+    let total = required_number(args, "--total")?;
     let mut producer = segment.broadcast_producer().map_err(|e| (IO, e.to_string()))?;
     for seq in producer.records()..total {
         producer.publish(&record(seq), Some(Duration::from_secs(60))).map_err(|e| (UNAVAILABLE, e.to_string()))?;
@@ -96,8 +61,8 @@ fn last_in_ledger(path: &str) -> Option<u64> {
 
 fn consume(args: &[String]) -> Outcome {
     let segment = open(args)?;
-    let name = option(args, "--as").ok_or((USAGE, "--as is required".to_owned()))?;
-    let total = number(args, "--total")?.ok_or((USAGE, "--total is required".to_owned()))?;
+    let name = required(args, "--as")?;
+    let total = required_number(args, "--total")?;
     let silence = Duration::from_millis(number(args, "--timeout-ms")?.unwrap_or(30_000));
     let ledger_path = option(args, "--ledger");
     let already = ledger_path.and_then(last_in_ledger);

@@ -20,63 +20,30 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use shm_core::{Location, ReadError, Segment};
-
-const USAGE: u8 = 64;
-const DATA: u8 = 65;
-const IO: u8 = 74;
-
-type Outcome = Result<String, (u8, String)>;
+use shm_core::ReadError;
+use shmring_tests::peer::{
+    self, DATA, IO, Outcome, mpsc_record, mpsc_record_header, number, open, required, required_number,
+};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let outcome = match args.first().map(String::as_str) {
-        Some("work") => work(&args[1..]),
-        _ => Err((USAGE, "usage: mpmc-peer work <posix-name> ...".to_owned())),
-    };
-    match outcome {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err((code, message)) => {
-            eprintln!("mpmc-peer: {message}");
-            ExitCode::from(code)
-        }
-    }
-}
-
-fn option<'a>(args: &'a [String], name: &str) -> Result<&'a str, (u8, String)> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-        .ok_or((USAGE, format!("{name} is required")))
+    peer::main("mpmc-peer", &[("work", work)])
 }
 
 /// Checks a record against the `mpsc-peer` layout; returns `(producer, seq)`.
 fn check(data: &[u8]) -> Result<(u64, u64), String> {
-    let word = |i: usize| data.get(i..i + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
-    let (Some(seq), Some(id)) = (word(0), word(8)) else { return Err(format!("short record of {} bytes", data.len())) };
-    let filler = (seq + id) as u8;
-    if data.len() != 16 + (seq % 41) as usize || data[16..].iter().any(|&b| b != filler) {
+    let Some((seq, id)) = mpsc_record_header(data) else { return Err(format!("short record of {} bytes", data.len())) };
+    if *data != *mpsc_record(seq, id) {
         return Err(format!("torn record of producer {id}, seq {seq} ({} bytes)", data.len()));
     }
     Ok((id, seq))
 }
 
 fn work(args: &[String]) -> Outcome {
-    let name = args.first().ok_or((USAGE, "missing segment name".to_owned()))?;
-    let location = Location::posix(name).map_err(|e| (USAGE, e.to_string()))?;
-    let segment = Segment::builder(location).open().map_err(|e| (IO, e.to_string()))?;
-    let id: usize = option(args, "--id")?.parse().map_err(|e| (USAGE, format!("--id: {e}")))?;
-    let stop = std::path::PathBuf::from(option(args, "--stop")?);
-    let hold_at: Option<u64> = option(args, "--hold-at")
-        .ok()
-        .map(|v| v.parse())
-        .transpose()
-        .map_err(|e| (USAGE, format!("--hold-at: {e}")))?;
-    let out = std::fs::File::create(option(args, "--out")?).map_err(|e| (IO, e.to_string()))?;
+    let segment = open(args)?;
+    let id = required_number(args, "--id")? as usize;
+    let stop = std::path::PathBuf::from(required(args, "--stop")?);
+    let hold_at = number(args, "--hold-at")?;
+    let out = std::fs::File::create(required(args, "--out")?).map_err(|e| (IO, e.to_string()))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
     let mut worker = segment.mpmc_worker(id).map_err(|e| (IO, e.to_string()))?;
     let mut count = 0u64;

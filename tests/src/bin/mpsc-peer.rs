@@ -24,67 +24,25 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use shm_core::{Location, ReadError, Segment};
-
-const USAGE: u8 = 64;
-const DATA: u8 = 65;
-const UNAVAILABLE: u8 = 69;
-const IO: u8 = 74;
+use shm_core::ReadError;
+use shmring_tests::peer::{
+    self, DATA, Failure, IO, Outcome, UNAVAILABLE, USAGE, mpsc_record, number, open, option, required, required_number,
+};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let outcome = match args.first().map(String::as_str) {
-        Some("produce") => produce(&args[1..]),
-        Some("consume") => consume(&args[1..]),
-        _ => Err((USAGE, "usage: mpsc-peer produce|consume <posix-name> ...".to_owned())),
-    };
-    match outcome {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err((code, message)) => {
-            eprintln!("mpsc-peer: {message}");
-            ExitCode::from(code)
-        }
-    }
-}
-
-type Outcome = Result<String, (u8, String)>;
-
-fn option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
-}
-
-fn number(args: &[String], name: &str) -> Result<Option<u64>, (u8, String)> {
-    option(args, name).map(|v| v.parse().map_err(|e| (USAGE, format!("{name} {v}: {e}")))).transpose()
-}
-
-fn open(args: &[String]) -> Result<Segment, (u8, String)> {
-    let name = args.first().ok_or((USAGE, "missing segment name".to_owned()))?;
-    let location = Location::posix(name).map_err(|e| (USAGE, e.to_string()))?;
-    Segment::builder(location).open().map_err(|e| (IO, e.to_string()))
-}
-
-/// The payload of record `seq` of producer `id`.
-fn record(seq: u64, id: u64) -> Vec<u8> {
-    let mut r = Vec::with_capacity(16 + 41);
-    r.extend_from_slice(&seq.to_le_bytes());
-    r.extend_from_slice(&id.to_le_bytes());
-    r.resize(16 + (seq % 41) as usize, (seq + id) as u8);
-    r
+    peer::main("mpsc-peer", &[("produce", produce), ("consume", consume)])
 }
 
 fn produce(args: &[String]) -> Outcome {
     let segment = open(args)?;
-    let id = number(args, "--id")?.ok_or((USAGE, "--id is required".to_owned()))?;
-    let total = number(args, "--total")?.ok_or((USAGE, "--total is required".to_owned()))?;
+    let id = required_number(args, "--id")?;
+    let total = required_number(args, "--total")?;
     let hang_at = number(args, "--hang-at")?;
     let go = option(args, "--go");
     let mut producer = segment.mpsc_producer(id as usize).map_err(|e| (IO, e.to_string()))?;
     let timeout = Some(Duration::from_secs(30));
     for seq in 0..total {
-        let data = record(seq, id);
+        let data = mpsc_record(seq, id);
         let mut claim = producer.claim(data.len(), timeout).map_err(|e| (UNAVAILABLE, e.to_string()))?;
         if Some(seq) == hang_at {
             claim[..8].copy_from_slice(&data[..8]);
@@ -102,8 +60,7 @@ fn produce(args: &[String]) -> Outcome {
 
 fn consume(args: &[String]) -> Outcome {
     let segment = open(args)?;
-    let expect: Vec<(usize, u64)> = option(args, "--expect")
-        .ok_or((USAGE, "--expect is required".to_owned()))?
+    let expect: Vec<(usize, u64)> = required(args, "--expect")?
         .split(',')
         .map(|pair| {
             let (k, n) = pair.split_once(':').ok_or((USAGE, format!("--expect {pair}: want K:N")))?;
@@ -112,7 +69,7 @@ fn consume(args: &[String]) -> Outcome {
                 n.parse().map_err(|_| (USAGE, format!("bad count {n}")))?,
             ))
         })
-        .collect::<Result<_, (u8, String)>>()?;
+        .collect::<Result<_, Failure>>()?;
     let silence = Duration::from_millis(number(args, "--timeout-ms")?.unwrap_or(30_000));
     let mut next = [0u64; 16];
     let mut wanted = [0u64; 16];
@@ -135,7 +92,7 @@ fn consume(args: &[String]) -> Outcome {
         if seq >= wanted[k] {
             return Err((DATA, format!("producer {k}: record beyond the {} expected", wanted[k])));
         }
-        if *r != *record(seq, k as u64) {
+        if *r != *mpsc_record(seq, k as u64) {
             let got = r.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
             return Err((DATA, format!("producer {k}: expected record {seq}, got seq {got:?} ({} bytes)", r.len())));
         }

@@ -1038,6 +1038,13 @@ pub(crate) fn slot_pid(ring: &RingRefs, k: usize) -> u32 {
     slot_of(ring, k).pid.load(Ordering::Relaxed)
 }
 
+/// Whether slot `k`'s last consumer detached cleanly (its lock may still be held for a
+/// moment by a child being spawned: `participant::take_role_lock`).
+pub(crate) fn slot_detached(ring: &RingRefs, k: usize) -> bool {
+    // Acquire: pairs with the Release store of `SLOT_DETACHED` in `Consumer::drop`.
+    slot_of(ring, k).state.load(Ordering::Acquire) == SLOT_DETACHED
+}
+
 /// Whether slot `k` is still never-used (checked again under its lock).
 pub(crate) fn slot_unused(ring: &RingRefs, k: usize) -> bool {
     // Acquire: as in `find_slot`.

@@ -201,6 +201,7 @@ mod memory {
                 taken: z(),
                 acknowledged: z(),
                 redelivered: z(),
+                detached: z(),
             })
         };
         let mpmc = MpmcArea {

@@ -263,6 +263,9 @@ impl Worker {
         // Relaxed: display counters with one writer (this worker id), resumed.
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         slot.pid.store(u64::from(std::process::id()), Ordering::Relaxed);
+        // Relaxed: a hint for the next attacher of this id, which can only look while we
+        // hold the lock (then it refuses at once, as it should) or after we let it go.
+        slot.detached.store(0, Ordering::Relaxed);
         Ok(Worker {
             id,
             strategy,
@@ -815,6 +818,21 @@ impl Drop for Job<'_> {
             let _ = self.worker.acknowledge(t);
         }
     }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Release, before the role lock goes with `_attachment`: pairs with the Acquire
+        // load in `worker_detached`.
+        self.slot().detached.store(1, Ordering::Release);
+    }
+}
+
+/// Whether worker `id`'s last holder detached cleanly (its lock may still be held for a
+/// moment by a child being spawned: `participant::take_role_lock`).
+pub(crate) fn worker_detached(ring: &RingRefs, id: usize) -> bool {
+    // Acquire: pairs with the Release store in `Worker::drop`.
+    area(ring).workers.get(id).is_some_and(|w| w.0.detached.load(Ordering::Acquire) == 1)
 }
 
 /// One worker id's row, as [`crate::Segment::mpmc_status`] reports it.

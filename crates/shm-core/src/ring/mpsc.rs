@@ -321,8 +321,10 @@ pub(crate) struct ReleaseLedger {
 
 impl ReleaseLedger {
     /// The figures as of the read cursor `head` (loaded with Acquire by the caller): from
-    /// the release slot whose position equals it, however its writer died. `None` when no
-    /// slot matches (a corrupt segment): the figures then restart from zero.
+    /// the release slot whose position equals it, however its writer died; `false` when no
+    /// slot matches (a corrupt segment): the figures then restart from zero. Every reader
+    /// that resumes at a read cursor starts here, the spsc consumer too (a ring without
+    /// an mpsc area has no per-producer tallies: they stay zero).
     pub(crate) fn load(ring: &RingRefs, head: u64) -> (Self, bool) {
         let cursor = ring.cursor();
         let mut ledger =
@@ -334,7 +336,8 @@ impl ReleaseLedger {
                 let slot = &cursor.releases[i];
                 ledger.records = slot.records.load(Ordering::Relaxed);
                 ledger.bytes = slot.bytes.load(Ordering::Relaxed);
-                for (t, stored) in ledger.tallies.iter_mut().zip(&area(ring).ledgers[i].producers) {
+                let stored_tallies = ring.mpsc_area().map_or(&[][..], |area| &area.ledgers[i].producers[..]);
+                for (t, stored) in ledger.tallies.iter_mut().zip(stored_tallies) {
                     t.consumed = stored.consumed.load(Ordering::Relaxed);
                     t.unblocked = stored.unblocked.load(Ordering::Relaxed);
                 }

@@ -84,6 +84,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use super::frame::{self, FRAME_HEADER, PADDING, RESERVED_TYPES};
+use super::mpsc::ReleaseLedger;
 use super::wait::{LocalCounters, Waiting, sleep_unless_moved, stream_backoff, wake_sleeper};
 use super::{
     BatchError, ClaimError, Corruption, PublishHook, PublishStep, ReadError, RingRefs, TryClaimError, TryReadError,
@@ -658,22 +659,13 @@ impl Consumer {
         let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
         check_cursors(head, tail, ring.capacity)?;
         let mut counters = LocalCounters::load(&ring, &Counter::CONSUMER_SIDE);
-        let cursor = ring.cursor();
-        let mut flip = 0;
-        // As for the producer: the release slot of the current cursor is complete.
-        // Relaxed: ordered after the Acquire load of read_cursor above.
-        match current_slot(head, |i| cursor.releases[i].position.load(Ordering::Relaxed)) {
-            CurrentSlot::Empty => counters.set_exact(&[(Counter::TotalConsumed, 0), (Counter::BytesConsumed, 0)]),
-            CurrentSlot::Slot(i) => {
-                let slot = &cursor.releases[i];
-                counters.set_exact(&[
-                    (Counter::TotalConsumed, slot.records.load(Ordering::Relaxed)),
-                    (Counter::BytesConsumed, slot.bytes.load(Ordering::Relaxed)),
-                ]);
-                flip = i ^ 1;
-            }
-            CurrentSlot::Unknown => {}
+        // As for the producer: the release slot of the current cursor is complete. No slot
+        // matching (a damaged segment) keeps the counters as stored.
+        let (released, exact) = ReleaseLedger::load(&ring, head);
+        if exact {
+            counters.set_exact(&[(Counter::TotalConsumed, released.records), (Counter::BytesConsumed, released.bytes)]);
         }
+        let flip = released.flip;
         counters.store(&ring, Counter::TotalConsumed);
         counters.store(&ring, Counter::BytesConsumed);
         Ok(Consumer {
