@@ -17,6 +17,10 @@
 //!   pages, so the kernel may write back a read cursor that consumed a publish before
 //!   that publish's header sync lands; that copy has its reader ahead of its writer,
 //!   which opening reports as corruption (nothing stale is delivered).
+//! - `a_failed_msync_publishes_nothing_and_poisons_the_producer`: the library's fault
+//!   injection fails one `msync` of the flush policy (frames, cursor, or the freeing read
+//!   cursor); the publish or claim returns the error, a cursor over frames that did not
+//!   reach the disk is never stored, and the producer reports it at every later call.
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,7 +46,108 @@ fn publish(producer: &mut shm_core::Producer, seq: u64, max: usize) {
     let len = record_len(seq, max);
     let mut claim = producer.claim(len, Some(Duration::from_secs(20))).expect("claim");
     encode(seq, &mut claim[..len]);
-    claim.commit();
+    claim.commit().expect("msync");
+}
+
+#[test]
+fn a_failed_msync_publishes_nothing_and_poisons_the_producer() {
+    use shm_core::{ClaimError, FlushError, TryClaimError, TryReadError};
+    let fx = Fixture::new("durability-msync-fails");
+    let location = fx.location(Backend::File);
+    let segment = builder(&location).create().expect("create");
+    let eio = |e: &FlushError| e.errno == nix::errno::Errno::EIO;
+    let mut consumer = segment.consumer().expect("consumer");
+    let mut cases = 0;
+
+    // 1. The frames' msync fails: the cursor stays, nothing is delivered, the producer is poisoned.
+    let mut producer = segment.producer().expect("producer");
+    producer.publish(b"durable", None).expect("first publish");
+    let cursor = segment.stats().write_cursor;
+    segment.fail_msync_after(1);
+    let mut claim = producer.try_claim(5).expect("claim");
+    claim.copy_from_slice(b"lost!");
+    let failure = claim.commit().expect_err("a failed msync of the frames must fail the commit");
+    assert!(eio(&failure) && failure.start >= HEADER_SIZE, "the frames' msync: {failure:?}");
+    assert_eq!(segment.stats().write_cursor, cursor, "the cursor moved over frames that are not on disk");
+    assert_eq!(&*consumer.try_read().expect("the durable record"), b"durable");
+    assert_eq!(consumer.try_read().unwrap_err(), TryReadError::Empty, "an unsynced record was delivered");
+    assert!(matches!(producer.publish(b"x", None), Err(ClaimError::Flush(ref e)) if *e == failure), "not poisoned");
+    assert!(matches!(producer.try_claim(1), Err(TryClaimError::Flush(_))), "not poisoned");
+    assert_eq!(producer.flush_failure(), Some(&failure));
+    assert_eq!(segment.stats().write_cursor, cursor, "a poisoned producer published");
+    cases += 1;
+
+    // 2. The cursor's msync fails: the record is visible but not known durable, and the
+    //    publish says so. A successor resumes after it.
+    drop(producer);
+    let mut producer = segment.producer().expect("a successor");
+    segment.fail_msync_after(2);
+    let failure = producer.publish(b"visible", None).expect_err("a failed msync of the cursor must fail the publish");
+    assert!(matches!(failure, ClaimError::Flush(ref e) if eio(e) && e.start == 0), "the header's msync: {failure:?}");
+    assert_eq!(&*consumer.try_read().expect("published in memory"), b"visible");
+    assert!(matches!(producer.try_publish(b"x"), Err(TryClaimError::Flush(_))), "not poisoned");
+    cases += 1;
+
+    // 3. The freeing read cursor's msync fails before freed space is reused: no claim.
+    drop(producer);
+    consumer.release_read();
+    let mut producer = segment.producer().expect("a successor");
+    while producer.try_publish(&[7; 512]).is_ok() {}
+    while consumer.try_read().is_ok() {}
+    consumer.release_read();
+    let cursor = segment.stats().write_cursor;
+    segment.fail_msync_after(1);
+    let failure = producer.try_claim(512).map(|_| ()).expect_err("reuse of space the file still holds as unread");
+    assert!(matches!(failure, TryClaimError::Flush(ref e) if eio(e) && e.start == 0), "read cursor: {failure:?}");
+    assert_eq!(segment.stats().write_cursor, cursor);
+    assert!(matches!(producer.batch().try_push(b"x"), Err(TryClaimError::Flush(_))), "a batch bypassed the poison");
+    cases += 1;
+
+    // After the fault, a new producer publishes durably again.
+    drop(producer);
+    let mut producer = segment.producer().expect("a successor");
+    producer.publish(b"again", None).expect("publish after the fault");
+    assert_eq!(&*consumer.try_read().expect("delivered"), b"again");
+
+    shmring_tests::reliability::report(
+        "file_msync_failure",
+        "one msync of flush = sync fails (EIO by fault injection): of the frames, of the cursor, of the freeing read cursor",
+        cases,
+        "pass: the error is returned, no cursor covers frames that were not synced, the producer stays poisoned",
+        &shmring_tests::ledger::Figures::NotCounted("each case asserts the cursor and what the consumer reads"),
+        json!({ "cases": cases }),
+    );
+}
+
+/// Only the spsc producer runs the flush policy: every other kind refuses it, at create
+/// and at a producer's attach, rather than ignore it.
+#[test]
+fn a_flush_policy_is_refused_on_rings_that_cannot_honour_it() {
+    use shm_core::{AttachError, CreateError, RingKind};
+    let fx = Fixture::new("durability-kinds");
+    let mut refused = Vec::new();
+    for kind in [RingKind::Mpsc, RingKind::Broadcast, RingKind::Mpmc] {
+        let location = fx.location(Backend::File);
+        match builder(&location).kind(kind).create() {
+            Err(CreateError::InvalidOptions { reason, .. }) if reason.contains(kind.name()) => {}
+            other => panic!("{} ring with flush = sync: created ({:?})", kind.name(), other.map(|_| ())),
+        }
+        Segment::builder(location.clone())
+            .capacity(CAPACITY)
+            .kind(kind)
+            .create()
+            .expect("create without a flush policy");
+        let segment = builder(&location).open().expect("open with a flush policy");
+        let attached = match kind {
+            RingKind::Broadcast => segment.broadcast_producer().map(|_| ()),
+            _ => segment.mpsc_producer(0).map(|_| ()),
+        };
+        match attached {
+            Err(AttachError::FlushUnsupported { kind: found, .. }) if found == kind.name() => refused.push(kind.name()),
+            other => panic!("{} producer with flush = sync: {other:?}", kind.name()),
+        }
+    }
+    assert_eq!(refused, ["mpsc", "broadcast", "mpmc"]);
 }
 
 #[test]

@@ -1389,6 +1389,7 @@ fn claim_error(e: TryClaimError) -> ClaimError {
     match e {
         TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
         TryClaimError::Corrupt(c) => ClaimError::Corrupt(c),
+        TryClaimError::Flush(e) => ClaimError::Flush(e),
         TryClaimError::Full => ClaimError::TimedOut(Duration::ZERO),
     }
 }
