@@ -12,18 +12,22 @@
 //!   consumer stream through a 4 KiB ring, the shadow is copied at random instants;
 //!   each copy is opened as a file segment and every record between its cursors must
 //!   be whole (checksum, length) and in sequence. Any copy that is not is a power loss
-//!   that would have left stale frames under a cursor. One thing the order cannot
-//!   prevent is counted apart: the read cursor and the write cursor are on different
-//!   pages, so the kernel may write back a read cursor that consumed a publish before
-//!   that publish's header sync lands; that copy has its reader ahead of its writer,
-//!   which opening reports as corruption (nothing stale is delivered).
+//!   that would have left stale frames under a cursor. Before each copy the test notes
+//!   where the last publish that had returned ended (the producer's own ledger, not the
+//!   segment's counters): the copy's write cursor must reach it, so every acknowledged
+//!   record is in the copy or below its read cursor (consumed). One thing the order
+//!   cannot prevent is counted apart: the read cursor and the write cursor are on
+//!   different pages, so the kernel may write back a read cursor that consumed a publish
+//!   before that publish's header sync lands; that copy has its reader ahead of its
+//!   writer, which opening reports as corruption (nothing stale is delivered, and the
+//!   acknowledged records are still covered: they were all consumed).
 //! - `a_failed_msync_publishes_nothing_and_poisons_the_producer`: the library's fault
 //!   injection fails one `msync` of the flush policy (frames, cursor, or the freeing read
 //!   cursor); the publish or claim returns the error, a cursor over frames that did not
 //!   reach the disk is never stored, and the producer reports it at every later call.
 
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -42,11 +46,14 @@ fn builder(location: &Location) -> shm_core::SegmentBuilder {
     Segment::builder(location.clone()).capacity(CAPACITY).flush(FlushPolicy::Sync)
 }
 
-fn publish(producer: &mut shm_core::Producer, seq: u64, max: usize) {
+/// Publishes record `seq`; returns the ring position where it ends.
+fn publish(producer: &mut shm_core::Producer, seq: u64, max: usize) -> u64 {
     let len = record_len(seq, max);
     let mut claim = producer.claim(len, Some(Duration::from_secs(20))).expect("claim");
     encode(seq, &mut claim[..len]);
+    let end = claim.position() + shm_core::ring::frame::framed_len_u32(len as u32);
     claim.commit().expect("msync");
+    end
 }
 
 #[test]
@@ -194,15 +201,16 @@ struct Disk {
 }
 
 impl Disk {
-    /// Copies bytes `range` of the live file onto the disk.
+    /// Copies bytes `range` of the live file onto the disk. Read under the lock, as the
+    /// kernel writes a page back once at a time: an older read of a page never lands
+    /// after a newer one (which would move a cursor on the disk backwards).
     fn write_back(&self, range: std::ops::Range<usize>) {
-        let mut buf = vec![0u8; range.len()];
-        self.file.read_exact_at(&mut buf, range.start as u64).expect("read the file");
-        self.image.lock().unwrap()[range].copy_from_slice(&buf);
+        let mut image = self.image.lock().unwrap();
+        self.file.read_exact_at(&mut image[range.clone()], range.start as u64).expect("read the file");
     }
 }
 
-/// What a copy of the disk holds.
+/// What a copy of the disk holds (its write cursor is checked apart).
 enum Copy {
     /// Every record between its cursors is whole and in sequence: this many.
     Consistent(usize),
@@ -214,12 +222,19 @@ enum Copy {
 }
 
 /// What the ring in `image` (written to `path`) holds; `Err` says how it is broken.
-fn inspect(image: &[u8], path: &std::path::Path) -> Result<Copy, String> {
+/// `acknowledged`: where the last publish that had returned before the copy ended.
+fn inspect(image: &[u8], path: &std::path::Path, acknowledged: u64) -> Result<Copy, String> {
     std::fs::write(path, image).map_err(|e| e.to_string())?;
     let location = Location::File(path.to_owned());
     let segment = Segment::builder(location).read_only().expected_owner(None).open().map_err(|e| e.to_string())?;
     let max = segment.geometry().max_record as usize;
     let stats = segment.stats();
+    if stats.write_cursor < acknowledged {
+        return Err(format!(
+            "acknowledged records lost: write cursor {} short of the last acknowledged end {acknowledged}",
+            stats.write_cursor
+        ));
+    }
     if stats.read_cursor > stats.write_cursor && stats.read_cursor - stats.write_cursor <= CAPACITY {
         return match segment.peek(usize::MAX) {
             Err(_) => Ok(Copy::ReaderAhead),
@@ -276,6 +291,8 @@ fn copies_of_the_disk_at_random_instants_are_consistent_rings() {
         rng
     };
     let (mut checked, mut records_seen, mut reader_ahead, mut bad) = (0u64, 0usize, 0u64, Vec::new());
+    // The producer's ledger: where its last returned publish ended.
+    let acknowledged = AtomicU64::new(0);
     let started = Instant::now();
     std::thread::scope(|s| {
         let producer = s.spawn(|| {
@@ -283,7 +300,9 @@ fn copies_of_the_disk_at_random_instants_are_consistent_rings() {
             let max = segment.geometry().max_record as usize;
             let mut seq = 0;
             while !stop.load(Ordering::Relaxed) {
-                publish(&mut producer, seq, max);
+                let end = publish(&mut producer, seq, max);
+                // Release: the copy that sees it is taken after the publish returned.
+                acknowledged.store(end, Ordering::Release);
                 seq += 1;
             }
             seq
@@ -314,8 +333,10 @@ fn copies_of_the_disk_at_random_instants_are_consistent_rings() {
                 disk.write_back(page..page + PAGE);
             }
             std::thread::sleep(Duration::from_micros(next() % 300));
+            // Acquire: pairs with the producer's Release store after its publish returned.
+            let acked = acknowledged.load(Ordering::Acquire);
             let image = disk.image.lock().unwrap().clone();
-            match inspect(&image, &copy) {
+            match inspect(&image, &copy, acked) {
                 Ok(Copy::Consistent(n)) => records_seen += n,
                 Ok(Copy::ReaderAhead) => reader_ahead += 1,
                 Err(e) => bad.push(e),
@@ -334,12 +355,14 @@ fn copies_of_the_disk_at_random_instants_are_consistent_rings() {
         checked,
         &if bad.is_empty() {
             format!(
-                "pass: no copy had a cursor over a stale or torn frame ({reader_ahead} had the reader ahead of the writer, refused at open)"
+                "pass: no copy had a cursor over a stale or torn frame, every copy's write cursor covered every acknowledged record ({reader_ahead} had the reader ahead of the writer, refused at open)"
             )
         } else {
-            "failed: a cursor covered stale or torn frames".to_owned()
+            "failed: a cursor covered stale or torn frames, or acknowledged records were not covered".to_owned()
         },
-        &shmring_tests::ledger::Figures::NotCounted("each copy is checked for cursors over stale or torn frames"),
+        &shmring_tests::ledger::Figures::NotCounted(
+            "each copy is checked for cursors over stale or torn frames, and against the producer's last acknowledged position",
+        ),
         json!({ "copies_checked": checked, "stale_or_torn": bad.len(), "reader_ahead_refused": reader_ahead, "records_checked": records_seen, "seconds": started.elapsed().as_secs_f64().round() }),
     );
     bad.sort();

@@ -45,9 +45,19 @@ pub const DEFAULT_CAPACITY: u64 = 16 << 20;
 ///   stores the write cursor, then `msync`s the header that holds it, before it returns;
 ///   and before the producer overwrites space the consumer freed, it `msync`s the
 ///   header holding the read cursor that freed it. So at every instant the file's
-///   cursors cover only frames whose bytes are on disk: after a power loss the file
-///   opens as a consistent ring holding every record whose publish returned, possibly
-///   minus records the consumer released (and possibly a few it had already read, again).
+///   cursors cover only frames whose bytes are on disk, and its write cursor covers
+///   every record whose publish returned. After a power loss the file holds every such
+///   record that the consumer had not released (and possibly a few it had read but not
+///   released, again), every frame under its cursors whole. One window needs repair:
+///   the consumer's read cursor is on another page than the write cursor, and the
+///   kernel may write that page back on its own; if it does after the consumer read a
+///   publish whose header `msync` had not finished yet, the file has its read cursor
+///   ahead of its write cursor (by at most that publish's records, all of them
+///   consumed). Such a file is refused at attach as [`crate::Corruption`] (reader ahead
+///   of writer): nothing stale is delivered and nothing acknowledged is missing, but
+///   it does not open as a ring until its write cursor is set to its read cursor by
+///   hand. The test `file_durability_copies` (a modelled disk copied at random
+///   instants) shows each of these, and how often the window was seen.
 /// - [`FlushPolicy::Interval`]: the same data-then-cursor order, but only at the first
 ///   publish after each interval. Between those, the kernel may write the header (with
 ///   a newer write cursor) back before the frames it covers: after a power loss the
@@ -72,7 +82,9 @@ pub enum FlushPolicy {
     /// long has passed since the last one (not crash-consistent in between; see above).
     Interval(Duration),
     /// `msync(MS_SYNC)` of each publish's frames, then of the cursor, before the publish
-    /// returns: the file is a consistent ring after a power loss at any instant.
+    /// returns: after a power loss at any instant the file's cursors cover every record
+    /// whose publish returned and only whole frames (see above for the one window in
+    /// which the read cursor can be ahead).
     Sync,
 }
 
