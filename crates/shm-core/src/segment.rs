@@ -53,8 +53,9 @@ pub const DEFAULT_CAPACITY: u64 = 16 << 20;
 ///   kernel may write that page back on its own; if it does after the consumer read a
 ///   publish whose header `msync` had not finished yet, the file has its read cursor
 ///   ahead of its write cursor (by at most that publish's records, all of them
-///   consumed). Such a file is refused at attach as [`crate::Corruption`] (reader ahead
-///   of writer): nothing stale is delivered and nothing acknowledged is missing, but
+///   consumed). Such a file is refused as [`crate::Corruption`] (reader ahead of writer)
+///   by the cursor check of `peek` and of every attach: nothing stale is delivered and
+///   nothing acknowledged is missing, but
 ///   it does not open as a ring until its write cursor is set to its read cursor by
 ///   hand. The test `file_durability_copies` (a modelled disk copied at random
 ///   instants) shows each of these, and how often the window was seen.
