@@ -1569,6 +1569,38 @@ mod tests {
         assert!(read_all(&mut c, true).is_empty());
     }
 
+    /// A sink or a durability hook that panics, caught by a caller that keeps the
+    /// consumer: the drop guard puts the position, counters and ledger back, so nothing
+    /// the hook did not see is released and the records come again, counted once.
+    #[test]
+    fn a_panicking_sink_or_hook_releases_nothing_the_hook_did_not_see() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let ring = ring(4096);
+        let (mut a, mut b, mut c) = (ring.producer(0), ring.producer(1), ring.consumer());
+        a.try_publish(&[0]).unwrap();
+        b.try_publish(&[1]).unwrap();
+        a.try_publish(&[2]).unwrap();
+        let sink_panics = catch_unwind(AssertUnwindSafe(|| {
+            c.read_batch_durable(10, |r| if r.data[0] == 1 { panic!("sink") } else { Ok::<(), ()>(()) }, |_| Ok(()))
+        }));
+        assert!(sink_panics.is_err());
+        let hook_panics =
+            catch_unwind(AssertUnwindSafe(|| c.read_batch_durable(10, |_| Ok::<(), ()>(()), |_| panic!("hook"))));
+        assert!(hook_panics.is_err());
+        // Relaxed: this thread stored it, if anyone did.
+        let released = c.ring.cursor().read_cursor.load(Ordering::Relaxed);
+        assert_eq!((released, c.consumed(0), c.consumed(1)), (0, 0, 0), "released after a panic");
+        b.try_publish(&[3]).unwrap();
+        let mut got = Vec::new();
+        let sink = |r: Record<'_>| -> Result<(), ()> {
+            got.push((r.producer, r.data[0]));
+            Ok(())
+        };
+        assert!(matches!(c.read_batch_durable(10, sink, |_| Ok(())), Ok(4)));
+        assert_eq!(got, [(0, 0), (1, 1), (0, 2), (1, 3)], "every record the hook did not see comes again");
+        assert_eq!((c.consumed(0), c.consumed(1)), (2, 2), "counted once");
+    }
+
     /// A producer stalled in its claim at the head while another claims behind it, as
     /// the consumer sleeps: the claim cursor moves, but nothing was committed and no
     /// wake-up was owed, so no missed wake-up may be counted.
