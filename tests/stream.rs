@@ -144,7 +144,7 @@ pub fn produce(segment: &Segment, producer: &mut Producer, opts: &Options) -> Re
                 let mut claim = producer.claim(len, timeout)?;
                 records::encode(seq, &mut claim);
                 claim.set_record_type(api.record_type());
-                claim.commit();
+                claim.commit().map_err(ClaimError::from)?;
                 seq += 1;
             }
             Api::ClaimLen => {
@@ -153,7 +153,7 @@ pub fn produce(segment: &Segment, producer: &mut Producer, opts: &Options) -> Re
                 let mut claim = producer.claim(len.max(DATAGRAM.min(max)), timeout)?;
                 records::encode(seq, &mut claim[..len]);
                 claim.set_record_type(api.record_type());
-                claim.commit_len(len);
+                claim.commit_len(len).map_err(ClaimError::from)?;
                 seq += 1;
             }
             Api::Batch => {
@@ -171,10 +171,10 @@ pub fn produce(segment: &Segment, producer: &mut Producer, opts: &Options) -> Re
                     };
                     records::encode(seq, &mut claim);
                     claim.set_record_type(api.record_type());
-                    claim.commit();
+                    claim.commit().map_err(ClaimError::from)?;
                     seq += 1;
                 }
-                batch.publish();
+                batch.publish().map_err(ClaimError::from)?;
             }
         }
         opts.done_below(seq);

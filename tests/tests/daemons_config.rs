@@ -237,6 +237,19 @@ fn config_ring_kind_producer_id_and_consumer_name_name_the_key_and_line() {
     assert_all_refused(&fx, &location, &cases);
 }
 
+/// A flush policy works for spsc rings only: on an mpsc ring it would be ignored.
+#[test]
+fn config_flush_on_an_mpsc_ring_names_the_key_and_the_kind() {
+    let fx = Fixture::new("cfg-flush-kind");
+    let location = fx.location(Backend::File);
+    let section = segment_section(&location, &["kind = \"mpsc\"", "flush = \"sync\""]);
+    let cases = [
+        refused(Kind::Producer, format!("{section}[source]\nproducer_id = 0\n"), &["segment.flush", "line 5", "mpsc"]),
+        refused(Kind::Consumer, format!("{section}[sink]\nkind = \"discard\"\n"), &["segment.flush", "line 5", "mpsc"]),
+    ];
+    assert_all_refused(&fx, &location, &cases);
+}
+
 #[test]
 fn a_segment_of_another_kind_is_refused_with_78_naming_the_key_and_both_kinds() {
     let fx = Fixture::new("cfg-wrong-kind");

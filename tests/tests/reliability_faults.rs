@@ -343,7 +343,7 @@ fn publish_one(producer: &mut shm_core::Producer, seq: u64, max: usize) {
         .unwrap_or_else(|e| panic!("claim record {seq}: {e}"));
     records::encode(seq, &mut claim);
     claim.set_record_type(Api::for_seq(seq).record_type());
-    claim.commit();
+    claim.commit().expect("no flush policy");
 }
 
 /// What a wake-up storm saw.

@@ -205,7 +205,7 @@ impl RingProducer {
                 let mut claim = p.claim(room, timeout)?;
                 let (commit, out) = fill(&mut claim);
                 if let Some(n) = commit {
-                    claim.commit_len(n);
+                    claim.commit_len(n)?;
                 }
                 Ok(out)
             }
@@ -393,8 +393,8 @@ impl GeneratorTarget for SpscTarget<'_> {
         if self.crash.at == Some(self.crash.filled) {
             kill_this_process_unpublished(filled.written);
         }
-        drop(batch);
-        // The batch was published as it was dropped, on the line above.
+        // A failed msync of the flush policy publishes none of it (exit 74).
+        batch.publish().context("generator: publishing a batch")?;
         if filled.written > 0 {
             self.guard.published(filled.end, filled.last_len);
         }
@@ -404,7 +404,8 @@ impl GeneratorTarget for SpscTarget<'_> {
     fn wait_for_space(&mut self, len: usize) -> Result<()> {
         match self.producer.wait_for_space(len, Some(STEP)) {
             Ok(()) | Err(ClaimError::TimedOut(_)) => Ok(()),
-            Err(e) => bail!("generator: {e}"),
+            // Kept whole (not formatted), so that the exit code sees a flush failure.
+            Err(e) => Err(anyhow::Error::new(e).context("generator")),
         }
     }
 
@@ -597,7 +598,7 @@ fn fill_batch(
                 filled.last_len = filled.next_size;
                 // An spsc ring has one producer: id 0.
                 record::encode(&mut claim, 0, *seq, record::monotonic_ns());
-                claim.commit();
+                claim.commit()?; // In a batch: local, never fails.
                 *seq += 1;
                 filled.written += 1;
                 filled.next_size = sizes.next();
@@ -606,7 +607,7 @@ fn fill_batch(
                 filled.full = true;
                 break;
             }
-            Err(e) => bail!("generator: {e}"),
+            Err(e) => return Err(anyhow::Error::new(e).context("generator")),
         }
     }
     Ok(filled)
@@ -637,7 +638,7 @@ fn commit_waiting(producer: &mut RingProducer, data: &[u8], shared: &Shared) -> 
                 shared.source_errors.fetch_add(1, Ordering::Relaxed);
                 return Ok(true);
             }
-            Err(e) => bail!("{e}"),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -828,7 +829,7 @@ fn receive_datagrams(producer: &mut RingProducer, sock: std::os::fd::BorrowedFd<
         let received = match received {
             Ok(r) => r,
             Err(ClaimError::TimedOut(_)) => continue,
-            Err(e) => bail!("{e}"),
+            Err(e) => return Err(e.into()),
         };
         match received {
             Ok(n) if n <= room => {

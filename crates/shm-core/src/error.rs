@@ -273,6 +273,15 @@ pub enum AttachError {
         /// What is pending.
         source: crate::ring::mpmc::WorkerAttachError,
     },
+    /// A flush policy was asked of a ring whose producers cannot honour it (only the
+    /// spsc producer makes its records durable; see [`crate::FlushPolicy`]).
+    #[error("{location}: a flush policy applies to spsc rings only, and this ring is {kind}")]
+    FlushUnsupported {
+        /// The segment.
+        location: Location,
+        /// The ring's kind.
+        kind: &'static str,
+    },
     /// The ring's cursors are impossible.
     #[error("{location}")]
     Corrupt {

@@ -48,7 +48,7 @@
 //! let mut producer = segment.producer()?;
 //! let mut claim = producer.try_claim(5)?;   // zero-copy: write in place
 //! claim.copy_from_slice(b"hello");
-//! claim.commit();
+//! claim.commit()?;                           // Err only from a file segment's flush policy
 //! producer.publish(b"world", Some(Duration::from_secs(1)))?; // or copy in, waiting for space
 //!
 //! let mut consumer = segment.consumer()?;
@@ -92,7 +92,7 @@ pub use layout::{HeaderError, RingKind};
 pub use name::{Location, NameError, SegmentName, SysvKey};
 pub use participant::{Liveness, Participant, Role};
 pub use ring::spsc::{Batch, Claim, Consumer, PeekedRecord, Producer, ReadGuard, Record};
-pub use ring::{BatchError, ClaimError, Corruption, ReadError, TryClaimError, TryReadError, WaitStrategy};
+pub use ring::{BatchError, ClaimError, Corruption, FlushError, ReadError, TryClaimError, TryReadError, WaitStrategy};
 pub use segment::{
     BroadcastConsumerStatus, FlushPolicy, MpmcStatus, MpmcWorkerStatus, MpscProducerStatus, MpscStatus, Segment,
     SegmentBuilder, SegmentInfo, SysvStat,

@@ -25,7 +25,7 @@ use crate::name::Location;
 use crate::participant::{self, Attachment, Liveness, Participant, Role};
 use crate::placement::{self, HugePages};
 use crate::ring::spsc::{Consumer, Producer};
-use crate::ring::{PublishHook, PublishStep, RingRefs, WaitStrategy};
+use crate::ring::{FlushError, PublishHook, PublishStep, RingRefs, WaitStrategy};
 use crate::ring::{broadcast, mpmc, mpsc};
 use crate::stats::StatsSnapshot;
 
@@ -45,9 +45,20 @@ pub const DEFAULT_CAPACITY: u64 = 16 << 20;
 ///   stores the write cursor, then `msync`s the header that holds it, before it returns;
 ///   and before the producer overwrites space the consumer freed, it `msync`s the
 ///   header holding the read cursor that freed it. So at every instant the file's
-///   cursors cover only frames whose bytes are on disk: after a power loss the file
-///   opens as a consistent ring holding every record whose publish returned, possibly
-///   minus records the consumer released (and possibly a few it had already read, again).
+///   cursors cover only frames whose bytes are on disk, and its write cursor covers
+///   every record whose publish returned. After a power loss the file holds every such
+///   record that the consumer had not released (and possibly a few it had read but not
+///   released, again), every frame under its cursors whole. One window needs repair:
+///   the consumer's read cursor is on another page than the write cursor, and the
+///   kernel may write that page back on its own; if it does after the consumer read a
+///   publish whose header `msync` had not finished yet, the file has its read cursor
+///   ahead of its write cursor (by at most that publish's records, all of them
+///   consumed). Such a file is refused as [`crate::Corruption`] (reader ahead of writer)
+///   by the cursor check of `peek` and of every attach: nothing stale is delivered and
+///   nothing acknowledged is missing, but
+///   it does not open as a ring until its write cursor is set to its read cursor by
+///   hand. The test `file_durability_copies` (a modelled disk copied at random
+///   instants) shows each of these, and how often the window was seen.
 /// - [`FlushPolicy::Interval`]: the same data-then-cursor order, but only at the first
 ///   publish after each interval. Between those, the kernel may write the header (with
 ///   a newer write cursor) back before the frames it covers: after a power loss the
@@ -55,6 +66,13 @@ pub const DEFAULT_CAPACITY: u64 = 16 << 20;
 ///   Use it where losing the tail is acceptable and the reader checks records (as the
 ///   generator format's checksum does); it bounds the cost, not the consistency.
 /// - [`FlushPolicy::None`]: no `msync`; after a power loss, anything, as for Interval.
+///
+/// An `msync` that fails is the publish's error ([`crate::FlushError`]): the cursor is
+/// not stored over frames that were not synced, and the producer is poisoned (see
+/// "Durability" in [`crate::ring::spsc`]). Only spsc rings take a flush policy: creating
+/// another kind with one is refused, and so is attaching a producer of another kind
+/// through a segment opened with one (an mpsc record is published by its own commit
+/// word, not by a cursor the policy could order after its frames).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlushPolicy {
@@ -65,7 +83,9 @@ pub enum FlushPolicy {
     /// long has passed since the last one (not crash-consistent in between; see above).
     Interval(Duration),
     /// `msync(MS_SYNC)` of each publish's frames, then of the cursor, before the publish
-    /// returns: the file is a consistent ring after a power loss at any instant.
+    /// returns: after a power loss at any instant the file's cursors cover every record
+    /// whose publish returned and only whole frames (see above for the one window in
+    /// which the read cursor can be ahead).
     Sync,
 }
 
@@ -244,6 +264,9 @@ impl SegmentBuilder {
         if self.flush != FlushPolicy::None && !matches!(location, Location::File(_)) {
             return Err(invalid("a flush policy applies to file segments only".into()));
         }
+        if self.flush != FlushPolicy::None && self.kind != RingKind::Spsc {
+            return Err(invalid(format!("a flush policy applies to spsc rings only, not {}", self.kind.name())));
+        }
         let spec = self.placement(HEADER_SIZE as u64 + cap)?;
         let backing = match location {
             Location::Posix(name) => backend::posix::create(name, location, spec)?,
@@ -358,6 +381,8 @@ impl SegmentBuilder {
                 flush: self.flush,
                 wait: self.wait,
                 flush_observer: self.flush_observer.clone(),
+                #[cfg(feature = "fault-injection")]
+                msyncs_before_failure: Default::default(),
             }),
         }
     }
@@ -391,34 +416,51 @@ struct Inner {
     flush: FlushPolicy,
     wait: WaitStrategy,
     flush_observer: Option<FlushObserver>,
+    /// Fault injection: the number of `msync`s still to succeed before one fails with
+    /// `EIO` (0: none fails). See [`Segment::fail_msync_after`].
+    #[cfg(feature = "fault-injection")]
+    msyncs_before_failure: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
-    /// `msync` of mapping bytes `range`, told to the observer. A failure is not the
-    /// publish's: the record is in the page cache either way (see [`FlushPolicy`]).
-    fn sync_range(&self, range: std::ops::Range<usize>) {
-        let _ = self.backing.mapping.sync_range(range.clone());
+    /// `msync` of mapping bytes `range`, told to the observer once it succeeded. A
+    /// failure is the publish's: what the range holds is not known to be on disk.
+    fn sync_range(&self, range: std::ops::Range<usize>) -> Result<(), FlushError> {
+        let failed = |errno| FlushError { start: range.start, end: range.end, errno };
+        #[cfg(feature = "fault-injection")]
+        {
+            use std::sync::atomic::Ordering;
+            // Relaxed: a test's countdown with no data behind it.
+            let left =
+                self.msyncs_before_failure.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            if left == Ok(1) {
+                return Err(failed(nix::errno::Errno::EIO));
+            }
+        }
+        self.backing.mapping.sync_range(range.clone()).map_err(failed)?;
         if let Some(observe) = &self.flush_observer {
             observe(range);
         }
+        Ok(())
     }
 
     /// The header: the cursors and the publish slots.
-    fn sync_header(&self) {
-        self.sync_range(0..HEADER_SIZE);
+    fn sync_header(&self) -> Result<(), FlushError> {
+        self.sync_range(0..HEADER_SIZE)
     }
 
     /// The data bytes of ring positions `from..to` (one or two ranges, around the end).
-    fn sync_frames(&self, from: u64, to: u64) {
+    fn sync_frames(&self, from: u64, to: u64) -> Result<(), FlushError> {
         let capacity = self.geometry.capacity;
         let len = to.saturating_sub(from).min(capacity);
         let index = from & (capacity - 1);
         let first = len.min(capacity - index);
         // Fits: `index + first <= capacity`, and the mapping holds `capacity` data bytes.
-        self.sync_range(HEADER_SIZE + index as usize..HEADER_SIZE + (index + first) as usize);
+        self.sync_range(HEADER_SIZE + index as usize..HEADER_SIZE + (index + first) as usize)?;
         if len > first {
-            self.sync_range(HEADER_SIZE..HEADER_SIZE + (len - first) as usize);
+            self.sync_range(HEADER_SIZE..HEADER_SIZE + (len - first) as usize)?;
         }
+        Ok(())
     }
 }
 
@@ -734,6 +776,7 @@ impl Segment {
         if id >= MPSC_PRODUCERS {
             return Err(AttachError::ProducerId { location: self.inner.location.clone(), id, max: MPSC_PRODUCERS });
         }
+        self.check_no_flush()?;
         let attachment = self.attach_slot(Role::Producer, MPSC_PARTICIPANT_BASE + id)?;
         mpsc::Producer::attach(self.ring_refs(), id, self.inner.wait, Some(attachment))
             .map_err(|source| AttachError::Corrupt { location: self.inner.location.clone(), source })
@@ -751,6 +794,7 @@ impl Segment {
     /// Fails if a live producer is attached; resumes after the last record if one died.
     pub fn broadcast_producer(&self) -> Result<broadcast::Producer, AttachError> {
         self.check_kind(RingKind::Broadcast)?;
+        self.check_no_flush()?;
         let attachment = self.attach(Role::Producer)?;
         let alive = self.lock_liveness(BROADCAST_LOCK_BASE);
         let lossy = self.inner.geometry.lossy;
@@ -913,6 +957,18 @@ impl Segment {
         })
     }
 
+    /// Refuses a flush policy to a producer that would ignore it: only the spsc
+    /// producer runs one (see [`FlushPolicy`]).
+    fn check_no_flush(&self) -> Result<(), AttachError> {
+        if self.inner.flush == FlushPolicy::None {
+            return Ok(());
+        }
+        Err(AttachError::FlushUnsupported {
+            location: self.inner.location.clone(),
+            kind: self.inner.geometry.kind.name(),
+        })
+    }
+
     /// Copies up to `max` records that are committed and not yet released, oldest
     /// first, without consuming them or writing anything (works read-only).
     pub fn peek(&self, max: usize) -> Result<Vec<crate::ring::spsc::PeekedRecord>, crate::ring::Corruption> {
@@ -1035,6 +1091,16 @@ impl Segment {
         self.inner.backing.mapping.prefault().map_err(io_err)
     }
 
+    /// Fault injection for tests (the `fault-injection` feature): the `n`th `msync` a
+    /// flush policy makes from now (1: the next) fails with `EIO` without being made;
+    /// 0 disarms it.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn fail_msync_after(&self, n: u64) {
+        // Relaxed: a test's countdown with no data behind it.
+        self.inner.msyncs_before_failure.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Writes the whole segment back to its file (`msync(MS_SYNC)`); a no-op in effect
     /// for memory-only backends.
     pub fn flush(&self) -> std::io::Result<()> {
@@ -1113,18 +1179,17 @@ impl Segment {
         let mut due = false;
         Some(Box::new(move |step| match step {
             PublishStep::Reclaimed { .. } if every.is_none() => inner.sync_header(),
-            PublishStep::Reclaimed { .. } => {}
+            PublishStep::Reclaimed { .. } => Ok(()),
             PublishStep::Written { from, to } => {
                 due = every.is_none_or(|every| last.elapsed() >= every);
-                if due {
-                    inner.sync_frames(from, to);
-                }
+                if due { inner.sync_frames(from, to) } else { Ok(()) }
             }
             PublishStep::Published => {
                 if due {
-                    inner.sync_header();
+                    inner.sync_header()?;
                     last = Instant::now();
                 }
+                Ok(())
             }
         }))
     }

@@ -133,7 +133,7 @@ fn batch_is_published_all_at_once() {
             let mut batch = producer.batch();
             batch.try_push(FIRST).unwrap();
             batch.try_push(SECOND).unwrap();
-            batch.publish();
+            batch.publish().unwrap();
             producer.publish(AFTER, None).unwrap();
         });
         let first = consumer.read(None).unwrap();

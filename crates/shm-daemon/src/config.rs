@@ -441,6 +441,13 @@ impl RawSegment {
                 format!("{kind_text:?} is not a kind the daemons support (spsc, mpsc)"),
             )
         })?;
+        if flush != FlushPolicy::None && kind != RingKind::Spsc {
+            return Err(src.error(
+                "segment.flush",
+                self.flush.as_ref(),
+                format!("applies to kind = \"spsc\" only, and this ring is {:?}: set flush = \"none\"", kind.name()),
+            ));
+        }
         Ok(SegmentSettings {
             kind,
             location,

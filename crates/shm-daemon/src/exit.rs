@@ -6,7 +6,7 @@
 //! | 1  | any other failure (including a verify sink that saw lost or corrupt records) |
 //! | 66 | the segment does not exist and `create = "never"` (or it never appeared) |
 //! | 69 | the role is taken: another live producer/consumer is attached |
-//! | 74 | I/O error (a sink's failed fsync, an undeliverable record under `stop`), or no space to reserve the segment (a full /dev/shm or filesystem) |
+//! | 74 | I/O error (a sink's failed fsync, an undeliverable record under `stop`, the `msync` of a file segment's `flush` policy), or no space to reserve the segment (a full /dev/shm or filesystem) |
 //! | 75 | the segment was unlinked while in use (`on_unlinked = "exit"`): restart to recreate it |
 //! | 77 | permission denied, or the segment's owner or mode is not trusted |
 //! | 78 | invalid configuration |
@@ -35,6 +35,9 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.downcast_ref::<crate::config::ConfigError>().is_some() {
             return CONFIG;
+        }
+        if cause.downcast_ref::<shm_core::FlushError>().is_some() {
+            return IO;
         }
         let open = cause.downcast_ref::<OpenError>().or_else(|| match cause.downcast_ref::<OpenOrCreateError>() {
             Some(OpenOrCreateError::Open(e)) => Some(e),
@@ -68,7 +71,9 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
             return match e {
                 AttachError::RoleTaken { .. } => IN_USE,
                 AttachError::ReadOnly { .. } => PERMISSION,
-                AttachError::WrongKind { .. } | AttachError::ProducerId { .. } => CONFIG,
+                AttachError::WrongKind { .. }
+                | AttachError::ProducerId { .. }
+                | AttachError::FlushUnsupported { .. } => CONFIG,
                 _ => FAILURE,
             };
         }
@@ -78,4 +83,19 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
         return IO;
     }
     FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A producer whose flush policy's `msync` failed stops with 74, however the error
+    /// was wrapped on its way up.
+    #[test]
+    fn a_failed_msync_is_an_io_error() {
+        let failure = shm_core::FlushError { start: 4096, end: 8192, errno: nix::errno::Errno::EIO };
+        let claim = anyhow::Error::new(shm_core::ClaimError::Flush(failure.clone())).context("generator");
+        let batch = anyhow::Error::new(failure).context("generator: publishing a batch");
+        assert_eq!((code_of(&claim), code_of(&batch)), (IO, IO));
+    }
 }

@@ -70,7 +70,8 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
                 AttachError::WrongKind { .. }
                 | AttachError::ProducerId { .. }
                 | AttachError::ConsumerName { .. }
-                | AttachError::WorkerId { .. } => USAGE,
+                | AttachError::WorkerId { .. }
+                | AttachError::FlushUnsupported { .. } => USAGE,
                 AttachError::NoConsumerSlot { .. } => UNAVAILABLE,
                 AttachError::Corrupt { .. } => DATA,
                 AttachError::Io { .. } => IO,

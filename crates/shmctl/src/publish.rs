@@ -44,7 +44,7 @@ pub fn run(args: PublishArgs) -> Result<()> {
     claim.copy_from_slice(&data);
     claim.set_record_type(args.record_type);
     let position = claim.position();
-    claim.commit();
+    claim.commit().with_context(|| location.to_string())?;
     if args.json {
         let published = serde_json::json!({
             "segment": location.to_string(),

@@ -306,6 +306,7 @@ impl Producer {
         let need = self.need(len).map_err(|e| match e {
             TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
             TryClaimError::Corrupt(c) => ClaimError::Corrupt(c),
+            TryClaimError::Flush(e) => ClaimError::Flush(e),
             TryClaimError::Full => ClaimError::TimedOut(Duration::ZERO),
         })?;
         if !self.fits(need)? {

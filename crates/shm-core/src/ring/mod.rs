@@ -101,6 +101,22 @@ pub struct Corruption {
     pub position: u64,
 }
 
+/// A file segment's flush policy could not write ring bytes back to the file: the
+/// `msync` of segment bytes `start..end` failed, so they are not known to be on disk.
+///
+/// The spsc producer that met it is poisoned: see "Durability" in [`spsc`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("msync of segment bytes {start}..{end} failed")]
+pub struct FlushError {
+    /// First byte of the range (from the segment's start).
+    pub start: usize,
+    /// One past its last byte.
+    pub end: usize,
+    /// What `msync` said.
+    #[source]
+    pub errno: nix::errno::Errno,
+}
+
 /// Why [`spsc::Producer::try_claim`] gave no claim.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TryClaimError {
@@ -118,6 +134,9 @@ pub enum TryClaimError {
     /// The consumer's cursor is impossible.
     #[error(transparent)]
     Corrupt(#[from] Corruption),
+    /// The producer's flush policy failed earlier (or on this call): it is poisoned.
+    #[error("the flush policy could not make records durable")]
+    Flush(#[from] FlushError),
 }
 
 /// Why a blocking claim or publish failed.
@@ -137,6 +156,9 @@ pub enum ClaimError {
     /// The consumer's cursor is impossible.
     #[error(transparent)]
     Corrupt(#[from] Corruption),
+    /// The producer's flush policy failed earlier (or on this call): it is poisoned.
+    #[error("the flush policy could not make records durable")]
+    Flush(#[from] FlushError),
 }
 
 /// Why [`spsc::Consumer::try_read`] gave no record.
@@ -201,8 +223,9 @@ pub enum PublishStep {
     Published,
 }
 
-/// Called at each [`PublishStep`]; file segments use it to `msync` per their flush policy.
-pub type PublishHook = Box<dyn FnMut(PublishStep) + Send>;
+/// Called at each [`PublishStep`]; file segments use it to `msync` per their flush
+/// policy. An error stops the step it was called for (see "Durability" in [`spsc`]).
+pub type PublishHook = Box<dyn FnMut(PublishStep) -> Result<(), FlushError> + Send>;
 
 /// Pointers to the shared fields of one ring, valid while `_keep` lives.
 pub(crate) struct RingRefs {

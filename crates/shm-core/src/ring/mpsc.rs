@@ -53,6 +53,13 @@
 //! that is not `0` at or past the consumer was written in this lap. Records' space goes
 //! back lazily, exactly as in spsc.
 //!
+//! The consumer counts no missed wake-ups (`consumer_missed_wakes` stays 0 on mpsc, as
+//! on broadcast): spsc's test for a real miss needs a cursor that the waker moves only
+//! after its wake-up check, and the claim cursor is not one here: another producer
+//! claims behind a producer stalled (or killed) between its claim and its commit, which
+//! owes no wake-up. Every sleep is still bounded by [`super::MAX_SLEEP`] and re-checks,
+//! and the loom models check that the commit's wake-up is never lost.
+//!
 //! # Holes: a producer killed between claim and commit
 //! A claim that is never committed stops the consumer at its header word. Only the
 //! consumer turns it into padding, and only once its owner is **known dead**: its
@@ -109,7 +116,7 @@ use std::time::{Duration, Instant};
 
 use super::frame::{self, FRAME_HEADER, PADDING, RESERVED_TYPES};
 use super::spsc::CURSOR_LIMIT;
-use super::wait::{LocalCounters, Waiting, sleep_unless_moved, wake_sleeper};
+use super::wait::{LocalCounters, Slept, Waiting, sleep_unless_moved, wake_sleeper};
 use super::{ClaimError, Corruption, ReadError, RingRefs, TryClaimError, TryReadError, WaitStrategy};
 use crate::layout::{MPSC_PRODUCERS, MpscArea, MpscProducerSlot};
 use crate::stats::Counter;
@@ -1275,6 +1282,8 @@ impl Consumer {
                 u64::MAX
             }
         });
+        // No verdict on misses: see "Consume" in the module docs.
+        let slept = if slept == Slept::MissedWake { Slept::Yes } else { slept };
         self.counters.record_sleep(&self.ring, slept, Counter::ConsumerSleeps, Counter::ConsumerMissedWakes);
         // A sleeper may sleep on a dead producer's claim: look at it again on waking.
         self.stuck.look_again();
@@ -1392,6 +1401,7 @@ fn claim_error(e: TryClaimError) -> ClaimError {
     match e {
         TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
         TryClaimError::Corrupt(c) => ClaimError::Corrupt(c),
+        TryClaimError::Flush(e) => ClaimError::Flush(e),
         TryClaimError::Full => ClaimError::TimedOut(Duration::ZERO),
     }
 }
@@ -1560,6 +1570,68 @@ mod tests {
         assert_eq!(read_all(&mut c, true), want, "the same records again, none zeroed");
         assert_eq!((c.consumed(0), c.unblocked(1)), (2, 1));
         assert!(read_all(&mut c, true).is_empty());
+    }
+
+    /// A sink or a durability hook that panics, caught by a caller that keeps the
+    /// consumer: the drop guard puts the position, counters and ledger back, so nothing
+    /// the hook did not see is released and the records come again, counted once.
+    #[test]
+    fn a_panicking_sink_or_hook_releases_nothing_the_hook_did_not_see() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let ring = ring(4096);
+        let (mut a, mut b, mut c) = (ring.producer(0), ring.producer(1), ring.consumer());
+        a.try_publish(&[0]).unwrap();
+        b.try_publish(&[1]).unwrap();
+        a.try_publish(&[2]).unwrap();
+        let sink_panics = catch_unwind(AssertUnwindSafe(|| {
+            c.read_batch_durable(10, |r| if r.data[0] == 1 { panic!("sink") } else { Ok::<(), ()>(()) }, |_| Ok(()))
+        }));
+        assert!(sink_panics.is_err());
+        let hook_panics =
+            catch_unwind(AssertUnwindSafe(|| c.read_batch_durable(10, |_| Ok::<(), ()>(()), |_| panic!("hook"))));
+        assert!(hook_panics.is_err());
+        // Relaxed: this thread stored it, if anyone did.
+        let released = c.ring.cursor().read_cursor.load(Ordering::Relaxed);
+        assert_eq!((released, c.consumed(0), c.consumed(1)), (0, 0, 0), "released after a panic");
+        b.try_publish(&[3]).unwrap();
+        let mut got = Vec::new();
+        let sink = |r: Record<'_>| -> Result<(), ()> {
+            got.push((r.producer, r.data[0]));
+            Ok(())
+        };
+        assert!(matches!(c.read_batch_durable(10, sink, |_| Ok(())), Ok(4)));
+        assert_eq!(got, [(0, 0), (1, 1), (0, 2), (1, 3)], "every record the hook did not see comes again");
+        assert_eq!((c.consumed(0), c.consumed(1)), (2, 2), "counted once");
+    }
+
+    /// A producer stalled in its claim at the head while another claims behind it, as
+    /// the consumer sleeps: the claim cursor moves, but nothing was committed and no
+    /// wake-up was owed, so no missed wake-up may be counted.
+    #[test]
+    fn claims_behind_a_stalled_claim_are_not_missed_wakes() {
+        let capacity = 64 * 1024;
+        let ring = MpscHeapRing::new(capacity, crate::layout::max_payload_for(capacity), WaitStrategy::Futex).unwrap();
+        let (mut stalled, mut claimer, mut c) = (ring.producer(0), ring.producer(1), ring.consumer());
+        let head = stalled.try_claim(8).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Claims that stay in flight (never committed, never dropped), one every
+                // half millisecond: the cursor moves through every sleep and its grace.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(claim) = claimer.try_claim(8) {
+                        std::mem::forget(claim);
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            });
+            let read = c.read(Some(Duration::from_millis(450))).map(|_| ());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(matches!(read, Err(ReadError::TimedOut(_))), "{read:?}");
+        });
+        assert!(c.counters.get(Counter::ConsumerSleeps) >= 3, "the consumer did not sleep");
+        assert_eq!(c.counters.get(Counter::ConsumerMissedWakes), 0, "claims that owed no wake-up counted as misses");
+        drop(head);
     }
 
     #[test]

@@ -31,6 +31,22 @@
 //! the cursor is stored, and when it sees freed space before overwriting it
 //! ([`super::PublishStep`]).
 //!
+//! # Durability
+//! When the hook fails (a file segment's `msync` returned an error, [`FlushError`]):
+//! - on the new frames: `write_cursor` is not stored, so no cursor, in memory or in the
+//!   file, covers frames that may not be on disk; the commit or publish returns the error;
+//! - on the cursor (after it was stored): the records are visible to the consumer but
+//!   not known to be on disk; the commit or publish returns the error;
+//! - on the read cursor that freed space: that space is not reused; the claim returns it.
+//!
+//! In every case the producer is poisoned: every later claim, commit or publish
+//! returns the same error and touches nothing shared ([`Producer::flush_failure`] says
+//! so too). It does not retry, because an `msync` error means the kernel may already
+//! have dropped the dirty pages it could not write (their contents are unknown on disk)
+//! and a retry could report success for bytes that never arrived. Records committed
+//! and not published are abandoned: drop the producer and attach a new one (it resumes
+//! after the last published record), or stop (`producerd` exits with 74).
+//!
 //! # Lazy release (the batching effect)
 //! Storing `read_cursor` (with its release slot, the two consumed counters and the
 //! wake-up check's fence) for every record read one at a time is most of a read's cost,
@@ -87,8 +103,8 @@ use super::frame::{self, FRAME_HEADER, PADDING, RESERVED_TYPES};
 use super::mpsc::ReleaseLedger;
 use super::wait::{LocalCounters, Waiting, sleep_unless_moved, stream_backoff, wake_sleeper};
 use super::{
-    BatchError, ClaimError, Corruption, PublishHook, PublishStep, ReadError, RingRefs, TryClaimError, TryReadError,
-    WaitStrategy,
+    BatchError, ClaimError, Corruption, FlushError, PublishHook, PublishStep, ReadError, RingRefs, TryClaimError,
+    TryReadError, WaitStrategy,
 };
 use crate::stats::Counter;
 use crate::sync::{Ordering, fence};
@@ -118,6 +134,8 @@ pub struct Producer {
     flip: usize,
     counters: LocalCounters,
     hook: Option<PublishHook>,
+    /// The hook's first failure: every later claim or publish returns it.
+    poisoned: Option<FlushError>,
     _attachment: Option<crate::participant::Attachment>,
 }
 
@@ -184,6 +202,7 @@ impl Producer {
             flip,
             counters,
             hook,
+            poisoned: None,
             _attachment: attachment,
         })
     }
@@ -249,12 +268,18 @@ impl Producer {
         self.claim_inner(len, false)
     }
 
+    /// The flush policy's failure that poisoned this producer, if one did (see
+    /// "Durability" in the module docs).
+    pub fn flush_failure(&self) -> Option<&FlushError> {
+        self.poisoned.as_ref()
+    }
+
     /// Claims space for `len` payload bytes, waiting up to `timeout` (forever when `None`)
     /// with the handle's wait strategy.
     #[inline]
     pub fn claim(&mut self, len: usize, timeout: Option<Duration>) -> Result<Claim<'_>, ClaimError> {
         let need = self.need(len).map_err(need_error)?;
-        if !self.fits(need)? {
+        if !self.fits(need).map_err(need_error)? {
             self.wait_until_fits(need, timeout)?;
         }
         Ok(self.claim_at(len, need, false))
@@ -265,8 +290,7 @@ impl Producer {
     pub fn try_publish(&mut self, data: &[u8]) -> Result<(), TryClaimError> {
         let mut claim = self.try_claim(data.len())?;
         claim.copy_from_slice(data);
-        claim.commit();
-        Ok(())
+        Ok(claim.commit()?)
     }
 
     /// Copies `data` into the ring as one record of type 0, waiting up to `timeout` for space.
@@ -274,14 +298,14 @@ impl Producer {
     pub fn publish(&mut self, data: &[u8], timeout: Option<Duration>) -> Result<(), ClaimError> {
         let mut claim = self.claim(data.len(), timeout)?;
         claim.copy_from_slice(data);
-        claim.commit();
-        Ok(())
+        Ok(claim.commit()?)
     }
 
     /// Starts a batch: claims inside it are committed locally and published together,
     /// with one cursor store and at most one wake-up, when the batch ends.
     pub fn batch(&mut self) -> Batch<'_> {
-        let limit = self.fast_limit();
+        // A poisoned producer takes the checked path, which reports the failure.
+        let limit = if self.poisoned.is_some() { self.pos } else { self.fast_limit() };
         Batch { producer: self, limit }
     }
 
@@ -296,7 +320,7 @@ impl Producer {
     /// Waits until a record of `len` payload bytes fits, up to `timeout`.
     pub fn wait_for_space(&mut self, len: usize, timeout: Option<Duration>) -> Result<(), ClaimError> {
         let need = self.need(len).map_err(need_error)?;
-        if self.fits(need)? { Ok(()) } else { self.wait_until_fits(need, timeout) }
+        if self.fits(need).map_err(need_error)? { Ok(()) } else { self.wait_until_fits(need, timeout) }
     }
 
     /// The waiting part of [`claim`](Self::claim) and [`wait_for_space`](Self::wait_for_space),
@@ -306,7 +330,7 @@ impl Producer {
         self.count_block();
         // Whatever is committed must be visible before we wait for the consumer, or a
         // batch could wait for space that only its own unpublished records would free.
-        self.publish_pending();
+        self.publish_pending()?;
         let mut waiting = Waiting::new(self.strategy, timeout);
         loop {
             waiting.turn(
@@ -317,7 +341,7 @@ impl Producer {
                 },
                 ClaimError::TimedOut,
             )?;
-            if self.fits(need)? {
+            if self.fits(need).map_err(need_error)? {
                 return Ok(());
             }
         }
@@ -336,9 +360,12 @@ impl Producer {
     }
 
     /// Whether `need` bytes fit past the current position, reloading the consumer's
-    /// cursor only when the cached copy says no.
+    /// cursor only when the cached copy says no. Never `Full`.
     #[inline]
-    fn fits(&mut self, (need, _, _): (u64, u64, u64)) -> Result<bool, Corruption> {
+    fn fits(&mut self, (need, _, _): (u64, u64, u64)) -> Result<bool, TryClaimError> {
+        if let Some(failure) = &self.poisoned {
+            return Err(failure.clone().into());
+        }
         if self.free_space() >= need {
             return Ok(true);
         }
@@ -350,12 +377,15 @@ impl Producer {
                 what: "read cursor outside the committed range",
                 value: head,
                 position: self.pos,
-            });
+            }
+            .into());
         }
         if head > self.cached_head
             && let Some(hook) = self.hook.as_mut()
+            && let Err(failure) = hook(PublishStep::Reclaimed { read_cursor: head })
         {
-            hook(PublishStep::Reclaimed { read_cursor: head });
+            // The freed space stays unused: the file's read cursor may still cover it.
+            return Err(self.poison(failure).into());
         }
         self.cached_head = head;
         Ok(self.free_space() >= need)
@@ -410,13 +440,27 @@ impl Producer {
         self.counters.add(Counter::BytesProduced, u64::from(len));
     }
 
+    /// Remembers the hook's failure for every later call, and returns it.
+    #[cold]
+    fn poison(&mut self, failure: FlushError) -> FlushError {
+        self.poisoned = Some(failure.clone());
+        failure
+    }
+
     /// Makes every committed frame visible to the consumer and wakes it if it sleeps.
-    fn publish_pending(&mut self) {
-        if self.pos == self.published {
-            return;
+    /// If the hook fails on the frames, the cursor is not stored; if it fails on the
+    /// cursor, the records are visible but not known durable. Either poisons the producer.
+    fn publish_pending(&mut self) -> Result<(), FlushError> {
+        if let Some(failure) = &self.poisoned {
+            return Err(failure.clone());
         }
-        if let Some(hook) = self.hook.as_mut() {
-            hook(PublishStep::Written { from: self.published, to: self.pos });
+        if self.pos == self.published {
+            return Ok(());
+        }
+        if let Some(hook) = self.hook.as_mut()
+            && let Err(failure) = hook(PublishStep::Written { from: self.published, to: self.pos })
+        {
+            return Err(self.poison(failure));
         }
         let line = self.ring.producer_line();
         // Stored before the cursor, so a reader never sees a record consumed before it
@@ -439,9 +483,12 @@ impl Producer {
         if wake_sleeper(self.ring.data_wake()) {
             self.counters.bump(&self.ring, Counter::ProducerWakes);
         }
-        if let Some(hook) = self.hook.as_mut() {
-            hook(PublishStep::Published);
+        if let Some(hook) = self.hook.as_mut()
+            && let Err(failure) = hook(PublishStep::Published)
+        {
+            return Err(self.poison(failure));
         }
+        Ok(())
     }
 
     /// Sleeps until the consumer frees space (its cursor moves) or `timeout` passes.
@@ -487,11 +534,15 @@ impl Claim<'_> {
         self.start
     }
 
-    /// Commits the whole claimed length.
+    /// Commits the whole claimed length (and publishes it, outside a [`Batch`]).
+    ///
+    /// An error comes only from a file segment's flush policy: the record is not
+    /// published (or, when the cursor's own `msync` failed, published but not known to
+    /// be on disk), and the producer is poisoned ("Durability" in the module docs).
     #[inline]
-    pub fn commit(self) {
+    pub fn commit(self) -> Result<(), FlushError> {
         let len = self.len;
-        self.commit_len(len as usize);
+        self.commit_len(len as usize)
     }
 
     /// Commits only the first `len` bytes (for a claim sized for the largest possible
@@ -499,15 +550,14 @@ impl Claim<'_> {
     ///
     /// # Panics
     /// If `len` is larger than the claim.
+    /// Errors as for [`commit`](Self::commit).
     #[inline]
-    pub fn commit_len(self, len: usize) {
+    pub fn commit_len(self, len: usize) -> Result<(), FlushError> {
         assert!(len <= self.len as usize, "commit_len({len}) exceeds the claim of {} bytes", self.len);
         let (start, record_type, batched) = (self.start, self.record_type, self.batched);
         let producer = self.producer;
         producer.commit_frame(start, len as u32, record_type);
-        if !batched {
-            producer.publish_pending();
-        }
+        if batched { Ok(()) } else { producer.publish_pending() }
     }
 }
 
@@ -586,18 +636,23 @@ impl Batch<'_> {
     fn push_checked(&mut self, data: &[u8]) -> Result<(), TryClaimError> {
         let mut claim = self.producer.claim_inner(data.len(), true)?;
         claim.copy_from_slice(data);
-        claim.commit();
+        claim.commit()?; // In a batch: local, never fails.
         self.limit = self.producer.fast_limit();
         Ok(())
     }
 
-    /// Publishes the committed records now.
-    pub fn publish(self) {}
+    /// Publishes the committed records now. Errors as for [`Claim::commit`]; a batch
+    /// that is just dropped leaves such a failure to the producer's next call.
+    pub fn publish(self) -> Result<(), FlushError> {
+        self.producer.publish_pending()
+    }
 }
 
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
-        self.producer.publish_pending();
+        // Nothing left after `publish`. A failure poisons the producer, which reports it
+        // at its next call.
+        let _ = self.producer.publish_pending();
     }
 }
 
@@ -1113,12 +1168,13 @@ fn peek_once(ring: &RingRefs, max: usize) -> Result<Option<Vec<PeekedRecord>>, C
     Ok(Some(out))
 }
 
-/// The error of a blocking claim whose [`Producer::need`] failed (only with `TooLarge`).
+/// The error of a blocking claim whose [`Producer::need`] or `fits` failed (never `Full`).
 fn need_error(e: TryClaimError) -> ClaimError {
     match e {
         TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
         TryClaimError::Corrupt(c) => ClaimError::Corrupt(c),
-        TryClaimError::Full => unreachable!("need() does not look at free space"),
+        TryClaimError::Flush(e) => ClaimError::Flush(e),
+        TryClaimError::Full => unreachable!("need() and fits() do not report a full ring"),
     }
 }
 
@@ -1296,7 +1352,7 @@ mod tests {
         batch.try_push(b"one").unwrap();
         batch.try_push(b"two").unwrap();
         assert_eq!(c.try_read().unwrap_err(), TryReadError::Empty);
-        batch.publish();
+        batch.publish().unwrap();
         let mut seen = Vec::new();
         let n = c
             .read_batch(10, |r| -> Result<(), ()> {
@@ -1579,7 +1635,7 @@ mod tests {
         let (mut p, mut c) = pair(256);
         let mut claim = p.try_claim(100).unwrap();
         claim[..3].copy_from_slice(b"abc");
-        claim.commit_len(3);
+        claim.commit_len(3).unwrap();
         assert_eq!(&*c.try_read().unwrap(), b"abc");
     }
 
@@ -1588,7 +1644,7 @@ mod tests {
         let (mut p, mut c) = pair(64);
         let mut claim = p.try_claim(1).unwrap();
         claim.set_record_type(7);
-        claim.commit();
+        claim.commit().unwrap();
         assert_eq!(c.try_read().unwrap().record_type(), 7);
     }
 

@@ -300,6 +300,11 @@ const MISSED_WAKE_GRACE: Duration = Duration::from_millis(10);
 /// finished the publish of `first`, check included, and left the word set: a real miss.
 /// If neither happens within [`MISSED_WAKE_GRACE`], the waker is stalled or dead between
 /// its store and its check, which is no fault of the protocol: not counted.
+///
+/// One false count remains possible: a waker killed between its store and its check,
+/// whose successor attaches and stores a new cursor within the grace, before its own
+/// check clears the word. That looks exactly like a real miss from here, and happens at
+/// most once per killed waker (the cross-process kill tests allow one per kill).
 fn missed_wake(word: &crate::sync::AtomicU32, cursor: impl Fn() -> u64) -> bool {
     let first = cursor();
     let deadline = Instant::now() + MISSED_WAKE_GRACE;

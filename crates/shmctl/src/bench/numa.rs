@@ -269,7 +269,7 @@ fn produce(segment: &Segment, cpu: usize, size: usize) -> Result<()> {
         let mut claim = producer.claim(size, Some(Duration::from_secs(10)))?;
         // Write every byte, so GB/s is bytes that went through the memory.
         claim.fill(seq as u8);
-        claim.commit();
+        claim.commit()?;
         seq += 1;
     }
 }
@@ -325,7 +325,7 @@ fn copy(node: u32, copy_size: u64, duration: Duration) -> Result<f64> {
     let mut consumer = segment.consumer()?;
     let mut first = producer.try_claim(len)?;
     first.fill(0xa5);
-    first.commit();
+    first.commit()?;
     let source = consumer.try_read()?;
     let mut target = producer.try_claim(len)?;
     let started = Instant::now();

@@ -349,7 +349,7 @@ impl Tx for RingTx {
             let rec = self.records.numbered(first, 1);
             let mut claim = self.producer.claim(rec.len(), Some(TIMEOUT)).map_err(CaseError::other)?;
             claim.copy_from_slice(rec);
-            claim.commit();
+            claim.commit().map_err(CaseError::other)?;
             return Ok(1);
         }
         let size = self.records.size;
