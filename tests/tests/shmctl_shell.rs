@@ -117,6 +117,23 @@ fn every_subcommand_ends_quietly_when_its_reader_is_gone() {
         }
     }
     assert_all_quiet("into a closed pipe", &cases, &failed, &demo);
+    report_quiet("closed_pipe_every_subcommand", "stdout a pipe whose reader closed before the first write", &cases);
+}
+
+/// The row of a pipeline test, once every case passed.
+fn report_quiet(test: &str, fault: &str, cases: &[Vec<String>]) {
+    let subcommands: std::collections::BTreeSet<&str> = cases.iter().map(|args| args[0].as_str()).collect();
+    shmring_tests::reliability::report(
+        test,
+        fault,
+        cases.len() as u64,
+        &format!(
+            "pass: every case ({}) exits 0 with nothing on stderr; demo leaves no segment",
+            subcommands.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+        &shmring_tests::ledger::Figures::NoRecords,
+        serde_json::Value::Null,
+    );
 }
 
 /// Every subcommand as people type it, `shmctl ... | head -c 1`, under `bash -o pipefail`
@@ -143,6 +160,7 @@ fn every_subcommand_piped_into_head_exits_zero() {
         }
     }
     assert_all_quiet("piped into head -c 1", &cases, &failed, &demo);
+    report_quiet("head_pipe_every_subcommand", "shmctl ... | head -c 1 under bash -o pipefail", &cases);
 }
 
 /// Each permission refusal (open, remove, create) says so once, and what to do.
@@ -170,6 +188,14 @@ fn permission_refusals_say_it_once_with_what_to_do() {
         assert_eq!(said, 1, "{}: says \"permission denied\" {said} times:\n{}", f.label, f.stderr);
         assert!(f.stderr.contains(hint), "{}: does not say what to do ({hint:?}):\n{}", f.label, f.stderr);
     }
+    shmring_tests::reliability::report(
+        "permission_refusal_said_once",
+        "another user's stat, unlink --force and create in a directory it cannot write",
+        3,
+        "pass: each exits 77 and says \"permission denied\" exactly once, with what to do",
+        &shmring_tests::ledger::Figures::NoRecords,
+        serde_json::Value::Null,
+    );
 }
 
 /// A zero-filled file the size of a segment never had a creator write a magic number:
@@ -185,4 +211,12 @@ fn a_zero_filled_file_is_not_a_segment() {
         assert_fails(&f, DATA, &["not a shmring segment"]);
     }
     assert_fails(&shmctl_on(&fx, "unlink", &location, &[]), DATA, &["--force"]);
+    shmring_tests::reliability::report(
+        "zero_filled_file_not_a_segment",
+        "a zero-filled 64 KiB file given to stat, peek, publish and unlink",
+        4,
+        "pass: each exits 65 \"not a shmring segment\" (unlink asks for --force), never 69 \"not initialised\"",
+        &shmring_tests::ledger::Figures::NoRecords,
+        serde_json::Value::Null,
+    );
 }
