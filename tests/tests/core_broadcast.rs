@@ -109,6 +109,9 @@ fn a_killed_consumer_does_not_hold_the_producer_back_and_returns_knowing_exactly
     });
     fx.kill(&victim);
     let at_kill = segment.stats().total_produced;
+    // The last record the victim's sink took before the kill: it can have missed nothing
+    // before it (the ring never skips a live consumer's records).
+    let last_taken = *read_ledger(&ledger).0.last().expect("the victim took 1000 records");
     // Not held back: many rings' worth published while the victim is dead (a record is
     // at most 64 bytes framed, so 10 rings are at least 10 * 64 KiB / 64 records).
     let past = at_kill + 10 * capacity / 64;
@@ -119,7 +122,17 @@ fn a_killed_consumer_does_not_hold_the_producer_back_and_returns_knowing_exactly
         segment.broadcast_status().expect("broadcast").into_iter().find(|r| r.row.name.as_deref() == Some(who))
     };
     assert_eq!(row("victim").map(|r| r.liveness), Some(Liveness::Dead));
+    let at_restart = segment.stats().total_produced;
     let back = consumer(&fx, &name, "victim", total, Some(&ledger));
+    wait_until(Duration::from_secs(60), "the restarted victim has attached", || {
+        row("victim").is_some_and(|r| r.liveness != Liveness::Dead)
+    });
+    // Once attached it holds the producer back again: nothing published after this is
+    // missed. So the missed records lie in last_taken..at_attach, and at least those
+    // published before the restart that a ring cannot still hold (a frame is at least
+    // 8 bytes) were overwritten.
+    let at_attach = segment.stats().total_produced;
+    let missed_bound = (at_restart.saturating_sub(last_taken + 1 + capacity / 8), at_attach - last_taken);
     let produced = fx.wait(&producing, Duration::from_secs(300));
     let steady_done = fx.wait(&steady, Duration::from_secs(300));
     let back_done = fx.wait(&back, Duration::from_secs(300));
@@ -139,6 +152,8 @@ fn a_killed_consumer_does_not_hold_the_producer_back_and_returns_knowing_exactly
     );
     let victim_row = row("victim").expect("the victim's row");
     let missed = told_missed.len() as u64;
+    let outside_window = told_missed.iter().filter(|&&seq| seq < last_taken || seq >= at_attach).count();
+    let within_bound = outside_window == 0 && (missed_bound.0..=missed_bound.1).contains(&missed);
     let steady_summary = steady_done.status.success().then(|| steady_done.summary());
     let steady_exact = steady_summary.as_ref().is_some_and(|s| (s.u64("delivered"), s.u64("missed")) == (total, 0));
     let pass = produced.status.success()
@@ -146,6 +161,7 @@ fn a_killed_consumer_does_not_hold_the_producer_back_and_returns_knowing_exactly
         && steady_exact
         && evidence.exact()
         && missed > 0
+        && within_bound
         && unreleased.len() <= 1
         && victim_row.row.tallies.missed == missed
         && victim_row.row.tallies.delivered == delivered.len() as u64;
@@ -157,6 +173,8 @@ fn a_killed_consumer_does_not_hold_the_producer_back_and_returns_knowing_exactly
         &Figures::Counted(evidence.clone()),
         json!({
             "missed_reported": missed,
+            "missed_bound_from_producer_positions": [missed_bound.0, missed_bound.1],
+            "missed_outside_kill_to_attach": outside_window,
             "missed_in_segment": victim_row.row.tallies.missed,
             "published_while_dead": segment.stats().total_produced.min(past) - at_kill,
             "accepted_unreleased_then_missed": unreleased.len(),
@@ -168,6 +186,11 @@ fn a_killed_consumer_does_not_hold_the_producer_back_and_returns_knowing_exactly
     assert!(steady_exact, "the live consumer got every record: {steady_summary:?}");
     evidence.assert_exact();
     assert!(missed > 0, "ten rings passed while it was dead: it must have missed some");
+    assert!(
+        within_bound,
+        "told it missed {missed} records ({outside_window} outside {last_taken}..{at_attach}); \
+         the producer's positions allow {missed_bound:?}"
+    );
     assert!(unreleased.len() <= 1, "only the record held when killed may be accepted and missed: {unreleased:?}");
     assert_eq!(victim_row.row.tallies.missed, missed, "the segment's tally is what the consumer was told");
     assert_eq!(victim_row.row.tallies.delivered, delivered.len() as u64);

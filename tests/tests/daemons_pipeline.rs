@@ -4,7 +4,8 @@
 //!   both become ready, stream for a second, stop on `SIGTERM` with exit 0, and the
 //!   verify summary counts every record the segment says was produced, none lost,
 //!   duplicated, reordered or corrupt.
-//! - `stdin_*`, `udp_*`, `unix_*`: the other sources into the file sink: the file holds
+//! - `stdin_*`, `udp_*`, `unix_*`: the other sources into the file sink (a UDP datagram
+//!   larger than the ring's maximum record is dropped and counted in `source_errors`): the file holds
 //!   exactly what was sent, in order (the `lines` format, and the `binary` format, which
 //!   carries any bytes).
 //! - `consumer_started_first_waits_for_the_segment`: `create = "never"` with
@@ -177,13 +178,17 @@ fn stdin_binary_to_file() {
 fn udp_to_file() {
     const DATAGRAMS: u64 = 3000;
     const CHUNK: u64 = 100;
+    const OVERSIZED_AFTER_CHUNK: u64 = 10;
     let fx = Fixture::new("udp");
     let location = fx.location(Backend::Posix);
     let out = fx.path("records.log");
     let port = daemons::free_udp_port();
-    let producer_config =
-        format!("{}[source]\nkind = \"udp\"\nbind = \"127.0.0.1:{port}\"\n", segment_section(&location, &[]));
-    let _producer = Daemon::ready(&fx, Kind::Producer, &producer_config);
+    // A 1 KiB maximum record, so that one datagram can be too large for the ring.
+    let producer_config = format!(
+        "{}[source]\nkind = \"udp\"\nbind = \"127.0.0.1:{port}\"\n",
+        segment_section(&location, &["max_record = \"1KiB\""])
+    );
+    let producer = Daemon::ready(&fx, Kind::Producer, &producer_config);
     let consumer = Daemon::ready(&fx, Kind::Consumer, &file_sink(&location, &out, "lines"));
     // producerd binds its source before it says READY=1.
     assert!(daemons::udp_port_bound(port), "producerd is ready but UDP port {port} is not bound");
@@ -197,12 +202,19 @@ fn udp_to_file() {
         for i in chunk * CHUNK..(chunk + 1) * CHUNK {
             sender.send(format!("datagram {i} {}", "u".repeat((i % 50) as usize)).as_bytes()).expect("send");
         }
+        if chunk == OVERSIZED_AFTER_CHUNK {
+            // Truncated by the ring's maximum: dropped and counted, the stream goes on.
+            sender.send(&[b'x'; 2048]).expect("send the oversized datagram");
+        }
         wait_produced(&ring, (chunk + 1) * CHUNK);
     }
     wait_drained(&ring);
+    let stopped = producer.stop(&fx);
+    stopped.assert_success();
     consumer.stop(&fx).assert_success();
 
-    assert_eq!(ring.stats().total_produced, DATAGRAMS, "one datagram, one record");
+    assert_eq!(logged(&stopped.stderr, "stopped", "source_errors"), 1, "the oversized datagram is counted once");
+    assert_eq!(ring.stats().total_produced, DATAGRAMS, "one datagram, one record, and none for the oversized one");
     let expected: String =
         (0..DATAGRAMS).map(|i| format!("datagram {i} {}\n", "u".repeat((i % 50) as usize))).collect();
     let written = std::fs::read_to_string(&out).expect("read the file");

@@ -157,4 +157,13 @@ fn liveness_unknown_is_not_dead() {
     assert!(exists(&location), "gc removed a segment whose liveness is unknown");
     shmctl_on(&fx, "unlink", &location, &["--force"]).assert_success();
     assert!(!exists(&location));
+    shmring_tests::reliability::report(
+        "liveness_unknown_is_not_dead",
+        "a SysV segment with a live producer whose lock file was removed (liveness unknown)",
+        1,
+        "pass: unlink refused (69) saying it cannot tell and naming the lock file and --force; gc kept it and said \
+         why; unlink --force removed it",
+        &shmring_tests::ledger::Figures::NoRecords,
+        serde_json::Value::Null,
+    );
 }

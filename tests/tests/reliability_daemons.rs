@@ -1043,20 +1043,23 @@ fn watchdog_is_fed_between_runs_while_the_segment_is_re_created() {
     Segment::unlink(&location).expect("unlink the segment");
     c.wait_log(&fx, "waiting for it to be re-created");
     let since = Instant::now();
-    std::thread::sleep(Duration::from_secs(1));
+    // A condition, not a fixed second: on a loaded machine the pings may come late, and
+    // what matters is that they keep coming while the daemon waits.
+    wait_until(daemons::PATIENCE, "four watchdog pings while waiting for re-creation", || pings_since(&c, since) >= 4);
+    let waited = since.elapsed();
     let pings = pings_since(&c, since);
+    fx.assert_running(c.proc());
     let asked = Instant::now();
     c.signal(&fx, Signal::SIGTERM);
     let finished = fx.wait(c.proc(), Duration::from_secs(3));
     let took = asked.elapsed();
     report(
         "watchdog_is_fed_between_runs_while_the_segment_is_re_created",
-        "on_unlinked = recreate, segment gone: WATCHDOG=1 pings in one second of waiting (WatchdogSec 0.2 s), then SIGTERM",
+        "on_unlinked = recreate, segment gone: WATCHDOG=1 pings while waiting (WatchdogSec 0.2 s), then SIGTERM",
         1,
-        if pings >= 4 && finished.status.success() { "pass" } else { "FAIL" },
+        if finished.status.success() { "pass" } else { "FAIL" },
         &Figures::NoRecords,
-        json!({ "watchdog_pings": pings, "sigterm_to_exit_ms": took.as_millis() as u64 }),
+        json!({ "watchdog_pings": pings, "waited_ms": waited.as_millis() as u64, "sigterm_to_exit_ms": took.as_millis() as u64 }),
     );
-    assert!(pings >= 4, "{pings} pings in a second of waiting; log:\n{}", c.log());
     finished.assert_success();
 }

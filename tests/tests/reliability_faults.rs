@@ -486,11 +486,23 @@ fn wakeup_storm_single_record_bursts_to_a_sleeping_consumer_lose_no_wakeup() {
     let count = env_count("SHMRING_STORM_RECORDS", STORM_RECORDS);
     let storm = wakeup_storm("storm", count, None);
     eprintln!("storm: {count} bursts: {storm:?}");
-    report(
+    let pass = storm.evidence.exact() && storm.asleep_past_bound.is_empty();
+    // The maximum latency is reported, not bounded: on a loaded 2-core machine a woken
+    // consumer can wait longer than 10 ms for a CPU (counted as late_but_woken); the
+    // bound that holds is on a consumer still asleep 10 ms after the publish.
+    let outcome = format!(
+        "{}: {} bursts still asleep 10 ms after the publish (lost wake-ups); publish-to-read max {:.1} ms; \
+         {} bursts over 10 ms whose consumer was woken and waited for a CPU",
+        if pass { "pass" } else { "fail" },
+        storm.asleep_past_bound.len(),
+        storm.max_latency.as_secs_f64() * 1e3,
+        storm.late_but_woken
+    );
+    shmring_tests::reliability::report(
         "wakeup_storm",
         "single-record bursts, each to a consumer seen asleep on the futex (wake word set, state S) before the publish",
         count,
-        storm.evidence.exact() && storm.asleep_past_bound.is_empty(),
+        &outcome,
         &Figures::Counted(storm.evidence.clone()),
         json!({
             "asleep_past_10ms": storm.asleep_past_bound.len(),

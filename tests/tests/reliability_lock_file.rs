@@ -87,3 +87,35 @@ fn a_squatted_sysv_lock_file_is_reported_and_left_alone() {
         json!({ "cases": cases }),
     );
 }
+
+/// A lock file of the right owner that every user may write is refused as well: anyone
+/// could lock its bytes (a fake live participant). No root needed: it is our own file.
+#[test]
+fn a_world_writable_sysv_lock_file_is_refused() {
+    let fx = Fixture::new("lock-mode");
+    let location = fx.location(Backend::Sysv);
+    let Location::Sysv(key) = &location else { unreachable!() };
+    let lock = shm_core::sysv_lock_path(*key);
+    fx.track_path(lock.clone());
+    drop(Segment::builder(location.clone()).capacity(4096).create().expect("create the segment"));
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).expect("chmod the lock file");
+    let opened = Segment::builder(location.clone()).open();
+    assert!(
+        matches!(&opened, Err(OpenError::UntrustedLockFile { problem, .. }) if problem.contains("every user may write it")),
+        "{opened:?}"
+    );
+    for (sub, extra) in [("stat", &[][..]), ("publish", &["x"][..])] {
+        assert_fails(&shmctl_on(&fx, sub, &location, extra), NO_PERM, &["every user may write it", &name(&location)]);
+    }
+    assert_eq!(std::fs::metadata(&lock).expect("the lock file").mode() & 0o7777, 0o666, "the lock file was changed");
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o600)).expect("chmod the lock file back");
+    Segment::builder(location.clone()).open().expect("open once the lock file is 0600 again");
+    shmring_tests::reliability::report(
+        "world_writable_sysv_lock_file",
+        "the SysV lock file of our own segment made mode 0666",
+        3,
+        "pass: open, shmctl stat and publish refuse (77) saying every user may write it; the file is left as it was",
+        &shmring_tests::ledger::Figures::NoRecords,
+        serde_json::Value::Null,
+    );
+}

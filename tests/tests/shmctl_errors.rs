@@ -454,3 +454,19 @@ mod sysv {
 mod file {
     every_backend!(File);
 }
+
+/// `peek` reads spsc rings only, for now: on a healthy mpsc, broadcast or mpmc ring it
+/// says so and exits 69 (unavailable), never 65 "corrupt" about a ring that is fine.
+#[test]
+fn peek_on_another_kind_of_ring_says_it_is_not_supported() {
+    let fx = shmring_tests::Fixture::new("peek-kinds");
+    for kind in ["mpsc", "broadcast", "mpmc"] {
+        let ring = fx.location(shmring_tests::Backend::File);
+        create(&fx, &ring, &["--capacity", "4KiB", "--kind", kind]);
+        let f = shmctl_on(&fx, "peek", &ring, &[]);
+        assert_fails(&f, UNAVAILABLE, &["peek is not supported for", kind, "rings yet"]);
+        assert!(!f.stderr.contains("corrupt"), "{kind}: {}", f.stderr);
+        // The ring was only looked at: stat still reads it as healthy.
+        shmctl_on(&fx, "stat", &ring, &[]).assert_code(0);
+    }
+}

@@ -302,6 +302,28 @@ pub enum AttachError {
     },
 }
 
+/// Why [`crate::Segment::peek`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeekError {
+    /// `peek` reads spsc rings only so far; the segment holds another kind, which is no
+    /// sign of damage.
+    #[error("{location}: peek is not supported for {kind} rings yet")]
+    UnsupportedKind {
+        /// The segment.
+        location: Location,
+        /// The segment's kind.
+        kind: &'static str,
+    },
+    /// The ring's cursors or frames are impossible.
+    #[error("{location}")]
+    Corrupt {
+        /// The segment.
+        location: Location,
+        /// What is wrong.
+        source: Corruption,
+    },
+}
+
 /// Why [`crate::Segment::unlink`] or [`crate::Segment::unlink_unused`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UnlinkError {

@@ -87,7 +87,7 @@ pub mod stats;
 mod sync;
 pub mod units;
 
-pub use error::{AttachError, CreateError, OpenError, OpenOrCreateError, UnlinkError};
+pub use error::{AttachError, CreateError, OpenError, OpenOrCreateError, PeekError, UnlinkError};
 pub use layout::{HeaderError, RingKind};
 pub use name::{Location, NameError, SegmentName, SysvKey};
 pub use participant::{Liveness, Participant, Role};

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::{self, Backing, CreateSpec, OpenSpec};
-use crate::error::{AttachError, CreateError, OpenError, OpenOrCreateError, UnlinkError, io_err};
+use crate::error::{AttachError, CreateError, OpenError, OpenOrCreateError, PeekError, UnlinkError, io_err};
 use crate::layout::{BROADCAST_CONSUMERS, BROADCAST_LOCK_BASE};
 use crate::layout::{
     Geometry, HEADER_SIZE, Header, MAX_CAPACITY, MIN_CAPACITY, RawIdentity, RingKind, max_payload_for,
@@ -971,15 +971,15 @@ impl Segment {
 
     /// Copies up to `max` records that are committed and not yet released, oldest
     /// first, without consuming them or writing anything (works read-only).
-    pub fn peek(&self, max: usize) -> Result<Vec<crate::ring::spsc::PeekedRecord>, crate::ring::Corruption> {
-        if self.inner.geometry.kind != crate::layout::RingKind::Spsc {
-            return Err(crate::ring::Corruption {
-                what: "peek reads spsc rings only (not yet mpsc)",
-                value: 0,
-                position: 0,
-            });
+    /// Other kinds of rings are [`PeekError::UnsupportedKind`] for now.
+    pub fn peek(&self, max: usize) -> Result<Vec<crate::ring::spsc::PeekedRecord>, PeekError> {
+        let location = || self.inner.location.clone();
+        let kind = self.inner.geometry.kind;
+        if kind != crate::layout::RingKind::Spsc {
+            return Err(PeekError::UnsupportedKind { location: location(), kind: kind.name() });
         }
         crate::ring::spsc::peek(&self.ring_refs(), max)
+            .map_err(|source| PeekError::Corrupt { location: location(), source })
     }
 
     /// Everyone who attached, with their liveness by kernel lock.

@@ -22,10 +22,14 @@ use crate::target::open_read_only;
 const PRODUCER_CONFIG: &str = include_str!("../../../config/producerd.toml");
 const CONSUMER_CONFIG: &str = include_str!("../../../config/consumerd.toml");
 
-/// Kills what is still running and removes the temporary directory when dropped.
+/// Kills what is still running and removes the temporary directory when dropped, and
+/// the segment the daemons made unless `--keep` (or the demo's normal end, which
+/// removes it itself) took it out of `segment`: a demo that stops early (a daemon died,
+/// the reader of its output went away) leaves nothing behind.
 struct Daemons {
     children: Vec<(&'static str, Child)>,
     dir: PathBuf,
+    segment: Option<Location>,
 }
 
 impl Drop for Daemons {
@@ -33,6 +37,10 @@ impl Drop for Daemons {
         for (_, child) in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(location) = self.segment.take() {
+            // Refused if someone else attached meanwhile: then it is theirs to keep.
+            let _ = Segment::unlink(&location);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -93,7 +101,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     let dir = std::env::temp_dir().join(format!("shmring-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let mut daemons = Daemons { children: Vec::new(), dir: dir.clone() };
+    let segment_to_remove = (!args.keep).then(|| location.clone());
+    let mut daemons = Daemons { children: Vec::new(), dir: dir.clone(), segment: segment_to_remove };
     let name_line = format!("name = {:?}", args.segment);
     let kind_line = format!("kind = {:?}", args.kind);
     let segment_lines = |config: &str| {
@@ -163,7 +172,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .context("consumerd wrote no summary")?;
     drop(segment);
-    if !args.keep {
+    if daemons.segment.take().is_some() {
         Segment::unlink(&location)?;
     }
 

@@ -7,12 +7,12 @@
 //! | 64 | usage: bad arguments, invalid name, size or options |
 //! | 65 | data: not a shmring segment, unsupported version, corrupt header or ring |
 //! | 66 | no such segment |
-//! | 69 | unavailable: in use by a live participant, not initialised, role taken |
+//! | 69 | unavailable: in use by a live participant, not initialised, role taken, not supported for this kind of ring yet |
 //! | 73 | cannot create: the name already exists |
 //! | 74 | I/O error, or no space to reserve the segment |
 //! | 77 | permission denied, untrusted owner or mode |
 
-use shm_core::{AttachError, Corruption, CreateError, NameError, OpenError, UnlinkError};
+use shm_core::{AttachError, Corruption, CreateError, NameError, OpenError, PeekError, UnlinkError};
 
 pub const USAGE: u8 = 64;
 pub const DATA: u8 = 65;
@@ -85,6 +85,12 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
                 }
                 UnlinkError::Permission { .. } => NO_PERM,
                 UnlinkError::Io { .. } => IO,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<PeekError>() {
+            return match e {
+                PeekError::UnsupportedKind { .. } => UNAVAILABLE,
+                PeekError::Corrupt { .. } => DATA,
             };
         }
         if cause.downcast_ref::<NameError>().is_some() || cause.downcast_ref::<shm_core::units::SizeError>().is_some() {

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use base64::Engine as _;
 use serde::Serialize;
 use shm_core::PeekedRecord;
@@ -15,7 +15,7 @@ use crate::target::{location, open_read_only};
 pub fn run(args: PeekArgs) -> Result<()> {
     let location = location(&args.target)?;
     let segment = open_read_only(&location, Duration::from_secs(1))?;
-    let records = segment.peek(args.count).with_context(|| location.to_string())?;
+    let records = segment.peek(args.count)?;
     if args.json {
         let doc = PeekJson { segment: location.to_string(), records: records.iter().map(RecordJson::of).collect() };
         outln!("{}", serde_json::to_string_pretty(&doc)?);
