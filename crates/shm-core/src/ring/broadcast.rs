@@ -289,6 +289,11 @@ impl Producer {
         max_payload(&self.ring)
     }
 
+    /// Ring data bytes.
+    pub fn capacity(&self) -> u64 {
+        self.ring.capacity
+    }
+
     /// Records committed so far (the next record's sequence number).
     pub fn records(&self) -> u64 {
         self.seq
