@@ -231,7 +231,11 @@ fn config_ring_kind_producer_id_and_consumer_name_name_the_key_and_line() {
             &["source.producer_id", "line 6", "one producer"],
         ),
         refused(Kind::Producer, format!("{mpmc}[source]\nrate = 10\n"), &["source.producer_id", "required", "mpmc"]),
-        refused(Kind::Consumer, format!("{mpmc}[sink]\nkind = \"discard\"\n"), &["sink.worker_id", "required", "0 to 5"]),
+        refused(
+            Kind::Consumer,
+            format!("{mpmc}[sink]\nkind = \"discard\"\n"),
+            &["sink.worker_id", "required", "0 to 5"],
+        ),
         refused(
             Kind::Consumer,
             format!("{mpmc}[sink]\nkind = \"discard\"\nworker_id = 6\n"),

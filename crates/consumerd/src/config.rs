@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use shm_core::RingKind;
+use shm_core::layout::{CONSUMER_NAME_LEN, MPMC_WORKERS};
 use shm_daemon::config::{
     ConfigError, CpuAffinity, CreateMode, LogSettings, RawLog, RawMetrics, RawSegment, SegmentDefaults,
     SegmentSettings, Source, parse_duration, refuse_keys,
 };
-use shm_core::RingKind;
-use shm_core::layout::{CONSUMER_NAME_LEN, MPMC_WORKERS};
 use toml::Spanned;
 
 /// The config used when no file is found: a verify sink on `/high_perf_ring`.
@@ -405,11 +405,9 @@ fn ring_identity(
             })
         }
         (_, None) => Ok(None),
-        (_, Some(id)) => Err(src.error(
-            key,
-            Some(id),
-            format!("applies to segment.kind = \"mpmc\" only, not {:?}", kind.name()),
-        )),
+        (_, Some(id)) => {
+            Err(src.error(key, Some(id), format!("applies to segment.kind = \"mpmc\" only, not {:?}", kind.name())))
+        }
     }
 }
 

@@ -110,8 +110,12 @@ impl RingConsumer {
     /// mpmc: redelivered), logging an increase.
     fn report_tallies(&self, shared: &Shared) {
         let (now, cell, what) = match self {
-            RingConsumer::Broadcast(c) => (c.tallies().missed, &shared.missed, "records missed (lapped, or passed while this consumer was away)"),
-            RingConsumer::Mpmc(w, _) => (w.redelivered(), &shared.redelivered, "records redelivered to this worker from a dead one"),
+            RingConsumer::Broadcast(c) => {
+                (c.tallies().missed, &shared.missed, "records missed (lapped, or passed while this consumer was away)")
+            }
+            RingConsumer::Mpmc(w, _) => {
+                (w.redelivered(), &shared.redelivered, "records redelivered to this worker from a dead one")
+            }
             RingConsumer::Spsc(_) | RingConsumer::Mpsc(_) => return,
         };
         // Relaxed: a figure for logs and metrics; only this thread stores it.

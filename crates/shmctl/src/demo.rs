@@ -160,7 +160,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         daemons.children.push(("producerd", spawn(&producerd, config, &[])?));
     }
 
-    let segment = wait_until_running(&location, &mut daemons, usize::from(args.producers), usize::from(args.consumers))?;
+    let segment =
+        wait_until_running(&location, &mut daemons, usize::from(args.producers), usize::from(args.consumers))?;
     let info = segment.info()?;
     outln!("ring: {} {} ring of {}, every daemon attached", info.backend, info.kind.name(), format_size(info.capacity));
     outln!("{:>4}  {:>14} {:>12}  {:>14} {:>12}  {:>6}", "t", "produced", "rate/s", "consumed", "rate/s", "fill");
@@ -277,7 +278,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let producers_ok = producer_status.iter().all(|s| s.success());
     let consumers_ok = consumer_status.iter().all(|s| s.success());
     let shown = |statuses: &[std::process::ExitStatus]| statuses.iter().map(ToString::to_string).collect::<Vec<_>>();
-    outln!("  exits       producerd {}, consumerd {}", shown(&producer_status).join(" / "), shown(&consumer_status).join(" / "));
+    outln!(
+        "  exits       producerd {}, consumerd {}",
+        shown(&producer_status).join(" / "),
+        shown(&consumer_status).join(" / ")
+    );
     if !args.keep {
         outln!("  {location} removed (--keep leaves it for shmctl stat)");
     }
@@ -318,7 +323,12 @@ fn live_consumers(segment: &Segment) -> usize {
 
 /// Waits for the segment to exist with `producers` live producers and `consumers` live
 /// consumers.
-fn wait_until_running(location: &Location, daemons: &mut Daemons, producers: usize, consumers: usize) -> Result<Segment> {
+fn wait_until_running(
+    location: &Location,
+    daemons: &mut Daemons,
+    producers: usize,
+    consumers: usize,
+) -> Result<Segment> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         check_alive(daemons)?;
