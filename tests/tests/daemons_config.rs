@@ -214,8 +214,39 @@ fn config_ring_kind_producer_id_and_consumer_name_name_the_key_and_line() {
     let location = fx.location(Backend::Posix);
     let spsc = segment_section(&location, &[]);
     let mpsc = segment_section(&location, &["kind = \"mpsc\""]);
+    let broadcast = segment_section(&location, &["kind = \"broadcast\""]);
+    let mpmc = segment_section(&location, &["kind = \"mpmc\""]);
     let mut cases =
-        both(&segment_section(&location, &["kind = \"broadcast\""]), &["segment.kind", "line 4", "broadcast"]);
+        both(&segment_section(&location, &["kind = \"ring\""]), &["segment.kind", "line 4", "ring", "mpmc"]);
+    cases.extend(both(&segment_section(&location, &["kind = \"mpsc\"", "lossy = true"]), &["segment.lossy", "line 5"]));
+    cases.extend([
+        refused(
+            Kind::Consumer,
+            format!("{broadcast}[sink]\nkind = \"discard\"\n"),
+            &["sink.consumer_name", "required", "broadcast"],
+        ),
+        refused(
+            Kind::Producer,
+            format!("{broadcast}[source]\nproducer_id = 0\n"),
+            &["source.producer_id", "line 6", "one producer"],
+        ),
+        refused(Kind::Producer, format!("{mpmc}[source]\nrate = 10\n"), &["source.producer_id", "required", "mpmc"]),
+        refused(
+            Kind::Consumer,
+            format!("{mpmc}[sink]\nkind = \"discard\"\n"),
+            &["sink.worker_id", "required", "0 to 5"],
+        ),
+        refused(
+            Kind::Consumer,
+            format!("{mpmc}[sink]\nkind = \"discard\"\nworker_id = 6\n"),
+            &["sink.worker_id", "line 7", "0 to 5"],
+        ),
+        refused(
+            Kind::Consumer,
+            format!("{mpsc}[sink]\nkind = \"discard\"\nworker_id = 0\n"),
+            &["sink.worker_id", "line 7", "mpmc\" only"],
+        ),
+    ]);
     cases.extend([
         refused(Kind::Producer, format!("{mpsc}[source]\nrate = 10\n"), &["source.producer_id", "required", "mpsc"]),
         refused(
@@ -226,7 +257,7 @@ fn config_ring_kind_producer_id_and_consumer_name_name_the_key_and_line() {
         refused(
             Kind::Producer,
             format!("{spsc}[source]\nproducer_id = 0\n"),
-            &["source.producer_id", "line 5", "mpsc\" only"],
+            &["source.producer_id", "line 5", "\"mpmc\" only", "spsc ring has one producer"],
         ),
         refused(
             Kind::Consumer,

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use shm_core::RingKind;
+use shm_core::layout::{CONSUMER_NAME_LEN, MPMC_WORKERS};
 use shm_daemon::config::{
     ConfigError, CpuAffinity, CreateMode, LogSettings, RawLog, RawMetrics, RawSegment, SegmentDefaults,
     SegmentSettings, Source, parse_duration, refuse_keys,
@@ -46,6 +48,7 @@ struct RawSink {
     undeliverable_after: Option<Spanned<String>>,
     cpu_affinity: Option<Spanned<Vec<u32>>>,
     consumer_name: Option<Spanned<String>>,
+    worker_id: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,9 +153,11 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// `[sink] cpu_affinity`: CPUs the ring thread is pinned to.
     pub cpu_affinity: Option<CpuAffinity>,
-    /// `[sink] consumer_name`: this consumer's name in logs (and, on rings with named
-    /// cursors, its cursor's name).
+    /// `[sink] consumer_name`: this consumer's name in logs; on a broadcast ring (where it
+    /// is required) the name of its cursor in the segment.
     pub consumer_name: Option<String>,
+    /// `[sink] worker_id`: the worker slot of an mpmc ring (required there, refused elsewhere).
+    pub worker_id: Option<usize>,
     /// Where the settings came from.
     pub origin: String,
 }
@@ -202,6 +207,9 @@ impl Settings {
         }
         if self.consumer_name != new.consumer_name {
             keys.push("sink.consumer_name");
+        }
+        if self.worker_id != new.worker_id {
+            keys.push("sink.worker_id");
         }
         keys.extend(shm_daemon::config::changed_log_and_metrics((&self.log, self.metrics), (&new.log, new.metrics)));
         keys
@@ -339,7 +347,9 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
             }
         })
         .transpose()?;
+    let worker_id = ring_identity(src, &segment, s, consumer_name.as_deref())?;
     Ok(Settings {
+        worker_id,
         consumer_name,
         segment,
         sink,
@@ -349,6 +359,56 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
         cpu_affinity: CpuAffinity::validate(src, "sink.cpu_affinity", &s.cpu_affinity)?,
         origin: src.label.clone(),
     })
+}
+
+/// What names this consumer in the ring: a broadcast ring needs `consumer_name` (its
+/// cursor's name, at most 24 bytes), an mpmc ring `worker_id` (its worker slot, like a
+/// producer's `producer_id`); `worker_id` is refused on every other kind. Returns the id.
+fn ring_identity(
+    src: &Source,
+    segment: &SegmentSettings,
+    s: &RawSink,
+    consumer_name: Option<&str>,
+) -> Result<Option<usize>, ConfigError> {
+    let kind = segment.kind;
+    if kind == RingKind::Broadcast {
+        match consumer_name {
+            None => {
+                return Err(src.error(
+                    "sink.consumer_name",
+                    None::<&Spanned<()>>,
+                    "is required for segment.kind = \"broadcast\": the name of this consumer's cursor in the \
+                     ring (a restart under the same name resumes it)",
+                ));
+            }
+            Some(name) if name.len() > CONSUMER_NAME_LEN => {
+                return Err(src.error(
+                    "sink.consumer_name",
+                    s.consumer_name.as_ref(),
+                    format!("{name:?} is longer than a broadcast cursor's {CONSUMER_NAME_LEN} bytes"),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let key = "sink.worker_id";
+    match (kind, &s.worker_id) {
+        (RingKind::Mpmc, None) => Err(src.error(
+            key,
+            None::<&Spanned<()>>,
+            format!("is required for segment.kind = \"mpmc\": this worker's slot, 0 to {}", MPMC_WORKERS - 1),
+        )),
+        (RingKind::Mpmc, Some(id)) => {
+            let value = *id.get_ref();
+            usize::try_from(value).ok().filter(|&w| w < MPMC_WORKERS).map(Some).ok_or_else(|| {
+                src.error(key, Some(id), format!("{value} is not a worker slot from 0 to {}", MPMC_WORKERS - 1))
+            })
+        }
+        (_, None) => Ok(None),
+        (_, Some(id)) => {
+            Err(src.error(key, Some(id), format!("applies to segment.kind = \"mpmc\" only, not {:?}", kind.name())))
+        }
+    }
 }
 
 #[cfg(test)]

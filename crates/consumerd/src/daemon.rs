@@ -6,17 +6,30 @@
 //! healthy the thread, stops it, so systemd's watchdog sees the wedge. A sink error
 //! that retrying cannot cure (see `sinks::Unrecoverable`) ends the thread with it.
 //!
-//! [`RingConsumer`] is the segment's consumer, of its kind; both kinds read through the
+//! [`RingConsumer`] is the segment's consumer, of its kind; every kind reads through the
 //! same durable batch (`read_batch_durable`), so the sinks and their exactly-once
 //! machinery are the same. On an mpsc ring the generator's records carry their producer
 //! id, which the verify sink checks order by.
+//!
+//! - **broadcast**: the consumer's named cursor (`sink.consumer_name`) moves only after
+//!   the sink's hook, so a restart under the name resumes exactly; records the ring says
+//!   this consumer missed (lapped in a lossy ring, or passed while it was dead) are logged
+//!   and exported (`consumerd_broadcast_missed_total`, exact: the segment's tally).
+//! - **mpmc**: the daemon is worker `sink.worker_id`. Each record is a batch of one: the
+//!   sink accepts it and makes it durable, then the worker acknowledges it; a refused
+//!   record stays with this worker (`Job::hold_for_retry`) and is retried. A worker killed
+//!   between the hook and the acknowledgement has that record redelivered to another
+//!   worker: at least once for that record, counted (`consumerd_mpmc_redelivered_total`,
+//!   and `redelivered` in `shmctl stat`). The sinks are told no resume position (0): a
+//!   worker's records are not a contiguous stretch of the ring, so "skip what is below the
+//!   recorded position" would skip another worker's redelivered record.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use shm_core::ring::mpsc;
+use shm_core::ring::{broadcast, mpmc, mpsc};
 use shm_core::{BatchError, Consumer, ReadError, Record, Segment};
 use shm_daemon::config::CpuAffinity;
 use shm_daemon::service::Reloads;
@@ -51,6 +64,10 @@ pub struct Shared {
     pub sink_counters: Mutex<Vec<(&'static str, u64)>>,
     /// The verify sink's latencies, for the metrics endpoint.
     pub latency: shm_daemon::metrics::LatencyHistogram,
+    /// Broadcast: records this consumer missed (its exact tally in the segment).
+    pub missed: AtomicU64,
+    /// Mpmc: records this worker id received from a dead worker (the segment's count).
+    pub redelivered: AtomicU64,
 }
 
 /// The segment's consumer, of the ring's kind.
@@ -60,20 +77,51 @@ pub enum RingConsumer {
     Spsc(Consumer),
     /// The consumer of an mpsc ring.
     Mpsc(mpsc::Consumer),
+    /// A named consumer of a broadcast ring.
+    Broadcast(broadcast::Consumer),
+    /// A worker of an mpmc ring, and its segment (for the take cursor).
+    Mpmc(mpmc::Worker, Segment),
 }
 
 impl RingConsumer {
+    /// Where this consumer is, against the write cursor (how far a drain got); for an
+    /// mpmc worker, the ring's take cursor: every record below it went to some worker.
     fn position(&self) -> u64 {
         match self {
             RingConsumer::Spsc(c) => c.position(),
             RingConsumer::Mpsc(c) => c.position(),
+            RingConsumer::Broadcast(c) => c.position(),
+            RingConsumer::Mpmc(_, segment) => segment.mpmc_status().map_or(0, |s| s.take_cursor),
         }
     }
 
+    /// Waits for a record. An mpmc worker waits in its take (`read_batch_durable`),
+    /// since the record it waits for may be taken by another worker first.
     fn wait_for_data(&mut self, timeout: Option<Duration>) -> Result<(), ReadError> {
         match self {
             RingConsumer::Spsc(c) => c.wait_for_data(timeout),
             RingConsumer::Mpsc(c) => c.wait_for_data(timeout),
+            RingConsumer::Broadcast(c) => c.wait_for_data(timeout),
+            RingConsumer::Mpmc(..) => Ok(()),
+        }
+    }
+
+    /// Publishes the ring's own exact figures for this consumer (broadcast: missed;
+    /// mpmc: redelivered), logging an increase.
+    fn report_tallies(&self, shared: &Shared) {
+        let (now, cell, what) = match self {
+            RingConsumer::Broadcast(c) => {
+                (c.tallies().missed, &shared.missed, "records missed (lapped, or passed while this consumer was away)")
+            }
+            RingConsumer::Mpmc(w, _) => {
+                (w.redelivered(), &shared.redelivered, "records redelivered to this worker from a dead one")
+            }
+            RingConsumer::Spsc(_) | RingConsumer::Mpsc(_) => return,
+        };
+        // Relaxed: a figure for logs and metrics; only this thread stores it.
+        let before = cell.swap(now, Ordering::Relaxed);
+        if now > before {
+            warn!(total = now, new = now - before, "{what}");
         }
     }
 
@@ -92,6 +140,38 @@ impl RingConsumer {
                 |r| sink(Record { data: r.data, record_type: r.record_type, position: r.position }),
                 before_release,
             ),
+            RingConsumer::Broadcast(c) => c.read_batch_durable(
+                max,
+                |r, position| sink(Record { data: r.data, record_type: r.record_type, position }),
+                before_release,
+            ),
+            RingConsumer::Mpmc(w, _) => take_durable(w, sink, before_release),
+        }
+    }
+}
+
+/// An mpmc worker's batch: one record, taken (waiting up to [`STEP`]), accepted, made
+/// durable, then acknowledged; a refused one is kept for the retry. The sinks are told
+/// position 0 (module docs).
+fn take_durable<E>(
+    worker: &mut mpmc::Worker,
+    mut sink: impl FnMut(Record<'_>) -> Result<(), E>,
+    before_release: impl FnOnce(u64) -> Result<(), E>,
+) -> Result<usize, BatchError<E>> {
+    let job = match worker.take(Some(STEP)) {
+        Ok(job) => job,
+        Err(ReadError::TimedOut(_)) => return Ok(0),
+        Err(ReadError::Corrupt(c)) => return Err(c.into()),
+    };
+    let record = Record { data: &job, record_type: job.record_type(), position: job.position() };
+    match sink(record).and_then(|()| before_release(0)) {
+        Ok(()) => {
+            job.ack()?;
+            Ok(1)
+        }
+        Err(error) => {
+            job.hold_for_retry();
+            Err(BatchError::Sink { accepted: 0, error })
         }
     }
 }
@@ -193,6 +273,7 @@ pub fn run(
             }
             Err(BatchError::Corrupt(c)) => bail!("{}: {c}", segment.location()),
         }
+        consumer.report_tallies(&shared);
         if let Ok(mut c) = shared.sink_counters.lock() {
             *c = sink.counters();
         }

@@ -73,8 +73,14 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
         let consumer = attach(&segment, &settings)?;
         let created = segment.info()?.created_unix_ns;
         let this_sink = match sink.take() {
-            None => sinks::build(&settings.sink, created, &shared.latency)
-                .with_context(|| format!("opening the {:?} sink", settings.sink))?,
+            None => {
+                let mut built = sinks::build(&settings.sink, created, &shared.latency)
+                    .with_context(|| format!("opening the {:?} sink", settings.sink))?;
+                if segment.geometry().kind == RingKind::Mpmc {
+                    built.share_the_stream();
+                }
+                built
+            }
             Some(mut previous) => {
                 previous.switch_segment(created).context("moving the sink's state to the new segment")?;
                 previous
@@ -87,6 +93,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
             sink = settings.sink.kind(),
             kind = segment.geometry().kind.name(),
             consumer_name = settings.consumer_name.as_deref().unwrap_or("-"),
+            worker_id = ?settings.worker_id,
             "consumer attached"
         );
         let ring = {
@@ -127,8 +134,29 @@ fn attach(segment: &Segment, settings: &config::Settings) -> Result<daemon::Ring
             consumer.set_wait_strategy(settings.segment.wait);
             daemon::RingConsumer::Mpsc(consumer)
         }
-        kind @ (RingKind::Broadcast | RingKind::Mpmc) => {
-            bail!("{}: consumerd does not read {} rings yet", segment.location(), kind.name())
+        RingKind::Broadcast => {
+            // The config requires the name on a broadcast ring.
+            let Some(name) = settings.consumer_name.as_deref() else {
+                bail!("sink.consumer_name: required for a broadcast ring")
+            };
+            let consumer = segment.broadcast_consumer(name)?;
+            let tallies = consumer.tallies();
+            info!(
+                consumer_name = name,
+                slot = consumer.slot(),
+                delivered = tallies.delivered,
+                missed = tallies.missed,
+                next_seq = consumer.next_seq(),
+                "broadcast cursor attached (a known name resumes its cursor, a new one joins at the newest record)"
+            );
+            daemon::RingConsumer::Broadcast(consumer)
+        }
+        RingKind::Mpmc => {
+            let Some(id) = settings.worker_id else { bail!("sink.worker_id: required for an mpmc ring") };
+            let mut worker = segment.mpmc_worker(id)?;
+            worker.set_wait_strategy(settings.segment.wait);
+            info!(worker_id = id, taken = worker.taken(), redelivered = worker.redelivered(), "mpmc worker attached");
+            daemon::RingConsumer::Mpmc(worker, segment.clone())
         }
     })
 }
@@ -155,6 +183,7 @@ fn service(
     let name = segment.location().to_string();
     let metrics = settings.metrics.map(|addr| {
         let (segment, shared, latency) = (segment.clone(), shared.clone(), shared.latency.clone());
+        let kind = segment.geometry().kind;
         let exposition = metrics::Exposition::new(&name, Role::Consumer, move || {
             let mut readings = metrics::segment_readings(&segment.stats(), Role::Consumer);
             readings.push(metrics::Reading::counter(
@@ -167,6 +196,19 @@ fn service(
                 "Batches the sink refused (they stay in the ring and are retried)",
                 shared.sink_errors.load(Ordering::Relaxed),
             ));
+            match kind {
+                RingKind::Broadcast => readings.push(metrics::Reading::counter(
+                    "consumerd_broadcast_missed",
+                    "Broadcast: records this consumer missed (lapped, or passed while it was away), from the segment",
+                    shared.missed.load(Ordering::Relaxed),
+                )),
+                RingKind::Mpmc => readings.push(metrics::Reading::counter(
+                    "consumerd_mpmc_redelivered",
+                    "Mpmc: records this worker id received from a dead worker, from the segment",
+                    shared.redelivered.load(Ordering::Relaxed),
+                )),
+                RingKind::Spsc | RingKind::Mpsc => {}
+            }
             for (key, value) in shared.sink_counters.lock().map(|c| c.clone()).unwrap_or_default() {
                 readings.push(metrics::Reading::counter(
                     format!("consumerd_{key}"),

@@ -110,7 +110,8 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// `[source] cpu_affinity`: CPUs the ring thread is pinned to.
     pub cpu_affinity: Option<CpuAffinity>,
-    /// `[source] producer_id`: the producer slot of an mpsc ring (`None` for spsc).
+    /// `[source] producer_id`: the producer slot of an mpsc or mpmc ring (`None` for spsc
+    /// and broadcast).
     pub producer_id: Option<usize>,
     /// Where the settings came from.
     pub origin: String,
@@ -276,8 +277,8 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
     })
 }
 
-/// `[source] producer_id`: required for an mpsc ring (which of its producer slots this
-/// daemon takes), refused for spsc (one producer, no slot to choose).
+/// `[source] producer_id`: required for an mpsc or mpmc ring (which of its producer slots
+/// this daemon takes), refused for spsc and broadcast (one producer, no slot to choose).
 fn producer_id(
     src: &Source,
     segment: &SegmentSettings,
@@ -286,42 +287,39 @@ fn producer_id(
     drop_when_full: bool,
 ) -> Result<Option<usize>, ConfigError> {
     let key = "source.producer_id";
+    let kind = segment.kind.name();
+    if drop_when_full && segment.kind != RingKind::Spsc && matches!(source, SourceKind::Generator { .. }) {
+        // The generator resumes at the ring's exact count of its records (the consumer's
+        // on mpsc and mpmc, the producer's own on broadcast); numbers taken by dropped
+        // records would be reused.
+        return Err(src.error(
+            "source.on_full",
+            s.on_full.as_ref(),
+            format!(
+                "\"drop\" is not supported for the generator on an {kind} ring (its resume point is the ring's \
+                 exact count of its records, which dropped sequence numbers would break)"
+            ),
+        ));
+    }
     match (segment.kind, &s.producer_id) {
-        (RingKind::Spsc | RingKind::Broadcast | RingKind::Mpmc, None) => Ok(None),
-        (RingKind::Broadcast | RingKind::Mpmc, Some(id)) => {
-            Err(src.error(key, Some(id), "applies to segment.kind = \"mpsc\" only (the daemons do not run this kind)"))
-        }
-        (RingKind::Spsc, Some(id)) => Err(src.error(
+        (RingKind::Spsc | RingKind::Broadcast, None) => Ok(None),
+        (RingKind::Spsc | RingKind::Broadcast, Some(id)) => Err(src.error(
             key,
             Some(id),
-            "applies to segment.kind = \"mpsc\" only (an spsc ring has one producer, no slot to choose)",
+            format!(
+                "applies to segment.kind = \"mpsc\" or \"mpmc\" only (an {kind} ring has one producer, no slot to choose)"
+            ),
         )),
-        (RingKind::Mpsc, None) => Err(src.error(
+        (RingKind::Mpsc | RingKind::Mpmc, None) => Err(src.error(
             key,
             None::<&Spanned<()>>,
-            format!("is required for segment.kind = \"mpsc\": this producer's slot, 0 to {}", MPSC_PRODUCERS - 1),
+            format!("is required for segment.kind = {kind:?}: this producer's slot, 0 to {}", MPSC_PRODUCERS - 1),
         )),
-        (RingKind::Mpsc, Some(id)) => {
+        (RingKind::Mpsc | RingKind::Mpmc, Some(id)) => {
             let value = *id.get_ref();
-            let id_ok = usize::try_from(value).ok().filter(|&i| i < MPSC_PRODUCERS);
-            let Some(valid) = id_ok else {
-                return Err(src.error(
-                    key,
-                    Some(id),
-                    format!("{value} is not a producer slot from 0 to {}", MPSC_PRODUCERS - 1),
-                ));
-            };
-            if drop_when_full && matches!(source, SourceKind::Generator { .. }) {
-                // The generator on mpsc resumes at the consumer's exact count of its records;
-                // numbers taken by dropped records would be reused.
-                return Err(src.error(
-                    "source.on_full",
-                    s.on_full.as_ref(),
-                    "\"drop\" is not supported for the generator on an mpsc ring (its resume point is the \
-                     consumer's exact count of its records, which dropped sequence numbers would break)",
-                ));
-            }
-            Ok(Some(valid))
+            usize::try_from(value).ok().filter(|&i| i < MPSC_PRODUCERS).map(Some).ok_or_else(|| {
+                src.error(key, Some(id), format!("{value} is not a producer slot from 0 to {}", MPSC_PRODUCERS - 1))
+            })
         }
     }
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use shm_core::ring::frame::framed_len_u32;
-use shm_core::ring::mpsc;
+use shm_core::ring::{broadcast, mpsc};
 use shm_core::{Batch, ClaimError, Producer, Segment, TryClaimError};
 use shm_daemon::config::CpuAffinity;
 use shm_daemon::record;
@@ -162,6 +162,13 @@ pub fn run(
                 let resume = resume_mpsc(p.id(), &segment, &shared)?;
                 generate(p, resume, generator, &shared)
             }
+            RingProducer::Broadcast(p, _) => {
+                // The ring's record count is exact (each commit publishes it), and the
+                // generator's numbers are the ring's: resume right after the last one.
+                let resume = p.records();
+                info!(next = resume, "resuming after the ring's last published record");
+                generate(p, Some(resume), generator, &shared)
+            }
         },
         Opened::Stdin(buffer) => read_stream(&mut producer, std::io::stdin().lock(), buffer, &shared),
         Opened::Udp(sock) => receive_datagrams(&mut producer, sock.as_fd(), &shared),
@@ -173,8 +180,11 @@ pub fn run(
 pub enum RingProducer {
     /// The one producer of an spsc ring.
     Spsc(Producer),
-    /// One of the producers of an mpsc ring (its id is the config's `producer_id`).
+    /// One of the producers of an mpsc or mpmc ring (its id is the config's `producer_id`).
     Mpsc(mpsc::Producer),
+    /// The one producer of a broadcast ring, with a buffer for sources that learn a
+    /// record's length only once it is read (a broadcast claim commits its whole length).
+    Broadcast(broadcast::Producer, Vec<u8>),
 }
 
 impl RingProducer {
@@ -182,6 +192,7 @@ impl RingProducer {
         match self {
             RingProducer::Spsc(p) => p.max_record(),
             RingProducer::Mpsc(p) => p.max_record(),
+            RingProducer::Broadcast(p, _) => p.max_record(),
         }
     }
 
@@ -189,6 +200,7 @@ impl RingProducer {
         match self {
             RingProducer::Spsc(p) => p.publish(data, timeout),
             RingProducer::Mpsc(p) => p.publish(data, timeout),
+            RingProducer::Broadcast(p, _) => p.publish(data, timeout),
         }
     }
 
@@ -214,6 +226,21 @@ impl RingProducer {
                 let (commit, out) = fill(&mut claim);
                 if let Some(n) = commit {
                     claim.commit_len(n);
+                }
+                Ok(out)
+            }
+            RingProducer::Broadcast(p, copy) => {
+                // Wait for room for `room` bytes, abandoning the claim; the one producer's
+                // room only grows, so the shorter record published next fits without a wait.
+                drop(p.claim(room, timeout)?);
+                copy.resize(room, 0);
+                let (commit, out) = fill(copy);
+                if let Some(n) = commit {
+                    p.try_publish(&copy[..n]).map_err(|e| match e {
+                        TryClaimError::Full => ClaimError::TimedOut(Duration::ZERO),
+                        TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
+                        TryClaimError::Corrupt(c) => ClaimError::Corrupt(c),
+                    })?;
                 }
                 Ok(out)
             }
@@ -435,42 +462,99 @@ fn kill_this_process_unpublished(written: u64) -> ! {
     std::process::abort()
 }
 
-/// An mpsc ring: each record claimed and committed on its own (a commit publishes it);
-/// the first of a batch waits up to [`STEP`] for space, so waiting is part of filling.
-impl GeneratorTarget for mpsc::Producer {
+/// A ring whose generator commits each record on its own (a commit publishes it): mpsc
+/// and mpmc producers, and the broadcast producer.
+trait OneByOne {
+    /// Space claimed for one record.
+    type Claim<'a>: std::ops::DerefMut<Target = [u8]>
+    where
+        Self: 'a;
+    /// The ring's capacity.
+    fn ring_capacity(&self) -> u64;
+    /// The producer id the generator puts in its records.
+    fn generator_id(&self) -> u8;
+    /// Claims `len` bytes, waiting up to `timeout`.
+    fn claim_waiting(&mut self, len: usize, timeout: Duration) -> Result<Self::Claim<'_>, ClaimError>;
+    /// Claims `len` bytes without waiting.
+    fn claim_now(&mut self, len: usize) -> Result<Self::Claim<'_>, TryClaimError>;
+    /// Commits (and so publishes) a claim.
+    fn commit(claim: Self::Claim<'_>);
+}
+
+impl OneByOne for mpsc::Producer {
+    type Claim<'a> = mpsc::Claim<'a>;
+    fn ring_capacity(&self) -> u64 {
+        self.capacity()
+    }
+    fn generator_id(&self) -> u8 {
+        self.id() as u8
+    }
+    fn claim_waiting(&mut self, len: usize, timeout: Duration) -> Result<Self::Claim<'_>, ClaimError> {
+        self.claim(len, Some(timeout))
+    }
+    fn claim_now(&mut self, len: usize) -> Result<Self::Claim<'_>, TryClaimError> {
+        self.try_claim(len)
+    }
+    fn commit(claim: Self::Claim<'_>) {
+        claim.commit();
+    }
+}
+
+impl OneByOne for broadcast::Producer {
+    type Claim<'a> = broadcast::Claim<'a>;
+    fn ring_capacity(&self) -> u64 {
+        self.capacity()
+    }
+    fn generator_id(&self) -> u8 {
+        // A broadcast ring has one producer.
+        0
+    }
+    fn claim_waiting(&mut self, len: usize, timeout: Duration) -> Result<Self::Claim<'_>, ClaimError> {
+        self.claim(len, Some(timeout))
+    }
+    fn claim_now(&mut self, len: usize) -> Result<Self::Claim<'_>, TryClaimError> {
+        self.try_claim(len)
+    }
+    fn commit(claim: Self::Claim<'_>) {
+        claim.commit();
+    }
+}
+
+/// Each record claimed and committed on its own; the first of a batch waits up to
+/// [`STEP`] for space, so waiting is part of filling.
+impl<T: OneByOne> GeneratorTarget for T {
     fn capacity(&self) -> u64 {
-        mpsc::Producer::capacity(self)
+        self.ring_capacity()
     }
 
     fn fill(&mut self, seq: &mut u64, due: u64, sizes: &mut Sizes) -> Result<Filled> {
         let mut filled = Filled { written: 0, full: false, next_size: sizes.next(), end: 0, last_len: 0 };
-        let producer_id = self.id() as u8;
+        let producer_id = self.generator_id();
         while filled.written < due {
             let timeout = (filled.written == 0).then_some(STEP);
             let claim = match timeout {
-                Some(t) => self.claim(filled.next_size, Some(t)).map_err(|e| match e {
+                Some(t) => self.claim_waiting(filled.next_size, t).map_err(|e| match e {
                     ClaimError::TimedOut(_) => None,
                     e => Some(e.to_string()),
                 }),
-                None => self.try_claim(filled.next_size).map_err(|e| match e {
+                None => self.claim_now(filled.next_size).map_err(|e| match e {
                     TryClaimError::Full => None,
                     e => Some(e.to_string()),
                 }),
             };
-            match claim {
-                Ok(mut claim) => {
-                    record::encode(&mut claim, producer_id, *seq, record::monotonic_ns());
-                    claim.commit();
-                    *seq += 1;
-                    filled.written += 1;
-                    filled.next_size = sizes.next();
-                }
+            let mut claim = match claim {
+                Ok(claim) => claim,
                 Err(None) => {
                     filled.full = filled.written == 0;
                     break;
                 }
                 Err(Some(e)) => bail!("generator: {e}"),
-            }
+            };
+            record::encode(&mut claim, producer_id, *seq, record::monotonic_ns());
+            T::commit(claim);
+            *seq += 1;
+            filled.written += 1;
+            filled.next_size = sizes.next();
         }
         Ok(filled)
     }

@@ -113,19 +113,20 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
 }
 
 /// Attaches as the segment's producer, of its kind (`segment::open` checked that it is
-/// the configured one, and the config that an mpsc ring has a `producer_id`).
+/// the configured one, and the config that an mpsc or mpmc ring has a `producer_id`).
 fn attach(segment: &Segment, settings: &config::Settings) -> Result<daemon::RingProducer> {
     Ok(match (segment.geometry().kind, settings.producer_id) {
         (RingKind::Spsc, _) => daemon::RingProducer::Spsc(segment.producer_with(settings.segment.wait)?),
-        (RingKind::Mpsc, Some(id)) => {
+        (RingKind::Mpsc | RingKind::Mpmc, Some(id)) => {
+            // An mpmc ring's producers are mpsc's.
             let mut producer = segment.mpsc_producer(id)?;
             producer.set_wait_strategy(settings.segment.wait);
             daemon::RingProducer::Mpsc(producer)
         }
-        (RingKind::Mpsc, None) => bail!("source.producer_id: required for an mpsc ring"),
-        (kind @ (RingKind::Broadcast | RingKind::Mpmc), _) => {
-            bail!("{}: producerd does not write {} rings yet", segment.location(), kind.name())
+        (kind @ (RingKind::Mpsc | RingKind::Mpmc), None) => {
+            bail!("source.producer_id: required for an {} ring", kind.name())
         }
+        (RingKind::Broadcast, _) => daemon::RingProducer::Broadcast(segment.broadcast_producer()?, Vec::new()),
     })
 }
 

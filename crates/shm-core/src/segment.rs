@@ -742,9 +742,10 @@ impl Segment {
     /// the read cursor that figure is exact at (a racing release may make it newer; it only
     /// grows). Once the cursor has passed every claim producer `id` made, the figure is its
     /// exact number of delivered records: where a restarted generator resumes. `None` for
-    /// other kinds, an id out of range, or a ledger that matches no release slot.
+    /// other kinds, an id out of range, or a ledger that matches no release slot. An mpmc
+    /// ring keeps the same ledger for its release cursor: the figures are its too.
     pub fn mpsc_released(&self, id: usize) -> Option<(u64, u64)> {
-        if self.inner.geometry.kind != crate::layout::RingKind::Mpsc {
+        if !matches!(self.inner.geometry.kind, RingKind::Mpsc | RingKind::Mpmc) {
             return None;
         }
         mpsc::released_records(&self.ring_refs(), id)

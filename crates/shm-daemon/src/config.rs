@@ -187,8 +187,10 @@ pub struct RawSegment {
     pub hugepages: Option<Spanned<bool>>,
     /// Map every page of the segment at start (default true).
     pub prefault: Option<Spanned<bool>>,
-    /// Ring kind: `spsc` (default) or `mpsc`.
+    /// Ring kind: `spsc` (default), `mpsc`, `broadcast` or `mpmc`.
     pub kind: Option<Spanned<String>>,
+    /// A new broadcast ring laps slow consumers instead of waiting for them.
+    pub lossy: Option<Spanned<bool>>,
 }
 
 /// What to do when the segment does not exist.
@@ -237,12 +239,14 @@ pub struct SegmentSettings {
     pub prefault: bool,
     /// The ring kind created, and required of an existing segment.
     pub kind: RingKind,
+    /// A new broadcast ring is lossy (slow consumers are lapped, their misses counted).
+    pub lossy: bool,
 }
 
 /// The ring kinds the daemons read and write. A kind shm-core knows but the daemons do not
 /// yet is refused by name, in the config and when an existing segment holds it.
 pub fn daemons_support(kind: RingKind) -> bool {
-    matches!(kind, RingKind::Spsc | RingKind::Mpsc)
+    matches!(kind, RingKind::Spsc | RingKind::Mpsc | RingKind::Broadcast | RingKind::Mpmc)
 }
 
 impl SegmentSettings {
@@ -263,6 +267,7 @@ impl SegmentSettings {
             ("segment.numa_node", self.numa_node != new.numa_node),
             ("segment.hugepages", self.hugepages != new.hugepages),
             ("segment.prefault", self.prefault != new.prefault),
+            ("segment.lossy", self.lossy != new.lossy),
             ("segment.kind", self.kind != new.kind),
         ];
         changes.into_iter().filter_map(|(key, changed)| changed.then_some(key)).collect()
@@ -438,7 +443,7 @@ impl RawSegment {
             src.error(
                 "segment.kind",
                 self.kind.as_ref(),
-                format!("{kind_text:?} is not a kind the daemons support (spsc, mpsc)"),
+                format!("{kind_text:?} is not a kind the daemons support (spsc, mpsc, broadcast, mpmc)"),
             )
         })?;
         if flush != FlushPolicy::None && kind != RingKind::Spsc {
@@ -448,8 +453,17 @@ impl RawSegment {
                 format!("applies to kind = \"spsc\" only, and this ring is {:?}: set flush = \"none\"", kind.name()),
             ));
         }
+        let lossy = self.lossy.as_ref().is_some_and(|l| *l.get_ref());
+        if lossy && kind != RingKind::Broadcast {
+            return Err(src.error(
+                "segment.lossy",
+                self.lossy.as_ref(),
+                format!("only a broadcast ring can be lossy, not {:?}", kind.name()),
+            ));
+        }
         Ok(SegmentSettings {
             kind,
+            lossy,
             location,
             capacity,
             max_record,

@@ -19,7 +19,8 @@ fn builder(s: &SegmentSettings) -> SegmentBuilder {
         .numa_node(s.numa_node)
         .hugepages(s.hugepages)
         .prefault(s.prefault)
-        .kind(s.kind);
+        .kind(s.kind)
+        .lossy(s.lossy);
     if let Some(m) = s.max_record {
         b = b.max_record(m);
     }

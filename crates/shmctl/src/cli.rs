@@ -51,7 +51,9 @@ shmctl publish /high_perf_ring --file record.bin --type 7")]
     Peek(PeekArgs),
     /// Run both daemons on the default config (generator -> ring -> verify), show live
     /// statistics, stop them cleanly and print a summary.
-    #[command(after_help = "Examples:\n  shmctl demo\n  shmctl demo --seconds 10 --rate 100000\n\n\
+    #[command(after_help = "Examples:\n  shmctl demo\n  shmctl demo --seconds 10 --rate 100000\n  \
+shmctl demo --kind mpsc --producers 2\n  shmctl demo --kind broadcast --consumers 2\n  \
+shmctl demo --kind mpmc --producers 2 --consumers 2\n\n\
 The daemons are looked up beside shmctl (cargo build --release puts all three in target/release).")]
     Demo(DemoArgs),
     /// Measure shmring against pipes, sockets, TCP and a minimal ring on this machine
@@ -269,13 +271,19 @@ pub struct DemoArgs {
     /// Leave the segment in place afterwards.
     #[arg(long)]
     pub keep: bool,
-    /// Ring kind: spsc (one producer) or mpsc (several producers, one consumer).
-    #[arg(long, default_value = "spsc", value_parser = ["spsc", "mpsc"])]
+    /// Ring kind: spsc (one producer), mpsc (several producers, one consumer), broadcast
+    /// (one producer, several named consumers that each see every record) or mpmc (several
+    /// producers, several workers sharing the records).
+    #[arg(long, default_value = "spsc", value_parser = ["spsc", "mpsc", "broadcast", "mpmc"])]
     pub kind: String,
-    /// Producers (generators), each a producerd with its own producer_id: 1 for spsc,
-    /// 1 to 16 for mpsc.
+    /// Producers (generators), each a producerd with its own producer_id: 1 for spsc and
+    /// broadcast, 1 to 16 for mpsc and mpmc.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
     pub producers: u8,
+    /// Consumers, each a consumerd: 1 for spsc and mpsc, up to 16 named consumers for
+    /// broadcast, up to 6 workers for mpmc.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub consumers: u8,
 }
 
 /// `shmctl completions`.

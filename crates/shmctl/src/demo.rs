@@ -3,7 +3,10 @@
 //! statistics read from the segment, stops both with SIGTERM (the consumer drains),
 //! and prints what the verify sink saw. `--kind mpsc --producers N` runs N producerd
 //! generators (producer ids 0..N) into one mpsc ring; the verify sink checks each
-//! producer's order.
+//! producer's order. `--kind broadcast --consumers N` runs N named consumerd (each sees
+//! every record and verifies it); `--kind mpmc --producers N --consumers M` runs M
+//! consumerd workers sharing the records, whose verified counts must add up to what was
+//! produced.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use shm_core::units::format_size;
-use shm_core::{Liveness, Location, Role, Segment};
+use shm_core::{Liveness, Location, RingKind, Role, Segment};
 
 use crate::cli::DemoArgs;
 use crate::exit::{UNAVAILABLE, USAGE, refuse};
@@ -86,9 +89,24 @@ fn terminate(child: &mut Child, name: &str, within: Duration) -> Result<std::pro
 
 pub fn run(args: DemoArgs) -> Result<()> {
     let location = Location::posix(&args.segment)?;
-    let mpsc = args.kind == "mpsc";
-    if !mpsc && args.producers > 1 {
-        return Err(refuse(USAGE, "--producers above 1 needs --kind mpsc (an spsc ring has one producer)"));
+    let kind: RingKind = args.kind.parse().map_err(|_| refuse(USAGE, format!("unknown kind {:?}", args.kind)))?;
+    let several_producers = matches!(kind, RingKind::Mpsc | RingKind::Mpmc);
+    if !several_producers && args.producers > 1 {
+        return Err(refuse(
+            USAGE,
+            format!("--producers above 1 needs --kind mpsc or mpmc (a {} ring has one producer)", kind.name()),
+        ));
+    }
+    let consumers_allowed = match kind {
+        RingKind::Broadcast => 16,
+        RingKind::Mpmc => shm_core::layout::MPMC_WORKERS as u8,
+        RingKind::Spsc | RingKind::Mpsc => 1,
+    };
+    if args.consumers > consumers_allowed {
+        return Err(refuse(
+            USAGE,
+            format!("--consumers: at most {consumers_allowed} for --kind {} (broadcast: 16, mpmc: 6)", kind.name()),
+        ));
     }
     let (producerd, consumerd) = (beside_me("producerd")?, beside_me("consumerd")?);
     if let Ok(existing) = open_read_only(&location, Duration::ZERO)
@@ -104,7 +122,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let segment_to_remove = (!args.keep).then(|| location.clone());
     let mut daemons = Daemons { children: Vec::new(), dir: dir.clone(), segment: segment_to_remove };
     let name_line = format!("name = {:?}", args.segment);
-    let kind_line = format!("kind = {:?}", args.kind);
+    let kind_line = format!("kind = {:?}", kind.name());
     let segment_lines = |config: &str| {
         config.replacen("name = \"/high_perf_ring\"", &name_line, 1).replacen("kind = \"spsc\"", &kind_line, 1)
     };
@@ -112,45 +130,65 @@ pub fn run(args: DemoArgs) -> Result<()> {
         (0..args.producers).map(|id| dir.join(format!("producerd-{id}.toml"))).collect();
     for (id, path) in producer_configs.iter().enumerate() {
         let mut config = segment_lines(PRODUCER_CONFIG).replacen("rate = 0 ", &format!("rate = {} ", args.rate), 1);
-        if mpsc {
+        if several_producers {
             config = config.replacen("# producer_id = 0 ", &format!("producer_id = {id} "), 1);
         }
         std::fs::write(path, config)?;
     }
-    let consumer_config = dir.join("consumerd.toml");
-    std::fs::write(&consumer_config, segment_lines(CONSUMER_CONFIG))?;
-    let summary_path = dir.join("summary.json");
+    let consumer_names: Vec<String> = (0..args.consumers).map(|i| format!("demo-{i}")).collect();
+    let mut consumer_runs = Vec::new();
+    for (i, name) in consumer_names.iter().enumerate() {
+        let mut config = segment_lines(CONSUMER_CONFIG);
+        config = match kind {
+            RingKind::Mpmc => config.replacen("# worker_id = 0 ", &format!("worker_id = {i} "), 1),
+            _ => config.replacen("# consumer_name = \"recorder\" ", &format!("consumer_name = {name:?} "), 1),
+        };
+        let path = dir.join(format!("consumerd-{i}.toml"));
+        std::fs::write(&path, config)?;
+        consumer_runs.push((path, dir.join(format!("summary-{i}.json"))));
+    }
 
     let producers = match args.producers {
         1 => "producerd (generator)".to_owned(),
         n => format!("{n} producerd (generators, producer ids 0..{n})"),
     };
-    outln!("shmring demo: {producers} -> {location} ({}) -> consumerd (verify), {} s", args.kind, args.seconds);
-    let summary_arg = summary_path.to_string_lossy().into_owned();
-    daemons.children.push(("consumerd", spawn(&consumerd, &consumer_config, &["--summary-file", &summary_arg])?));
+    let consumers = match (kind, args.consumers) {
+        (_, 1) => "consumerd (verify)".to_owned(),
+        (RingKind::Mpmc, n) => format!("{n} consumerd (workers 0..{n}, sharing the records, each verifying its share)"),
+        (_, n) => format!("{n} consumerd (named demo-0..demo-{}, each verifying every record)", n - 1),
+    };
+    outln!("shmring demo: {producers} -> {location} ({}) -> {consumers}, {} s", kind.name(), args.seconds);
+    for (config, summary) in &consumer_runs {
+        let summary_arg = summary.to_string_lossy().into_owned();
+        daemons.children.push(("consumerd", spawn(&consumerd, config, &["--summary-file", &summary_arg])?));
+    }
+    // Every consumer attached before the first record: a broadcast consumer joins at the
+    // newest record, and would otherwise start later than the others.
+    wait_until_running(&location, &mut daemons, 0, usize::from(args.consumers))?;
     for config in &producer_configs {
         daemons.children.push(("producerd", spawn(&producerd, config, &[])?));
     }
 
-    let segment = wait_until_running(&location, &mut daemons, usize::from(args.producers))?;
+    let segment =
+        wait_until_running(&location, &mut daemons, usize::from(args.producers), usize::from(args.consumers))?;
     let info = segment.info()?;
     outln!("ring: {} {} ring of {}, every daemon attached", info.backend, info.kind.name(), format_size(info.capacity));
     outln!("{:>4}  {:>14} {:>12}  {:>14} {:>12}  {:>6}", "t", "produced", "rate/s", "consumed", "rate/s", "fill");
     let started = Instant::now();
-    let mut last = (started, segment.stats());
-    let first = last.1.clone();
+    let mut last = (started, segment.stats(), consumed(&segment));
+    let (first, first_consumed) = (last.1.clone(), last.2);
     for second in 1..=args.seconds {
         std::thread::sleep((started + Duration::from_secs(second)).saturating_duration_since(Instant::now()));
-        let now = (Instant::now(), segment.stats());
+        let now = (Instant::now(), segment.stats(), consumed(&segment));
         let secs = now.0.duration_since(last.0).as_secs_f64();
-        let rate = |a: u64, b: u64| count(((b - a) as f64 / secs) as u64);
+        let rate = |a: u64, b: u64| count((b.saturating_sub(a) as f64 / secs) as u64);
         outln!(
             "{:>3}s  {:>14} {:>12}  {:>14} {:>12}  {:>5.1}%",
             second,
             count(now.1.total_produced),
             rate(last.1.total_produced, now.1.total_produced),
-            count(now.1.total_consumed),
-            rate(last.1.total_consumed, now.1.total_consumed),
+            count(now.2),
+            rate(last.2, now.2),
             now.1.fill_percent()
         );
         check_alive(&mut daemons)?;
@@ -164,47 +202,70 @@ pub fn run(args: DemoArgs) -> Result<()> {
         let (_, mut producer) = daemons.children.pop().expect("producer was started");
         producer_status.push(terminate(&mut producer, "producerd", Duration::from_secs(10))?);
     }
-    let (_, mut consumer) = daemons.children.pop().expect("consumer was started");
-    let consumer_status = terminate(&mut consumer, "consumerd", Duration::from_secs(15))?;
+    let mut consumer_status = Vec::new();
+    while let Some((_, mut consumer)) = daemons.children.pop() {
+        consumer_status.push(terminate(&mut consumer, "consumerd", Duration::from_secs(15))?);
+    }
+    consumer_status.reverse();
     let end = segment.stats();
-    let summary: serde_json::Value = std::fs::read(&summary_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .context("consumerd wrote no summary")?;
+    let end_consumed = consumed(&segment);
+    let summaries: Vec<serde_json::Value> = consumer_runs
+        .iter()
+        .map(|(_, path)| {
+            std::fs::read(path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .with_context(|| format!("consumerd wrote no summary at {}", path.display()))
+        })
+        .collect::<Result<_>>()?;
     drop(segment);
     if daemons.segment.take().is_some() {
         Segment::unlink(&location)?;
     }
 
     let produced = end.total_produced - first.total_produced;
-    let n = |k: &str| summary[k].as_u64().unwrap_or(u64::MAX);
+    let n = |summary: &serde_json::Value, k: &str| summary[k].as_u64().unwrap_or(u64::MAX);
+    let total = |k: &str| summaries.iter().map(|s| n(s, k)).fold(0u64, u64::saturating_add);
+    let summary = &summaries[0];
     let latency =
         |k: &str| summary["latency_ns"][k].as_f64().map_or_else(|| "-".into(), |ns| format!("{:.1} us", ns / 1000.0));
     outln!();
     outln!("summary");
+    let verified: Vec<String> = summaries.iter().map(|s| count(n(s, "received"))).collect();
     outln!(
         "  records     {} produced, {} consumed, {} verified",
         count(end.total_produced),
-        count(end.total_consumed),
-        count(n("received"))
+        count(end_consumed),
+        verified.join(" + ")
     );
     outln!(
         "  rate        {} records/s ({:.1} MB/s) over {elapsed:.1} s",
         count((produced as f64 / elapsed) as u64),
         (end.bytes_produced - first.bytes_produced) as f64 / elapsed / 1e6
     );
+    let problems = ["lost", "duplicated", "reordered", "corrupt"].map(total);
+    if kind == RingKind::Mpmc {
+        outln!(
+            "  corrupt {}  (each worker verified its share; together: {} of {} produced)",
+            problems[3],
+            count(total("received")),
+            count(end.total_produced)
+        );
+    } else {
+        outln!(
+            "  lost {}  duplicated {}  reordered {}  corrupt {}",
+            problems[0],
+            problems[1],
+            problems[2],
+            problems[3]
+        );
+    }
     outln!(
-        "  lost {}  duplicated {}  reordered {}  corrupt {}",
-        n("lost"),
-        n("duplicated"),
-        n("reordered"),
-        n("corrupt")
-    );
-    outln!(
-        "  latency     p50 {}  p99 {}  max {} (producer commit to consumer read)",
+        "  latency     p50 {}  p99 {}  max {} (producer commit to consumer read{})",
         latency("p50"),
         latency("p99"),
-        latency("max")
+        latency("max"),
+        if summaries.len() > 1 { ", first consumer" } else { "" }
     );
     outln!(
         "  producer blocked {} times (ring full), consumer waited {} times (ring empty)",
@@ -217,40 +278,81 @@ pub fn run(args: DemoArgs) -> Result<()> {
              mostly queueing: try --rate 100000 for the ring's own latency)"
         );
     }
-    if mpsc {
+    if several_producers {
         let per_producer = summary["next_expected_per_producer"].as_object().cloned().unwrap_or_default();
         let streams: Vec<String> = per_producer.iter().map(|(id, n)| format!("producer {id}: {n}")).collect();
-        outln!("  per producer records verified in order: {}", streams.join(", "));
+        let what = if kind == RingKind::Mpmc { "highest seen + 1 by worker 0" } else { "records verified in order" };
+        outln!("  per producer {what}: {}", streams.join(", "));
     }
     let producers_ok = producer_status.iter().all(|s| s.success());
-    let shown: Vec<String> = producer_status.iter().map(ToString::to_string).collect();
-    outln!("  exits       producerd {}, consumerd {consumer_status}", shown.join(" / "));
+    let consumers_ok = consumer_status.iter().all(|s| s.success());
+    let shown = |statuses: &[std::process::ExitStatus]| statuses.iter().map(ToString::to_string).collect::<Vec<_>>();
+    outln!(
+        "  exits       producerd {}, consumerd {}",
+        shown(&producer_status).join(" / "),
+        shown(&consumer_status).join(" / ")
+    );
     if !args.keep {
         outln!("  {location} removed (--keep leaves it for shmctl stat)");
     }
-    let clean =
-        n("lost") + n("duplicated") + n("reordered") + n("corrupt") == 0 && end.total_produced == end.total_consumed;
-    if !(clean && producers_ok && consumer_status.success()) {
+    let everything_consumed = match kind {
+        // Each consumer received every record; together the workers received each once.
+        RingKind::Broadcast => summaries.iter().all(|s| n(s, "received") == end.total_produced),
+        RingKind::Mpmc => total("received") == end.total_produced,
+        RingKind::Spsc | RingKind::Mpsc => end_consumed == end.total_produced,
+    } && end_consumed == end.total_produced;
+    let _ = first_consumed;
+    let clean = problems.iter().sum::<u64>() == 0 && everything_consumed;
+    if !(clean && producers_ok && consumers_ok) {
         bail!("the demo found a problem: see the summary above");
     }
     Ok(())
 }
 
-/// Waits for the segment to exist with `producers` live producers and a live consumer.
-fn wait_until_running(location: &Location, daemons: &mut Daemons, producers: usize) -> Result<Segment> {
+/// Records consumed: the released count, or on a broadcast ring the slowest consumer's
+/// delivered count.
+fn consumed(segment: &Segment) -> u64 {
+    match segment.broadcast_status() {
+        Some(rows) => rows.iter().map(|r| r.row.tallies.delivered).min().unwrap_or(0),
+        None => segment.stats().total_consumed,
+    }
+}
+
+/// Consumers alive on the segment: named broadcast cursors and mpmc workers hold lock
+/// bytes of their own, the others a participant slot.
+fn live_consumers(segment: &Segment) -> usize {
+    if let Some(rows) = segment.broadcast_status() {
+        return rows.iter().filter(|r| r.liveness == Liveness::Alive).count();
+    }
+    if let Some(status) = segment.mpmc_status() {
+        return status.workers.iter().filter(|w| w.liveness == Liveness::Alive).count();
+    }
+    segment.participants().iter().filter(|p| p.role == Some(Role::Consumer) && p.liveness == Liveness::Alive).count()
+}
+
+/// Waits for the segment to exist with `producers` live producers and `consumers` live
+/// consumers.
+fn wait_until_running(
+    location: &Location,
+    daemons: &mut Daemons,
+    producers: usize,
+    consumers: usize,
+) -> Result<Segment> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         check_alive(daemons)?;
         if let Ok(segment) = open_read_only(location, Duration::ZERO) {
-            let alive = |role| {
-                segment.participants().iter().filter(|p| p.role == Some(role) && p.liveness == Liveness::Alive).count()
-            };
-            if alive(Role::Producer) >= producers && alive(Role::Consumer) >= 1 {
+            let live_producers = segment
+                .participants()
+                .iter()
+                .filter(|p| p.role == Some(Role::Producer) && p.liveness == Liveness::Alive)
+                .count();
+            if live_producers >= producers && live_consumers(&segment) >= consumers {
                 return Ok(segment);
             }
         }
         if Instant::now() >= deadline {
-            bail!("the daemons did not both attach to {location} within 10 s");
+            bail!("the daemons did not all attach to {location} within 10 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     }

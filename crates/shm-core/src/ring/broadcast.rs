@@ -61,6 +61,16 @@
 //! loads `space_floor`; if that is above its cursor it moves to the newest record and
 //! tries again. Either the producer sees the consumer, or the consumer sees the floor.
 //!
+//! # Durable batches
+//! [`Consumer::read_batch_durable`] is spsc's exactly-once read for this kind: each record
+//! of the batch is copied out and handed to the sink, the hook makes the batch durable,
+//! and only then is the cursor stored, once, with the batch's tallies. Until then nothing
+//! is released: a consumer killed inside the batch resumes before it. A refusing sink or
+//! hook (or a panic) drops a guard that puts the position and the tallies back, so the
+//! same records are handed again. A lap found inside a batch that already handed records
+//! ends the batch before it (the jump stores a cursor, which would release them un-hooked);
+//! the next batch jumps and reports what was missed.
+//!
 //! # Lossy rings
 //! Created with [`crate::SegmentBuilder::lossy`]: the producer never waits. It announces
 //! its horizon a sixteenth of the ring ahead of its position (one store per sixteenth),
@@ -277,6 +287,11 @@ impl Producer {
     /// Largest payload this ring accepts.
     pub fn max_record(&self) -> u64 {
         max_payload(&self.ring)
+    }
+
+    /// Ring data bytes.
+    pub fn capacity(&self) -> u64 {
+        self.ring.capacity
     }
 
     /// Records committed so far (the next record's sequence number).
@@ -594,6 +609,8 @@ pub struct Consumer {
     laps: u64,
     /// Records counted missed by a jump, to report with the next record.
     unreported_missed: u64,
+    /// A durable batch is in progress (see "Durable batches").
+    in_batch: bool,
     _attachment: Option<crate::participant::Attachment>,
 }
 
@@ -647,6 +664,7 @@ impl Consumer {
             buf: Vec::new(),
             laps: 0,
             unreported_missed: 0,
+            in_batch: false,
             _attachment: attachment,
         };
         // Relaxed: displayed only.
@@ -885,6 +903,9 @@ impl Consumer {
             }
             let pos = self.pos;
             if self.cached_tail - pos > cap {
+                if self.lap_ends_batch() {
+                    return Ok(None);
+                }
                 self.jump()?;
                 continue;
             }
@@ -893,6 +914,9 @@ impl Consumer {
             let (len, record_type) = frame::decode(self.ring.data.read_word(index));
             if record_type == PADDING {
                 if self.lapped_at(pos) {
+                    if self.lap_ends_batch() {
+                        return Ok(None);
+                    }
                     self.jump()?;
                     continue;
                 }
@@ -920,6 +944,9 @@ impl Consumer {
                 self.buf.truncate(len as usize);
             }
             if self.lapped_at(pos) {
+                if self.lap_ends_batch() {
+                    return Ok(None);
+                }
                 self.jump()?;
                 continue;
             }
@@ -939,6 +966,121 @@ impl Consumer {
             self.handed = self.pos;
             return Ok(Some((record_type, seq, missed)));
         }
+    }
+}
+
+impl Consumer {
+    /// Waits up to `timeout` (forever when `None`) until a record is published past this
+    /// consumer's position, without reading it.
+    pub fn wait_for_data(&mut self, timeout: Option<Duration>) -> Result<(), ReadError> {
+        let ring = &self.ring;
+        // Acquire: pairs with the producer's Release store of write_cursor.
+        let tail = || ring.producer_line().write_cursor.load(Ordering::Acquire);
+        let pos = self.pos;
+        if tail() != pos {
+            return Ok(());
+        }
+        let mut waiting = Waiting::new(self.strategy, timeout);
+        loop {
+            waiting.turn(
+                self.strategy,
+                |d| {
+                    sleep_among_many(ring.data_wake(), d, pos, tail);
+                    Ok(())
+                },
+                ReadError::TimedOut,
+            )?;
+            if tail() != pos {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Hands every available record (at most `max`) to `sink` in order, with its ring
+    /// position, then calls `before_release` with the position the cursor moves to, and
+    /// only then releases the batch with one cursor store ("Durable batches" in the module
+    /// docs). If the sink refuses a record or the hook fails (or either panics), nothing
+    /// is released and the same records are handed again. Returns how many it released.
+    pub fn read_batch_durable<E>(
+        &mut self,
+        max: usize,
+        mut sink: impl FnMut(BroadcastRecord<'_>, u64) -> Result<(), E>,
+        before_release: impl FnOnce(u64) -> Result<(), E>,
+    ) -> Result<usize, super::BatchError<E>> {
+        // Start from nothing handed, so that a rewind goes back exactly here.
+        self.release();
+        let mut batch = BatchRewind::hold(self);
+        let mut accepted = 0;
+        while accepted < max {
+            batch.mark_if_all_released();
+            let this = &mut *batch.consumer;
+            let Some(found) = this.next_frame()? else { break };
+            // The frame just read ends at `pos`.
+            let position = this.pos - (frame::framed_len_u32(this.buf.len() as u32) + 8);
+            if let Err(error) = sink(this.record(found), position) {
+                return Err(super::BatchError::Sink { accepted: 0, error });
+            }
+            accepted += 1;
+        }
+        if accepted > 0 {
+            let end = batch.consumer.pos;
+            if let Err(error) = before_release(end) {
+                return Err(super::BatchError::Sink { accepted: 0, error });
+            }
+        }
+        batch.keep().release();
+        Ok(accepted)
+    }
+
+    /// Whether a lap found now must end the current durable batch first: it handed
+    /// records not yet released, which the jump's cursor store would release un-hooked.
+    fn lap_ends_batch(&self) -> bool {
+        self.in_batch && self.handed != self.released
+    }
+}
+
+/// A durable batch in progress: dropped without [`keep`](BatchRewind::keep), it puts
+/// the consumer back where the batch began (nothing was released since).
+struct BatchRewind<'a> {
+    consumer: &'a mut Consumer,
+    saved: Option<(u64, ConsumerTallies, u64)>,
+}
+
+impl<'a> BatchRewind<'a> {
+    /// Starts holding; the consumer has released everything it was handed.
+    fn hold(consumer: &'a mut Consumer) -> Self {
+        consumer.in_batch = true;
+        let mut batch = BatchRewind { consumer, saved: None };
+        batch.mark_if_all_released();
+        batch
+    }
+
+    /// Moves the rewind point here if everything handed so far is released (at the
+    /// start, and after a jump, which stores its cursor and tallies).
+    fn mark_if_all_released(&mut self) {
+        let c = &*self.consumer;
+        if c.handed == c.released {
+            self.saved = Some((c.pos, c.pending, c.unreported_missed));
+        }
+    }
+
+    /// Ends the batch keeping what it handed out; the caller releases it.
+    fn keep(&mut self) -> &mut Consumer {
+        self.saved = None;
+        self.consumer.in_batch = false;
+        &mut *self.consumer
+    }
+}
+
+impl Drop for BatchRewind<'_> {
+    fn drop(&mut self) {
+        let c = &mut *self.consumer;
+        c.in_batch = false;
+        let Some((pos, pending, unreported_missed)) = self.saved.take() else { return };
+        c.pos = pos;
+        c.handed = pos;
+        c.pending = pending;
+        c.unreported_missed = unreported_missed;
     }
 }
 
@@ -1255,5 +1397,122 @@ mod tests {
         assert_eq!((r.seq, r.missed), (1002, 1001), "record 1 is among the missed it is told of");
         back.release();
         assert_eq!((back.tallies().delivered, back.tallies().missed), (2, 1001));
+    }
+
+    /// Reads one durable batch, recording `(seq, missed, position)`; `hook` is told the
+    /// position the cursor moves to.
+    fn durable_batch(
+        c: &mut Consumer,
+        seen: &mut Vec<(u64, u64, u64)>,
+        hook: impl FnOnce(u64) -> Result<(), &'static str>,
+    ) -> Result<usize, super::super::BatchError<&'static str>> {
+        c.read_batch_durable(
+            100,
+            |r, position| {
+                seen.push((r.seq, r.missed, position));
+                Ok(())
+            },
+            hook,
+        )
+    }
+
+    #[test]
+    fn a_durable_batch_releases_nothing_until_its_hook_returns() {
+        let ring = heap_ring(4096, false);
+        let mut p = ring.producer();
+        let mut c = ring.consumer("d");
+        for i in 0..5u8 {
+            p.try_publish(&[i; 40]).unwrap();
+        }
+        // The slot's cursor as another process sees it (a second handle on the slot).
+        let cursor_word: *const crate::sync::AtomicU64 = &slot_of(&c.ring, c.k).read_cursor;
+        // SAFETY: the slot lives in the ring's memory, which `ring` keeps alive to the end
+        // of the test; the word is atomic.
+        let cursor = || unsafe { (*cursor_word).load(Ordering::SeqCst) };
+        let mut seen = Vec::new();
+        let before = cursor();
+        let hook_saw = std::cell::Cell::new(u64::MAX);
+        let ok = durable_batch(&mut c, &mut seen, |_| {
+            hook_saw.set(cursor());
+            Ok(())
+        });
+        assert_eq!(ok.unwrap(), 5);
+        assert_eq!(hook_saw.get(), before, "the hook runs before any release");
+        assert_eq!(cursor(), 5 * 56, "released after it, with one store");
+        let positions: Vec<u64> = seen.iter().map(|&(_, _, at)| at).collect();
+        assert_eq!(positions, [0, 56, 112, 168, 224]);
+        assert_eq!(c.tallies().delivered, 5);
+    }
+
+    #[test]
+    fn a_refused_durable_batch_is_handed_again_and_a_kill_after_it_resumes_before_it() {
+        let ring = heap_ring(4096, false);
+        let mut p = ring.producer();
+        let mut c = ring.consumer("d");
+        for i in 0..3u8 {
+            p.try_publish(&[i; 40]).unwrap();
+        }
+        let mut seen = Vec::new();
+        assert!(durable_batch(&mut c, &mut seen, |_| Err("disk full")).is_err());
+        assert_eq!(c.tallies().delivered, 0, "nothing released");
+        seen.clear();
+        assert_eq!(durable_batch(&mut c, &mut seen, |_| Ok(())).unwrap(), 3);
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2], "the same records, once");
+        for i in 3..6u8 {
+            p.try_publish(&[i; 40]).unwrap();
+        }
+        seen.clear();
+        assert!(durable_batch(&mut c, &mut seen, |_| Err("killed in the hook")).is_err());
+        ring.kill(c);
+        let mut back = ring.consumer("d");
+        seen.clear();
+        assert_eq!(durable_batch(&mut back, &mut seen, |_| Ok(())).unwrap(), 3);
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(back.tallies().delivered, 6);
+    }
+
+    #[test]
+    fn a_lap_inside_a_durable_batch_ends_it_and_the_next_reports_the_missed() {
+        let ring = heap_ring(4096, true);
+        let mut p = ring.producer();
+        let mut c = ring.consumer("lossy");
+        for i in 0..10u32 {
+            p.try_publish(&i.to_le_bytes()).unwrap();
+        }
+        let cursor_word: *const crate::sync::AtomicU64 = &slot_of(&c.ring, c.k).read_cursor;
+        // SAFETY: as in `a_durable_batch_releases_nothing_until_its_hook_returns`.
+        let cursor = || unsafe { (*cursor_word).load(Ordering::SeqCst) };
+        let hook_saw = std::cell::Cell::new(u64::MAX);
+        let mut seen = Vec::new();
+        // The producer laps the consumer while its sink takes the first record.
+        let n = c
+            .read_batch_durable(
+                100,
+                |r, _| {
+                    seen.push((r.seq, r.missed));
+                    for i in 0..300u32 {
+                        p.try_publish(&i.to_le_bytes()).unwrap();
+                    }
+                    Ok::<(), ()>(())
+                },
+                |_| {
+                    hook_saw.set(cursor());
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(n, 1, "the lap ended the batch after the record it had handed");
+        assert_eq!(hook_saw.get(), 0, "nothing released before the hook, the lap's jump included");
+        assert_eq!(c.tallies().delivered, 1);
+        let mut rest = Vec::new();
+        // The next batch jumps to the newest record; the record after it reports the missed.
+        while durable_batch(&mut c, &mut rest, |_| Ok(())).unwrap() > 0 {}
+        p.try_publish(b"last").unwrap();
+        while durable_batch(&mut c, &mut rest, |_| Ok(())).unwrap() > 0 {}
+        let missed: u64 = rest.iter().map(|s| s.1).sum();
+        assert!(missed > 0, "lapped: {rest:?}");
+        let delivered = 1 + rest.len() as u64;
+        assert_eq!(delivered + missed, 311, "every record delivered or counted missed");
+        assert_eq!((c.tallies().delivered, c.tallies().missed), (delivered, missed));
     }
 }

@@ -82,6 +82,13 @@
 //! hand-off at a time. A worker killed after winning a hand-off holds `p` in its holding
 //! word, so the record is found again, and handed over again.
 //!
+//! # A record kept for a retry
+//! [`Job::hold_for_retry`] ends a job without acknowledging it (a sink that refused the
+//! record): the holding word keeps naming it, so no other worker gets it while this one
+//! lives, and the worker's next take returns it again before anything new. A worker
+//! dropped or killed while it keeps one has it handed to another worker, as any held
+//! record ("Redelivery").
+//!
 //! # What is exact
 //! The release ledger (records and bytes released, per producer, and holes passed) is
 //! exact across kill -9 of any worker, as mpsc's consumer's. Per worker, `taken` and
@@ -202,6 +209,8 @@ pub struct Worker {
     token_stuck: Stuck,
     scan_looks: u32,
     last_scan: Option<Instant>,
+    /// A record kept for a retry ([`Job::hold_for_retry`]): the next take returns it.
+    kept: Option<Taken>,
     _attachment: Option<crate::participant::Attachment>,
 }
 
@@ -278,6 +287,7 @@ impl Worker {
             token_stuck: Stuck::new(),
             scan_looks: 0,
             last_scan: None,
+            kept: None,
             ring,
             _attachment: attachment,
         })
@@ -350,6 +360,9 @@ impl Worker {
     /// One attempt at "Take"; `None` when there is nothing to take now. Also does the
     /// idle work: the release walk and the dead-worker scan (through the token).
     fn take_once(&mut self) -> Result<Option<Taken>, Corruption> {
+        if let Some(kept) = self.kept.take() {
+            return Ok(Some(kept));
+        }
         if let Some(t) = self.take_handoff()? {
             return Ok(Some(t));
         }
@@ -800,6 +813,17 @@ impl Job<'_> {
     }
 }
 
+impl Job<'_> {
+    /// Ends the job without acknowledging it: this worker keeps the record (no other
+    /// worker gets it while this one lives) and its next take returns it again. Dropped
+    /// or killed meanwhile, the worker's record goes to another worker, counted as
+    /// redelivered ("A record kept for a retry" in the module docs).
+    pub fn hold_for_retry(mut self) {
+        self.done = true;
+        self.worker.kept = Some(self.taken);
+    }
+}
+
 impl Deref for Job<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -961,6 +985,23 @@ mod tests {
         assert_eq!(&*job, b"slow");
         job.ack().unwrap();
         assert_eq!(ring.refs.cursor().read_cursor.load(Ordering::SeqCst), 16);
+    }
+
+    #[test]
+    fn a_record_held_for_a_retry_comes_back_to_its_worker_and_to_another_once_it_is_gone() {
+        let ring = ring(4096);
+        let (mut p, mut a, mut b) = (ring.producer(0), ring.worker(0), ring.worker(1));
+        p.try_publish(b"refused").unwrap();
+        p.try_publish(b"next").unwrap();
+        a.try_take().unwrap().hold_for_retry();
+        assert_eq!(drain(&mut b), [(b"next".to_vec(), false)], "b never gets a's kept record");
+        let again = a.try_take().unwrap();
+        assert_eq!((&*again, again.redelivered()), (&b"refused"[..], false));
+        again.hold_for_retry();
+        drop(a);
+        ring.kill_worker(0);
+        assert_eq!(drain(&mut b), [(b"refused".to_vec(), true)], "a's kept record outlives a");
+        assert_eq!(ring.refs.cursor().read_cursor.load(Ordering::SeqCst), 32, "everything released");
     }
 
     #[test]
