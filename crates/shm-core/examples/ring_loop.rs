@@ -9,8 +9,11 @@
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/ring_loop 100000
 //! ```
 //!
-//! A second argument `mpsc` runs the same loop through an mpsc ring with one producer,
-//! `batch` through the spsc ring's batch calls.
+//! A second argument picks another ring kind for the same one-call-each loop:
+//! * `mpsc`: an mpsc ring with one producer;
+//! * `broadcast [C]`: a broadcast ring, every record read by each of `C` consumers
+//!   (default 1); divide the difference by `C` for the cost per consumer;
+//! * `mpmc`: a work queue with one producer and one worker (take, then acknowledge).
 
 use std::hint::black_box;
 
@@ -31,6 +34,38 @@ fn main() {
                 n,
                 |record| producer.try_publish(black_box(record)).expect("room for a chunk"),
                 || seq_of(&consumer.try_read().expect("a record is there")),
+            )
+        }
+        Some("broadcast") => {
+            let consumers: usize = std::env::args().nth(3).map_or(1, |a| a.parse().expect("a consumer count"));
+            let ring = shm_core::ring::heap::BroadcastHeapRing::new(64 * 1024, false, WaitStrategy::Spin)
+                .expect("valid heap ring geometry");
+            let mut producer = ring.producer();
+            let mut readers: Vec<_> = (0..consumers).map(|i| ring.consumer(&format!("reader-{i}"))).collect();
+            one_call_loop(
+                n,
+                |record| producer.try_publish(black_box(record)).expect("room for a chunk"),
+                || {
+                    let seqs: Vec<u64> =
+                        readers.iter_mut().map(|r| seq_of(r.try_read().expect("a record is there").data)).collect();
+                    assert!(seqs.windows(2).all(|w| w[0] == w[1]), "every consumer reads the same record");
+                    seqs[0]
+                },
+            )
+        }
+        Some("mpmc") => {
+            let ring = shm_core::ring::heap::MpscHeapRing::new(64 * 1024, RECORD as u64, WaitStrategy::Spin)
+                .expect("valid heap ring geometry");
+            let (mut producer, mut worker) = (ring.producer(0), ring.worker(0));
+            one_call_loop(
+                n,
+                |record| producer.try_publish(black_box(record)).expect("room for a chunk"),
+                || {
+                    let job = worker.try_take().expect("a record is there");
+                    let seq = seq_of(&job);
+                    job.ack().expect("no corruption");
+                    seq
+                },
             )
         }
         Some("batch") => batch_loop(n),
@@ -98,3 +133,4 @@ fn batch_loop(n: u64) -> u64 {
     }
     expect
 }
+

@@ -146,6 +146,49 @@ fn quick_run_covers_every_transport_and_writes_json_and_svg() {
 
     let svg = std::fs::read_to_string(&plot_path).expect("SVG written");
     assert!(svg.contains("<svg"), "{svg}");
+
+    assert_kind_rows(&report, &stdout);
+}
+
+/// The ring kinds' rows, in the same run as spsc's: each with its producers and consumers,
+/// a hybrid wait that says why, a rate, records published by every producer and read by
+/// every consumer, and the same-run ratio to spsc-1to1.
+fn assert_kind_rows(report: &Value, stdout: &str) {
+    assert!(stdout.contains("## Ring kinds") && stdout.contains("mpmc-2to2"), "{stdout}");
+    let rows = report["kinds"].as_array().expect("kind rows");
+    for (name, producers, consumers) in
+        [("spsc-1to1", 1, 1), ("mpsc-2to1", 2, 1), ("broadcast-1to2", 1, 2), ("mpmc-2to2", 2, 2)]
+    {
+        let r = rows.iter().find(|r| r["row"] == name).unwrap_or_else(|| panic!("no kind row {name}: {rows:#?}"));
+        assert_eq!((r["producers"].as_u64(), r["consumers"].as_u64()), (Some(producers), Some(consumers)), "{r:#}");
+        assert_eq!(r["failed"], false, "{name}: {r:#}");
+        assert_eq!(r["sequence_errors"], 0, "{name}");
+        let wait = r["wait"].as_str().unwrap_or("");
+        let processes = format!("{} processes", producers + consumers);
+        assert!(wait.starts_with("hybrid: ") && wait.contains(&processes), "{name}: {wait}");
+        let rate = r["median_records_per_s"].as_f64().unwrap_or(0.0);
+        let deliveries = r["median_deliveries_per_s"].as_f64().unwrap_or(0.0);
+        assert!(rate > 0.0, "{name}: {r:#}");
+        // Broadcast hands each record to both consumers; the others once.
+        let per_record = if name.starts_with("broadcast") { 2.0 } else { 1.0 };
+        assert!((deliveries / rate - per_record).abs() < 1e-9, "{name}: {rate} records/s, {deliveries} deliveries/s");
+        let ratio = r["ratio_spsc"].as_f64().unwrap_or(0.0);
+        if name == "spsc-1to1" {
+            assert_eq!(ratio, 1.0, "{r:#}");
+        } else {
+            assert!(ratio > 0.0 && ratio.is_finite(), "{name}: {r:#}");
+        }
+        let run = &r["reps"][0]["run"];
+        let published = run["published"].as_array().expect("published per producer");
+        assert_eq!(published.len() as u64, producers, "{run:#}");
+        assert!(published.iter().all(|p| p.as_u64() > Some(0)), "every producer published: {run:#}");
+        let read = run["consumer_records"].as_array().expect("records per consumer");
+        assert_eq!(read.len() as u64, consumers, "{run:#}");
+        if name != "mpmc-2to2" {
+            // Competing workers may leave one idle; every other consumer reads records.
+            assert!(read.iter().all(|c| c.as_u64() > Some(0)), "every consumer read: {run:#}");
+        }
+    }
 }
 
 #[test]
@@ -181,7 +224,13 @@ fn bad_input_exits_64() {
     for valid in TRANSPORTS {
         assert!(stderr.contains(valid), "{valid} not listed: {stderr}");
     }
-    for args in [&["--sizes", "4"][..], &["--sizes", "lots"], &["--capacity", "3000"], &["--reps", "0"]] {
+    for args in [
+        &["--sizes", "4"][..],
+        &["--sizes", "lots"],
+        &["--capacity", "3000"],
+        &["--reps", "0"],
+        &["--kinds", "spmc-1to9"],
+    ] {
         let out = bench(&tmp, args);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {}", text(&out));
     }

@@ -605,7 +605,9 @@ pub struct Consumer {
     /// Tallies of what was handed, not yet released.
     pending: ConsumerTallies,
     flip: usize,
+    /// The copy of the record handed out last: its first `buf_len` bytes.
     buf: Vec<u8>,
+    buf_len: usize,
     laps: u64,
     /// Records counted missed by a jump, to report with the next record.
     unreported_missed: u64,
@@ -662,6 +664,7 @@ impl Consumer {
             pending: ConsumerTallies::default(),
             flip: 0,
             buf: Vec::new(),
+            buf_len: 0,
             laps: 0,
             unreported_missed: 0,
             in_batch: false,
@@ -851,7 +854,7 @@ impl Consumer {
     }
 
     fn record(&self, (record_type, seq, missed): (u32, u64, u64)) -> BroadcastRecord<'_> {
-        BroadcastRecord { data: &self.buf, record_type, seq, missed }
+        BroadcastRecord { data: &self.buf[..self.buf_len], record_type, seq, missed }
     }
 
     /// Whether bytes at `pos` may have been overwritten (call after copying them).
@@ -936,12 +939,14 @@ impl Consumer {
                 u64::from(len) <= max_payload(&self.ring) && framed <= to_end && pos + framed <= self.cached_tail;
             let seq = if fits { self.ring.data.read_word(index + FRAME_HEADER) } else { 0 };
             if fits {
-                self.buf.clear();
-                for word in 0..u64::from(len).div_ceil(8) {
-                    let w = self.ring.data.read_word(index + BROADCAST_HEADER + 8 * word);
-                    self.buf.extend_from_slice(&w.to_le_bytes());
+                // The buffer only grows (to the largest record's words) and keeps its
+                // length: a record is its first `buf_len` bytes.
+                let words = (len as usize).next_multiple_of(8);
+                if self.buf.len() < words {
+                    self.buf.resize(words, 0);
                 }
-                self.buf.truncate(len as usize);
+                self.ring.data.copy_words_into(index + BROADCAST_HEADER, &mut self.buf[..words]);
+                self.buf_len = len as usize;
             }
             if self.lapped_at(pos) {
                 if self.lap_ends_batch() {

@@ -440,12 +440,32 @@ impl Region {
     /// the copy is the caller's to validate. Reads whole words, so the bytes up to the
     /// next multiple of 8 must belong to the same frame (frames are padded to 8).
     pub(crate) fn copy_words(&self, index: u64, len: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len.next_multiple_of(8));
-        for word in 0..len.div_ceil(8) as u64 {
-            out.extend_from_slice(&self.read_word(index + 8 * word).to_le_bytes());
-        }
+        let mut out = vec![0; len.next_multiple_of(8)];
+        self.copy_words_into(index, &mut out);
         out.truncate(len);
         out
+    }
+
+    /// Fills `out` from `index` (8-aligned) as [`copy_words`](Self::copy_words) does, a
+    /// word per 8 bytes of `out` (a trailing part word is left as it is): into a buffer
+    /// the caller keeps, so that a copy per record allocates nothing and checks no capacity.
+    /// The start is masked once and the words are read in a row: only those inside the
+    /// region from the start (all of them for a frame the caller validated; fewer for a
+    /// bad one, never an access outside).
+    #[inline]
+    pub(crate) fn copy_words_into(&self, index: u64, out: &mut [u8]) {
+        let start = self.word_index(index);
+        let words = (out.len() / 8).min(((self.mask + 1 - start) / 8) as usize);
+        self.track(start, 8 * words as u64, false);
+        let (src, dst) = (self.ptr(start).cast::<u64>(), out.as_mut_ptr());
+        for word in 0..words {
+            // SAFETY: `start` is 8-aligned and below capacity, and `start + 8 * word` is
+            // below capacity too (`words` counts only the words left in the region), so
+            // the 8 bytes are inside the region and aligned. `out` holds at least
+            // `8 * words` bytes, and a `&mut` borrow is the only view of them. The word
+            // is copied as it is in memory, so its bytes keep their order.
+            unsafe { dst.add(8 * word).cast::<u64>().write_unaligned(src.add(word).read_volatile()) };
+        }
     }
 
     /// The frame header word at `index` as an atomic, for rings whose commit is a store

@@ -10,12 +10,15 @@
 //! case, and the run exits non-zero at the end.
 //!
 //! * [`transport`]: the transports and their two ends; [`minimal_ring`]: the baseline.
+//! * [`kinds`]: the ring kinds (spsc, mpsc, broadcast, mpmc) with several producers or
+//!   consumers, each in its own process.
 //! * [`measure`]: throughput, round trips, idle CPU, wake-ups, memcpy.
 //! * [`process`]: the fork, the shared control page, CPU pinning.
 //! * [`cleanup`]: unique names, unlinked on drop and on SIGINT/SIGTERM.
 //! * [`report`]: tables and JSON; [`plot`]: the SVG charts.
 
 mod cleanup;
+mod kinds;
 mod measure;
 mod minimal_ring;
 mod plot;
@@ -35,6 +38,7 @@ use shm_core::units::{format_size, parse_size};
 
 use crate::exit::{USAGE, refuse};
 use crate::stdout::{out, outln};
+use kinds::{KindRow, KindRun};
 use measure::{Env, RoundTrips, Sleeper, Streamed};
 use transport::Transport;
 
@@ -45,6 +49,10 @@ pub struct SuiteArgs {
     /// --transports help` lists them.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub transports: Vec<String>,
+    /// Ring kind rows, comma-separated: spsc-1to1, mpsc-2to1, broadcast-1to2, mpmc-2to2,
+    /// or none (default: all of them, unless --transports picks transports).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub kinds: Vec<String>,
     /// Record sizes, comma-separated, with units (e.g. 8,64,1KiB,64KiB,1MiB). At least 8
     /// bytes: a record starts with its sequence number.
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "64")]
@@ -127,6 +135,8 @@ pub enum Case {
     WakeUp { transport: Transport },
     /// No transport: busy windows timed on a pinned CPU (`measure::busy_windows`).
     BusyWindows,
+    /// A ring kind with its producers and consumers (see [`kinds`]).
+    Kind { row: KindRow, size: usize },
 }
 
 impl Case {
@@ -141,6 +151,7 @@ impl Case {
             Case::Idle { transport } => format!("{} idle", transport.name()),
             Case::WakeUp { transport } => format!("{} wake-up", transport.name()),
             Case::BusyWindows => "no transport: busy windows".into(),
+            Case::Kind { row, size: s } => format!("{} {} throughput", row.name(), size(s)),
         }
     }
 }
@@ -154,12 +165,14 @@ pub enum Outcome {
     RoundTrip(report::Latency),
     /// An idle wait or a series of wake-ups.
     Sleeper(Sleeper),
+    Kind(KindRun),
 }
 
 /// The run, resolved from the command line.
 #[derive(Debug)]
 pub struct Plan {
     pub transports: Vec<Transport>,
+    pub kinds: Vec<KindRow>,
     pub sizes: Vec<usize>,
     pub duration: Duration,
     pub reps: usize,
@@ -183,6 +196,16 @@ impl Plan {
             let t = Transport::parse(name.trim()).map_err(|e| refuse(USAGE, e))?;
             if !transports.contains(&t) {
                 transports.push(t);
+            }
+        }
+        let mut kinds = Vec::new();
+        if args.kinds.is_empty() && args.transports.is_empty() {
+            kinds.extend(KindRow::ALL);
+        }
+        for name in args.kinds.iter().map(|n| n.trim()).filter(|&n| n != "none") {
+            let k = KindRow::parse(name).map_err(|e| refuse(USAGE, e))?;
+            if !kinds.contains(&k) {
+                kinds.push(k);
             }
         }
         let mut sizes = Vec::new();
@@ -215,6 +238,7 @@ impl Plan {
         }
         Ok(Plan {
             transports,
+            kinds,
             sizes,
             duration,
             reps,
@@ -246,6 +270,9 @@ impl Plan {
                 for transport in [Transport::Shmring { wait: WaitStrategy::Hybrid, batch: false }, Transport::Minimal] {
                     add(Case::Stream { transport, size, capacity });
                 }
+            }
+            for &row in &self.kinds {
+                add(Case::Kind { row, size });
             }
         }
         for &size in &self.sizes {
@@ -395,6 +422,7 @@ fn run_case(env: &Env, plan: &Plan, case: &Case) -> Result<Outcome, CaseError> {
         }
         Case::BusyWindows => Outcome::RoundTrip(report::Latency::of(&measure::busy_windows(env, plan.round_trips)?)),
         Case::Idle { transport } => Outcome::Sleeper(measure::sleeper(env, transport, 1, plan.idle, plan.capacity)?),
+        Case::Kind { row, size } => Outcome::Kind(kinds::run(env, row, size, plan.capacity, plan.duration)?),
         Case::WakeUp { transport } => {
             Outcome::Sleeper(measure::sleeper(env, transport, plan.wakes, plan.wake_gap, plan.capacity)?)
         }

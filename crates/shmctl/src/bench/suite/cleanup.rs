@@ -1,10 +1,10 @@
 //! What a bench run leaves in the system while it runs, and how it goes away: shared-memory
 //! objects named `/shmctl-bench-<pid>-<n>`, file segments in a private directory
-//! `$TMPDIR/shmctl-bench-<pid>`, and the forked child of the case that is running.
+//! `$TMPDIR/shmctl-bench-<pid>`, and the forked children of the case that is running.
 //!
 //! Each is removed when its owner is dropped (errors and panics included). For SIGINT and
 //! SIGTERM, every name is also written into a fixed table that the signal handler reads:
-//! the handler allocates nothing and takes no lock; it kills the child, unlinks what the
+//! the handler allocates nothing and takes no lock; it kills the children, unlinks what the
 //! table holds and exits 130 (143 for SIGTERM).
 
 use std::cell::UnsafeCell;
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, UnlinkatFlags, getpid};
-use shm_core::{Location, Segment, WaitStrategy};
+use shm_core::{Location, RingKind, Segment, WaitStrategy};
 
 use super::CaseError;
 
@@ -46,8 +46,10 @@ static TABLE: [Slot; SLOTS] =
     [const { Slot { state: AtomicU8::new(FREE), path: UnsafeCell::new([0; PATH_BYTES]) } }; SLOTS];
 /// The process that installed the handler: a forked child only exits on the signal.
 static OWNER: AtomicI32 = AtomicI32::new(0);
-/// The running case's child, 0 when there is none.
-static CHILD: AtomicI32 = AtomicI32::new(0);
+/// Children one case may have at once.
+pub const MAX_CHILDREN: usize = 8;
+/// The running case's children, 0 where there is none.
+static CHILDREN: [AtomicI32; MAX_CHILDREN] = [const { AtomicI32::new(0) }; MAX_CHILDREN];
 /// The `<n>` of the next name.
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -67,9 +69,11 @@ fn on_signal(code: i32) {
     if getpid().as_raw() != OWNER.load(Ordering::Relaxed) {
         signal_hook::low_level::exit(code);
     }
-    let child = CHILD.load(Ordering::Relaxed);
-    if child > 0 {
-        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+    for child in &CHILDREN {
+        let child = child.load(Ordering::Relaxed);
+        if child > 0 {
+            let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+        }
     }
     // Files before the directory holding them.
     for kind in [SHM, FILE, DIR] {
@@ -91,10 +95,10 @@ fn on_signal(code: i32) {
     signal_hook::low_level::exit(code);
 }
 
-/// Tells the handler which child to kill (`None` once it is reaped).
-pub fn set_child(pid: Option<Pid>) {
+/// Tells the handler which child to kill in place `slot` (`None` once it is reaped).
+pub fn set_child(slot: usize, pid: Option<Pid>) {
     // Relaxed: only this thread's handler reads it.
-    CHILD.store(pid.map_or(0, Pid::as_raw), Ordering::Relaxed);
+    CHILDREN[slot].store(pid.map_or(0, Pid::as_raw), Ordering::Relaxed);
 }
 
 /// A name in the handler's table, taken out when dropped (after its owner removed it).
@@ -159,12 +163,23 @@ pub struct TempSegment {
 }
 
 impl TempSegment {
-    /// Creates a ring of `capacity` bytes whose handles wait with `wait`.
+    /// Creates an spsc ring of `capacity` bytes whose handles wait with `wait`.
     pub fn create(
         backing: Backing,
         scratch: &Scratch,
         capacity: u64,
         wait: WaitStrategy,
+    ) -> Result<TempSegment, CaseError> {
+        TempSegment::create_kind(backing, scratch, capacity, wait, RingKind::Spsc)
+    }
+
+    /// Creates a ring of `kind` and `capacity` bytes whose handles wait with `wait`.
+    pub fn create_kind(
+        backing: Backing,
+        scratch: &Scratch,
+        capacity: u64,
+        wait: WaitStrategy,
+        kind: RingKind,
     ) -> Result<TempSegment, CaseError> {
         let (location, registered) = match backing {
             Backing::Posix => {
@@ -182,8 +197,9 @@ impl TempSegment {
         let segment = Segment::builder(location.clone())
             .capacity(capacity)
             .wait_strategy(wait)
+            .kind(kind)
             .create()
-            .map_err(|e| CaseError::other(format!("creating a {capacity}-byte ring: {e}")))?;
+            .map_err(|e| CaseError::other(format!("creating a {capacity}-byte {} ring: {e}", kind.name())))?;
         Ok(TempSegment { segment, location, _registered: registered })
     }
 }

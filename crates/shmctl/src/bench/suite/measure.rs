@@ -363,7 +363,7 @@ pub fn sleeper(
     })
 }
 
-fn clock_ns(clock: ClockId) -> Result<u64, CaseError> {
+pub fn clock_ns(clock: ClockId) -> Result<u64, CaseError> {
     let t = clock_gettime(clock).map_err(|e| CaseError::other(format!("clock_gettime: {e}")))?;
     Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
 }

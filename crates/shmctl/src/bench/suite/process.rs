@@ -1,6 +1,7 @@
-//! Two processes per case: the parent measures, a forked child is the other side. They
-//! meet on a control page (an anonymous shared mapping): a start line, the consumer's stop
-//! flag, the child's results, and the child's error if it failed.
+//! Two processes per case (or more, for the ring kinds with several producers or
+//! consumers): the parent measures, forked children are the other sides. They meet on a
+//! control page (an anonymous shared mapping): a start line, the consumer's stop flag, the
+//! children's results, and the first error a child met.
 
 use std::io::Write as _;
 use std::num::NonZeroUsize;
@@ -23,7 +24,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 const PAGE: usize = 4096;
 // Word offsets in bytes, each flag on its own 128-byte line.
+/// Children that said ready (each adds one).
 const READY: usize = 0;
+/// Children the parent waits for: written before the forks, read-only after.
+const EXPECTED: usize = 4;
 const GO: usize = 128;
 const STOP: usize = 256;
 const FAILED: usize = 384;
@@ -34,6 +38,10 @@ const MESSAGE_LEN: usize = RESULTS + RESULT_SLOTS * 8;
 const MESSAGE: usize = MESSAGE_LEN + 8;
 const MESSAGE_MAX: usize = PAGE - MESSAGE;
 const _: () = assert!(MESSAGE < PAGE);
+/// The FAILED word while a child writes its message (codes: 1 other, 2 sequence).
+const WRITING: u32 = 3;
+/// Children one case may fork at most (the cleanup handler's table of them).
+pub const MAX_CHILDREN: usize = cleanup::MAX_CHILDREN;
 
 /// The page both processes of a case share.
 pub struct Control {
@@ -63,7 +71,7 @@ impl Control {
     /// Child: ready (set up and attached), then wait for the parent's go.
     pub fn child_ready(&self) -> Result<(), CaseError> {
         // Release/Acquire: the child's setup is done before the parent starts its clock.
-        self.word(READY).store(1, Ordering::Release);
+        self.word(READY).fetch_add(1, Ordering::Release);
         let mut spin = Spinner::new("waiting for the parent's go");
         while self.word(GO).load(Ordering::Acquire) == 0 {
             spin.step()?;
@@ -72,12 +80,14 @@ impl Control {
         Ok(())
     }
 
-    /// Parent: wait until the child is ready (failing early if it failed), start the
+    /// Parent: wait until every child is ready (failing early if one failed), start the
     /// clock, say go.
     pub fn parent_go(&self) -> Result<Instant, CaseError> {
-        let mut spin = Spinner::new("waiting for the child to start");
-        // Acquire: pairs with the Release store in `child_ready`.
-        while self.word(READY).load(Ordering::Acquire) == 0 {
+        let mut spin = Spinner::new("waiting for the children to start");
+        // Relaxed: stored before the forks (`run_group`), by this process.
+        let expected = self.word(EXPECTED).load(Ordering::Relaxed).max(1);
+        // Acquire: pairs with the Release increments in `child_ready`.
+        while self.word(READY).load(Ordering::Acquire) < expected {
             if let Some(e) = self.failure() {
                 return Err(e);
             }
@@ -115,8 +125,26 @@ impl Control {
         self.slot(index).load(Ordering::Relaxed)
     }
 
-    /// Child: records why it failed, for the parent to report.
+    /// Children: adds one to the shared count in slot `index` and returns the new count.
+    pub fn count_up(&self, index: usize) -> u64 {
+        // AcqRel: a child that reads the count (`shared_count`) sees what the others did
+        // before they counted.
+        self.slot(index).fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The shared count in slot `index` (see [`Control::count_up`]).
+    pub fn shared_count(&self, index: usize) -> u64 {
+        // Acquire: pairs with the AcqRel increments in `count_up`.
+        self.slot(index).load(Ordering::Acquire)
+    }
+
+    /// Child: records why it failed, for the parent to report; the first child to fail
+    /// writes the message, the others leave it.
     fn fail(&self, error: &CaseError) {
+        // Acquire: the message bytes of an earlier, finished failure are not ours to write.
+        if self.word(FAILED).compare_exchange(0, WRITING, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return;
+        }
         let text = error.message.as_bytes();
         let len = text.len().min(MESSAGE_MAX);
         for (i, &b) in text[..len].iter().enumerate() {
@@ -135,7 +163,7 @@ impl Control {
     pub fn failure(&self) -> Option<CaseError> {
         // Acquire: pairs with the Release store in `fail`; the message is complete.
         let code = self.word(FAILED).load(Ordering::Acquire);
-        if code == 0 {
+        if code == 0 || code == WRITING {
             return None;
         }
         let len = (self.slot_at(MESSAGE_LEN).load(Ordering::Relaxed) as usize).min(MESSAGE_MAX);
@@ -215,66 +243,97 @@ fn pin(cpu: usize) -> Result<(), CaseError> {
 
 /// Runs `child` in a forked child process (pinned per `pins`) and `parent` here, then
 /// reaps the child. Fails if either side fails; a failing parent kills the child.
-pub fn run_pair<T>(
+pub fn run_pair<'a, T>(
     control: &Control,
     pins: Option<Pins>,
-    child: impl FnOnce(&Control) -> Result<(), CaseError>,
+    child: impl FnOnce(&Control) -> Result<(), CaseError> + 'a,
     parent: impl FnOnce(&Control) -> Result<T, CaseError>,
 ) -> Result<T, CaseError> {
+    run_group(control, vec![(pins.map(|p| p.child_cpu), Box::new(child))], parent)
+}
+
+/// A child of [`run_group`]: the CPU to pin it to, and what it runs.
+pub type GroupChild<'a> = (Option<usize>, Box<dyn FnOnce(&Control) -> Result<(), CaseError> + 'a>);
+
+/// Runs each of `children` (at most [`MAX_CHILDREN`]) in its own forked process, pinned to
+/// its CPU, and `parent` here, then reaps them all. Fails if any side fails; a failing
+/// parent kills every child. [`Control::parent_go`] waits for all of them.
+pub fn run_group<T>(
+    control: &Control,
+    children: Vec<GroupChild<'_>>,
+    parent: impl FnOnce(&Control) -> Result<T, CaseError>,
+) -> Result<T, CaseError> {
+    assert!(children.len() <= MAX_CHILDREN, "{} children", children.len());
+    // Relaxed: read after the forks, which copy it into every child.
+    control.word(EXPECTED).store(children.len() as u32, Ordering::Relaxed);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    // SAFETY: shmctl bench runs no other thread, so the child is a complete copy of a
-    // single-threaded process and may run any code.
-    match unsafe { fork() }.map_err(|e| CaseError::other(format!("fork: {e}")))? {
-        ForkResult::Child => {
-            drop(parent); // the parent's ends of the transports, closed here
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                if let Some(p) = pins {
-                    pin(p.child_cpu)?;
-                }
-                child(control)
-            }));
-            let code = match outcome {
-                Ok(Ok(())) => 0,
-                Ok(Err(e)) => {
-                    control.fail(&e);
-                    1
-                }
-                Err(_) => {
-                    control.fail(&CaseError::other("panicked"));
-                    2
-                }
-            };
-            // Ends the child without unwinding into the parent's frames, whose guards
-            // (segment unlinks) belong to the parent.
-            std::process::exit(code)
-        }
-        ForkResult::Parent { child: pid } => {
-            drop(child); // the child's ends, so that a dead child gives EOF
-            let mut reaper = Reaper::new(pid);
-            let value = parent(control).map_err(|e| control.failure().unwrap_or(e))?;
-            match reaper.wait()? {
-                WaitStatus::Exited(_, 0) => Ok(value),
-                status => {
-                    Err(control.failure().unwrap_or_else(|| CaseError::other(format!("other process: {status:?}"))))
-                }
+    let mut reapers = Vec::with_capacity(children.len());
+    let mut rest = children.into_iter();
+    while let Some((cpu, child)) = rest.next() {
+        // SAFETY: shmctl bench runs no other thread, so the child is a complete copy of a
+        // single-threaded process and may run any code.
+        match unsafe { fork() }.map_err(|e| CaseError::other(format!("fork: {e}")))? {
+            ForkResult::Child => {
+                // The parent's and the other children's ends of the transports, closed
+                // here; the siblings are the parent's to reap, never ours to kill.
+                drop(parent);
+                drop(rest);
+                std::mem::forget(reapers);
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    if let Some(cpu) = cpu {
+                        pin(cpu)?;
+                    }
+                    child(control)
+                }));
+                let code = match outcome {
+                    Ok(Ok(())) => 0,
+                    Ok(Err(e)) => {
+                        control.fail(&e);
+                        1
+                    }
+                    Err(_) => {
+                        control.fail(&CaseError::other("panicked"));
+                        2
+                    }
+                };
+                // Ends the child without unwinding into the parent's frames, whose guards
+                // (segment unlinks) belong to the parent.
+                std::process::exit(code)
+            }
+            ForkResult::Parent { child: pid } => {
+                drop(child); // the child's ends, so that a dead child gives EOF
+                reapers.push(Reaper::new(reapers.len(), pid));
             }
         }
     }
+    let value = parent(control).map_err(|e| control.failure().unwrap_or(e))?;
+    let mut failure = None;
+    for reaper in &mut reapers {
+        let status = reaper.wait()?;
+        if failure.is_none() && !matches!(status, WaitStatus::Exited(_, 0)) {
+            failure = Some(control.failure().unwrap_or_else(|| CaseError::other(format!("other process: {status:?}"))));
+        }
+    }
+    failure.map_or(Ok(value), Err)
 }
 
-/// Reaps the child; kills it first when dropped before [`Reaper::wait`] (the parent failed).
-struct Reaper(Option<Pid>);
+/// Reaps a child; kills it first when dropped before [`Reaper::wait`] (the parent
+/// failed). `slot` is its place in the cleanup handler's table.
+struct Reaper {
+    pid: Option<Pid>,
+    slot: usize,
+}
 
 impl Reaper {
-    fn new(pid: Pid) -> Reaper {
-        cleanup::set_child(Some(pid));
-        Reaper(Some(pid))
+    fn new(slot: usize, pid: Pid) -> Reaper {
+        cleanup::set_child(slot, Some(pid));
+        Reaper { pid: Some(pid), slot }
     }
 
     /// Waits up to [`TIMEOUT`] for the child to exit, then kills it.
     fn wait(&mut self) -> Result<WaitStatus, CaseError> {
-        let pid = self.0.take().expect("waited once");
+        let pid = self.pid.take().expect("waited once");
         let deadline = Instant::now() + TIMEOUT;
         let status = loop {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
@@ -284,28 +343,28 @@ impl Reaper {
                 Ok(WaitStatus::StillAlive) => {
                     let _ = kill(pid, Signal::SIGKILL);
                     let _ = waitpid(pid, None);
-                    cleanup::set_child(None);
+                    cleanup::set_child(self.slot, None);
                     return Err(CaseError::other(format!("the other process did not exit within {TIMEOUT:?}")));
                 }
                 Ok(status) => break status,
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
-                    cleanup::set_child(None);
+                    cleanup::set_child(self.slot, None);
                     return Err(CaseError::other(format!("waitpid: {e}")));
                 }
             }
         };
-        cleanup::set_child(None);
+        cleanup::set_child(self.slot, None);
         Ok(status)
     }
 }
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        if let Some(pid) = self.0.take() {
+        if let Some(pid) = self.pid.take() {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
-            cleanup::set_child(None);
+            cleanup::set_child(self.slot, None);
         }
     }
 }

@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use shm_core::units::format_size;
 
+use super::kinds::{KIND_WAIT, KindRow, KindRun};
 use super::measure::{Counters, ring_capacity};
 use super::process::Pins;
 use super::transport::Transport;
@@ -85,9 +86,10 @@ pub fn header(m: &Machine, plan: &Plan) -> String {
     let _ = writeln!(o, "pinning: {}", m.pinning_note);
     let _ = writeln!(
         o,
-        "plan: {} transports, records of {}; {} per throughput run; {} repetition(s), every case once per \
+        "plan: {} transports, {} ring kind rows, records of {}; {} per throughput run; {} repetition(s), every case once per \
          repetition in turn; rings of {} (more for large records), {}; pipe and socket buffers: kernel defaults",
         plan.transports.len(),
+        plan.kinds.len(),
         sizes.join(", "),
         seconds(plan.duration.as_secs_f64()),
         plan.reps,
@@ -127,6 +129,8 @@ pub fn header(m: &Machine, plan: &Plan) -> String {
 #[derive(Debug, Serialize)]
 pub struct Settings {
     pub transports: Vec<String>,
+    /// Ring kind rows (`--kinds`).
+    pub kinds: Vec<String>,
     pub sizes: Vec<usize>,
     pub duration_s: f64,
     pub reps: usize,
@@ -149,6 +153,8 @@ pub struct Report {
     pub settings: Settings,
     pub memcpy: Vec<MemcpyRow>,
     pub throughput: Vec<ThroughputRow>,
+    /// The ring kinds side by side (`kinds`), one record per call.
+    pub kinds: Vec<KindsRow>,
     pub latency: Vec<LatencyRow>,
     /// No transport: busy windows timed on a pinned CPU, the machine's own tail
     /// (`measure::busy_windows`); `transport` names the window.
@@ -195,6 +201,39 @@ pub struct ThroughputRep {
     pub ratio_unix_stream_batch: Option<f64>,
     pub ratio_memcpy: Option<f64>,
     pub counters: Option<Counters>,
+    pub error: Option<String>,
+}
+
+/// A ring kind's row: its producers and consumers, its wait, the median rates and the
+/// medians of the same-repetition ratios to spsc 1->1.
+#[derive(Debug, Serialize)]
+pub struct KindsRow {
+    /// `mpsc-2to1`.
+    pub row: String,
+    pub kind: &'static str,
+    pub producers: usize,
+    pub consumers: usize,
+    pub size: usize,
+    /// The wait strategy of every handle, and why (`hybrid: 4 processes on 2 CPU(s)`).
+    pub wait: String,
+    pub reps: Vec<KindRep>,
+    /// Distinct records through the ring per second (median).
+    pub median_records_per_s: f64,
+    /// Records handed to consumers per second, summed over them (median).
+    pub median_deliveries_per_s: f64,
+    /// Median of the same-repetition ratios of records/s to spsc 1->1's.
+    pub ratio_spsc: Option<f64>,
+    /// The same for deliveries/s.
+    pub ratio_spsc_deliveries: Option<f64>,
+    pub sequence_errors: usize,
+    pub failed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KindRep {
+    pub run: Option<KindRun>,
+    pub ratio_spsc: Option<f64>,
+    pub ratio_spsc_deliveries: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -275,12 +314,17 @@ impl Report {
             _ => None,
         };
         let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+        let kind_run = |runs: Option<&Runs>, rep: usize| match runs.and_then(|r| r.get(rep)) {
+            Some(Ok(Outcome::Kind(k))) => Some(k.clone()),
+            _ => None,
+        };
 
         let mut report = Report {
             schema: 1,
             machine,
             settings: Settings {
                 transports: plan.transports.iter().map(|t| t.name()).collect(),
+                kinds: plan.kinds.iter().map(|k| k.name()).collect(),
                 sizes: plan.sizes.clone(),
                 duration_s: plan.duration.as_secs_f64(),
                 reps: plan.reps,
@@ -296,6 +340,7 @@ impl Report {
             },
             memcpy: Vec::new(),
             throughput: Vec::new(),
+            kinds: Vec::new(),
             latency: Vec::new(),
             busy_windows: None,
             idle: Vec::new(),
@@ -367,6 +412,42 @@ impl Report {
                         ratio_unix_stream_batch: median(reps.iter().filter_map(|r| r.ratio_unix_stream_batch)),
                         ratio_memcpy: median(reps.iter().filter_map(|r| r.ratio_memcpy)),
                         median_ring_syscalls: median(ok().filter_map(|r| r.counters).map(|c| c.syscalls() as f64)),
+                        reps,
+                        sequence_errors,
+                        failed,
+                    });
+                }
+                Case::Kind { row, size } => {
+                    let base = find(Case::Kind { row: KindRow::BASELINE, size });
+                    let reps: Vec<KindRep> = (0..runs.len())
+                        .map(|rep| {
+                            let run = kind_run(Some(runs), rep);
+                            let spsc = kind_run(base, rep);
+                            let rate = |r: &Option<KindRun>, f: fn(&KindRun) -> f64| r.as_ref().map(f);
+                            KindRep {
+                                ratio_spsc: ratio(rate(&run, |k| k.records_per_s), rate(&spsc, |k| k.records_per_s)),
+                                ratio_spsc_deliveries: ratio(
+                                    rate(&run, |k| k.deliveries_per_s),
+                                    rate(&spsc, |k| k.deliveries_per_s),
+                                ),
+                                error: runs[rep].as_ref().err().map(|e| e.message.clone()),
+                                run,
+                            }
+                        })
+                        .collect();
+                    let ok = || reps.iter().filter_map(|r| r.run.as_ref());
+                    report.kinds.push(KindsRow {
+                        row: row.name(),
+                        kind: row.kind().name(),
+                        producers: row.producers(),
+                        consumers: row.consumers(),
+                        size,
+                        // Pinned, every process runs on one of two CPUs; unpinned, on any.
+                        wait: row.wait_note(if report.machine.pinning.is_some() { 2 } else { report.machine.nproc }),
+                        median_records_per_s: median(ok().map(|k| k.records_per_s)).unwrap_or(0.0),
+                        median_deliveries_per_s: median(ok().map(|k| k.deliveries_per_s)).unwrap_or(0.0),
+                        ratio_spsc: median(reps.iter().filter_map(|r| r.ratio_spsc)),
+                        ratio_spsc_deliveries: median(reps.iter().filter_map(|r| r.ratio_spsc_deliveries)),
                         reps,
                         sequence_errors,
                         failed,
@@ -532,6 +613,47 @@ impl Report {
                     &rows,
                 ));
             }
+        }
+        if !self.kinds.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n## Ring kinds: one record per call, {} per run, median of {reps} run(s); every handle waits {} \
+                 (more processes than CPUs cannot all spin); x spsc: medians of same-repetition ratios to spsc-1to1\n",
+                seconds(self.settings.duration_s),
+                KIND_WAIT.name()
+            );
+            let rows: Vec<Vec<String>> = self
+                .kinds
+                .iter()
+                .map(|k| {
+                    let mut r = vec![k.row.clone(), bytes(k.size), k.wait.clone()];
+                    if k.failed && k.reps.iter().all(|r| r.run.is_none()) {
+                        r.push("FAILED".into());
+                        r.resize(7, "-".into());
+                    } else {
+                        r.extend([
+                            significant(k.median_records_per_s / 1e6),
+                            opt(k.ratio_spsc),
+                            significant(k.median_deliveries_per_s / 1e6),
+                            opt(k.ratio_spsc_deliveries),
+                        ]);
+                        if k.failed {
+                            r[0].push_str(" (FAILED in some runs)");
+                        }
+                    }
+                    r
+                })
+                .collect();
+            o.push_str(&table(
+                &["ring kind", "size", "wait", "Mrec/s", "x spsc", "Mdeliveries/s", "x spsc deliveries"],
+                &rows,
+            ));
+            let _ = writeln!(
+                o,
+                "\nMrec/s: distinct records through the ring (broadcast: each consumer reads all of them; mpmc: \
+                 the workers share them); Mdeliveries/s: records handed to consumers, summed over them. Every \
+                 record was checked per producer; none was lost or repeated, or the row says FAILED."
+            );
         }
         if !self.latency.is_empty() {
             let _ = writeln!(o, "\n## Round trip of one record, median of {reps} run(s) per statistic\n");
