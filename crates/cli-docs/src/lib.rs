@@ -2,7 +2,7 @@
 //!
 //! The package ships what the programs say about themselves, never a hand-written copy
 //! that drifts: each of `shmctl`, `producerd` and `consumerd`, run with
-//! `SHMRING_WRITE_CLI_DOCS=DIR` in its environment, calls [`write`] with its own
+//! `SHMRING_WRITE_CLI_DOCS=DIR` in its environment, calls [`write()`] with its own
 //! [`clap::Command`] and exits ([`write_if_asked`]). The package build (`scripts/build-deb`)
 //! runs the three after `cargo build`, and `cargo deb` installs the files they wrote:
 //!
@@ -60,7 +60,7 @@ fn write_man_pages(command: &Command, title: &str, man: &Path) -> io::Result<()>
 /// The environment variable that asks a program for its docs instead of its work.
 pub const ENV: &str = "SHMRING_WRITE_CLI_DOCS";
 
-/// At the top of each program's `main`: with `SHMRING_WRITE_CLI_DOCS=DIR` set, [`write`]s
+/// At the top of each program's `main`: with `SHMRING_WRITE_CLI_DOCS=DIR` set, [`write()`]s
 /// the program's docs under `DIR` and returns the exit code (0, or 74 `EX_IOERR` after
 /// printing the error); otherwise `None`, and the program goes on. An environment variable
 /// rather than a hidden option, because clap_complete would complete a hidden option.
