@@ -16,7 +16,9 @@
 # for both boots and the test, default 900), SHMRING_VM_ACCEL (default tcg: nested KVM
 # hangs on our machines), SHMRING_VM_DEB=PATH (test this .deb; by default
 # scripts/build-deb builds one), SHMRING_VM_KEEP=1 (keep the scratch folder), SHMRING_VM_SHELL=1 (after the checks, keep
-# the VM up with a root shell on the serial console, which is this terminal; no timeout).
+# the VM up with a root shell on the serial console, which is this terminal; no timeout),
+# SHMRING_VM_ONLY="check check..." (only these checks, and enable-and-reboot; for a quick
+# run while working on them, never in CI).
 # Each run's serial log is $cache/serial-<time>-<pid>.log, kept when the run fails (its
 # path is printed), removed when it passes; last-serial.log points at the latest failure's.
 set -euo pipefail
@@ -158,6 +160,7 @@ else
     # The guest's own bound, a minute inside this script's, so the guest still powers off.
     sed -i "s/^TimeoutStartSec=.*/TimeoutStartSec=$((timeout_s > 120 ? timeout_s - 60 : 60))/" "$guest/etc/systemd/system/shmring-vm-test.service"
 fi
+if [[ -n ${SHMRING_VM_ONLY:-} ]]; then echo "$SHMRING_VM_ONLY" >"$guest/etc/shmring-vm-only"; fi
 ln -s ../shmring-vm-test.service "$guest/etc/systemd/system/multi-user.target.wants/shmring-vm-test.service"
 # No login prompt on the console the test prints to.
 ln -s /dev/null "$guest/etc/systemd/system/serial-getty@ttyS0.service"
@@ -203,6 +206,10 @@ tr -d '\r' <"$log" >"$log.txt"
 cp "$log.txt" "$run_log"
 mapfile -t expected < <(sed -n 's/^CHECKS=(\(.*\))$/\1/p' "$here/guest/test.sh" | tr ' ' '\n' | sed '/^$/d')
 ((${#expected[@]})) || die "no CHECKS=(...) line in guest/test.sh"
+if [[ -n ${SHMRING_VM_ONLY:-} ]]; then
+    mapfile -t expected < <(printf '%s\n' "${expected[@]}" | grep -xF -f <(tr ' ' '\n' <<<"$SHMRING_VM_ONLY enable-and-reboot"))
+    echo "SHMRING_VM_ONLY: checking only ${expected[*]}"
+fi
 problems=()
 ((qemu_status == 0)) || problems+=("qemu exited with status $qemu_status$( ((qemu_status == 124)) && echo " (timed out after ${timeout_s} s)")")
 grep -qx 'SHMRING-VM-TEST-END' "$log.txt" || problems+=("no SHMRING-VM-TEST-END line")
