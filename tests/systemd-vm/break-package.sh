@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes a deliberately broken copy of the shmring .deb, to show that the VM test's package
 # checks can fail: `bash tests/systemd-vm/break-package.sh GOOD.deb BROKEN.deb`, then
-# `SHMRING_VM_DEB=BROKEN.deb bash tests/systemd-vm/run.sh` must FAIL these checks, each
+# `SHMRING_VM_DEB=BROKEN.deb bash tests/systemd-vm/run.sh` (SHMRING_VM_ONLY for a quick run:
+# see README.md) must FAIL these checks, each
 # for its own break, and pass the others:
 #
 # | check                   | the break                                                      |
