@@ -2,21 +2,23 @@
 # Proves the shmring units under a real systemd, inside a throw-away qemu VM.
 #
 # Builds (once, then cached) a Debian bookworm minbase root with systemd and a kernel,
-# copies it to a scratch folder, installs the release binaries, the units, the
-# sysusers.d/tmpfiles.d entries and the configs there as a package would, adds the guest
-# test (guest/test.sh, run by guest/shmring-vm-test.service after boot), packs the folder
-# into an ext4 image without mounting anything, boots it under qemu and reads the PASS/FAIL
-# lines the guest prints on its serial console. Exit 0 only if every check passed.
+# copies it to a scratch folder, puts the shmring .deb there (scripts/build-deb, or
+# SHMRING_VM_DEB), adds the guest test (guest/test.sh, run by guest/shmring-vm-test.service
+# after boot: it installs the package with dpkg -i and checks it), packs the folder into an
+# ext4 image without mounting anything, boots it under qemu (twice: the test reboots the
+# VM once) and reads the PASS/FAIL lines the guest prints on its serial console. Exit 0
+# only if every check passed.
 #
 # systemd, systemd-tmpfiles and systemd-sysusers run only inside the VM, never here.
 #
 # Environment: SHMRING_VM_CACHE (default /var/cache/shmring-vm), SHMRING_VM_MIRROR
 # (default: the bookworm mirror of this machine's apt sources), SHMRING_VM_TIMEOUT (seconds
-# for the whole boot and test, default 600), SHMRING_VM_ACCEL (default tcg: nested KVM
-# hangs on our machines), SHMRING_VM_BUILD=1 (run cargo build even when target/release
-# has the binaries; by default it builds only the missing ones),
-# SHMRING_VM_KEEP=1 (keep the scratch folder), SHMRING_VM_SHELL=1 (after the checks, keep
-# the VM up with a root shell on the serial console, which is this terminal; no timeout).
+# for both boots and the test, default 900), SHMRING_VM_ACCEL (default tcg: nested KVM
+# hangs on our machines), SHMRING_VM_DEB=PATH (test this .deb; by default
+# scripts/build-deb builds one), SHMRING_VM_KEEP=1 (keep the scratch folder), SHMRING_VM_SHELL=1 (after the checks, keep
+# the VM up with a root shell on the serial console, which is this terminal; no timeout),
+# SHMRING_VM_ONLY="check check..." (only these checks, and enable-and-reboot; for a quick
+# run while working on them, never in CI).
 # Each run's serial log is $cache/serial-<time>-<pid>.log, kept when the run fails (its
 # path is printed), removed when it passes; last-serial.log points at the latest failure's.
 set -euo pipefail
@@ -128,21 +130,16 @@ flock -u 9
 kernel=$(compgen -G "$root/boot/vmlinuz-*" | sort -V | tail -n1)
 initrd=$(compgen -G "$root/boot/initrd.img-*" | sort -V | tail -n1)
 
-# --- the binaries --------------------------------------------------------------------
-bin="${CARGO_TARGET_DIR:-$repo/target}/release"
-build=${SHMRING_VM_BUILD:-0}
-for b in producerd consumerd shmctl; do [[ -x $bin/$b ]] || build=1; done
-if [[ $build == 1 ]]; then
-    say "cargo build --release -p producerd -p consumerd -p shmctl"
-    (cd "$repo" && cargo build --release -p producerd -p consumerd -p shmctl)
+# --- the package ---------------------------------------------------------------------
+deb=${SHMRING_VM_DEB:-}
+if [[ -z $deb ]]; then
+    say "building the package (scripts/build-deb)"
+    deb_started=$(date +%s)
+    deb=$("$repo/scripts/build-deb" | tail -n1)
+    say "package built in $(($(date +%s) - deb_started)) s"
 fi
-for b in producerd consumerd shmctl; do
-    [[ -x $bin/$b ]] || die "$bin/$b missing after the build"
-done
-ls -l --time-style=+%F.%T "$bin/producerd" "$bin/consumerd" "$bin/shmctl" | awk '{ print "    " $6, $7 }'
-if [[ -n $(find "$repo/crates" -name '*.rs' -newer "$bin/shmctl" -print -quit) ]]; then
-    echo "    note: some sources are newer than these binaries (SHMRING_VM_BUILD=1 rebuilds)"
-fi
+[[ -f $deb ]] || die "no package at '$deb'"
+echo "    $deb ($(stat -c %s "$deb") bytes, $(date -r "$deb" -u +%F.%T))"
 
 # --- the scratch root and its image --------------------------------------------------
 scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/shmring-vm.XXXXXX")
@@ -150,22 +147,8 @@ guest="$scratch/root"
 say "staging the guest in $scratch"
 cp -a "$root" "$guest"
 
-# What a package would ship. The guest's own systemd-sysusers and systemd-tmpfiles apply
-# the sysusers.d and tmpfiles.d entries at boot (this root has never booted, so
-# systemd-sysusers.service's ConditionNeedsUpdate=/etc holds).
-install -m 0755 "$bin/producerd" "$bin/consumerd" "$bin/shmctl" "$guest/usr/local/bin/"
-install -m 0644 "$repo"/systemd/*.service "$guest/etc/systemd/system/"
-install -D -m 0644 "$repo/systemd/shmring.sysusers" "$guest/usr/lib/sysusers.d/shmring.conf"
-install -D -m 0644 "$repo/systemd/shmring.tmpfiles" "$guest/usr/lib/tmpfiles.d/shmring.conf"
-install -d -m 0755 "$guest/etc/shmring"
-# The shipped configs as they are (the producer at full speed), but for one line the
-# shipped consumerd.toml documents: the verify sink's state file, so its "0 lost" spans
-# every restart the test causes, not only the last run.
-install -m 0644 "$repo/config/producerd.toml" "$guest/etc/shmring/producerd.toml"
-sed '/^kind = "verify"/a state = "/var/lib/shmring/verify.state"' "$repo/config/consumerd.toml" >"$guest/etc/shmring/consumerd.toml"
-grep -q '^state = ' "$guest/etc/shmring/consumerd.toml" || die "config/consumerd.toml: no 'kind = \"verify\"' line to add the state after"
-# The template pair, as the README installs it: one file for producerd@demo and consumerd@demo.
-install -m 0644 "$repo/config/pair.toml" "$guest/etc/shmring/demo.toml"
+# The package, which the guest test installs with dpkg -i as a user would.
+install -D -m 0644 "$deb" "$guest/root/shmring.deb"
 
 # The test: a oneshot unit after multi-user.target that prints to the serial console.
 install -D -m 0755 "$here/guest/test.sh" "$guest/usr/local/lib/shmring-vm-test/test.sh"
@@ -177,6 +160,7 @@ else
     # The guest's own bound, a minute inside this script's, so the guest still powers off.
     sed -i "s/^TimeoutStartSec=.*/TimeoutStartSec=$((timeout_s > 120 ? timeout_s - 60 : 60))/" "$guest/etc/systemd/system/shmring-vm-test.service"
 fi
+if [[ -n ${SHMRING_VM_ONLY:-} ]]; then echo "$SHMRING_VM_ONLY" >"$guest/etc/shmring-vm-only"; fi
 ln -s ../shmring-vm-test.service "$guest/etc/systemd/system/multi-user.target.wants/shmring-vm-test.service"
 # No login prompt on the console the test prints to.
 ln -s /dev/null "$guest/etc/systemd/system/serial-getty@ttyS0.service"
@@ -189,21 +173,29 @@ rm -rf --one-file-system "$guest"
 # --- boot ----------------------------------------------------------------------------
 log="$scratch/serial.log"
 run_log="$cache/serial-$(date -u +%Y%m%dT%H%M%S)-$$.log"
-say "booting (qemu -accel $accel, timeout ${timeout_s} s; serial log $run_log)"
+say "booting (qemu -accel $accel, timeout ${timeout_s} s for both boots; serial log $run_log)"
 boot_started=$(date +%s)
 qemu=(qemu-system-x86_64 -accel "$accel" -m 1024 -smp 1 -nographic -no-reboot -nic none
     -kernel "$kernel" -initrd "$initrd"
     -append "root=/dev/vda rw console=ttyS0 init=/lib/systemd/systemd quiet panic=1"
     -drive "file=$image,format=raw,if=virtio")
+# The guest prints SHMRING-VM-REBOOT and reboots once (enable-and-reboot); under
+# -no-reboot qemu exits then, and the same disk boots again. At most two boots.
 set +e
-if [[ $shell == 1 ]]; then
-    # The console is this terminal, both ways; poweroff in the guest ends it.
-    "${qemu[@]}" 2>&1 | tee "$log"
-else
-    timeout --kill-after=10 "$timeout_s" "${qemu[@]}" </dev/null 2>&1 |
-        tee "$log" | sed -un 's/\r$//; /^\(PASS\|FAIL\|MUTANT\|SHMRING-VM-\)/p'
-fi
-qemu_status=${PIPESTATUS[0]}
+for boot in 1 2; do
+    left=$((timeout_s - ($(date +%s) - boot_started)))
+    ((left > 0)) || { qemu_status=124; break; }
+    if [[ $shell == 1 ]]; then
+        # The console is this terminal, both ways; poweroff in the guest ends it.
+        "${qemu[@]}" 2>&1 | tee -a "$log"
+    else
+        timeout --kill-after=10 "$left" "${qemu[@]}" </dev/null 2>&1 |
+            tee -a "$log" | sed -un 's/\r$//; /^\(PASS\|FAIL\|MUTANT\|SHMRING-VM-\)/p'
+    fi
+    qemu_status=${PIPESTATUS[0]}
+    ((qemu_status == 0 && boot == 1)) && tr -d '\r' <"$log" | grep -qx 'SHMRING-VM-REBOOT' || break
+    say "the guest rebooted: booting it again ($(($(date +%s) - boot_started)) s so far)"
+done
 set -e
 vm_seconds=$(($(date +%s) - boot_started))
 
@@ -214,6 +206,10 @@ tr -d '\r' <"$log" >"$log.txt"
 cp "$log.txt" "$run_log"
 mapfile -t expected < <(sed -n 's/^CHECKS=(\(.*\))$/\1/p' "$here/guest/test.sh" | tr ' ' '\n' | sed '/^$/d')
 ((${#expected[@]})) || die "no CHECKS=(...) line in guest/test.sh"
+if [[ -n ${SHMRING_VM_ONLY:-} ]]; then
+    mapfile -t expected < <(printf '%s\n' "${expected[@]}" | grep -xF -f <(tr ' ' '\n' <<<"$SHMRING_VM_ONLY enable-and-reboot"))
+    echo "SHMRING_VM_ONLY: checking only ${expected[*]}"
+fi
 problems=()
 ((qemu_status == 0)) || problems+=("qemu exited with status $qemu_status$( ((qemu_status == 124)) && echo " (timed out after ${timeout_s} s)")")
 grep -qx 'SHMRING-VM-TEST-END' "$log.txt" || problems+=("no SHMRING-VM-TEST-END line")

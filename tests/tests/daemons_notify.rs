@@ -7,8 +7,9 @@
 //!   that is not theirs, they never do.
 //! - `reload_notifies_then_acknowledges`: on `SIGHUP`, `RELOADING=1` with a `MONOTONIC_USEC=`
 //!   taken during the reload (systemd 253+ needs it), then `READY=1`; and under a
-//!   `$RUNTIME_DIRECTORY`, `reloaded.<pid>` counts the reloads handled, written after that
-//!   `READY=1` (what the units' waiting `ExecReload=` reads).
+//!   `$RUNTIME_DIRECTORY`, `reloaded.<pid>` counts the reloads handled and says how the
+//!   last one ended (`1 applied`, then `2 refused` for a broken config), written after
+//!   that `READY=1` (what the units' waiting `ExecReload=` reads, and fails on `refused`).
 //! - `metrics_exposition_parses_with_names_types_labels_and_moving_values`: `GET /metrics`
 //!   on each daemon parses as OpenMetrics; each family has the expected name, type, unit
 //!   and `segment`/`role` labels; a segment's counters come from one daemon only (the
@@ -124,7 +125,11 @@ fn reload_notifies_then_acknowledges() {
         daemon.wait_for(&fx, "READY=1");
         let acknowledged = runtime.join(format!("reloaded.{}", daemon.pid()));
         assert!(!acknowledged.exists(), "an acknowledgement before any reload");
-        for round in 1..=2 {
+        let good = std::fs::read_to_string(daemon.config_path()).unwrap();
+        for (round, outcome) in [(1, "applied"), (2, "refused")] {
+            if outcome == "refused" {
+                std::fs::write(daemon.config_path(), format!("{good}\n[bogus]\n")).unwrap();
+            }
             let before = monotonic_usec();
             daemon.signal(&fx, nix::sys::signal::Signal::SIGHUP);
             let reloading = daemon.wait_for(&fx, "RELOADING=1");
@@ -137,11 +142,12 @@ fn reload_notifies_then_acknowledges() {
                 .unwrap();
             assert!((before..=after).contains(&stamp), "MONOTONIC_USEC={stamp} not within {before}..={after}");
             daemon.wait_for(&fx, "READY=1");
-            let want = format!("{round}\n");
+            let want = format!("{round} {outcome}\n");
             wait_until(daemons::PATIENCE, "the reload acknowledged", || {
                 std::fs::read_to_string(&acknowledged).is_ok_and(|text| text == want)
             });
         }
+        std::fs::write(daemon.config_path(), good).unwrap();
     }
     for daemon in [&producer, &consumer] {
         daemon.stop(&fx).assert_success();

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use shm_core::{RingKind, Role, Segment};
-use shm_daemon::service::{Ended, Service, StopRequested, Waiting};
+use shm_daemon::service::{Ended, Reloaded, Service, StopRequested, Waiting};
 use shm_daemon::{exit, launch, logging, metrics};
 use tracing::{error, info, warn};
 
@@ -45,6 +45,9 @@ fn load(config: Option<&Path>) -> Result<(config::Settings, String), shm_daemon:
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = cli_docs::write_if_asked(Args::command) {
+        return code;
+    }
     let args = Args::parse();
     launch::main(
         "consumerd",
@@ -237,8 +240,11 @@ fn service(
     let reload = {
         let (shared, config_path, current, log) = (shared.clone(), args.config.clone(), settings.clone(), log.clone());
         Box::new(move || {
-            match load(config_path.as_deref()) {
-                Err(e) => warn!("reload failed, keeping the running config: {e}"),
+            let outcome = match load(config_path.as_deref()) {
+                Err(e) => {
+                    warn!("reload failed, keeping the running config: {e}");
+                    Reloaded::Refused
+                }
                 Ok((new, _)) => {
                     log.set_level(&new.log.level);
                     shared.drain_timeout_ms.store(new.drain_timeout.as_millis() as u64, Ordering::Relaxed);
@@ -247,11 +253,13 @@ fn service(
                         warn!(keys = %refused.join(", "), "changed in the config, kept as running: they take a restart");
                     }
                     info!(level = %new.log.level, drain_timeout = ?new.drain_timeout, "config reloaded");
+                    Reloaded::Applied
                 }
-            }
+            };
             // Whether or not the config loaded, SIGHUP re-opens the output (logrotate
             // sends it after renaming the file).
             shared.reloads.request();
+            outcome
         })
     };
     let unlinked = {

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context as _, Result, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use shm_core::{RingKind, Role, Segment};
-use shm_daemon::service::{Ended, Service, StopRequested, Waiting};
+use shm_daemon::service::{Ended, Reloaded, Service, StopRequested, Waiting};
 use shm_daemon::{exit, launch, logging, metrics};
 use tracing::{error, info, warn};
 
@@ -42,6 +42,9 @@ fn load(config: Option<&Path>) -> Result<(config::Settings, String), shm_daemon:
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = cli_docs::write_if_asked(Args::command) {
+        return code;
+    }
     let args = Args::parse();
     launch::main(
         "producerd",
@@ -179,8 +182,11 @@ fn service(
         let (shared, current, log) = (shared.clone(), settings.clone(), log.clone());
         let config_path = args.config.clone();
         Box::new(move || {
-            match load(config_path.as_deref()) {
-                Err(e) => warn!("reload failed, keeping the running config: {e}"),
+            let outcome = match load(config_path.as_deref()) {
+                Err(e) => {
+                    warn!("reload failed, keeping the running config: {e}");
+                    Reloaded::Refused
+                }
                 Ok((new, _)) => {
                     log.set_level(&new.log.level);
                     if let config::SourceKind::Generator { rate, .. } = new.source {
@@ -192,9 +198,11 @@ fn service(
                         warn!(keys = %refused.join(", "), "changed in the config, kept as running: they take a restart");
                     }
                     info!(level = %new.log.level, "config reloaded");
+                    Reloaded::Applied
                 }
-            }
+            };
             shared.reloads.request();
+            outcome
         })
     };
     let unlinked = {

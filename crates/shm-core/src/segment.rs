@@ -238,6 +238,24 @@ impl SegmentBuilder {
     }
 
     /// Creates the segment exclusively: an existing name is an error, never reused.
+    ///
+    /// ```
+    /// use shm_core::{CreateError, Location, RingKind, Segment};
+    ///
+    /// let location = Location::posix(&format!("/shmring-doc-create-{}", std::process::id()))?;
+    /// let segment = Segment::builder(location.clone())
+    ///     .capacity(1 << 20) // ring data bytes: a power of two
+    ///     .max_record(4096)
+    ///     .kind(RingKind::Spsc) // the default; also Mpsc, Broadcast, Mpmc
+    ///     .mode(0o600)
+    ///     .create()?;
+    /// assert_eq!(segment.geometry().max_record, 4096);
+    ///
+    /// let again = Segment::builder(location.clone()).create();
+    /// assert!(matches!(again, Err(CreateError::Exists { .. })));
+    /// Segment::unlink(&location)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create(&self) -> Result<Segment, CreateError> {
         let location = &self.location;
         let invalid = |reason: String| CreateError::InvalidOptions { location: location.clone(), reason };
@@ -335,6 +353,27 @@ impl SegmentBuilder {
 
     /// Opens an existing segment: checks the object (`fstat`/`IPC_STAT`), waits for its
     /// creator to finish, validates the header. Never creates, never re-initialises.
+    ///
+    /// The geometry and kind come from the segment's header, not from the builder.
+    ///
+    /// ```
+    /// use shm_core::{Location, OpenError, RingKind, Segment};
+    ///
+    /// let location = Location::posix(&format!("/shmring-doc-open-{}", std::process::id()))?;
+    /// let missing = Segment::builder(location.clone()).open();
+    /// assert!(matches!(missing, Err(OpenError::NotFound { .. })));
+    ///
+    /// // Another process created it (here: this one, a moment ago).
+    /// Segment::builder(location.clone()).capacity(8192).kind(RingKind::Mpsc).create()?;
+    /// let segment = Segment::builder(location.clone()).open()?;
+    /// assert_eq!((segment.geometry().capacity, segment.geometry().kind), (8192, RingKind::Mpsc));
+    ///
+    /// // An observer such as `shmctl stat`: read-only, never writes to the segment.
+    /// let observer = Segment::builder(location.clone()).read_only().open()?;
+    /// assert_eq!(observer.stats().total_produced, 0);
+    /// Segment::unlink(&location)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(&self) -> Result<Segment, OpenError> {
         let location = &self.location;
         let spec =
@@ -362,6 +401,22 @@ impl SegmentBuilder {
 
     /// Opens the segment if it exists, else creates it (and if another process creates
     /// it first, opens theirs).
+    ///
+    /// What two processes that may start in either order both call (see the
+    /// `two_process` example); the builder's geometry applies only if this call creates.
+    ///
+    /// ```
+    /// use shm_core::{Location, Segment};
+    ///
+    /// let location = Location::posix(&format!("/shmring-doc-open-or-create-{}", std::process::id()))?;
+    /// let builder = Segment::builder(location.clone()).capacity(4096);
+    /// let first = builder.open_or_create()?; // creates
+    /// let second = builder.open_or_create()?; // opens the same segment
+    /// first.producer()?.try_publish(b"shared")?;
+    /// assert_eq!(&*second.consumer()?.try_read()?, b"shared");
+    /// Segment::unlink(&location)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_or_create(&self) -> Result<Segment, OpenOrCreateError> {
         match self.open() {
             Err(OpenError::NotFound { .. }) => match self.create() {
@@ -582,7 +637,24 @@ pub struct SegmentInfo {
 }
 
 impl Segment {
-    /// Starts building a segment at `location`.
+    /// Starts building a segment at `location`: a spsc ring of 16 MiB, mode `0600`, that
+    /// must be owned by this user when opened. Finish with [`SegmentBuilder::create`],
+    /// [`open`](SegmentBuilder::open) or [`open_or_create`](SegmentBuilder::open_or_create).
+    ///
+    /// ```
+    /// use shm_core::{Location, Segment, SysvKey};
+    ///
+    /// // Where a segment lives: a POSIX name, a SysV key, a file, or anonymous memory.
+    /// let posix = Location::posix("/high_perf_ring")?;
+    /// let sysv = Location::Sysv(SysvKey::new(0x5348_0001)?);
+    /// let file = Location::File("/var/lib/app/ring".into());
+    /// let anon = Location::Anon; // shared with children forked after create
+    ///
+    /// let segment = Segment::builder(anon).capacity(4096).create()?;
+    /// assert_eq!(segment.geometry().capacity, 4096);
+    /// # let _ = (posix, sysv, file);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder(location: Location) -> SegmentBuilder {
         SegmentBuilder {
             location,
@@ -688,6 +760,25 @@ impl Segment {
 
     /// Reads the ring's statistics without writing to the segment. In an mpsc ring the
     /// producer-side figures are the sums of the producers' own.
+    ///
+    /// ```
+    /// use shm_core::{Location, Segment};
+    ///
+    /// let location = Location::posix(&format!("/shmring-doc-stats-{}", std::process::id()))?;
+    /// let segment = Segment::builder(location.clone()).capacity(4096).create()?;
+    /// let mut producer = segment.producer()?;
+    /// producer.try_publish(b"one")?;
+    /// producer.try_publish(b"two")?;
+    /// segment.consumer()?.try_read()?.release();
+    ///
+    /// // Any process that opens the segment sees the same figures.
+    /// let stats = Segment::builder(location.clone()).read_only().open()?.stats();
+    /// assert_eq!((stats.total_produced, stats.total_consumed, stats.records_in_flight), (2, 1, 1));
+    /// assert_eq!((stats.bytes_produced, stats.capacity), (6, 4096));
+    /// assert!(stats.used_bytes > 0 && stats.fill_percent() < 100.0);
+    /// Segment::unlink(&location)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> StatsSnapshot {
         let mut stats = StatsSnapshot::read(self.header(), self.inner.geometry.capacity);
         let producers = match self.inner.geometry.kind {
@@ -770,6 +861,26 @@ impl Segment {
     /// strategy. Fails if a live process holds that id; adopts the pending claim of a
     /// dead one (see [`crate::ring::mpsc`]).
     /// An mpmc ring's producers are mpsc's: this attaches them too.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shm_core::{Location, RingKind, Segment};
+    ///
+    /// let location = Location::posix(&format!("/shmring-doc-mpsc-{}", std::process::id()))?;
+    /// let segment = Segment::builder(location.clone()).capacity(4096).kind(RingKind::Mpsc).create()?;
+    /// let mut first = segment.mpsc_producer(0)?; // each producer process takes its own id
+    /// let mut second = segment.mpsc_producer(1)?;
+    /// first.publish(b"from 0", Some(Duration::from_secs(1)))?;
+    /// second.publish(b"from 1", Some(Duration::from_secs(1)))?;
+    ///
+    /// let mut consumer = segment.mpsc_consumer()?;
+    /// let record = consumer.read(Some(Duration::from_secs(1)))?;
+    /// assert_eq!((record.producer(), &*record), (0, &b"from 0"[..]));
+    /// drop(record);
+    /// assert_eq!(consumer.try_read()?.producer(), 1);
+    /// Segment::unlink(&location)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn mpsc_producer(&self, id: usize) -> Result<mpsc::Producer, AttachError> {
         if self.inner.geometry.kind != crate::layout::RingKind::Mpmc {
             self.check_kind(crate::layout::RingKind::Mpsc)?;
@@ -793,6 +904,28 @@ impl Segment {
 
     /// Attaches as the producer of a broadcast ring, with the segment's wait strategy.
     /// Fails if a live producer is attached; resumes after the last record if one died.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shm_core::{Location, RingKind, Segment};
+    ///
+    /// let location = Location::posix(&format!("/shmring-doc-broadcast-{}", std::process::id()))?;
+    /// let segment = Segment::builder(location.clone()).capacity(4096).kind(RingKind::Broadcast).create()?;
+    /// // Consumers join at the newest record: attach them before the records they want.
+    /// let mut audit = segment.broadcast_consumer("audit")?;
+    /// let mut metrics = segment.broadcast_consumer("metrics")?;
+    /// let mut producer = segment.broadcast_producer()?;
+    /// producer.publish(b"to everyone", Some(Duration::from_secs(1)))?;
+    ///
+    /// for consumer in [&mut audit, &mut metrics] {
+    ///     let record = consumer.read(Some(Duration::from_secs(1)))?;
+    ///     assert_eq!((record.data, record.seq, record.missed), (&b"to everyone"[..], 0, 0));
+    /// }
+    /// audit.release();
+    /// assert_eq!(audit.tallies().delivered, 1);
+    /// Segment::unlink(&location)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn broadcast_producer(&self) -> Result<broadcast::Producer, AttachError> {
         self.check_kind(RingKind::Broadcast)?;
         self.check_no_flush()?;
@@ -805,7 +938,8 @@ impl Segment {
 
     /// Attaches as the broadcast consumer called `name`: resumes that name's cursor, with
     /// its exact tallies, if the ring has it; else joins at the newest record in a new
-    /// slot. Fails if a live process holds that name.
+    /// slot. Fails if a live process holds that name. See
+    /// [`broadcast_producer`](Self::broadcast_producer) for an example.
     pub fn broadcast_consumer(&self, name: &str) -> Result<broadcast::Consumer, AttachError> {
         self.check_kind(RingKind::Broadcast)?;
         let location = &self.inner.location;
@@ -874,6 +1008,26 @@ impl Segment {
     /// Attaches as worker `id` (`0..6`) of an mpmc ring, with the segment's wait strategy.
     /// Fails if a live process holds that id; a dead predecessor's unacknowledged record
     /// is handed to a worker (see [`crate::ring::mpmc`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shm_core::{Location, RingKind, Segment};
+    ///
+    /// let location = Location::posix(&format!("/shmring-doc-mpmc-{}", std::process::id()))?;
+    /// let segment = Segment::builder(location.clone()).capacity(4096).kind(RingKind::Mpmc).create()?;
+    /// let mut producer = segment.mpsc_producer(0)?; // mpmc's producers are mpsc's
+    /// producer.publish(b"job 1", None)?;
+    /// producer.publish(b"job 2", None)?;
+    ///
+    /// let mut worker = segment.mpmc_worker(0)?; // one id per worker process, 0..6
+    /// let mut other = segment.mpmc_worker(1)?;
+    /// let job = worker.take(Some(Duration::from_secs(1)))?;
+    /// assert_eq!((&*job, job.redelivered()), (&b"job 1"[..], false));
+    /// job.ack()?; // each job goes to one worker
+    /// assert_eq!(&*other.take(Some(Duration::from_secs(1)))?, b"job 2");
+    /// Segment::unlink(&location)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn mpmc_worker(&self, id: usize) -> Result<mpmc::Worker, AttachError> {
         self.check_kind(crate::layout::RingKind::Mpmc)?;
         let location = &self.inner.location;

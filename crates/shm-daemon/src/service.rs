@@ -35,13 +35,15 @@ const STALLED: Duration = Duration::from_secs(1);
 /// Reloads handled by this process, across service loops.
 static RELOADS_HANDLED: AtomicU64 = AtomicU64::new(0);
 
-/// Tells a waiting `ExecReload=` that a reload is over (in effect, or refused and logged):
-/// writes the number of reloads this process has handled to
+/// Tells a waiting `ExecReload=` that a reload is over: writes the number of reloads this
+/// process has handled and how the last one ended, `"<n> applied"` or `"<n> refused"`, to
 /// `$RUNTIME_DIRECTORY/reloaded.<pid>`, once `READY=1` has gone out. The units' `ExecReload=`
-/// reads the file, sends `SIGHUP` and waits for the number to change, so `systemctl reload`
-/// returns only then, on systemd 252 too (which ends a reload when `ExecReload=` exits, and
-/// has no `Type=notify-reload`). Without `$RUNTIME_DIRECTORY` (not under systemd), nothing.
-fn acknowledge_reload() {
+/// reads the file, sends `SIGHUP` and waits for it to change, so `systemctl reload` returns
+/// only then, on systemd 252 too (which ends a reload when `ExecReload=` exits, and has no
+/// `Type=notify-reload`); it exits 1 on `refused`, so `systemctl reload` fails and the
+/// operator sees the refusal (the running config stays, the warning is in the journal).
+/// Without `$RUNTIME_DIRECTORY` (not under systemd), nothing.
+fn acknowledge_reload(outcome: Reloaded) {
     // Relaxed: only this thread counts; the file is the message, not the counter.
     let handled = RELOADS_HANDLED.fetch_add(1, Ordering::Relaxed) + 1;
     let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") else { return };
@@ -50,7 +52,13 @@ fn acknowledge_reload() {
     let path = dir.join(format!("reloaded.{}", std::process::id()));
     // Written whole under another name, then renamed: a reader never sees half a number.
     let partial = dir.join(format!(".reloaded.{}", std::process::id()));
-    if let Err(e) = std::fs::write(&partial, format!("{handled}\n")).and_then(|()| std::fs::rename(&partial, &path)) {
+    let outcome = match outcome {
+        Reloaded::Applied => "applied",
+        Reloaded::Refused => "refused",
+    };
+    if let Err(e) =
+        std::fs::write(&partial, format!("{handled} {outcome}\n")).and_then(|()| std::fs::rename(&partial, &path))
+    {
         warn!(path = %path.display(), "cannot tell ExecReload= the reload is over: {e}");
     }
 }
@@ -65,13 +73,23 @@ pub struct Service {
     pub metrics: Option<(SocketAddr, Render)>,
     /// One status line (records, rate), sent as `STATUS=` every second.
     pub status: Box<dyn FnMut() -> String>,
-    /// Called on SIGHUP: reload what can change live.
-    pub reload: Box<dyn FnMut()>,
+    /// Called on SIGHUP: reload what can change live; says whether the new config was
+    /// applied or refused (and the running one kept).
+    pub reload: Box<dyn FnMut() -> Reloaded>,
     /// The reloads asked for and put into effect; `READY=1` follows a reload only once
     /// the ring thread has put it into effect.
     pub reloads: Arc<Reloads>,
     /// Whether the segment was unlinked under us (checked twice a second).
     pub unlinked: Box<dyn FnMut() -> bool>,
+}
+
+/// How a reload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The new config loaded; what can change live is in effect once the ring thread took it.
+    Applied,
+    /// The new config did not load (logged as a warning); the running one stays.
+    Refused,
 }
 
 /// Why the service loop ended.
@@ -105,7 +123,8 @@ impl Service {
                 tokio::spawn(metrics::serve(listener, render));
             }
             notifier.ready(&(self.status)());
-            let mut reload_pending = false;
+            // The reload waiting for the ring thread to take it in, and how it ended.
+            let mut reload_pending = None;
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             let mut since_status = Duration::ZERO;
             let mut since_watchdog = Duration::ZERO;
@@ -117,8 +136,7 @@ impl Service {
                     request = requests.recv() => match request {
                         Some(Request::Reload) => {
                             notifier.reloading();
-                            (self.reload)();
-                            reload_pending = true;
+                            reload_pending = Some((self.reload)());
                         }
                         Some(Request::Stop) | None => {
                             info!("stop requested");
@@ -129,10 +147,10 @@ impl Service {
                         if ring.is_finished() {
                             break Ended::RingFinished;
                         }
-                        if reload_pending && self.reloads.in_effect() {
-                            reload_pending = false;
+                        if let Some(outcome) = reload_pending && self.reloads.in_effect() {
+                            reload_pending = None;
                             notifier.ready(&(self.status)());
-                            acknowledge_reload();
+                            acknowledge_reload(outcome);
                         }
                         since_unlink_check += Duration::from_millis(100);
                         if since_unlink_check >= UNLINK_CHECK {

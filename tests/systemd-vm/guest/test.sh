@@ -12,7 +12,12 @@ set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SYSTEMD_COLORS=0 SYSTEMD_PAGER=
 
 # Every check, in the order it runs; run.sh reads this line to know what must PASS.
-CHECKS=(users-and-dirs start-order-and-handshake unit-checks records-flow journal-fields reload-waits reload-refused-warns kill9-producer kill9-consumer watchdog-producer watchdog-consumer daemon-reload stop-order-full-ring verify-across-restarts unlink broken-config-once templates-three-backends mutants)
+CHECKS=(package-install users-and-dirs start-order-and-handshake unit-checks records-flow journal-fields reload-waits reload-refused-warns kill9-producer kill9-consumer watchdog-producer watchdog-consumer daemon-reload stop-order-full-ring verify-across-restarts unlink broken-config-once templates-three-backends mutants enable-and-reboot enabled-after-reboot package-purge)
+
+# The package under test, put here by run.sh.
+DEB=/root/shmring.deb
+# Where the test keeps what it carries across the reboot (the package purge keeps /root).
+ACROSS_REBOOT=/root/shmring-vm-test
 
 # Checked against each shipped unit and each mutant, in this order.
 UNIT_CHECKS=(notify-handshake shipped-watchdog runs-as-shmring keeps-ipc)
@@ -244,28 +249,34 @@ check_reload_waits() {
     local u pid before after out
     for u in producerd consumerd; do
         pid=$(prop $u MainPID)
-        before=$(cat /run/shmring/reloaded.$pid 2>/dev/null || echo 0)
+        before=$(cat /run/shmring/reloaded.$pid 2>/dev/null || echo "0 none")
         out=$(timeout 60 systemctl reload $u 2>&1) || { why="systemctl reload $u failed: $out"; return 1; }
-        after=$(cat /run/shmring/reloaded.$pid 2>/dev/null || echo 0)
-        info "$u: reloads acknowledged $before -> $after when systemctl reload returned"
-        ((after == before + 1)) || { why="systemctl reload $u returned before the daemon acknowledged the reload ($before -> $after)"; return 1; }
+        after=$(cat /run/shmring/reloaded.$pid 2>/dev/null || echo "0 none")
+        info "$u: reloads acknowledged '$before' -> '$after' when systemctl reload returned"
+        [[ $after == "$((${before%% *} + 1)) applied" ]] ||
+            { why="systemctl reload $u returned before the daemon acknowledged the reload as applied ('$before' -> '$after')"; return 1; }
         [[ $(prop $u MainPID) == "$pid" ]] || { why="reload restarted $u"; return 1; }
         journalctl -u $u -o cat --no-pager | grep -q 'config reloaded' || { why="$u did not log 'config reloaded'"; return 1; }
     done
     flowing $RING
 }
 
-# A refused reload: systemctl reload returns, the daemon keeps running, and the warning is
-# at priority warning (journalctl -p warning), the info lines are not.
+# A refused reload: systemctl reload fails (the operator sees the refusal), the daemon
+# keeps running with the same PID, and the warning is at priority warning (journalctl -p
+# warning), the info lines are not.
 check_reload_refused_warns() {
     show=(producerd)
-    local out warnings
+    local out status warnings pid
+    pid=$(prop producerd MainPID)
     cp /etc/shmring/producerd.toml /etc/shmring/producerd.toml.good
     printf '\n[bogus]\n' >>/etc/shmring/producerd.toml
     out=$(timeout 60 systemctl reload producerd 2>&1)
-    info "systemctl reload producerd with a bad config: exit $? $out"
+    status=$?
+    info "systemctl reload producerd with a bad config: exit $status: $out"
     mv /etc/shmring/producerd.toml.good /etc/shmring/producerd.toml
+    ((status != 0 && status != 124)) || { why="systemctl reload with a refused config exited $status, want a failure"; return 1; }
     must_run producerd || return 1
+    [[ $(prop producerd MainPID) == "$pid" ]] || { why="the refused reload restarted producerd"; return 1; }
     warnings=$(journalctl -u producerd -p warning -o cat --no-pager)
     info "journalctl -u producerd -p warning: $(tr '\n' '|' <<<"$warnings")"
     grep -q 'reload failed, keeping the running config' <<<"$warnings" || { why="the refused reload's warning is not in journalctl -p warning"; return 1; }
@@ -416,7 +427,7 @@ mutate() {
     esac
 }
 check_mutants() {
-    local m unit survived=() src=/etc/systemd/system/producerd.service
+    local m unit survived=() src=/lib/systemd/system/producerd.service
     for m in "${MUTANTS[@]}"; do
         sed "s|^name = \"/high_perf_ring\"|name = \"/mutant_${m//-/_}\"|" /etc/shmring/producerd.toml >"/etc/shmring/mutant-$m.toml"
         mutate "$m" <"$src" | cmp -s - "$src" && { why="mutant $m: the edit changes nothing in $src"; return 1; }
@@ -435,7 +446,114 @@ check_mutants() {
         systemctl reset-failed "$unit" 2>/dev/null
         shmctl unlink "/mutant_${m//-/_}" >/dev/null 2>&1
     done
+    # The mutants are this test's, not the package's: gone before the purge check looks
+    # for any producerd* unit left behind.
+    rm -f /etc/systemd/system/producerd-mutant-*.service /etc/shmring/mutant-*.toml
+    systemctl daemon-reload
     ((${#survived[@]} == 0)) || { why="mutants not caught by any check: ${survived[*]}"; return 1; }
+}
+
+# The package as a user installs it: dpkg -i, then what it put where; then what an operator
+# does before the first start (the verify sink's documented state file, a template config).
+MAN_PAGES=(shmctl shmctl-create shmctl-stat shmctl-list shmctl-unlink shmctl-gc shmctl-publish shmctl-peek shmctl-demo shmctl-bench shmctl-bench-false-sharing shmctl-bench-numa shmctl-completions producerd consumerd)
+check_package_install() {
+    local out f missing=() conffiles
+    out=$(dpkg -i "$DEB" 2>&1) || { why="dpkg -i $DEB failed: $(tail -n 5 <<<"$out")"; return 1; }
+    # As an operator would, before anything else can fail: the verify sink's documented
+    # state file, so that its "0 lost" spans every restart the test causes, and the template
+    # pair's config as demo.toml.
+    sed -i '/^kind = "verify"/a state = "/var/lib/shmring/verify.state"' /etc/shmring/consumerd.toml
+    cp /etc/shmring/pair.toml /etc/shmring/demo.toml
+    info "dpkg -i: $(dpkg-query -W -f='${Package} ${Version} ${Status}' shmring)"
+    [[ $(dpkg-query -W -f='${Status}' shmring) == "install ok installed" ]] || { why="shmring is not 'install ok installed'"; return 1; }
+    for f in /usr/bin/shmctl /usr/bin/producerd /usr/bin/consumerd; do [[ -x $f ]] || missing+=("$f"); done
+    for f in producerd consumerd producerd@ consumerd@; do [[ -f /lib/systemd/system/$f.service ]] || missing+=("/lib/systemd/system/$f.service"); done
+    for f in "${MAN_PAGES[@]}"; do
+        head -n 5 "/usr/share/man/man1/$f.1" 2>/dev/null | grep -q "^\.TH $f 1" || missing+=("man page $f.1")
+    done
+    for f in shmctl producerd consumerd; do
+        [[ -s /usr/share/bash-completion/completions/$f ]] || missing+=("bash completion $f")
+        [[ -s /usr/share/zsh/vendor-completions/_$f ]] || missing+=("zsh completion _$f")
+        [[ -s /usr/share/fish/vendor_completions.d/$f.fish ]] || missing+=("fish completion $f.fish")
+    done
+    ((${#missing[@]} == 0)) || { why="the package did not install: ${missing[*]}"; return 1; }
+    # bash loads the completion where bash-completion looks for it, and completes a subcommand.
+    out=$(bash -c 'source /usr/share/bash-completion/completions/shmctl; COMP_WORDS=(shmctl pe); COMP_CWORD=1; _shmctl shmctl pe shmctl; echo "${COMPREPLY[*]}"' 2>&1)
+    info "bash completion of 'shmctl pe': $out"
+    [[ $out == *peek* ]] || { why="the bash completion does not complete 'shmctl pe' to peek: $out"; return 1; }
+    props producerd FragmentPath,ExecStart,UnitFileState,ActiveState
+    info "producerd: ${P[FragmentPath]}, ${P[UnitFileState]}, ${P[ActiveState]}; ExecStart ${P[ExecStart]}"
+    [[ ${P[FragmentPath]} == /lib/systemd/system/producerd.service ]] || { why="producerd.service is loaded from '${P[FragmentPath]}'"; return 1; }
+    [[ ${P[ExecStart]} == *"path=/usr/bin/producerd "* ]] || { why="producerd.service does not run /usr/bin/producerd: ${P[ExecStart]}"; return 1; }
+    [[ ${P[UnitFileState]}/${P[ActiveState]} == disabled/inactive ]] || { why="after install producerd is ${P[UnitFileState]}/${P[ActiveState]}, want disabled/inactive (documented)"; return 1; }
+    conffiles=$(dpkg-query -W -f='${Conffiles}' shmring | awk 'NF { print $1 }' | sort | tr '\n' ' ')
+    info "conffiles: $conffiles"
+    [[ $conffiles == "/etc/shmring/consumerd.toml /etc/shmring/pair.toml /etc/shmring/producerd.toml " ]] || { why="conffiles are '$conffiles'"; return 1; }
+    grep -q '^state = ' /etc/shmring/consumerd.toml || { why="/etc/shmring/consumerd.toml: no 'kind = \"verify\"' line to add the state after"; return 1; }
+}
+
+# systemctl enable, both running, then a reboot: the test goes on at the next boot.
+check_enable_and_reboot() {
+    show=(producerd consumerd)
+    local out
+    out=$(systemctl enable consumerd producerd 2>&1) || { why="systemctl enable failed: $out"; return 1; }
+    info "systemctl enable: $(tr '\n' ' ' <<<"$out")"
+    out=$(timeout 60 systemctl start consumerd producerd 2>&1) || { why="systemctl start failed: $out"; return 1; }
+    flowing $RING || return 1
+    mkdir -p "$ACROSS_REBOOT"
+    cat /proc/sys/kernel/random/boot_id >"$ACROSS_REBOOT/boot_id"
+    shmctl stat $RING --json | jq -r '.segment.created_unix_ns' >"$ACROSS_REBOOT/created"
+    counter $RING total_produced >"$ACROSS_REBOOT/produced"
+    info "before the reboot: segment created $(cat "$ACROSS_REBOOT/created") ns, $(cat "$ACROSS_REBOOT/produced") produced"
+}
+
+# After the reboot: both enabled daemons started at boot, the consumer first; the ring is
+# a new one (a posix segment is memory: the reboot took the old one, as documented), owned
+# by shmring, and records flow through it; the verify state of the old ring is not continued.
+check_enabled_after_reboot() {
+    show=(producerd consumerd)
+    local c p created
+    [[ -s $ACROSS_REBOOT/boot_id && $(cat /proc/sys/kernel/random/boot_id) != "$(cat "$ACROSS_REBOOT/boot_id")" ]] ||
+        { why="not a new boot (boot id unchanged or not recorded)"; return 1; }
+    info "is-enabled: producerd $(systemctl is-enabled producerd 2>&1), consumerd $(systemctl is-enabled consumerd 2>&1)"
+    must_run consumerd producerd || return 1
+    c=$(prop consumerd ActiveEnterTimestampMonotonic) p=$(prop producerd ExecMainStartTimestampMonotonic)
+    info "at boot: consumerd active at $c us, producerd started at $p us; NRestarts $(prop producerd NRestarts)/$(prop consumerd NRestarts)"
+    ((c <= p)) || { why="at boot producerd started ($p) before consumerd was active ($c)"; return 1; }
+    created=$(shmctl stat $RING --json | jq -r '.segment.created_unix_ns')
+    info "segment created $created ns (before the reboot: $(cat "$ACROSS_REBOOT/created") ns); $(stat -c '%U:%G %a' /dev/shm$RING)"
+    [[ $created != "$(cat "$ACROSS_REBOOT/created")" ]] || { why="the ring survived the reboot: a posix segment should not"; return 1; }
+    [[ $(stat -c '%U:%G %a' /dev/shm$RING) == "shmring:shmring 600" ]] || { why="/dev/shm$RING is not shmring:shmring 600"; return 1; }
+    flowing $RING && both_alive $RING || return 1
+    ! journalctl -b -u consumerd -o cat --no-pager | grep -q 'verify: continuing from its state file' ||
+        { why="the verify sink continued the old ring's state on a new ring"; return 1; }
+}
+
+# dpkg --purge, as documented: the daemons stopped (the consumer drained), the units, the
+# programs, man pages and completions gone, no enablement links left, /var/lib/shmring
+# gone; the system user stays, and so does the posix segment (memory, until a reboot).
+check_package_purge() {
+    show=(producerd consumerd)
+    local out left=() f
+    out=$(dpkg --purge shmring 2>&1) || { why="dpkg --purge shmring failed: $(tail -n 5 <<<"$out")"; return 1; }
+    info "dpkg --purge: $(grep -v '^(Reading' <<<"$out" | tr '\n' ' ')"
+    for f in /usr/bin/shmctl /usr/bin/producerd /usr/bin/consumerd /lib/systemd/system/producerd.service \
+        /lib/systemd/system/consumerd@.service /usr/share/man/man1/shmctl.1 /usr/share/bash-completion/completions/shmctl \
+        /usr/share/zsh/vendor-completions/_shmctl /usr/share/fish/vendor_completions.d/shmctl.fish /var/lib/shmring \
+        /etc/systemd/system/multi-user.target.wants/producerd.service /etc/systemd/system/multi-user.target.wants/consumerd.service \
+        /etc/systemd/system/producerd.service /etc/systemd/system/consumerd.service; do
+        [[ -e $f || -L $f ]] && left+=("$f")
+    done
+    ((${#left[@]} == 0)) || { why="left after purge: ${left[*]}"; return 1; }
+    out=$(systemctl list-unit-files --no-legend 'producerd*' 'consumerd*' 2>&1)
+    info "unit files left: ${out:-none}; running: $(systemctl list-units --no-legend 'producerd*' 'consumerd*' | tr '\n' ' ')"
+    [[ -z $out ]] || { why="unit files left after purge: $out"; return 1; }
+    for f in /proc/[0-9]*/comm; do
+        grep -qx 'producerd\|consumerd' "$f" 2>/dev/null && { why="a daemon still runs after purge: ${f%/comm}"; return 1; }
+    done
+    info "user: $(getent passwd shmring); segment: $(stat -c '%U:%G %a %s' /dev/shm$RING 2>&1)"
+    getent passwd shmring >/dev/null || { why="the system user shmring was removed"; return 1; }
+    [[ -f /dev/shm$RING ]] || { why="/dev/shm$RING is gone: documented to stay until a reboot"; return 1; }
 }
 
 run_check() {
@@ -476,9 +594,37 @@ systemctl daemon-reload
 
 failed_units=$(systemctl --failed --no-legend --plain 2>&1)
 [[ -z $failed_units ]] || info "units that failed during boot: $failed_units"
-for check in "${CHECKS[@]}"; do
-    run_check "$check"
-done
+# SHMRING_VM_ONLY (run.sh writes it to /etc/shmring-vm-only): only these checks, in the
+# order of CHECKS; enable-and-reboot is always among them.
+if [[ -s /etc/shmring-vm-only ]]; then
+    read -r -a only </etc/shmring-vm-only
+    selected=()
+    for check in "${CHECKS[@]}"; do
+        [[ " ${only[*]} enable-and-reboot " == *" $check "* ]] && selected+=("$check")
+    done
+    CHECKS=("${selected[@]}")
+fi
+# The checks up to enable-and-reboot run at the first boot, the rest at the second.
+if [[ -e $ACROSS_REBOOT/rebooting ]]; then
+    rm -f "$ACROSS_REBOOT/rebooting"
+    after_reboot=0
+    for check in "${CHECKS[@]}"; do
+        ((after_reboot)) && run_check "$check"
+        [[ $check == enable-and-reboot ]] && after_reboot=1
+    done
+else
+    for check in "${CHECKS[@]}"; do
+        run_check "$check"
+        if [[ $check == enable-and-reboot ]]; then
+            mkdir -p "$ACROSS_REBOOT" && touch "$ACROSS_REBOOT/rebooting"
+            # run.sh boots the VM again when it sees this line (qemu runs with -no-reboot).
+            echo "SHMRING-VM-REBOOT"
+            touch /run/shmring-vm-rebooting
+            systemctl reboot --no-block
+            exit 0
+        fi
+    done
+fi
 echo "SHMRING-VM-TEST-END"
 if [[ -e /etc/shmring-vm-keep ]]; then
     echo "SHMRING-VM-SHELL: a root shell on this console; 'poweroff' ends the VM"

@@ -263,6 +263,29 @@ impl Producer {
     ///
     /// Write the payload through the returned [`Claim`], then [`Claim::commit`] it;
     /// dropping the claim abandons it and leaves the ring as it was.
+    ///
+    /// ```
+    /// use shm_core::{Location, Segment, TryClaimError};
+    ///
+    /// let segment = Segment::builder(Location::Anon).capacity(4096).create()?;
+    /// let mut producer = segment.producer()?;
+    ///
+    /// let mut claim = producer.try_claim(12)?; // 12 bytes of the ring, lent in place
+    /// claim[..8].copy_from_slice(&42u64.to_le_bytes());
+    /// claim[8..].copy_from_slice(&7u32.to_le_bytes());
+    /// claim.set_record_type(1);
+    /// claim.commit(); // now the consumer can see it
+    ///
+    /// drop(producer.try_claim(100)?); // abandoned: never seen
+    /// assert!(matches!(producer.try_claim(4096), Err(TryClaimError::TooLarge { .. })));
+    ///
+    /// let mut consumer = segment.consumer()?;
+    /// let record = consumer.try_read()?;
+    /// assert_eq!((record.record_type(), record.len(), &record[..8]), (1, 12, &42u64.to_le_bytes()[..]));
+    /// drop(record);
+    /// assert!(consumer.try_read().is_err()); // the abandoned claim left nothing
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>, TryClaimError> {
         self.claim_inner(len, false)
@@ -303,6 +326,28 @@ impl Producer {
 
     /// Starts a batch: claims inside it are committed locally and published together,
     /// with one cursor store and at most one wake-up, when the batch ends.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use shm_core::{Location, Segment, TryReadError};
+    ///
+    /// let segment = Segment::builder(Location::Anon).capacity(4096).create()?;
+    /// let mut producer = segment.producer()?;
+    /// let mut consumer = segment.consumer()?;
+    ///
+    /// let mut batch = producer.batch();
+    /// batch.try_push(b"copied in")?;
+    /// let mut claim = batch.try_claim(8)?; // or written in place
+    /// claim.copy_from_slice(b"in place");
+    /// claim.commit();
+    /// assert!(matches!(consumer.try_read(), Err(TryReadError::Empty))); // not yet published
+    /// batch.publish(); // (or drop it): one cursor store for both
+    ///
+    /// let mut seen = Vec::new();
+    /// consumer.read_batch(16, |r| Ok::<_, Infallible>(seen.push(r.data.to_vec())))?;
+    /// assert_eq!(seen, [&b"copied in"[..], b"in place"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn batch(&mut self) -> Batch<'_> {
         // A poisoned producer takes the checked path, which reports the failure.
         let limit = if self.poisoned.is_some() { self.pos } else { self.fast_limit() };
@@ -772,6 +817,25 @@ impl Consumer {
     }
 
     /// Borrows the next committed record, waiting up to `timeout` (forever when `None`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shm_core::{Location, ReadError, Segment};
+    ///
+    /// let segment = Segment::builder(Location::Anon).capacity(4096).create()?;
+    /// let mut consumer = segment.consumer()?;
+    /// let timeout = Some(Duration::from_millis(10));
+    /// assert!(matches!(consumer.read(timeout), Err(ReadError::TimedOut(_))));
+    ///
+    /// let mut producer = segment.producer()?;
+    /// let writer = std::thread::spawn(move || producer.publish(b"late", None));
+    /// let record = consumer.read(Some(Duration::from_secs(5)))?; // sleeps until it is there
+    /// assert_eq!(&*record, b"late");
+    /// record.unread(); // keep it: the next read returns it again
+    /// assert_eq!(&*consumer.read(timeout)?, b"late");
+    /// writer.join().unwrap()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn read(&mut self, timeout: Option<Duration>) -> Result<ReadGuard<'_>, ReadError> {
         let f = self.wait_frame(timeout)?;
@@ -817,6 +881,35 @@ impl Consumer {
     /// records and before they are released: the place for a sink to make them
     /// durable (flush, fsync, record its progress). If it fails, nothing is released
     /// and the same records are delivered again.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use shm_core::{BatchError, Location, Segment};
+    ///
+    /// let segment = Segment::builder(Location::Anon).capacity(4096).create()?;
+    /// let mut producer = segment.producer()?;
+    /// let mut consumer = segment.consumer()?;
+    /// producer.try_publish(b"a")?;
+    /// producer.try_publish(b"b")?;
+    ///
+    /// // A sink that appends to a file, and syncs it before the ring forgets the records.
+    /// let mut out = Vec::new(); // stands for a std::fs::File
+    /// let mut sync_fails = true;
+    /// let mut deliver = |out: &mut Vec<u8>, sync_fails: bool| {
+    ///     consumer.read_batch_durable(
+    ///         64,
+    ///         |r| out.write_all(r.data),
+    ///         |_next_position| if sync_fails { Err(std::io::Error::other("fsync failed")) } else { Ok(()) },
+    ///     )
+    /// };
+    /// assert!(matches!(deliver(&mut out, sync_fails), Err(BatchError::Sink { .. })));
+    /// out.clear(); // the caller rolls its side back: the ring will deliver them again
+    /// sync_fails = false;
+    /// assert_eq!(deliver(&mut out, sync_fails)?, 2);
+    /// assert_eq!(out, b"ab");
+    /// assert_eq!(segment.stats().total_consumed, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_batch_durable<E>(
         &mut self,
         max: usize,

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Makes a deliberately broken copy of the shmring .deb, to show that the VM test's package
+# checks can fail: `bash tests/systemd-vm/break-package.sh GOOD.deb BROKEN.deb`, then
+# `SHMRING_VM_DEB=BROKEN.deb bash tests/systemd-vm/run.sh` (SHMRING_VM_ONLY for a quick run:
+# see README.md) must FAIL these checks, each
+# for its own break, and pass the others:
+#
+# | check                   | the break                                                      |
+# |-------------------------|----------------------------------------------------------------|
+# | package-install         | the man page of `shmctl peek` left out                         |
+# | reload-refused-warns    | the units' ExecReload= without the `refused` case (exits 0)    |
+# | enabled-after-reboot    | producerd.service without its [Install] section (enable fails) |
+# | package-purge           | postrm without `rm -rf /var/lib/shmring` on purge              |
+set -euo pipefail
+[[ $# == 2 ]] || { echo "usage: $0 GOOD.deb BROKEN.deb" >&2; exit 64; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+dpkg-deb -R "$1" "$work/pkg"
+rm "$work/pkg/usr/share/man/man1/shmctl-peek.1"
+sed -i 's/; case "$(cat "$f")" in \*refused) .*;; esac'"'"'$/'"'"'/' "$work"/pkg/lib/systemd/system/*.service
+sed -i '/^\[Install\]$/,$d' "$work/pkg/lib/systemd/system/producerd.service"
+sed -i '/^    rm -rf \/var\/lib\/shmring$/d' "$work/pkg/DEBIAN/postrm"
+# Each break must have changed something.
+! grep -q 'refused)' "$work"/pkg/lib/systemd/system/*.service
+! grep -q '^\[Install\]' "$work/pkg/lib/systemd/system/producerd.service"
+! grep -q 'rm -rf /var/lib/shmring' "$work/pkg/DEBIAN/postrm"
+dpkg-deb --root-owner-group -b "$work/pkg" "$2" >/dev/null
+echo "$2"
