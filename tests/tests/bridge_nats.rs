@@ -32,6 +32,9 @@ fn records() -> u64 {
     std::env::var("SHMRING_NATS_RECORDS").ok().and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_RECORDS)
 }
 
+/// How long ring B may stay still before the run counts what it has.
+const SETTLED: Duration = Duration::from_secs(5);
+
 /// How long a whole run may take: generous, since the machine is shared.
 fn patience(records: u64) -> Duration {
     Duration::from_secs(60 + records / 2_000)
@@ -52,14 +55,14 @@ impl Bridge {
     fn new(fx: &Fixture, server: &NatsServer, count: u64) -> Bridge {
         let stream = GeneratorStream::new(fx, "bridged");
         let (ring_a, ring_b) = (fx.location(Backend::Posix), fx.location(Backend::Posix));
-        let unique = ring_a.to_string().trim_start_matches('/').replace(['/', '.'], "_");
         // The sink publishes to one subject per producer id; the source reads them all.
+        // (Each test has a server of its own: the names need not be unique.)
         let nats = |last_token: &str, extra: &str| {
             format!(
                 "[nats]\nservers = [{}]\nstream = {}\nsubject = {}\n{extra}",
                 toml_string(&server.url()),
-                toml_string(&format!("S_{unique}")),
-                toml_string(&format!("bridge.{unique}.{last_token}")),
+                toml_string("BRIDGE"),
+                toml_string(&format!("bridge.{last_token}")),
             )
         };
         let wait = ["wait_for_segment = \"30s\""];
@@ -67,7 +70,11 @@ impl Bridge {
             "{}[source]\nkind = \"generator\"\ncount = {count}\nmin_size = \"64\"\nmax_size = \"64\"\n",
             segment_section(&ring_a, &["capacity = \"1MiB\""])
         );
-        let sink = format!("{}[sink]\nkind = \"nats\"\n{}", segment_section(&ring_a, &wait), nats("{producer}", "max_in_flight = 1024\n"));
+        let sink = format!(
+            "{}[sink]\nkind = \"nats\"\n{}",
+            segment_section(&ring_a, &wait),
+            nats("{producer}", "max_in_flight = 1024\n")
+        );
         let state = fx.path("bridge-in.state");
         let source = format!(
             "{}[source]\nkind = \"nats\"\n{}",
@@ -117,13 +124,21 @@ fn run_bridge(test: &str, count: u64, kills: u64) -> (shmring_tests::ledger::Evi
             source = source_launch.start(&fx);
         }
     }
-    wait_until(patience(count), "the generator has published every record", || {
-        ring_a.stats().total_produced >= count
+    wait_until(patience(count), "the generator has published every record", || ring_a.stats().total_produced >= count);
+    generator.wait(&fx).assert_success();
+    // Every record left ring A; then ring B gets all of them, or stops growing (records
+    // lost on the way: the evidence below counts them).
+    daemons::wait_drained(&ring_a);
+    let mut last = (ring_b.stats().total_produced, Instant::now());
+    wait_until(patience(count), "ring B has every record or stops growing", || {
+        let now = ring_b.stats().total_produced;
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        now >= count || last.1.elapsed() > SETTLED
     });
-    wait_until(patience(count), "every record reached ring B", || ring_b.stats().total_produced >= count);
     // Any duplicate would come now: give it a moment to show.
     std::thread::sleep(Duration::from_millis(300));
-    generator.wait(&fx).assert_success();
     daemons::wait_drained(&ring_b);
     for daemon in [&sink, &source, &reader] {
         daemon.stop(&fx).assert_success();

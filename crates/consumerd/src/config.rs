@@ -123,7 +123,7 @@ pub enum SinkKind {
         undeliverable_after: Duration,
     },
     /// Publishes to a NATS JetStream stream (`[nats]`).
-    Nats(NatsSettings),
+    Nats(Box<NatsSettings>),
 }
 
 impl SinkKind {
@@ -322,8 +322,9 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
                 || RawNats::default().validate(src, BridgeEnd::Sink),
                 |n| n.validate(src, BridgeEnd::Sink),
             )?;
-            nats.bridge_id.get_or_insert_with(|| segment.location.to_string().trim_start_matches('/').replace('/', "_"));
-            SinkKind::Nats(nats)
+            nats.bridge_id
+                .get_or_insert_with(|| segment.location.to_string().trim_start_matches('/').replace('/', "_"));
+            SinkKind::Nats(Box::new(nats))
         }
         other => {
             return Err(src.error(

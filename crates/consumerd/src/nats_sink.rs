@@ -181,7 +181,9 @@ impl Sink for NatsSink {
 
     fn make_durable(&mut self, _next_position: u64) -> io::Result<()> {
         let (answer, answered) = oneshot::channel();
-        self.requests.blocking_send(Request::Flush(answer)).map_err(|_| io::Error::other("the nats publisher task ended"))?;
+        self.requests
+            .blocking_send(Request::Flush(answer))
+            .map_err(|_| io::Error::other("the nats publisher task ended"))?;
         let result = answered.blocking_recv().map_err(|_| io::Error::other("the nats publisher task ended"))?;
         if let Some(started) = self.batch_started.take() {
             self.counters.round_trip_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);

@@ -85,7 +85,7 @@ pub enum SourceKind {
         path: PathBuf,
     },
     /// A NATS JetStream stream, through a durable pull consumer (`[nats]`).
-    Nats(NatsSettings),
+    Nats(Box<NatsSettings>),
 }
 
 impl SourceKind {
@@ -253,10 +253,10 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
             }
             "nats" => {
                 refuse(&[&generator_keys, &format_key, &bind_key, &path_key])?;
-                SourceKind::Nats(raw.nats.as_ref().map_or_else(
+                SourceKind::Nats(Box::new(raw.nats.as_ref().map_or_else(
                     || RawNats::default().validate(src, BridgeEnd::Source),
                     |n| n.validate(src, BridgeEnd::Source),
-                )?)
+                )?))
             }
             other => {
                 return Err(src.error(

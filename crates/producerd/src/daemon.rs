@@ -92,7 +92,7 @@ pub enum Opened {
     /// A bound Unix datagram socket, removed when the daemon stops.
     Unix(std::os::unix::net::UnixDatagram, std::path::PathBuf),
     /// A JetStream pull consumer.
-    Nats(crate::nats_source::NatsSource),
+    Nats(Box<crate::nats_source::NatsSource>),
 }
 
 /// The generator's settings and where it has got to. It lives with the source, so a
@@ -131,7 +131,7 @@ pub fn open(source: &SourceKind) -> Result<Opened> {
             info!(path = %path.display(), "receiving Unix datagrams");
             Opened::Unix(sock, path.clone())
         }
-        SourceKind::Nats(settings) => Opened::Nats(crate::nats_source::NatsSource::open(settings)?),
+        SourceKind::Nats(settings) => Opened::Nats(Box::new(crate::nats_source::NatsSource::open(settings)?)),
     })
 }
 

@@ -92,7 +92,8 @@ impl NatsSource {
         info!(last_committed = ?last, start = ?start, "nats source: resuming");
         let (deliveries, mut received) = mpsc::channel(self.settings.batch * 2);
         let (acks, to_ack) = mpsc::unbounded_channel();
-        let fetch = self.runtime.spawn(fetch_loop(self.settings.clone(), start, deliveries, to_ack, self.counters.clone()));
+        let fetch =
+            self.runtime.spawn(fetch_loop(self.settings.clone(), start, deliveries, to_ack, self.counters.clone()));
         let mut batch = Vec::with_capacity(self.settings.batch);
         let mut outcome = Ok(());
         while !shared.stopping() {
@@ -186,7 +187,8 @@ async fn fetch(
         ack_policy: AckPolicy::All,
         ack_wait: ACK_WAIT,
         max_ack_pending: settings.max_in_flight as i64,
-        deliver_policy: start.map_or(DeliverPolicy::All, |start_sequence| DeliverPolicy::ByStartSequence { start_sequence }),
+        deliver_policy: start
+            .map_or(DeliverPolicy::All, |start_sequence| DeliverPolicy::ByStartSequence { start_sequence }),
         ..Default::default()
     };
     if start.is_some() {
@@ -206,9 +208,13 @@ async fn fetch(
                 Ok(()) => {
                     ack_counters.acked.fetch_add(covered, Ordering::Relaxed);
                 }
-                Err(e) => warn!("nats source: an acknowledgement failed (the messages come again, and are dropped): {e}"),
+                Err(e) => {
+                    warn!("nats source: an acknowledgement failed (the messages come again, and are dropped): {e}")
+                }
             }
-            let _ = ack_counters.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(covered)));
+            let _ = ack_counters
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(covered)));
         }
     };
     let pulling = async {

@@ -123,7 +123,9 @@ impl RawNats {
     pub fn validate(&self, src: &Source, end: BridgeEnd) -> Result<NatsSettings, ConfigError> {
         let text = |name: &str, v: &Option<Spanned<String>>| -> Result<Option<String>, ConfigError> {
             match v {
-                Some(t) if t.get_ref().trim().is_empty() => Err(src.error(&format!("nats.{name}"), Some(t), "is empty")),
+                Some(t) if t.get_ref().trim().is_empty() => {
+                    Err(src.error(&format!("nats.{name}"), Some(t), "is empty"))
+                }
                 Some(t) => Ok(Some(t.get_ref().clone())),
                 None => Ok(None),
             }
@@ -135,7 +137,11 @@ impl RawNats {
             Some(list) => {
                 for url in list.get_ref() {
                     url.parse::<async_nats::ServerAddr>().map_err(|e| {
-                        src.error("nats.servers", Some(list), format!("{url:?} is not a server URL such as \"nats://127.0.0.1:4222\" ({e})"))
+                        src.error(
+                            "nats.servers",
+                            Some(list),
+                            format!("{url:?} is not a server URL such as \"nats://127.0.0.1:4222\" ({e})"),
+                        )
                     })?;
                 }
                 list.get_ref().clone()
@@ -148,8 +154,12 @@ impl RawNats {
         let tls_client = match (path("tls_cert", &self.tls_cert)?, path("tls_key", &self.tls_key)?) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
-            (Some(_), None) => return Err(src.error("nats.tls_key", self.tls_cert.as_ref(), "is required with tls_cert")),
-            (None, Some(_)) => return Err(src.error("nats.tls_cert", self.tls_key.as_ref(), "is required with tls_key")),
+            (Some(_), None) => {
+                return Err(src.error("nats.tls_key", self.tls_cert.as_ref(), "is required with tls_cert"));
+            }
+            (None, Some(_)) => {
+                return Err(src.error("nats.tls_cert", self.tls_key.as_ref(), "is required with tls_key"));
+            }
         };
         let name_key = |key: &str, v: &Option<Spanned<String>>, default: &str| -> Result<String, ConfigError> {
             let name = text(key, v)?.unwrap_or_else(|| default.to_owned());
@@ -178,7 +188,9 @@ impl RawNats {
                 }
             }
             BridgeEnd::Source if subject.contains(['{', '}']) => {
-                return Err(subject_error("has a {placeholder}: the source's subject is a filter, such as \"shmring.>\""));
+                return Err(subject_error(
+                    "has a {placeholder}: the source's subject is a filter, such as \"shmring.>\"",
+                ));
             }
             BridgeEnd::Source => {}
         }
@@ -189,13 +201,21 @@ impl RawNats {
         if let Some(id) = &bridge_id
             && !id.bytes().all(|b| b.is_ascii_graphic())
         {
-            return Err(src.error("nats.bridge_id", self.bridge_id.as_ref(), format!("{id:?} has spaces or control characters")));
+            return Err(src.error(
+                "nats.bridge_id",
+                self.bridge_id.as_ref(),
+                format!("{id:?} has spaces or control characters"),
+            ));
         }
         let state = path("state", &self.state)?;
         let only = |key: &str, given: bool, wanted: BridgeEnd| {
             if given && end != wanted {
                 let what = if end == BridgeEnd::Sink { "the sink" } else { "the source" };
-                return Err(src.error(&format!("nats.{key}"), None::<&Spanned<()>>, format!("does not apply to {what}")));
+                return Err(src.error(
+                    &format!("nats.{key}"),
+                    None::<&Spanned<()>>,
+                    format!("does not apply to {what}"),
+                ));
             }
             Ok(())
         };
@@ -232,10 +252,9 @@ impl RawNats {
         };
         let count = |key: &str, v: &Option<Spanned<i64>>, default: usize, max: usize| match v {
             None => Ok(default),
-            Some(n) => usize::try_from(*n.get_ref())
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| src.error(&format!("nats.{key}"), Some(n), format!("{} is not between 1 and {max}", n.get_ref()))),
+            Some(n) => usize::try_from(*n.get_ref()).ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+                src.error(&format!("nats.{key}"), Some(n), format!("{} is not between 1 and {max}", n.get_ref()))
+            }),
         };
         Ok(NatsSettings {
             servers,
@@ -416,7 +435,8 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<jetstream::C
             .await
             .with_context(|| format!("nats.creds: reading {}", creds.display()))?,
         (_, Some(nkey)) => {
-            let seed = std::fs::read_to_string(nkey).with_context(|| format!("nats.nkey: reading {}", nkey.display()))?;
+            let seed =
+                std::fs::read_to_string(nkey).with_context(|| format!("nats.nkey: reading {}", nkey.display()))?;
             async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
         }
         _ => async_nats::ConnectOptions::new(),
@@ -485,7 +505,8 @@ pub async fn ensure_stream(js: &jetstream::Context, settings: &NatsSettings) -> 
         num_replicas: settings.replicas,
         ..Default::default()
     };
-    let stream = js.get_or_create_stream(config).await.with_context(|| format!("creating stream {}", settings.stream))?;
+    let stream =
+        js.get_or_create_stream(config).await.with_context(|| format!("creating stream {}", settings.stream))?;
     info!(stream = %settings.stream, "nats: stream ready");
     Ok(stream)
 }
