@@ -9,6 +9,7 @@
 //!   chosen point and bound what it had done.
 //! - [`ledger`]: the test's own record of what was published and what arrived, from
 //!   which every lost and duplicated figure is counted.
+//! - [`nats_server`]: a real `nats-server` for the bridge tests.
 //! - [`reliability`]: the `RELIABILITY` line of the reliability tests.
 //! - [`skip`]: how a test that cannot run here says so visibly (and fails in CI).
 //! - [`forked`]: forking children in tests without the harness.
@@ -21,6 +22,7 @@ pub mod daemons;
 pub mod fixture;
 pub mod forked;
 pub mod ledger;
+pub mod nats_server;
 pub mod peer;
 pub mod progress;
 pub mod records;

@@ -11,6 +11,7 @@ use shm_daemon::config::{
     ConfigError, CpuAffinity, CreateMode, LogSettings, RawLog, RawMetrics, RawSegment, SegmentDefaults,
     SegmentSettings, Source, parse_duration, refuse_keys,
 };
+use shm_daemon::nats::{BridgeEnd, NatsSettings, RawNats};
 use toml::Spanned;
 
 /// The config used when no file is found: a verify sink on `/high_perf_ring`.
@@ -29,6 +30,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     metrics: RawMetrics,
+    /// `[nats]`, for the `nats` sink (and the `nats` source of a pair file).
+    nats: Option<RawNats>,
     /// producerd's section, accepted and left to producerd, so that one file can
     /// configure a `producerd@NAME` / `consumerd@NAME` pair.
     #[serde(default, rename = "source")]
@@ -122,6 +125,8 @@ pub enum SinkKind {
         /// How long sends may keep failing before `on_undeliverable` applies.
         undeliverable_after: Duration,
     },
+    /// Publishes to a NATS JetStream stream (`[nats]`).
+    Nats(Box<NatsSettings>),
 }
 
 impl SinkKind {
@@ -134,6 +139,7 @@ impl SinkKind {
             SinkKind::Discard => "discard",
             SinkKind::Udp { .. } => "udp",
             SinkKind::Unix { .. } => "unix",
+            SinkKind::Nats(_) => "nats",
         }
     }
 }
@@ -191,6 +197,7 @@ impl SinkKind {
                 ("sink.on_undeliverable", format!("{on_undeliverable:?}")),
                 ("sink.undeliverable_after", format!("{undeliverable_after:?}")),
             ],
+            SinkKind::Nats(settings) => vec![kind("nats"), ("nats", format!("{settings:?}"))],
         }
     }
 }
@@ -317,11 +324,21 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
                 undeliverable_after: undeliverable_after()?,
             }
         }
+        "nats" => {
+            only(&[])?;
+            let mut nats = raw.nats.as_ref().map_or_else(
+                || RawNats::default().validate(src, BridgeEnd::Sink),
+                |n| n.validate(src, BridgeEnd::Sink),
+            )?;
+            nats.bridge_id
+                .get_or_insert_with(|| segment.location.to_string().trim_start_matches('/').replace('/', "_"));
+            SinkKind::Nats(Box::new(nats))
+        }
         other => {
             return Err(src.error(
                 "sink.kind",
                 s.kind.as_ref(),
-                format!("{other:?} is not one of verify, stdout, file, discard, udp, unix"),
+                format!("{other:?} is not one of verify, stdout, file, discard, udp, unix, nats"),
             ));
         }
     };

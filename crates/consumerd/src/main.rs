@@ -5,6 +5,7 @@
 
 mod config;
 mod daemon;
+mod nats_sink;
 mod sinks;
 
 use std::path::{Path, PathBuf};
@@ -235,7 +236,10 @@ fn service(
     let status = launch::rate_status(
         shared.clone(),
         |s| &s.delivered,
-        |total, rate| format!("{total} records delivered, {rate:.0}/s"),
+        |total, rate| {
+            let link = shm_daemon::nats::link_status().map(|s| format!(", {s}")).unwrap_or_default();
+            format!("{total} records delivered, {rate:.0}/s{link}")
+        },
     );
     let reload = {
         let (shared, config_path, current, log) = (shared.clone(), args.config.clone(), settings.clone(), log.clone());

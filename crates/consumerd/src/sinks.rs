@@ -92,6 +92,7 @@ pub fn build(kind: &SinkKind, segment_created_ns: u64, latency: &LatencyHistogra
             let send = Box::new(move |d: &[u8]| sock.send(d).map(drop));
             Box::new(Datagrams::new(send, *on_undeliverable, *undeliverable_after))
         }
+        SinkKind::Nats(settings) => Box::new(crate::nats_sink::NatsSink::open(settings, segment_created_ns)?),
         SinkKind::Unix { target, on_undeliverable, undeliverable_after } => {
             let sock = std::os::unix::net::UnixDatagram::unbound()?;
             sock.set_write_timeout(Some(SEND_TIMEOUT))?;

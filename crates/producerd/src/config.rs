@@ -10,6 +10,7 @@ use shm_daemon::config::{
     ConfigError, CpuAffinity, CreateMode, KeySpan, LogSettings, RawLog, RawMetrics, RawSegment, SegmentDefaults,
     SegmentSettings, SizeValue, Source, refuse_keys, size_key,
 };
+use shm_daemon::nats::{BridgeEnd, NatsSettings, RawNats};
 use toml::Spanned;
 
 /// The config used when no file is found: a generator on `/high_perf_ring`.
@@ -27,6 +28,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     metrics: RawMetrics,
+    /// `[nats]`, for the `nats` source (and the `nats` sink of a pair file).
+    nats: Option<RawNats>,
     /// consumerd's sections, accepted and left to consumerd, so that one file can
     /// configure a `producerd@NAME` / `consumerd@NAME` pair.
     #[serde(default, rename = "sink")]
@@ -81,6 +84,8 @@ pub enum SourceKind {
         /// Socket path to bind.
         path: PathBuf,
     },
+    /// A NATS JetStream stream, through a durable pull consumer (`[nats]`).
+    Nats(Box<NatsSettings>),
 }
 
 impl SourceKind {
@@ -91,6 +96,7 @@ impl SourceKind {
             SourceKind::Stdin { .. } => "stdin",
             SourceKind::Udp { .. } => "udp",
             SourceKind::Unix { .. } => "unix",
+            SourceKind::Nats(_) => "nats",
         }
     }
 }
@@ -133,6 +139,7 @@ impl SourceKind {
             }
             SourceKind::Udp { bind } => vec![("source.kind", "udp".into()), ("source.bind", bind.to_string())],
             SourceKind::Unix { path } => vec![("source.kind", "unix".into()), ("source.path", format!("{path:?}"))],
+            SourceKind::Nats(settings) => vec![("source.kind", "nats".into()), ("nats", format!("{settings:?}"))],
         }
     }
 }
@@ -245,11 +252,18 @@ pub fn load(src: &Source) -> Result<Settings, ConfigError> {
                     .ok_or_else(|| src.error("source.path", None::<&Spanned<()>>, "is required for kind = \"unix\""))?;
                 SourceKind::Unix { path: PathBuf::from(path.get_ref()) }
             }
+            "nats" => {
+                refuse(&[&generator_keys, &format_key, &bind_key, &path_key])?;
+                SourceKind::Nats(Box::new(raw.nats.as_ref().map_or_else(
+                    || RawNats::default().validate(src, BridgeEnd::Source),
+                    |n| n.validate(src, BridgeEnd::Source),
+                )?))
+            }
             other => {
                 return Err(src.error(
                     "source.kind",
                     s.kind.as_ref(),
-                    format!("{other:?} is not one of generator, stdin, udp, unix"),
+                    format!("{other:?} is not one of generator, stdin, udp, unix, nats"),
                 ));
             }
         };

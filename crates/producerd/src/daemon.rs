@@ -68,12 +68,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
     /// One turn of the ring thread's loop: the heartbeat, and the last reload taken in
     /// (every loop reads `rate` and `drop_when_full` afresh on its next turn).
-    fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.heartbeat.fetch_add(1, Ordering::Relaxed);
         if let Some(reload) = self.reloads.pending() {
             self.reloads.applied(reload);
@@ -91,6 +91,8 @@ pub enum Opened {
     Udp(std::net::UdpSocket),
     /// A bound Unix datagram socket, removed when the daemon stops.
     Unix(std::os::unix::net::UnixDatagram, std::path::PathBuf),
+    /// A JetStream pull consumer.
+    Nats(Box<crate::nats_source::NatsSource>),
 }
 
 /// The generator's settings and where it has got to. It lives with the source, so a
@@ -129,6 +131,7 @@ pub fn open(source: &SourceKind) -> Result<Opened> {
             info!(path = %path.display(), "receiving Unix datagrams");
             Opened::Unix(sock, path.clone())
         }
+        SourceKind::Nats(settings) => Opened::Nats(Box::new(crate::nats_source::NatsSource::open(settings)?)),
     })
 }
 
@@ -173,6 +176,7 @@ pub fn run(
         Opened::Stdin(buffer) => read_stream(&mut producer, std::io::stdin().lock(), buffer, &shared),
         Opened::Udp(sock) => receive_datagrams(&mut producer, sock.as_fd(), &shared),
         Opened::Unix(sock, _) => receive_datagrams(&mut producer, sock.as_fd(), &shared),
+        Opened::Nats(source) => source.run(&mut producer, &segment, &shared),
     }
 }
 
@@ -699,7 +703,7 @@ fn fill_batch(
 
 /// Commits one record, waiting for space in steps; gives up only when stopping and the
 /// grace period has passed (the record is then reported lost).
-fn commit_waiting(producer: &mut RingProducer, data: &[u8], shared: &Shared) -> Result<bool> {
+pub(crate) fn commit_waiting(producer: &mut RingProducer, data: &[u8], shared: &Shared) -> Result<bool> {
     let mut stop_deadline: Option<Instant> = None;
     loop {
         shared.beat();

@@ -6,6 +6,7 @@
 mod config;
 mod daemon;
 mod ledger;
+mod nats_source;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -163,6 +164,13 @@ fn service(
                     shared.source_errors.load(Ordering::Relaxed),
                 ),
             ]);
+            for (key, value) in shm_daemon::nats::counters().map(|c| c.readings()).unwrap_or_default() {
+                readings.push(metrics::Reading::counter(
+                    format!("producerd_{key}"),
+                    format!("The nats source's {key} count (README, Metrics)"),
+                    value,
+                ));
+            }
             readings
         });
         let render = exposition.into_render();
@@ -174,7 +182,11 @@ fn service(
             shared.clone(),
             |s| &s.committed,
             move |total, rate| {
-                format!("{total} records committed, {rate:.0}/s, {} dropped", dropped.dropped.load(Ordering::Relaxed))
+                let link = shm_daemon::nats::link_status().map(|s| format!(", {s}")).unwrap_or_default();
+                format!(
+                    "{total} records committed, {rate:.0}/s, {} dropped{link}",
+                    dropped.dropped.load(Ordering::Relaxed)
+                )
             },
         )
     };

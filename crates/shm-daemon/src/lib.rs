@@ -10,6 +10,7 @@ pub mod exit;
 pub mod launch;
 pub mod logging;
 pub mod metrics;
+pub mod nats;
 pub mod notify;
 pub mod record;
 pub mod segment;
