@@ -243,6 +243,7 @@ impl RingProducer {
                     p.try_publish(&copy[..n]).map_err(|e| match e {
                         TryClaimError::Full => ClaimError::TimedOut(Duration::ZERO),
                         TryClaimError::TooLarge { len, max } => ClaimError::TooLarge { len, max },
+                        TryClaimError::Flush(f) => ClaimError::Flush(f),
                         TryClaimError::Corrupt(c) => ClaimError::Corrupt(c),
                     })?;
                 }

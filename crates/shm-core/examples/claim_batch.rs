@@ -42,12 +42,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         claim[0..8].copy_from_slice(&ticks.to_le_bytes());
         claim[8..16].copy_from_slice(&(10_000 + ticks).to_le_bytes());
         claim[16..20].copy_from_slice(&(ticks as u32 % 7 + 1).to_le_bytes());
-        claim.commit();
+        claim.commit()?;
         ticks += 1;
     }
     // Nothing is visible to the consumer until the batch ends.
     assert!(matches!(consumer.try_read(), Err(shm_core::TryReadError::Empty)));
-    batch.publish();
+    batch.publish()?;
     println!("published {ticks} ticks in one batch: {} bytes of 4096 in use", segment.stats().used_bytes);
 
     // The first delivery's durable step fails: nothing is released, so the same records
@@ -87,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut claim = producer.claim(256, Some(Duration::from_secs(1)))?;
     claim.set_record_type(NOTE);
     claim[..text.len()].copy_from_slice(text);
-    claim.commit_len(text.len());
+    claim.commit_len(text.len())?;
     let note = consumer.read(Some(Duration::from_secs(1)))?;
     assert_eq!((note.record_type(), &*note), (NOTE, &text[..]));
     println!("note of {} bytes from a 256-byte claim: {:?}", note.len(), String::from_utf8_lossy(&note));

@@ -133,4 +133,3 @@ fn batch_loop(n: u64) -> u64 {
     }
     expect
 }
-
