@@ -213,12 +213,18 @@ fn service(
                 )),
                 RingKind::Spsc | RingKind::Mpsc => {}
             }
-            for (key, value) in shared.sink_counters.lock().map(|c| c.clone()).unwrap_or_default() {
-                readings.push(metrics::Reading::counter(
-                    format!("consumerd_{key}"),
-                    format!("The sink's {key} count (README, Metrics)"),
-                    value,
-                ));
+            match shm_daemon::nats::counters() {
+                // The nats sink's readings include levels (gauges), not only counts.
+                Some(bridge) => readings.extend(shm_daemon::nats::metric_readings("consumerd", &bridge)),
+                None => {
+                    for (key, value) in shared.sink_counters.lock().map(|c| c.clone()).unwrap_or_default() {
+                        readings.push(metrics::Reading::counter(
+                            format!("consumerd_{key}"),
+                            format!("The sink's {key} count (README, Metrics)"),
+                            value,
+                        ));
+                    }
+                }
             }
             readings
         });

@@ -164,12 +164,8 @@ fn service(
                     shared.source_errors.load(Ordering::Relaxed),
                 ),
             ]);
-            for (key, value) in shm_daemon::nats::counters().map(|c| c.readings()).unwrap_or_default() {
-                readings.push(metrics::Reading::counter(
-                    format!("producerd_{key}"),
-                    format!("The nats source's {key} count (README, Metrics)"),
-                    value,
-                ));
+            if let Some(bridge) = shm_daemon::nats::counters() {
+                readings.extend(shm_daemon::nats::metric_readings("producerd", &bridge));
             }
             readings
         });

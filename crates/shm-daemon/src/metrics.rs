@@ -88,6 +88,11 @@ impl Reading {
         Reading { name: name.into(), help: help.into(), kind: Kind::Counter, value }
     }
 
+    /// A gauge: a level that goes up and down (a queue's length, the last round trip).
+    pub fn level(name: impl Into<Cow<'static, str>>, help: impl Into<Cow<'static, str>>, value: u64) -> Self {
+        Reading { name: name.into(), help: help.into(), kind: Kind::Gauge, value }
+    }
+
     fn gauge(name: &'static str, help: &'static str, kind: Kind, value: u64) -> Self {
         Reading { name: Cow::Borrowed(name), help: Cow::Borrowed(help), kind, value }
     }

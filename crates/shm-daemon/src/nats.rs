@@ -407,6 +407,23 @@ impl BridgeCounters {
     }
 }
 
+/// The bridge's readings for `daemon`'s metrics (`<daemon>_nats_<name>`): levels
+/// (`in_flight`, `round_trip_us`) as gauges, the rest as counters.
+pub fn metric_readings(daemon: &str, counters: &BridgeCounters) -> Vec<crate::metrics::Reading> {
+    counters
+        .readings()
+        .into_iter()
+        .map(|(key, value)| {
+            let (name, help) = (format!("{daemon}_{key}"), format!("The nats bridge's {key} (README, Across hosts)"));
+            if matches!(key, "nats_in_flight" | "nats_round_trip_us") {
+                crate::metrics::Reading::level(name, help, value)
+            } else {
+                crate::metrics::Reading::counter(name, help, value)
+            }
+        })
+        .collect()
+}
+
 /// The longest pause between reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
@@ -514,6 +531,23 @@ pub async fn ensure_stream(js: &jetstream::Context, settings: &NatsSettings) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn levels_are_gauges_and_counts_are_counters() {
+        let counters = BridgeCounters::default();
+        counters.in_flight.store(3, Ordering::Relaxed);
+        counters.acked.store(7, Ordering::Relaxed);
+        let readings = metric_readings("consumerd", &counters);
+        let text = crate::metrics::Exposition::new("/t", shm_core::Role::Consumer, move || readings.clone()).render();
+        assert!(text.contains("# TYPE consumerd_nats_in_flight gauge"), "{text}");
+        assert!(
+            text.contains("consumerd_nats_in_flight{") && !text.contains("consumerd_nats_in_flight_total"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE consumerd_nats_round_trip_us gauge"), "{text}");
+        assert!(text.contains("# TYPE consumerd_nats_acked counter"), "{text}");
+        assert!(text.contains("consumerd_nats_acked_total{"), "{text}");
+    }
 
     fn load(end: BridgeEnd, text: &str) -> Result<NatsSettings, String> {
         let src = Source::embedded(text);
