@@ -98,7 +98,8 @@ fn a_killed_generator_restarts_with_nothing_lost_or_duplicated_per_producer() {
     victim.kill(&fx);
     let before_kill = read_ledger(&ledgers[1]).len() as u64;
     let restarted = start(1, 0);
-    std::thread::sleep(Duration::from_millis(300));
+    // It looks for its resume point while the consumer is stopped.
+    restarted.wait_log(&fx, "waiting for the consumer to pass the ring's earlier records");
     consumer.signal(&fx, Signal::SIGCONT);
     steady.wait(&fx).assert_success();
     restarted.wait(&fx).assert_success();
