@@ -172,10 +172,14 @@ fn a_lapped_and_killed_lossy_consumer_misses_exactly_what_the_ring_counts() {
     let (ea, eb) = (s.evidence(0), s.evidence(1));
     let exact_to_the_ring = ea.lost == missed_a && eb.lost == missed_b;
     let clean = |e: &Evidence| e.duplicated == 0 && e.reordered == 0;
-    let both = Evidence::sum(&[ea.clone(), eb.clone()]);
+    // The row's lost column is what is missing beyond what the ring told each consumer
+    // it missed (lapping is what a lossy ring does, and is counted); the lapped records
+    // themselves are in missed_reported_by_the_ring.
+    let mut both = Evidence::sum(&[ea.clone(), eb.clone()]);
+    both.lost = ea.lost.abs_diff(missed_a) + eb.lost.abs_diff(missed_b);
     report(
         test,
-        "lossy broadcast ring, 1 producerd generator + 2 consumerd (file sinks): SIGSTOP consumer b until it is lapped, SIGKILL it, restart it under its name; lost must equal the missed count the ring reports",
+        "lossy broadcast ring, 1 producerd generator + 2 consumerd (file sinks): SIGSTOP consumer b until it is lapped, SIGKILL it, restart it under its name; lost = records missing beyond the missed count the ring reports to each consumer",
         1,
         if exact_to_the_ring && clean(&ea) && clean(&eb) && missed_b > 0 { "pass" } else { "FAIL" },
         &Figures::Counted(both),
