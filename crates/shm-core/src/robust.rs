@@ -24,6 +24,7 @@
 //! read and repair.
 
 use std::cell::UnsafeCell;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
@@ -123,8 +124,8 @@ impl<T> RobustMutex<T> {
         // SAFETY: `raw` points to a mutex initialised by `init` (the constructors'
         // contracts), which lives as long as `self`.
         match unsafe { libc::pthread_mutex_lock(self.raw()) } {
-            0 => Ok(Locked::Clean(RobustGuard { mutex: self })),
-            libc::EOWNERDEAD => Ok(Locked::OwnerDied(OwnerDied { mutex: self })),
+            0 => Ok(Locked::Clean(RobustGuard { mutex: self, _thread: PhantomData })),
+            libc::EOWNERDEAD => Ok(Locked::OwnerDied(OwnerDied { mutex: self, _thread: PhantomData })),
             rc => check(rc).map(|()| unreachable!("check(rc) is an error for any rc but 0")),
         }
     }
@@ -149,11 +150,26 @@ pub enum Locked<'a, T> {
     OwnerDied(OwnerDied<'a, T>),
 }
 
+/// Makes a guard neither `Send` nor `Sync`: a pthread mutex is unlocked by the thread
+/// that locked it (another thread's unlock of a robust mutex fails with `EPERM` and
+/// leaves it held), and the kernel's robust list that reports a dead holder is per thread.
+type HeldByThisThread = PhantomData<*const ()>;
+
 /// The lock, held, after its previous holder died inside the critical section. The only
 /// way to the data is [`repair`](OwnerDied::repair).
+///
+/// Like the guard, it stays on the thread that locked:
+/// ```compile_fail
+/// fn send<S: Send>(_: S) {}
+/// let lock = shm_core::robust::SharedRobust::new_anonymous(0u64).unwrap();
+/// if let shm_core::robust::Locked::OwnerDied(died) = lock.lock().unwrap() {
+///     send(died);
+/// }
+/// ```
 #[must_use = "dropping it unrepaired makes the mutex unrecoverable"]
 pub struct OwnerDied<'a, T> {
     mutex: &'a RobustMutex<T>,
+    _thread: HeldByThisThread,
 }
 
 impl<T> std::fmt::Debug for OwnerDied<'_, T> {
@@ -172,7 +188,7 @@ impl<'a, T> OwnerDied<'a, T> {
         // SAFETY: the mutex is initialised and held by this thread in the owner-died state.
         let rc = unsafe { libc::pthread_mutex_consistent(mutex.raw()) };
         std::mem::forget(self);
-        let guard = RobustGuard { mutex };
+        let guard = RobustGuard { mutex, _thread: PhantomData };
         check(rc)?;
         Ok(guard)
     }
@@ -187,10 +203,27 @@ impl<T> Drop for OwnerDied<'_, T> {
     }
 }
 
-/// Exclusive access to the data; unlocks when dropped.
+/// Exclusive access to the data; unlocks when dropped, on the thread that locked (it
+/// is not `Send`), and shares the data across threads only where `T: Sync`, as
+/// [`std::sync::MutexGuard`] does:
+/// ```compile_fail
+/// fn send<S: Send>(_: S) {}
+/// let lock = shm_core::robust::SharedRobust::new_anonymous(0u64).unwrap();
+/// send(lock.lock_or_repair(|_| {}).unwrap());
+/// ```
+/// ```compile_fail
+/// fn share<S: Sync>(_: &S) {}
+/// let lock = shm_core::robust::SharedRobust::new_anonymous(std::cell::Cell::new(0u64)).unwrap();
+/// share(&lock.lock_or_repair(|_| {}).unwrap());
+/// ```
 pub struct RobustGuard<'a, T> {
     mutex: &'a RobustMutex<T>,
+    _thread: HeldByThisThread,
 }
+
+// SAFETY: a shared guard lends only `&T` (`DerefMut` needs `&mut` of the guard), so
+// sharing it across threads is sharing `&T`, sound for `T: Sync`.
+unsafe impl<T: Sync> Sync for RobustGuard<'_, T> {}
 
 impl<T> std::fmt::Debug for RobustGuard<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
