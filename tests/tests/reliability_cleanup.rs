@@ -1,8 +1,8 @@
 //! Cleanup that cannot cut off a live process, through the real `shmctl`.
 //!
 //! `shmctl unlink` and `shmctl gc` decide whether a segment is in use and then remove
-//! its name. A test hook (`SHMCTL_TEST_UNLINK_GATE`, see `crates/shmctl/src/unlink.rs`)
-//! stops them exactly between the decision and the removal, and the test acts there:
+//! its name. A test hook (`SHMRING_TEST_UNLINK_GATE`, shm-core's `fault-injection`
+//! feature: `unlink_gate` in `crates/shm-core/src/segment.rs`) stops them exactly between the decision and the removal, and the test acts there:
 //!
 //! - `a_process_attaching_meanwhile_is_refused_or_keeps_its_segment`: a process opens
 //!   the segment and attaches as its producer. Either the attach is refused (the role
@@ -49,7 +49,7 @@ fn cleanup_args(fx: &Fixture, cmd: &str, location: &Location) -> Vec<String> {
 fn race(fx: &Fixture, args: &[String], meanwhile: impl FnOnce()) -> Finished {
     let gate: PathBuf = fx.path("gate");
     let waiting = PathBuf::from(format!("{}.waiting", gate.display()));
-    let proc = fx.spawn("shmctl", command(args).env("SHMCTL_TEST_UNLINK_GATE", &gate));
+    let proc = fx.spawn("shmctl", command(args).env("SHMRING_TEST_UNLINK_GATE", &gate));
     wait_until(PATIENCE, "shmctl reached the gate", || {
         fx.assert_running(&proc);
         waiting.exists()

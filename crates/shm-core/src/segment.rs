@@ -704,7 +704,7 @@ impl Segment {
     /// [`UnlinkError::LivenessUnknown`]. Works on a read-only segment. Anonymous
     /// segments have no name: nothing to do.
     pub fn unlink_unused(&self) -> Result<(), UnlinkError> {
-        self.unlink_unused_with(|| {})
+        self.unlink_unused_with(unlink_gate)
     }
 
     /// [`Segment::unlink_unused`], calling `before_act` between the decision (locks
@@ -1349,3 +1349,29 @@ impl Segment {
         }))
     }
 }
+
+/// The environment variable of the test hook in [`unlink_gate`].
+#[cfg(feature = "fault-injection")]
+const UNLINK_GATE: &str = "SHMRING_TEST_UNLINK_GATE";
+
+/// Fault injection for tests (the `fault-injection` feature, which only the tests'
+/// dev-dependency turns on; a shipped build has no such hook and ignores the variable):
+/// between [`Segment::unlink_unused`]'s decision (its role locks held) and its name
+/// check and removal, with `SHMRING_TEST_UNLINK_GATE=PATH` set, creates `PATH.waiting`
+/// and waits until `PATH` exists (at most 30 s), so that a test can attach or
+/// re-create the segment at exactly that point from another process.
+#[cfg(feature = "fault-injection")]
+fn unlink_gate() {
+    let Some(gate) = std::env::var_os(UNLINK_GATE).map(std::path::PathBuf::from) else { return };
+    let mut waiting = gate.clone().into_os_string();
+    waiting.push(".waiting");
+    let _ = std::fs::write(&waiting, b"");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gate.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Without the `fault-injection` feature the gate does nothing.
+#[cfg(not(feature = "fault-injection"))]
+fn unlink_gate() {}

@@ -11,7 +11,6 @@ use crate::exit::refuse;
 use crate::list::{Found, any_alive, survey};
 use crate::render;
 use crate::stdout::outln;
-use crate::unlink::test_gate;
 
 /// What `gc` did with one segment (also its JSON shape).
 #[derive(Debug, Serialize)]
@@ -88,7 +87,7 @@ fn decide(segment: &Segment, args: &GcArgs) -> (&'static str, String) {
         return ("would_remove", why);
     }
     // Decided again, under the role locks, on this very object.
-    match segment.unlink_unused_with(test_gate) {
+    match segment.unlink_unused() {
         Ok(()) => ("removed", why),
         Err(UnlinkError::NotFound { .. }) => ("gone", "removed by someone else meanwhile".into()),
         Err(UnlinkError::InUse { .. }) => ("kept", "a participant attached meanwhile".into()),

@@ -16,14 +16,11 @@ use crate::render;
 use crate::stdout::outln;
 use crate::target::{location, open_read_only};
 
-/// The environment variable of the test hook in [`test_gate`].
-const TEST_GATE: &str = "SHMCTL_TEST_UNLINK_GATE";
-
 pub fn run(args: UnlinkArgs) -> Result<()> {
     let location = location(&args.target)?;
     match open_read_only(&location, Duration::from_millis(200)) {
         Ok(segment) if !args.force => {
-            segment.unlink_unused_with(test_gate).map_err(|e| match e {
+            segment.unlink_unused().map_err(|e| match e {
                 UnlinkError::InUse { participants, .. } => {
                     let who: Vec<String> = participants.iter().map(render::participant).collect();
                     let who = if who.is_empty() { "a participant attaching now".to_owned() } else { who.join(", ") };
@@ -75,19 +72,4 @@ fn removed(location: &shm_core::Location, args: &UnlinkArgs) -> Result<()> {
         outln!("removed {location}");
     }
     Ok(())
-}
-
-/// Test hook, between deciding to remove a segment (its role locks held) and checking
-/// its name and removing it: with `SHMCTL_TEST_UNLINK_GATE=PATH` set, creates
-/// `PATH.waiting` and waits until `PATH` exists (at most 30 s), so that a test can
-/// attach or re-create the segment at exactly that point.
-pub fn test_gate() {
-    let Some(gate) = std::env::var_os(TEST_GATE).map(std::path::PathBuf::from) else { return };
-    let mut waiting = gate.clone().into_os_string();
-    waiting.push(".waiting");
-    let _ = std::fs::write(&waiting, b"");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !gate.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
