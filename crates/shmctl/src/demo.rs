@@ -176,7 +176,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     outln!("{:>4}  {:>14} {:>12}  {:>14} {:>12}  {:>6}", "t", "produced", "rate/s", "consumed", "rate/s", "fill");
     let started = Instant::now();
     let mut last = (started, segment.stats(), consumed(&segment));
-    let (first, first_consumed) = (last.1.clone(), last.2);
+    let first = last.1.clone();
     for second in 1..=args.seconds {
         std::thread::sleep((started + Duration::from_secs(second)).saturating_duration_since(Instant::now()));
         let now = (Instant::now(), segment.stats(), consumed(&segment));
@@ -301,7 +301,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
         RingKind::Mpmc => total("received") == end.total_produced,
         RingKind::Spsc | RingKind::Mpsc => end_consumed == end.total_produced,
     } && end_consumed == end.total_produced;
-    let _ = first_consumed;
     let clean = problems.iter().sum::<u64>() == 0 && everything_consumed;
     if !(clean && producers_ok && consumers_ok) {
         bail!("the demo found a problem: see the summary above");
