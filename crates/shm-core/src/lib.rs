@@ -91,7 +91,7 @@ pub use error::{AttachError, CreateError, OpenError, OpenOrCreateError, PeekErro
 pub use layout::{HeaderError, RingKind};
 pub use name::{Location, NameError, SegmentName, SysvKey};
 pub use participant::{Liveness, Participant, Role};
-pub use ring::spsc::{Batch, Claim, Consumer, PeekedRecord, Producer, ReadGuard, Record};
+pub use ring::spsc::{Batch, Claim, Consumer, PeekedRecord, PowerLossRepair, Producer, ReadGuard, Record};
 pub use ring::{BatchError, ClaimError, Corruption, FlushError, ReadError, TryClaimError, TryReadError, WaitStrategy};
 pub use segment::{
     BroadcastConsumerStatus, FlushPolicy, MpmcStatus, MpmcWorkerStatus, MpscProducerStatus, MpscStatus, Segment,

@@ -164,6 +164,20 @@ pub(crate) fn try_fence_all(fd: impl AsFd, slots: usize) -> nix::Result<bool> {
     Ok(true)
 }
 
+/// Takes the write lock of every slot's byte on `fd`'s open file description without
+/// waiting: held, no role can be taken and no other process fences or repairs the
+/// segment. Needs a writable descriptor. `Ok(false)` when any byte is held by another
+/// description; then nothing is kept locked that outlives `fd`.
+pub(crate) fn try_lock_all(fd: impl AsFd, slots: usize) -> nix::Result<bool> {
+    let fd = fd.as_fd();
+    for slot in 0..slots {
+        if !try_lock(fd, slot)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn try_set(fd: impl AsFd, kind: libc::c_short, slot: usize) -> nix::Result<bool> {
     match fcntl(fd, FcntlArg::F_OFD_SETLK(&flock(kind, slot))) {
         Ok(_) => Ok(true),

@@ -24,7 +24,7 @@ use crate::layout::{MPMC_LOCK_BASE, MPMC_WORKERS, MPSC_PARTICIPANT_BASE, MPSC_PR
 use crate::name::Location;
 use crate::participant::{self, Attachment, Liveness, Participant, Role};
 use crate::placement::{self, HugePages};
-use crate::ring::spsc::{Consumer, Producer};
+use crate::ring::spsc::{Consumer, PowerLossRepair, Producer};
 use crate::ring::{FlushError, PublishHook, PublishStep, RingRefs, WaitStrategy};
 use crate::ring::{broadcast, mpmc, mpsc};
 use crate::stats::StatsSnapshot;
@@ -48,17 +48,10 @@ pub const DEFAULT_CAPACITY: u64 = 16 << 20;
 ///   cursors cover only frames whose bytes are on disk, and its write cursor covers
 ///   every record whose publish returned. After a power loss the file holds every such
 ///   record that the consumer had not released (and possibly a few it had read but not
-///   released, again), every frame under its cursors whole. One window needs repair:
-///   the consumer's read cursor is on another page than the write cursor, and the
-///   kernel may write that page back on its own; if it does after the consumer read a
-///   publish whose header `msync` had not finished yet, the file has its read cursor
-///   ahead of its write cursor (by at most that publish's records, all of them
-///   consumed). Such a file is refused as [`crate::Corruption`] (reader ahead of writer)
-///   by the cursor check of `peek` and of every attach: nothing stale is delivered and
-///   nothing acknowledged is missing, but
-///   it does not open as a ring until its write cursor is set to its read cursor by
-///   hand. The test `file_durability_copies` (a modelled disk copied at random
-///   instants) shows each of these, and how often the window was seen.
+///   released, again), every frame under its cursors whole. One window needs repair,
+///   which opening makes (see "Power loss" below). The test `file_durability_copies`
+///   (a modelled disk copied at random instants) shows each of these, and how often the
+///   window was seen.
 /// - [`FlushPolicy::Interval`]: the same data-then-cursor order, but only at the first
 ///   publish after each interval. Between those, the kernel may write the header (with
 ///   a newer write cursor) back before the frames it covers: after a power loss the
@@ -73,6 +66,32 @@ pub const DEFAULT_CAPACITY: u64 = 16 << 20;
 /// another kind with one is refused, and so is attaching a producer of another kind
 /// through a segment opened with one (an mpsc record is published by its own commit
 /// word, not by a cursor the policy could order after its frames).
+///
+/// # Power loss
+/// The consumer's read cursor is on another page than the write cursor, and the kernel
+/// may write that page back on its own; if it does after the consumer read a publish
+/// whose header `msync` had not finished yet, a power loss leaves the file with its read
+/// cursor ahead of its write cursor, by at most that publish's frames, which are whole
+/// on disk (they were synced before the cursor was stored) and were all consumed.
+///
+/// [`SegmentBuilder::open`] repairs such a spsc file segment when it opens it writable
+/// and nobody is attached: it takes the write lock of every role byte without waiting
+/// (after a reboot nobody holds one), walks the frames from the write cursor with the
+/// consumer's frame checks, and only if they land exactly on the read cursor (at most a
+/// ring away, through at least one record, from a publish slot that matches the write
+/// cursor, and to the counts of the read cursor's release slot) does it write the
+/// producer's next publish slot for the read cursor, store the write cursor there and
+/// `msync` the header, before it lets the locks go. The ring then opens empty, with
+/// exact counters, and the producer's `last_committed` finds the last record walked.
+/// [`Segment::power_loss_repair`] says what was repaired, for the opener to report.
+///
+/// Otherwise the file is left as it is and refused as [`crate::Corruption`] (reader
+/// ahead of writer) by the cursor check of `peek` and of every attach: while a process
+/// is attached (a live producer never shows this state, so it is corruption), when the
+/// frames do not prove the repair (a hostile or damaged file), and when it is opened
+/// read-only (a read-only open never writes; open it writable once, as the daemons do).
+/// An attach racing the repair itself finds its role taken, as during
+/// [`Segment::unlink_unused`]'s fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlushPolicy {
@@ -85,7 +104,7 @@ pub enum FlushPolicy {
     /// `msync(MS_SYNC)` of each publish's frames, then of the cursor, before the publish
     /// returns: after a power loss at any instant the file's cursors cover every record
     /// whose publish returned and only whole frames (see above for the one window in
-    /// which the read cursor can be ahead).
+    /// which the read cursor can be ahead, and its repair at open).
     Sync,
 }
 
@@ -396,7 +415,7 @@ impl SegmentBuilder {
                 source: io_err(e),
             })?;
         }
-        Ok(self.segment(backing, geometry))
+        self.segment(backing, geometry).repair_power_loss()
     }
 
     /// Opens the segment if it exists, else creates it (and if another process creates
@@ -439,6 +458,7 @@ impl SegmentBuilder {
                 #[cfg(feature = "fault-injection")]
                 msyncs_before_failure: Default::default(),
             }),
+            repaired: None,
         }
     }
 }
@@ -462,6 +482,8 @@ impl SegmentBuilder {
 #[derive(Debug, Clone)]
 pub struct Segment {
     inner: Arc<Inner>,
+    /// What opening repaired after a power loss (see [`Segment::power_loss_repair`]).
+    repaired: Option<PowerLossRepair>,
 }
 
 struct Inner {
@@ -740,6 +762,50 @@ impl Segment {
         let removed = backend::unlink_if_same(location, lock_fd, self.inner.backing.sysv_id);
         drop(fence);
         removed
+    }
+
+    /// The repair opening made of a file left by a power loss with its read cursor
+    /// ahead of its write cursor (see "Power loss" in [`FlushPolicy`]); `None` when
+    /// there was nothing to repair, or it could not be proven (then attaching reports
+    /// the cursors as [`crate::Corruption`]). Only the process that opened the file
+    /// when it was repaired sees it: tools and daemons report it from here.
+    pub fn power_loss_repair(&self) -> Option<PowerLossRepair> {
+        self.repaired
+    }
+
+    /// At open, repairs a spsc file segment whose read cursor a power loss left ahead
+    /// of its write cursor, if nobody is attached (see "Power loss" in
+    /// [`FlushPolicy`]). Holds the write lock of every role byte throughout: taken
+    /// without waiting, it proves no live process holds a role (a live producer never
+    /// shows this state, so with one attached it is corruption, left to the attach
+    /// checks), and it keeps any from being taken or fenced until the repair is on disk.
+    fn repair_power_loss(mut self) -> Result<Self, OpenError> {
+        let inner = &self.inner;
+        let location = &inner.location;
+        let refs = self.ring_refs();
+        if !matches!(location, Location::File(_))
+            || inner.geometry.kind != RingKind::Spsc
+            || !inner.backing.mapping.writable()
+            || !crate::ring::spsc::reader_ahead(&refs)
+        {
+            return Ok(self);
+        }
+        let Some(lock_fd) = inner.backing.lock_fd.as_ref() else { return Ok(self) };
+        let io = |op| move |e| OpenError::Io { location: location.clone(), op, source: io_err(e) };
+        // Its own open file description: the locks go when it drops.
+        let locks = backend::reopen(lock_fd, true).map_err(io("re-open for locking"))?;
+        if !participant::try_lock_all(&locks, crate::layout::ROLE_LOCK_BYTES).map_err(io("fcntl(F_OFD_SETLK)"))? {
+            return Ok(self);
+        }
+        let repaired = crate::ring::spsc::repair_reader_ahead(&refs);
+        if repaired.is_some() {
+            // Whatever the opener's flush policy: once per power loss, and the file
+            // then needs no repair again.
+            inner.backing.mapping.sync_range(0..HEADER_SIZE).map_err(io("msync"))?;
+        }
+        drop(locks);
+        self.repaired = repaired;
+        Ok(self)
     }
 
     /// Where the segment lives.

@@ -58,6 +58,16 @@ pub fn open(s: &SegmentSettings, waiting: &mut Waiting<'_>) -> Result<Segment> {
             }
         }
     };
+    if let Some(r) = segment.power_loss_repair() {
+        warn!(
+            segment = %s.location,
+            write_cursor_was = r.write_cursor_was,
+            read_cursor = r.read_cursor,
+            records = r.records,
+            bytes = r.bytes,
+            "repaired after a power loss: the read cursor was ahead of the write cursor by a consumed publish whose cursor had not reached the disk; the write cursor now equals the read cursor"
+        );
+    }
     if s.numa_node.is_some() || s.hugepages || s.prefault {
         // What the segment has: an existing one keeps the placement it was created with.
         let info = segment.info().ok();

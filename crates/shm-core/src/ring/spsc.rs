@@ -1359,6 +1359,99 @@ fn last_frame_at(ring: &RingRefs, start: u64, cursor: u64) -> Option<DataFrame> 
     }
 }
 
+/// What opening repaired in a spsc file segment that a power loss left with its read
+/// cursor ahead of its write cursor (see "Power loss" in [`crate::FlushPolicy`], and
+/// [`crate::Segment::power_loss_repair`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PowerLossRepair {
+    /// The write cursor the file held.
+    pub write_cursor_was: u64,
+    /// The read cursor, which is now the write cursor too.
+    pub read_cursor: u64,
+    /// Records of the frames walked from the old write cursor to the read cursor: the
+    /// publish whose cursor had not reached the disk (all of them consumed).
+    pub records: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+}
+
+/// Whether the read cursor is ahead of the write cursor: the one check made before
+/// taking the locks [`repair_reader_ahead`] needs (a look, decided again under them).
+pub(crate) fn reader_ahead(ring: &RingRefs) -> bool {
+    // Relaxed: a hint; the repair loads both again with Acquire under the role locks.
+    ring.cursor().read_cursor.load(Ordering::Relaxed) > ring.producer_line().write_cursor.load(Ordering::Relaxed)
+}
+
+/// Moves the write cursor up to a read cursor that is ahead of it, if the frames
+/// between them prove that a publish's cursor store was lost and nothing else: the
+/// walk from the write cursor, frame by frame with [`read_frame`] (the consumer's
+/// checks, bounded by the read cursor), must land exactly on the read cursor, at most
+/// a ring away, through at least one record; a publish slot must match the old write
+/// cursor (the counts to start from); and where the read cursor's release slot is
+/// exact, its record and byte counts must equal the counts of the walk's end (every
+/// record below the read cursor was consumed). Then the producer's other publish slot
+/// is written for the read cursor (as `publish_pending` writes it: counts, last frame,
+/// position), the displayed produced counters with it, and the write cursor last.
+///
+/// `None` when the cursors are in order or the repair is not proven: the attach checks
+/// then report what they find. The caller must hold every role lock, so that no other
+/// process reads or writes the ring meanwhile. Every value read is untrusted: the walk
+/// takes at most `capacity / 8` steps (each frame is at least 8 bytes) and every sum
+/// is checked.
+pub(crate) fn repair_reader_ahead(ring: &RingRefs) -> Option<PowerLossRepair> {
+    // Acquire: pairs with the Release stores of the last holders of the roles (this
+    // caller holds every role lock, so nothing stores them meanwhile).
+    let head = ring.cursor().read_cursor.load(Ordering::Acquire);
+    let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
+    if head <= tail || head > CURSOR_LIMIT || head - tail > ring.capacity || head % 8 != 0 || tail % 8 != 0 {
+        return None;
+    }
+    let line = ring.producer_line();
+    // Relaxed: ordered after the Acquire load of write_cursor above, stored before it.
+    let (slot, mut records, mut bytes) =
+        match current_slot(tail, |i| line.publishes[i].position.load(Ordering::Relaxed)) {
+            CurrentSlot::Empty => (0, 0, 0),
+            CurrentSlot::Slot(i) => {
+                let at = &line.publishes[i];
+                (i ^ 1, at.records.load(Ordering::Relaxed), at.bytes.load(Ordering::Relaxed))
+            }
+            CurrentSlot::Unknown => return None,
+        };
+    let (mut pos, mut last, mut walked, mut walked_bytes) = (tail, None, 0, 0);
+    while pos < head {
+        match read_frame(ring, pos, head).ok()? {
+            Frame::Padding { next } => pos = next,
+            Frame::Data(f) => {
+                records = records.checked_add(1)?;
+                bytes = bytes.checked_add(u64::from(f.len))?;
+                walked += 1;
+                walked_bytes += u64::from(f.len);
+                last = Some(pos);
+                pos = f.next;
+            }
+        }
+    }
+    // `read_frame` never returns a frame ending past `head`, so the walk ended on it.
+    let last = last?;
+    let (released, exact) = ReleaseLedger::load(ring, head);
+    if exact && (released.records, released.bytes) != (records, bytes) {
+        return None;
+    }
+    ring.store_counter(Counter::TotalProduced, records);
+    ring.store_counter(Counter::BytesProduced, bytes);
+    // Relaxed: published by the Release store of write_cursor just below, as in
+    // `publish_pending`; the slot of the old cursor is left as it was, so a repair cut
+    // short leaves the cursors and the slot it counts from as they were: repairable again.
+    let at = &line.publishes[slot];
+    at.records.store(records, Ordering::Relaxed);
+    at.bytes.store(bytes, Ordering::Relaxed);
+    at.last_frame.store(last, Ordering::Relaxed);
+    at.position.store(head, Ordering::Relaxed);
+    // Release: pairs with the Acquire loads of the next producer's and consumer's attach.
+    line.write_cursor.store(head, Ordering::Release);
+    Some(PowerLossRepair { write_cursor_was: tail, read_cursor: head, records: walked, bytes: walked_bytes })
+}
+
 /// The largest cursor value accepted from a segment. A real ring would need to move
 /// 16 EiB to get near `u64::MAX`; the margin (4 TiB, more than twice the largest
 /// capacity) keeps every `position + length` computed from a validated cursor from
