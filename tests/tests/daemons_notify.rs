@@ -176,7 +176,9 @@ fn metrics_exposition_parses_with_names_types_labels_and_moving_values() {
     // The producer: its side's counters, its own, nothing of the consumer's side.
     let p = Scrape::get(p_addr);
     assert!(p.head.starts_with("HTTP/1.0 200"), "{}", p.head);
-    assert!(p.head.contains("Content-Type: application/openmetrics-text; version=1.0.0"), "{}", p.head);
+    // Header names are case-insensitive (hyper writes them in lower case).
+    let content_type = "content-type: application/openmetrics-text; version=1.0.0";
+    assert!(p.head.to_ascii_lowercase().contains(content_type), "{}", p.head);
     for family in PRODUCER_COUNTERS.iter().chain(["producerd_records_committed", "producerd_source_errors"].iter()) {
         assert_eq!(p.family(family).family_type, OpenMetricsType::Counter, "{family}");
         assert_eq!(p.sample(family).1, labels("producer"), "{family}");

@@ -15,17 +15,26 @@
 //! The exposition is rendered on each request, reading the segment's counters then;
 //! nothing is cached, so a scrape always sees the live values.
 //!
-//! Under abuse the endpoint stays cheap: at most [`MAX_CONNECTIONS`] are served at once
-//! (the rest wait in the listen backlog, holding no descriptor of ours); an `accept` that
-//! fails (`EMFILE`, `ENFILE`, `ENOBUFS`) backs off for [`ACCEPT_BACKOFF`] instead of
-//! spinning; a request is read up to the end of its head (at most [`MAX_REQUEST`] bytes,
-//! `431` beyond) before the answer, so a long request is answered, not reset.
+//! HTTP is `hyper`'s (HTTP/1.1 and 1.0, one request per connection). Under abuse the
+//! endpoint stays cheap: at most [`MAX_CONNECTIONS`] are served at once (the rest wait in
+//! the listen backlog, holding no descriptor of ours); an `accept` that fails (`EMFILE`,
+//! `ENFILE`, `ENOBUFS`) backs off for [`ACCEPT_BACKOFF`] instead of spinning; a request
+//! head may take [`MAX_REQUEST`] bytes (hyper answers `431` beyond) and
+//! [`REQUEST_TIMEOUT`] to arrive, and a connection lasts at most [`CONNECTION_TIMEOUT`].
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE as CONTENT_TYPE_HEADER, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -33,8 +42,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use shm_core::{Counter, Role, StatsSnapshot};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::warn;
 
@@ -47,8 +55,10 @@ pub const MAX_CONNECTIONS: usize = 16;
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The largest request head read.
 pub const MAX_REQUEST: usize = 16 * 1024;
-/// How long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client may take to send its request head.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one connection may last, whatever the client does.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// The one path served.
 const METRICS_PATH: &str = "/metrics";
 /// What the body is (`prometheus-client` writes OpenMetrics text, which Prometheus reads
@@ -283,53 +293,35 @@ pub async fn serve(listener: TcpListener, render: Render) {
         };
         let render = render.clone();
         tokio::spawn(async move {
-            answer(stream, &render).await;
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = respond(request.method(), request.uri().path(), &render);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .max_buf_size(MAX_REQUEST)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            // A failed or timed-out connection is the client's business: nothing to log.
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
             drop(slot);
         });
     }
 }
 
-/// Whether a request head asks for the metrics: `GET` (or `HEAD`) of `/metrics`, with or
-/// without a query string.
-fn asks_for_metrics(head: &[u8]) -> bool {
-    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
-    let mut words = line.split(|&b| b == b' ');
-    let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-    matches!(method, b"GET" | b"HEAD") && path == METRICS_PATH.as_bytes()
-}
-
-/// Reads the request head, answers it, and closes.
-async fn answer(mut stream: TcpStream, render: &Render) {
-    let mut request = Vec::with_capacity(1024);
-    let mut buf = [0u8; 4096];
-    // Until the end of the head, the client's end of input, an error, too many bytes, or
-    // the timeout: a client that sent only part of a request is answered all the same.
-    let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() <= MAX_REQUEST {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => request.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    let (status, content_type, body) = if request.len() > MAX_REQUEST {
-        ("431 Request Header Fields Too Large", "text/plain", String::new())
-    } else if !asks_for_metrics(&request) {
-        ("404 Not Found", "text/plain", format!("not found: this endpoint serves {METRICS_PATH}\n"))
+/// The answer to `method path`: the exposition for `GET` (or `HEAD`, whose body hyper
+/// leaves out) of `/metrics`, with or without a query string; `404` for anything else.
+fn respond(method: &Method, path: &str, render: &Render) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = if matches!(*method, Method::GET | Method::HEAD) && path == METRICS_PATH {
+        (StatusCode::OK, CONTENT_TYPE, render())
     } else {
-        ("200 OK", CONTENT_TYPE, render())
+        (StatusCode::NOT_FOUND, "text/plain", format!("not found: this endpoint serves {METRICS_PATH}\n"))
     };
-    let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    if !request.starts_with(b"HEAD ") {
-        let _ = stream.write_all(body.as_bytes()).await;
-    }
-    let _ = stream.shutdown().await;
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE_HEADER, HeaderValue::from_static(content_type));
+    response
 }
 
 /// Binds the listen address.
@@ -339,15 +331,46 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 #[cfg(test)]
 mod tests {
-    use super::asks_for_metrics;
+    use std::io::{Read, Write};
+
+    use super::{MAX_REQUEST, Render, bind, serve};
+
+    /// Sends `request` to a real endpoint serving "BODY" and returns the whole response.
+    fn exchange(request: &[u8]) -> String {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
+        let listener = runtime.block_on(bind("127.0.0.1:0".parse().expect("an address"))).expect("bind");
+        let addr = listener.local_addr().expect("its address");
+        let render: Render = std::sync::Arc::new(|| "BODY".to_owned());
+        runtime.spawn(serve(listener, render));
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("a timeout");
+        let _ = stream.write_all(request);
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        runtime.shutdown_background();
+        String::from_utf8_lossy(&response).into_owned()
+    }
 
     #[test]
     fn only_get_or_head_of_the_metrics_path_is_served() {
-        assert!(asks_for_metrics(b"GET /metrics HTTP/1.1\r\n\r\n"));
-        assert!(asks_for_metrics(b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n"));
-        assert!(!asks_for_metrics(b"GET / HTTP/1.1\r\n\r\n"));
-        assert!(!asks_for_metrics(b"GET /metricsx HTTP/1.1\r\n\r\n"));
-        assert!(!asks_for_metrics(b"POST /metrics HTTP/1.1\r\n\r\n"));
-        assert!(!asks_for_metrics(b""));
+        let ok = exchange(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK") && ok.contains("application/openmetrics-text"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\nBODY"), "{ok}");
+        let head = exchange(b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.0 200 OK") && !head.contains("BODY"), "{head}");
+        for request in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET /metricsx HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let response = exchange(request);
+            assert!(response.starts_with("HTTP/1.1 404"), "{}: {response}", String::from_utf8_lossy(request));
+        }
+        let mut long = b"GET /metrics HTTP/1.1\r\nX-Long: ".to_vec();
+        long.resize(MAX_REQUEST + 1024, b'a');
+        long.extend_from_slice(b"\r\n\r\n");
+        let refused = exchange(&long);
+        assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
     }
 }
