@@ -196,7 +196,7 @@ pub fn run(
     loop {
         if let Some(reload) = shared.reloads.pending() {
             if let Err(e) = sink.rotate() {
-                warn!("re-opening the sink failed: {e}");
+                warn!(error = %e, "re-opening the sink failed");
             }
             // The drain timeout is read when a drain starts, so it is in effect now too.
             shared.reloads.applied(reload);
@@ -256,7 +256,7 @@ pub fn run(
                     beat();
                 }
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                    warn!("sink refused records, retrying in {back_off:?} (they stay in the ring): {error}");
+                    warn!(error = %error, retry_in = %humantime::format_duration(back_off), "sink refused records, retrying (they stay in the ring)");
                     last_warning = Some(Instant::now());
                 }
                 // In steps, so that a stop (which starts the drain) is noticed within one.

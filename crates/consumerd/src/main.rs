@@ -252,7 +252,7 @@ fn service(
         Box::new(move || {
             let outcome = match load(config_path.as_deref()) {
                 Err(e) => {
-                    warn!("reload failed, keeping the running config: {e}");
+                    warn!(error = %e, "reload failed, keeping the running config");
                     Reloaded::Refused
                 }
                 Ok((new, _)) => {
@@ -262,7 +262,7 @@ fn service(
                     if !refused.is_empty() {
                         warn!(keys = %refused.join(", "), "changed in the config, kept as running: they take a restart");
                     }
-                    info!(level = %new.log.level, drain_timeout = ?new.drain_timeout, "config reloaded");
+                    info!(level = %new.log.level, drain_timeout = %humantime::format_duration(new.drain_timeout), "config reloaded");
                     Reloaded::Applied
                 }
             };

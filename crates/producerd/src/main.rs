@@ -78,7 +78,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
             config = %settings.origin,
             source = settings.source.kind(),
             kind = segment.geometry().kind.name(),
-            producer_id = ?settings.producer_id,
+            producer_id = settings.producer_id,
             "producer attached"
         );
         let ring = {
@@ -192,7 +192,7 @@ fn service(
         Box::new(move || {
             let outcome = match load(config_path.as_deref()) {
                 Err(e) => {
-                    warn!("reload failed, keeping the running config: {e}");
+                    warn!(error = %e, "reload failed, keeping the running config");
                     Reloaded::Refused
                 }
                 Ok((new, _)) => {

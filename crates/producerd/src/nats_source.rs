@@ -89,7 +89,7 @@ impl NatsSource {
         let mut last = found.and_then(|i| i.last_committed(created, segment.stats().write_cursor));
         // With an intent for this segment, the ring knows where the stream stands.
         let start = found.filter(|i| i.segment_created_ns == created).map(|_| last.map_or(1, |s| s + 1));
-        info!(last_committed = ?last, start = ?start, "nats source: resuming");
+        info!(last_committed = last, start, "nats source: resuming");
         let (deliveries, mut received) = mpsc::channel(self.settings.batch * 2);
         let (acks, to_ack) = mpsc::unbounded_channel();
         let fetch =
@@ -199,7 +199,7 @@ async fn fetch(
         .get_or_create_consumer(&settings.consumer, config)
         .await
         .with_context(|| format!("consumer {}", settings.consumer))?;
-    info!(consumer = %settings.consumer, start = ?start, "nats source: pulling");
+    info!(consumer = %settings.consumer, start, "nats source: pulling");
     let ack_counters = counters.clone();
     let acking = async move {
         while let Some((acker, covered)) = to_ack.recv().await {
@@ -209,7 +209,7 @@ async fn fetch(
                     ack_counters.acked.fetch_add(covered, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    warn!("nats source: an acknowledgement failed (the messages come again, and are dropped): {e}")
+                    warn!(error = %e, "nats source: an acknowledgement failed (the messages come again, and are dropped)")
                 }
             }
             let _ = ack_counters
@@ -222,7 +222,7 @@ async fn fetch(
             let mut messages = match consumer.stream().max_messages_per_batch(settings.batch).messages().await {
                 Ok(m) => m,
                 Err(e) => {
-                    warn!("nats source: pull failed, retrying: {e}");
+                    warn!(error = %e, "nats source: pull failed, retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
@@ -231,7 +231,7 @@ async fn fetch(
                 let message = match message {
                     Ok(m) => m,
                     Err(e) => {
-                        warn!("nats source: {e}");
+                        warn!(error = %e, "nats source: failed");
                         continue;
                     }
                 };

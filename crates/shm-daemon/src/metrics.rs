@@ -263,7 +263,7 @@ impl Exposition {
         let mut text = String::new();
         // Writing to a String cannot fail, and the collectors return no errors of their own.
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
-            warn!("metrics endpoint: encoding failed ({e})");
+            warn!(error = %e, "metrics endpoint: encoding failed");
         }
         text
     }
@@ -284,7 +284,7 @@ pub async fn serve(listener: TcpListener, render: Render) {
             Ok((stream, _)) => stream,
             Err(e) => {
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    warn!("metrics endpoint: accept failed ({e}); backing off");
+                    warn!(error = %e, "metrics endpoint: accept failed; backing off");
                     last_warning = Some(std::time::Instant::now());
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;

@@ -488,7 +488,7 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<jetstream::C
                         link.state.store(2, Ordering::Relaxed);
                         warn!("nats: disconnected; reconnecting with back-off (100 ms doubling to 5 s)");
                     }
-                    other => warn!("nats: {other}"),
+                    other => warn!(event = %other, "nats: connection event"),
                 }
             }
         })

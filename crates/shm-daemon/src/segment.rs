@@ -47,7 +47,7 @@ pub fn open(s: &SegmentSettings, waiting: &mut Waiting<'_>) -> Result<Segment> {
                 match b.open() {
                     Err(OpenError::NotFound { .. }) if Instant::now() < deadline => {
                         if !said {
-                            info!(segment = %s.location, timeout = ?s.wait_for_segment, "waiting for the segment to appear");
+                            info!(segment = %s.location, timeout = %humantime::format_duration(s.wait_for_segment), "waiting for the segment to appear");
                             said = true;
                         }
                         waiting.tick()?;

@@ -59,7 +59,7 @@ fn acknowledge_reload(outcome: Reloaded) {
     if let Err(e) =
         std::fs::write(&partial, format!("{handled} {outcome}\n")).and_then(|()| std::fs::rename(&partial, &path))
     {
-        warn!(path = %path.display(), "cannot tell ExecReload= the reload is over: {e}");
+        warn!(path = %path.display(), error = %e, "cannot tell ExecReload= the reload is over");
     }
 }
 
@@ -176,7 +176,7 @@ impl Service {
                             if stalled < every.max(STALLED) {
                                 notifier.watchdog();
                             } else {
-                                warn!("ring thread made no progress for {stalled:?}; withholding the watchdog ping");
+                                warn!(stalled_ms = stalled.as_millis() as u64, "ring thread made no progress; withholding the watchdog ping");
                             }
                         }
                     }
