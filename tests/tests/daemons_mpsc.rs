@@ -10,6 +10,9 @@
 //!   counted (`unblocked_records`). The consumer is stopped (`SIGSTOP`) across the kill and
 //!   the restart, so the ring still holds unread records of the killed producer when its
 //!   successor looks for where to resume. One RELIABILITY row.
+//! - `each_producer_exports_*`: two stdin producers with metrics endpoints: each exports
+//!   its own producer's counters, labelled `participant`, so the sum over both equals the
+//!   ring's total (the segment's totals exported by each would count every record twice).
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,7 +20,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::json;
 use shm_core::Location;
-use shmring_tests::daemons::{Daemon, Kind, observe_when_created, segment_section};
+use std::io::Write;
+use std::net::SocketAddr;
+
+use shmring_tests::daemons::{self, Daemon, Kind, Scrape, observe_when_created, segment_section};
 use shmring_tests::ledger::{Figures, GENERATOR_LEDGER_VAR, per_producer_evidence, read_ledger};
 use shmring_tests::reliability::report;
 use shmring_tests::{Backend, Fixture, ProcStat, wait_until};
@@ -126,4 +132,49 @@ fn a_killed_generator_restarts_with_nothing_lost_or_duplicated_per_producer() {
     );
     found.assert_exact();
     assert!(found.acknowledged >= EACH + before_kill, "{found:?}");
+}
+
+#[test]
+fn each_producer_exports_its_own_counters_so_a_sum_over_jobs_counts_each_record_once() {
+    const LINES: [u64; 2] = [300, 700];
+    let fx = Fixture::new("mpsc-metrics");
+    let location = fx.location(Backend::Posix);
+    let consumer = Daemon::ready(&fx, Kind::Consumer, &consumer(&location, "kind = \"discard\""));
+    let mut producers = Vec::new();
+    for (id, lines) in LINES.iter().enumerate() {
+        let input = daemons::fifo(&fx, &format!("stdin-{id}"));
+        let addr: SocketAddr = format!("127.0.0.1:{}", daemons::free_tcp_port()).parse().expect("an address");
+        let config = format!(
+            "{}[source]\nkind = \"stdin\"\nproducer_id = {id}\n[metrics]\nlisten = \"{addr}\"\n",
+            mpsc_segment(&location)
+        );
+        let mut producer = Daemon::launch(&fx, Kind::Producer, &config).stdin_from(&input).start(&fx);
+        // The writer stays open: the producer keeps running (and serving) after the lines.
+        let mut stdin = daemons::open_fifo_writer(&input);
+        producer.wait_for(&fx, "READY=1");
+        let text: String = (0..*lines).map(|i| format!("producer {id} line {i}\n")).collect();
+        stdin.write_all(text.as_bytes()).expect("write stdin");
+        producers.push((producer, stdin, addr));
+    }
+    wait_released(&location, LINES.iter().sum());
+    let ring = observe_when_created(&location);
+    let mut sum = 0.0;
+    for (id, (_, _, addr)) in producers.iter().enumerate() {
+        let scrape = Scrape::get(*addr);
+        let (_, labels) = scrape.sample("shmring_records_produced");
+        assert!(labels.contains(&("participant".to_owned(), id.to_string())), "{labels:?}");
+        let produced = scrape.value("shmring_records_produced");
+        assert_eq!(produced, LINES[id] as f64, "producer {id}:\n{}", scrape.text);
+        assert_eq!(scrape.value("producerd_records_committed"), produced, "{}", scrape.text);
+        assert_eq!(scrape.value("shmring_unblocked_records"), 0.0, "{}", scrape.text);
+        // Wake-ups are counted for the ring, not per producer: not exported as anyone's.
+        assert!(!scrape.exposition.families.contains_key("shmring_producer_wakes"), "{}", scrape.text);
+        sum += produced;
+    }
+    assert_eq!(sum, ring.stats().total_produced as f64, "the sum over both jobs is the ring's total");
+    for (producer, stdin, _) in producers {
+        drop(stdin);
+        producer.wait(&fx).assert_success();
+    }
+    consumer.stop(&fx).assert_success();
 }

@@ -188,19 +188,26 @@ fn service(
     let metrics = settings.metrics.map(|addr| {
         let (segment, shared, latency) = (segment.clone(), shared.clone(), shared.latency.clone());
         let kind = segment.geometry().kind;
-        let exposition = metrics::Exposition::new(&name, Role::Consumer, move || {
-            let mut readings = metrics::segment_readings(&segment.stats(), Role::Consumer);
-            readings.push(metrics::Reading::counter(
-                "consumerd_records_delivered",
-                "Records this daemon's sink accepted and the ring released",
-                shared.delivered.load(Ordering::Relaxed),
-            ));
-            readings.push(metrics::Reading::counter(
-                "consumerd_sink_errors",
-                "Batches the sink refused (they stay in the ring and are retried)",
-                shared.sink_errors.load(Ordering::Relaxed),
-            ));
-            match kind {
+        let participant =
+            metrics::Participant::of(kind, Role::Consumer, None, settings.consumer_name.as_deref(), settings.worker_id);
+        let exposition = metrics::Exposition::new(&name, Role::Consumer, participant.as_ref(), {
+            let participant = participant.clone();
+            move || {
+                let mut readings = match &participant {
+                    Some(p) => p.readings(&segment),
+                    None => metrics::segment_readings(&segment.stats(), Role::Consumer),
+                };
+                readings.push(metrics::Reading::counter(
+                    "consumerd_records_delivered",
+                    "Records this daemon's sink accepted and the ring released",
+                    shared.delivered.load(Ordering::Relaxed),
+                ));
+                readings.push(metrics::Reading::counter(
+                    "consumerd_sink_errors",
+                    "Batches the sink refused (they stay in the ring and are retried)",
+                    shared.sink_errors.load(Ordering::Relaxed),
+                ));
+                match kind {
                 RingKind::Broadcast => readings.push(metrics::Reading::counter(
                     "consumerd_broadcast_missed",
                     "Broadcast: records this consumer missed (lapped, or passed while it was away), from the segment",
@@ -213,20 +220,21 @@ fn service(
                 )),
                 RingKind::Spsc | RingKind::Mpsc => {}
             }
-            match shm_daemon::nats::counters() {
-                // The nats sink's readings include levels (gauges), not only counts.
-                Some(bridge) => readings.extend(shm_daemon::nats::metric_readings("consumerd", &bridge)),
-                None => {
-                    for (key, value) in shared.sink_counters.lock().map(|c| c.clone()).unwrap_or_default() {
-                        readings.push(metrics::Reading::counter(
-                            format!("consumerd_{key}"),
-                            format!("The sink's {key} count (README, Metrics)"),
-                            value,
-                        ));
+                match shm_daemon::nats::counters() {
+                    // The nats sink's readings include levels (gauges), not only counts.
+                    Some(bridge) => readings.extend(shm_daemon::nats::metric_readings("consumerd", &bridge)),
+                    None => {
+                        for (key, value) in shared.sink_counters.lock().map(|c| c.clone()).unwrap_or_default() {
+                            readings.push(metrics::Reading::counter(
+                                format!("consumerd_{key}"),
+                                format!("The sink's {key} count (README, Metrics)"),
+                                value,
+                            ));
+                        }
                     }
                 }
+                readings
             }
-            readings
         });
         let exposition = match settings.sink {
             config::SinkKind::Verify { .. } => exposition.with_latency(

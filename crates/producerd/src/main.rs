@@ -145,29 +145,37 @@ fn service(
     let name = segment.location().to_string();
     let metrics = settings.metrics.map(|addr| {
         let (segment, shared, name) = (segment.clone(), shared.clone(), name.clone());
-        let exposition = metrics::Exposition::new(&name, Role::Producer, move || {
-            let mut readings = metrics::segment_readings(&segment.stats(), Role::Producer);
-            readings.extend([
-                metrics::Reading::counter(
-                    "producerd_records_committed",
-                    "Records this daemon committed",
-                    shared.committed.load(Ordering::Relaxed),
-                ),
-                metrics::Reading::counter(
-                    "producerd_records_dropped",
-                    "Records dropped because the ring was full (on_full = \"drop\")",
-                    shared.dropped.load(Ordering::Relaxed),
-                ),
-                metrics::Reading::counter(
-                    "producerd_source_errors",
-                    "Source input skipped or lost: oversized or truncated records, input left at a stop",
-                    shared.source_errors.load(Ordering::Relaxed),
-                ),
-            ]);
-            if let Some(bridge) = shm_daemon::nats::counters() {
-                readings.extend(shm_daemon::nats::metric_readings("producerd", &bridge));
+        let participant =
+            metrics::Participant::of(segment.geometry().kind, Role::Producer, settings.producer_id, None, None);
+        let exposition = metrics::Exposition::new(&name, Role::Producer, participant.as_ref(), {
+            let participant = participant.clone();
+            move || {
+                let mut readings = match &participant {
+                    Some(p) => p.readings(&segment),
+                    None => metrics::segment_readings(&segment.stats(), Role::Producer),
+                };
+                readings.extend([
+                    metrics::Reading::counter(
+                        "producerd_records_committed",
+                        "Records this daemon committed",
+                        shared.committed.load(Ordering::Relaxed),
+                    ),
+                    metrics::Reading::counter(
+                        "producerd_records_dropped",
+                        "Records dropped because the ring was full (on_full = \"drop\")",
+                        shared.dropped.load(Ordering::Relaxed),
+                    ),
+                    metrics::Reading::counter(
+                        "producerd_source_errors",
+                        "Source input skipped or lost: oversized or truncated records, input left at a stop",
+                        shared.source_errors.load(Ordering::Relaxed),
+                    ),
+                ]);
+                if let Some(bridge) = shm_daemon::nats::counters() {
+                    readings.extend(shm_daemon::nats::metric_readings("producerd", &bridge));
+                }
+                readings
             }
-            readings
         });
         let render = exposition.into_render();
         (addr, render)

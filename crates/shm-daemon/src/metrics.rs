@@ -10,7 +10,9 @@
 //! A segment's counters are exported once per role: `producerd` exports the producer's
 //! side (`shmring_records_produced_total`, ...), `consumerd` the consumer's side and the
 //! segment's gauges (`shmring_capacity_bytes`, `shmring_used_bytes`, ...), so a sum over
-//! all jobs counts every record once. The README's "Metrics" table lists every series.
+//! all jobs counts every record once. A daemon that shares its role on its ring exports
+//! its own participant's counters instead, labelled `participant` ([`Participant`]).
+//! The README's "Metrics" table lists every series.
 //!
 //! The exposition is rendered on each request, reading the segment's counters then;
 //! nothing is cached, so a scrape always sees the live values.
@@ -41,7 +43,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use shm_core::{Counter, Role, StatsSnapshot};
+use shm_core::{Counter, RingKind, Role, Segment, StatsSnapshot};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::warn;
@@ -153,28 +155,153 @@ pub fn segment_readings(stats: &StatsSnapshot, role: Role) -> Vec<Reading> {
         })
         .collect();
     if role == Role::Consumer {
-        readings.extend([
-            Reading::gauge(
-                "shmring_capacity",
-                "Bytes of ring data the segment holds",
-                Kind::GaugeBytes,
-                stats.capacity,
-            ),
-            Reading::gauge(
-                "shmring_used",
-                "Bytes committed and not yet released, frames and padding included",
-                Kind::GaugeBytes,
-                stats.used_bytes,
-            ),
-            Reading::gauge(
-                "shmring_records_in_flight",
-                "Records committed and not yet released",
-                Kind::Gauge,
-                stats.records_in_flight,
-            ),
-        ]);
+        readings.extend(segment_gauges(stats));
     }
     readings
+}
+
+/// The segment's levels, which `consumerd` exports: capacity, bytes and records in flight.
+fn segment_gauges(stats: &StatsSnapshot) -> [Reading; 3] {
+    [
+        Reading::gauge("shmring_capacity", "Bytes of ring data the segment holds", Kind::GaugeBytes, stats.capacity),
+        Reading::gauge(
+            "shmring_used",
+            "Bytes committed and not yet released, frames and padding included",
+            Kind::GaugeBytes,
+            stats.used_bytes,
+        ),
+        Reading::gauge(
+            "shmring_records_in_flight",
+            "Records committed and not yet released",
+            Kind::Gauge,
+            stats.records_in_flight,
+        ),
+    ]
+}
+
+/// A daemon that shares its role on its ring with others of the same role: an mpsc or
+/// mpmc producer (by producer id), a broadcast consumer (by name), an mpmc worker (by
+/// worker id). Such a daemon exports its own participant's counters under the segment
+/// families, labelled `participant`, instead of the segment's totals (which every daemon
+/// of the role would export again), so a sum over jobs still counts every record once
+/// (for broadcast: every delivery once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Participant {
+    /// Producer `id` of an mpsc or mpmc ring.
+    Producer(usize),
+    /// The named consumer of a broadcast ring.
+    BroadcastConsumer(String),
+    /// Worker `id` of an mpmc ring.
+    Worker(usize),
+}
+
+impl Participant {
+    /// Which participant a daemon of `role` is on a ring of `kind`, given its configured
+    /// producer id, consumer name and worker id; `None` where it holds the role alone.
+    pub fn of(
+        kind: RingKind,
+        role: Role,
+        producer_id: Option<usize>,
+        consumer_name: Option<&str>,
+        worker_id: Option<usize>,
+    ) -> Option<Participant> {
+        match (kind, role) {
+            (RingKind::Mpsc | RingKind::Mpmc, Role::Producer) => Some(Participant::Producer(producer_id.unwrap_or(0))),
+            (RingKind::Broadcast, Role::Consumer) => {
+                consumer_name.map(|n| Participant::BroadcastConsumer(n.to_owned()))
+            }
+            (RingKind::Mpmc, Role::Consumer) => worker_id.map(Participant::Worker),
+            _ => None,
+        }
+    }
+
+    /// The `participant` label's value: the producer or worker id, or the consumer name.
+    pub fn label(&self) -> String {
+        match self {
+            Participant::Producer(id) | Participant::Worker(id) => id.to_string(),
+            Participant::BroadcastConsumer(name) => name.clone(),
+        }
+    }
+
+    /// This participant's readings, read from the segment's per-participant rows: its
+    /// side's counters that the segment keeps per participant, and for a consumer its
+    /// lag and the segment's gauges (levels, the same from every consumer: aggregate
+    /// them with `max`). Empty when the segment has no row for it yet.
+    pub fn readings(&self, segment: &Segment) -> Vec<Reading> {
+        let mut readings = Vec::new();
+        let family = |counter: Counter| counter_family(counter);
+        match self {
+            Participant::Producer(id) => {
+                let rows = segment
+                    .mpsc_status()
+                    .map(|s| s.producers)
+                    .or_else(|| segment.mpmc_status().map(|s| s.producers))
+                    .unwrap_or_default();
+                if let Some(row) = rows.into_iter().find(|p| p.row.id == *id).map(|p| p.row) {
+                    for (counter, value) in [
+                        (Counter::TotalProduced, row.records),
+                        (Counter::BytesProduced, row.bytes),
+                        (Counter::ProducerBlocks, row.blocks),
+                        (Counter::ProducerSleeps, row.sleeps),
+                    ] {
+                        let (name, help) = family(counter);
+                        readings.push(Reading::counter(name, help, value));
+                    }
+                    readings.push(Reading::counter(
+                        "shmring_unblocked_records",
+                        "Records of this producer that died between claim and commit, turned into padding by the consumer",
+                        row.unblocked_records,
+                    ));
+                }
+            }
+            Participant::BroadcastConsumer(name) => {
+                let rows = segment.broadcast_status().unwrap_or_default();
+                if let Some(row) = rows.into_iter().map(|c| c.row).find(|r| r.name.as_deref() == Some(name)) {
+                    let (consumed, consumed_help) = family(Counter::TotalConsumed);
+                    let (bytes, bytes_help) = family(Counter::BytesConsumed);
+                    readings.extend([
+                        Reading::counter(consumed, consumed_help, row.tallies.delivered),
+                        Reading::counter(bytes, bytes_help, row.tallies.bytes),
+                        Reading::counter(
+                            "shmring_records_missed",
+                            "Records this named consumer missed (lapped, or passed while it was away)",
+                            row.tallies.missed,
+                        ),
+                        Reading::level(
+                            "shmring_consumer_lag_records",
+                            "Records published and not yet read by this consumer",
+                            row.lag_records,
+                        ),
+                        Reading::gauge(
+                            "shmring_consumer_lag",
+                            "Bytes published and not yet read by this consumer",
+                            Kind::GaugeBytes,
+                            row.lag_bytes,
+                        ),
+                    ]);
+                }
+            }
+            Participant::Worker(id) => {
+                let rows = segment.mpmc_status().map(|s| s.workers).unwrap_or_default();
+                if let Some(row) = rows.into_iter().map(|w| w.row).find(|r| r.id == *id) {
+                    let (consumed, consumed_help) = family(Counter::TotalConsumed);
+                    readings.extend([
+                        Reading::counter(consumed, consumed_help, row.acknowledged),
+                        Reading::counter("shmring_records_taken", "Records this worker took from the ring", row.taken),
+                        Reading::counter(
+                            "shmring_records_redelivered",
+                            "Records this worker took over from a worker that died holding them",
+                            row.redelivered,
+                        ),
+                    ]);
+                }
+            }
+        }
+        if !matches!(self, Participant::Producer(_)) {
+            readings.extend(segment_gauges(&segment.stats()));
+        }
+        readings
+    }
 }
 
 /// Reads its values on each scrape.
@@ -240,12 +367,22 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    /// An exposition of what `read` returns on each scrape, labelled with `segment` and `role`.
-    pub fn new(segment: &str, role: Role, read: impl Fn() -> Vec<Reading> + Send + Sync + 'static) -> Self {
-        let labels = [
+    /// An exposition of what `read` returns on each scrape, labelled with `segment` and
+    /// `role`, and with `participant` where the daemon shares its role on the ring (see
+    /// [`Participant`]).
+    pub fn new(
+        segment: &str,
+        role: Role,
+        participant: Option<&Participant>,
+        read: impl Fn() -> Vec<Reading> + Send + Sync + 'static,
+    ) -> Self {
+        let mut labels = vec![
             (Cow::Borrowed("segment"), Cow::Owned(segment.to_owned())),
             (Cow::Borrowed("role"), Cow::Borrowed(role_label(role))),
         ];
+        if let Some(participant) = participant {
+            labels.push((Cow::Borrowed("participant"), Cow::Owned(participant.label())));
+        }
         let mut registry = Registry::with_labels(labels.into_iter());
         registry.register_collector(Box::new(LiveReadings(Box::new(read))));
         Exposition { registry }

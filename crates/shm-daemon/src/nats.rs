@@ -538,7 +538,8 @@ mod tests {
         counters.in_flight.store(3, Ordering::Relaxed);
         counters.acked.store(7, Ordering::Relaxed);
         let readings = metric_readings("consumerd", &counters);
-        let text = crate::metrics::Exposition::new("/t", shm_core::Role::Consumer, move || readings.clone()).render();
+        let text =
+            crate::metrics::Exposition::new("/t", shm_core::Role::Consumer, None, move || readings.clone()).render();
         assert!(text.contains("# TYPE consumerd_nats_in_flight gauge"), "{text}");
         assert!(
             text.contains("consumerd_nats_in_flight{") && !text.contains("consumerd_nats_in_flight_total"),
