@@ -18,6 +18,13 @@
 //!   - mpsc, 60 kills of either of two producers (ids 0 and 1) or the consumer: each
 //!     producer's ledger against its records in the one file, exactly once and in its
 //!     order; the ring's counters equal the file's count.
+//!   - broadcast (not lossy), 60 kills of the producer or either of two named consumers:
+//!     a dead consumer holds the producer back no longer, so the producer may pass it;
+//!     the records it then misses are counted in the ring. Each consumer's file holds
+//!     every acknowledged record once, in order, except exactly as many as the ring
+//!     counted missed for it (the ledger's count, not the ring's, is compared), in at
+//!     most one stretch per kill of that consumer; the ring's delivered tally equals
+//!     the file's count.
 //!   - mpmc, 60 kills of either of two producers or either of two workers: the union of
 //!     the workers' files holds every acknowledged record; a record is there twice only
 //!     if a killed worker had written it and not acknowledged it, so duplicates are at
@@ -57,7 +64,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use shm_core::{Liveness, Location, Role, Segment, StatsSnapshot, WaitStrategy};
 use shmring_tests::daemons::{
     Daemon, Kind, Launch, PATIENCE, binary_file_sink, fifo, observe, observe_when_created, open_fifo_writer,
@@ -65,7 +72,8 @@ use shmring_tests::daemons::{
 };
 use shmring_tests::fixture::binary;
 use shmring_tests::ledger::{
-    Evidence, Figures, GENERATOR_LEDGER_VAR, GeneratorStream, per_producer_evidence, stream_through,
+    Evidence, Figures, GENERATOR_LEDGER_VAR, GeneratorStream, per_producer_evidence, read_generator_file, read_ledger,
+    stream_through,
 };
 use shmring_tests::records::{self, Api};
 use shmring_tests::torture::{Victim, kill_and_restart, kills_wanted, run_on_and_stop};
@@ -75,11 +83,12 @@ const PEER: &str = env!("CARGO_BIN_EXE_ring-peer");
 
 /// Kills in the spsc torture; `SHMRING_TORTURE_KILLS` overrides it (e.g. 1000).
 const TORTURE_KILLS: u64 = 200;
-/// Kills in each of the mpsc and mpmc tortures (about 11 s each here);
+/// Kills in each of the mpsc, broadcast and mpmc tortures (about 11 s each here);
 /// `SHMRING_TORTURE_KILLS` overrides it too.
 const KIND_TORTURE_KILLS: u64 = 60;
 /// The torture generator's rate, records per second (split between the producers of an
-/// mpsc ring).
+/// mpsc ring; half of it for the broadcast ring's one producer, whose records each
+/// consumer writes).
 const TORTURE_RATE: u64 = 100_000;
 /// Each mpmc torture generator's rate: a worker's sink takes one record per hook.
 const MPMC_TORTURE_RATE: u64 = 10_000;
@@ -245,6 +254,133 @@ fn kill9_torture_mpsc_keeps_each_producers_records_exactly_once_in_order() {
     kills.assert_every_role_killed();
     evidence.assert_exact();
     assert_eq!((stats.total_produced, stats.total_consumed), (evidence.delivered, evidence.delivered), "{stats:#?}");
+    assert!(stats.total_produced > kills.total * 500, "only {} records in {kills:?}", stats.total_produced);
+}
+
+/// The stretches of `ledger` that `delivered` lacks: maximal runs of acknowledged
+/// numbers, in order, none of which was delivered, as `(first, records)`.
+fn gaps(ledger: &[u64], delivered: &[u64]) -> Vec<(u64, u64)> {
+    let (mut ledger, mut delivered) = (ledger.to_vec(), delivered.to_vec());
+    ledger.sort_unstable();
+    delivered.sort_unstable();
+    let mut stretches: Vec<(u64, u64)> = Vec::new();
+    let mut in_stretch = false;
+    for seq in ledger {
+        let missing = delivered.binary_search(&seq).is_err();
+        match stretches.last_mut() {
+            Some((_, records)) if missing && in_stretch => *records += 1,
+            _ if missing => stretches.push((seq, 1)),
+            _ => {}
+        }
+        in_stretch = missing;
+    }
+    stretches
+}
+
+#[test]
+fn kill9_torture_broadcast_each_consumer_gets_every_record_once_or_counts_it_missed() {
+    let _turn = heavy();
+    let wanted = kills_wanted(KIND_TORTURE_KILLS);
+    let seed = seed("kill9_torture_broadcast");
+    let fx = Fixture::new("torture-bcast");
+    let location = fx.location(Backend::Posix);
+    let segment = torture_segment("kind = \"broadcast\"");
+    let ledger = fx.path("generator.ledger");
+    let names = ["a", "b"];
+    let outs = names.map(|name| fx.path(&format!("{name}.bin")));
+    // The consumers first: a new name joins at the newest record.
+    let mut victims: Vec<Victim> = names
+        .iter()
+        .zip(&outs)
+        .map(|(name, out)| {
+            let sink = format!("consumer_name = \"{name}\"\n{}", binary_file_sink(out));
+            Victim::ready(
+                &fx,
+                &format!("consumer_{name}"),
+                Daemon::launch(&fx, Kind::Consumer, &consumer(&location, &segment, &sink)),
+            )
+        })
+        .collect();
+    let producer = Daemon::launch(&fx, Kind::Producer, &generator(&location, &segment, TORTURE_RATE / 2, (24, 64)))
+        .env(GENERATOR_LEDGER_VAR, &ledger.display().to_string());
+    victims.push(Victim::ready(&fx, "producer", producer));
+    let ring = observe(&location);
+    let tallies = |name: &str| {
+        let rows = ring.broadcast_status().expect("a broadcast ring");
+        let row = rows.iter().find(|r| r.row.name.as_deref() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
+        row.row.tallies
+    };
+    wait_until(PATIENCE, "the stream flows", || names.iter().all(|n| tallies(n).delivered > 1000));
+
+    let kills = kill_and_restart(&fx, &mut victims, wanted, seed);
+    run_on_and_stop(&fx, &ring, &victims, 10_000, || {
+        let produced = ring.stats().total_produced;
+        wait_until(PATIENCE, &format!("{names:?} accounted for {produced} records"), || {
+            names.iter().all(|n| {
+                let t = tallies(n);
+                t.delivered + t.missed == produced
+            })
+        });
+    });
+    let stats = ring.stats();
+    let acknowledged = read_ledger(&ledger);
+    let mut each = Vec::new();
+    let mut problems = Vec::new();
+    for (name, out) in names.iter().zip(&outs) {
+        let evidence = per_producer_evidence(&[(0, &ledger)], out);
+        let t = tallies(name);
+        let killed = kills.of(&format!("consumer_{name}"));
+        let runs = gaps(&acknowledged, &read_generator_file(out));
+        if evidence.duplicated != 0 || evidence.reordered != 0 {
+            problems.push(format!("{name}: duplicated or reordered: {evidence:?}"));
+        }
+        // What the ledger says it lacks is what the ring told it it missed, no more, no less.
+        if evidence.lost != t.missed {
+            problems
+                .push(format!("{name}: lost {} by the ledger, the ring counted {} missed", evidence.lost, t.missed));
+        }
+        // Each record the ring counted as delivered is in the file once.
+        if t.delivered != evidence.delivered {
+            problems.push(format!(
+                "{name}: the ring counts {} delivered, the file holds {}",
+                t.delivered, evidence.delivered
+            ));
+        }
+        // Only a dead consumer is passed, and each time it died it missed at most one
+        // stretch: it resumes at the oldest record still in the ring.
+        if runs.len() as u64 > killed {
+            problems.push(format!("{name}: {} stretches missing ({runs:?}), {killed} kills", runs.len()));
+        }
+        each.push((name, evidence, t.missed, runs, killed));
+    }
+    eprintln!("torture broadcast: {kills:?}; {} records committed; {each:?}", stats.total_produced);
+    let evidences: Vec<Evidence> = each.iter().map(|e| e.1.clone()).collect();
+    let mut both = Evidence::sum(&evidences);
+    // The row's lost column is what is missing beyond what the ring told each consumer it
+    // missed (a dead consumer is passed, and told); the passed records are in `missed`.
+    both.lost = each.iter().map(|(_, e, missed, _, _)| e.lost.abs_diff(*missed)).sum();
+    let per_consumer: Map<String, Value> = each
+        .iter()
+        .map(|(name, e, missed, runs, _)| {
+            let figures = json!({ "lost": e.lost, "missed": missed, "missed_stretches": runs.len(), "first_missed": runs.first().map(|r| r.0), "duplicated": e.duplicated, "delivered": e.delivered });
+            (format!("consumer_{name}"), figures)
+        })
+        .collect();
+    report(
+        "kill9_torture_broadcast",
+        "broadcast ring (not lossy), 1 producerd generator + 2 consumerd (file sinks, names a and b): SIGKILL of any of the three at random moments, restarted each time (consumers under their names); lost = records missing beyond the missed count the ring reports to each consumer",
+        kills.total,
+        problems.is_empty(),
+        &Figures::Counted(both.clone()),
+        kills.columns(json!({
+            "total_produced": stats.total_produced,
+            "per_consumer": per_consumer,
+            "unacknowledged": both.unacknowledged,
+        })),
+    );
+    kills.assert_every_role_killed();
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(both.acknowledged > 0, "the ledger is empty: nothing was proven ({both:?})");
     assert!(stats.total_produced > kills.total * 500, "only {} records in {kills:?}", stats.total_produced);
 }
 
