@@ -21,10 +21,13 @@
 //!   - broadcast (not lossy), 60 kills of the producer or either of two named consumers:
 //!     a dead consumer holds the producer back no longer, so the producer may pass it;
 //!     the records it then misses are counted in the ring. Each consumer's file holds
-//!     every acknowledged record once, in order, except exactly as many as the ring
+//!     every acknowledged record once, in order, except at most as many as the ring
 //!     counted missed for it (the ledger's count, not the ring's, is compared), in at
-//!     most one stretch per kill of that consumer; the ring's delivered tally equals
-//!     the file's count.
+//!     most one stretch per kill of that consumer. The ring may count more: a consumer
+//!     killed after its sink made a batch durable and before it released it resumes
+//!     before that batch, and if the producer overwrote it meanwhile, counts it missed
+//!     though the file has it (at most a batch per kill). The file's count is the ring's
+//!     delivered tally plus those.
 //!   - mpmc, 60 kills of either of two producers or either of two workers: the union of
 //!     the workers' files holds every acknowledged record; a record is there twice only
 //!     if a killed worker had written it and not acknowledged it, so duplicates are at
@@ -90,6 +93,9 @@ const KIND_TORTURE_KILLS: u64 = 60;
 /// mpsc ring; half of it for the broadcast ring's one producer, whose records each
 /// consumer writes).
 const TORTURE_RATE: u64 = 100_000;
+/// The most records consumerd reads in one batch (`BATCH` in its daemon.rs): what one
+/// killed consumer may have made durable and not released.
+const CONSUMERD_BATCH: u64 = 1024;
 /// Each mpmc torture generator's rate: a worker's sink takes one record per hook.
 const MPMC_TORTURE_RATE: u64 = 10_000;
 /// Bursts in the wake-up storm (about 14 s here); `SHMRING_STORM_RECORDS` overrides it.
@@ -334,15 +340,25 @@ fn kill9_torture_broadcast_each_consumer_gets_every_record_once_or_counts_it_mis
         if evidence.duplicated != 0 || evidence.reordered != 0 {
             problems.push(format!("{name}: duplicated or reordered: {evidence:?}"));
         }
-        // What the ledger says it lacks is what the ring told it it missed, no more, no less.
-        if evidence.lost != t.missed {
+        // Nothing is missing that the ring did not count as missed.
+        if evidence.lost > t.missed {
             problems
                 .push(format!("{name}: lost {} by the ledger, the ring counted {} missed", evidence.lost, t.missed));
         }
-        // Each record the ring counted as delivered is in the file once.
-        if t.delivered != evidence.delivered {
+        // The ring may count as missed records that are in the file: a consumer killed
+        // after its sink made a batch durable and before it released it, passed while it
+        // was dead, resumes before that batch, finds it overwritten and counts it missed.
+        // At most one batch (consumerd reads at most CONSUMERD_BATCH records) per death.
+        let missed_but_written = t.missed.saturating_sub(evidence.lost);
+        if missed_but_written > killed * CONSUMERD_BATCH {
+            problems
+                .push(format!("{name}: {missed_but_written} records counted missed are in the file, {killed} kills"));
+        }
+        // Everything else the ring counted as delivered is in the file once: the file
+        // holds what the ring delivered and those.
+        if t.delivered + missed_but_written != evidence.delivered {
             problems.push(format!(
-                "{name}: the ring counts {} delivered, the file holds {}",
+                "{name}: the ring counts {} delivered (and {missed_but_written} missed but written), the file holds {}",
                 t.delivered, evidence.delivered
             ));
         }
@@ -358,17 +374,17 @@ fn kill9_torture_broadcast_each_consumer_gets_every_record_once_or_counts_it_mis
     let mut both = Evidence::sum(&evidences);
     // The row's lost column is what is missing beyond what the ring told each consumer it
     // missed (a dead consumer is passed, and told); the passed records are in `missed`.
-    both.lost = each.iter().map(|(_, e, missed, _, _)| e.lost.abs_diff(*missed)).sum();
+    both.lost = each.iter().map(|(_, e, missed, _, _)| e.lost.saturating_sub(*missed)).sum();
     let per_consumer: Map<String, Value> = each
         .iter()
         .map(|(name, e, missed, runs, _)| {
-            let figures = json!({ "lost": e.lost, "missed": missed, "missed_stretches": runs.len(), "first_missed": runs.first().map(|r| r.0), "duplicated": e.duplicated, "delivered": e.delivered });
+            let figures = json!({ "lost": e.lost, "missed": missed, "missed_but_in_the_file": missed.saturating_sub(e.lost), "missed_stretches": runs.len(), "first_missed": runs.first().map(|r| r.0), "duplicated": e.duplicated, "delivered": e.delivered });
             (format!("consumer_{name}"), figures)
         })
         .collect();
     report(
         "kill9_torture_broadcast",
-        "broadcast ring (not lossy), 1 producerd generator + 2 consumerd (file sinks, names a and b): SIGKILL of any of the three at random moments, restarted each time (consumers under their names); lost = records missing beyond the missed count the ring reports to each consumer",
+        "broadcast ring (not lossy), 1 producerd generator + 2 consumerd (file sinks, names a and b): SIGKILL of any of the three at random moments, restarted each time (consumers under their names); lost = records missing beyond the missed count the ring reports to each consumer (which may include records a consumer killed between making a batch durable and releasing it had written)",
         kills.total,
         problems.is_empty(),
         &Figures::Counted(both.clone()),
