@@ -84,6 +84,11 @@ impl Launch {
         self
     }
 
+    /// Which daemon it starts.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
     /// The config file the daemon reads.
     pub fn config_path(&self) -> &Path {
         &self.config

@@ -12,6 +12,7 @@
 //! - [`nats_server`]: a real `nats-server` for the bridge tests.
 //! - [`reliability`]: the `RELIABILITY` line of the reliability tests.
 //! - [`skip`]: how a test that cannot run here says so visibly (and fails in CI).
+//! - [`torture`]: the kill -9 torture of every daemon of a ring, shared by the ring kinds.
 //! - [`forked`]: forking children in tests without the harness.
 //! - [`peer`]: what the `mpsc-peer`, `broadcast-peer` and `mpmc-peer` binaries share.
 //!
@@ -29,6 +30,7 @@ pub mod records;
 pub mod reliability;
 pub mod skip;
 pub mod stream;
+pub mod torture;
 
 pub use fixture::{
     Backend, Finished, Fixture, ObjectStat, Proc, ProcStat, Summary, location_args, os_stat, seed, wait_until,

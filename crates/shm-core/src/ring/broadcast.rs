@@ -1021,7 +1021,7 @@ impl Consumer {
             let this = &mut *batch.consumer;
             let Some(found) = this.next_frame()? else { break };
             // The frame just read ends at `pos`.
-            let position = this.pos - (frame::framed_len_u32(this.buf.len() as u32) + 8);
+            let position = this.pos - (frame::framed_len_u32(this.buf_len as u32) + 8);
             if let Err(error) = sink(this.record(found), position) {
                 return Err(super::BatchError::Sink { accepted: 0, error });
             }
@@ -1447,6 +1447,32 @@ mod tests {
         let positions: Vec<u64> = seen.iter().map(|&(_, _, at)| at).collect();
         assert_eq!(positions, [0, 56, 112, 168, 224]);
         assert_eq!(c.tallies().delivered, 5);
+    }
+
+    #[test]
+    fn a_durable_batch_hands_each_record_its_own_position_whatever_the_sizes_before_it() {
+        let ring = heap_ring(4096, false);
+        let mut p = ring.producer();
+        let mut c = ring.consumer("d");
+        // Largest first: the consumer's copy buffer keeps the largest record's length,
+        // which is not the length of the records after it.
+        for len in [64, 8, 40] {
+            p.try_publish(&vec![7; len]).unwrap();
+        }
+        let mut seen = Vec::new();
+        let end = std::cell::Cell::new(0);
+        assert_eq!(
+            durable_batch(&mut c, &mut seen, |next| {
+                end.set(next);
+                Ok(())
+            })
+            .unwrap(),
+            3
+        );
+        // Frames of 16 + 64, 16 + 8, 16 + 40 bytes (header and sequence number, payload).
+        let positions: Vec<u64> = seen.iter().map(|&(_, _, at)| at).collect();
+        assert_eq!(positions, [0, 80, 104], "a sink that skips below a position must see each frame's start");
+        assert_eq!(end.get(), 160);
     }
 
     #[test]
