@@ -256,11 +256,32 @@ impl RawNats {
                 src.error(&format!("nats.{key}"), Some(n), format!("{} is not between 1 and {max}", n.get_ref()))
             }),
         };
+        // Read at every connect: one that cannot be read is a config error now (exit 78
+        // naming the key), not a connection that retries until the watchdog stops it.
+        let tls_ca = path("tls_ca", &self.tls_ca)?;
+        let (tls_cert, tls_key) = tls_client.as_ref().map(|(c, k)| (Some(c), Some(k))).unwrap_or_default();
+        for (key, file, given) in [
+            ("creds", creds.as_ref(), &self.creds),
+            ("nkey", nkey.as_ref(), &self.nkey),
+            ("tls_ca", tls_ca.as_ref(), &self.tls_ca),
+            ("tls_cert", tls_cert, &self.tls_cert),
+            ("tls_key", tls_key, &self.tls_key),
+        ] {
+            if let Some(file) = file
+                && let Err(e) = std::fs::File::open(file)
+            {
+                return Err(src.error(
+                    &format!("nats.{key}"),
+                    given.as_ref(),
+                    format!("cannot read {}: {e}", file.display()),
+                ));
+            }
+        }
         Ok(NatsSettings {
             servers,
             creds,
             nkey,
-            tls_ca: path("tls_ca", &self.tls_ca)?,
+            tls_ca,
             tls_client,
             stream,
             subject,
@@ -495,7 +516,10 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<jetstream::C
         .connect(servers)
         .await
         .context("connecting to nats")?;
-    Ok(jetstream::new(client))
+    // The sink keeps up to `max_in_flight` publishes unacknowledged and settles the
+    // oldest before it sends another, so the context must allow that many: with
+    // async-nats's default of 5000, a larger setting made the 5001st publish fail.
+    Ok(jetstream::context::ContextBuilder::new().max_ack_inflight(settings.max_in_flight).build(client))
 }
 
 /// The stream, created with the configured retention, window and replicas when it is
@@ -579,6 +603,9 @@ mod tests {
         said(BridgeEnd::Sink, "retention = \"forever\"", "nats.retention (line 1)");
         said(BridgeEnd::Sink, "creds = \"a\"\nnkey = \"b\"", "nats.nkey (line 2)");
         said(BridgeEnd::Sink, "tls_cert = \"a\"", "nats.tls_key");
+        said(BridgeEnd::Sink, "creds = \"/nonexistent/shmring.creds\"", "nats.creds (line 1): cannot read");
+        said(BridgeEnd::Sink, "nkey = \"/nonexistent/shmring.nk\"", "nats.nkey (line 1): cannot read");
+        said(BridgeEnd::Sink, "tls_ca = \"/nonexistent/ca.pem\"", "nats.tls_ca (line 1): cannot read");
         said(BridgeEnd::Sink, "stream = \"a b\"", "nats.stream (line 1)");
         said(BridgeEnd::Sink, "batch = 5", "nats.batch: does not apply to the sink");
         said(BridgeEnd::Source, "subject = \"a\"", "nats.state: is required");
