@@ -304,6 +304,26 @@ fn valid_subject(subject: &str) -> bool {
     !subject.is_empty() && subject.split('.').all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
 }
 
+/// The header that carries a record's ring type across the bridge: the sink sets it,
+/// the source commits the record with it.
+pub const TYPE_HEADER: &str = "Shmring-Type";
+/// The header that carries a generator record's producer id (0 for other records).
+pub const PRODUCER_HEADER: &str = "Shmring-Producer";
+
+/// The ring record type of a message whose [`TYPE_HEADER`] is `value`: 0 without the
+/// header (a message another publisher wrote); an error for a value that is no record
+/// type (not a number, or in the ring's reserved range from `0xFFFF_0000`).
+pub fn record_type_from_header(value: Option<&str>) -> Result<u32, String> {
+    let Some(value) = value else { return Ok(0) };
+    match value.trim().parse::<u32>() {
+        Ok(t) if t < shm_core::ring::frame::RESERVED_TYPES => Ok(t),
+        _ => Err(format!(
+            "{TYPE_HEADER}: {value:?} is not a record type (0 to {})",
+            shm_core::ring::frame::RESERVED_TYPES - 1
+        )),
+    }
+}
+
 /// The sink's subject template: literal text with `{producer}` (the generator record's
 /// producer id, 0 for other records) and `{type}` (the ring record type).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,10 +421,12 @@ pub struct BridgeCounters {
     pub published: AtomicU64,
     /// Sink: publishes JetStream acknowledged. Source: messages acknowledged after commit.
     pub acked: AtomicU64,
-    /// Sink: acknowledgements that said "duplicate" (a republish after a restart).
+    /// Sink: records published again after a refused batch (this run's retries).
     /// Source: messages the server delivered more than once.
     pub redelivered: AtomicU64,
-    /// Source: messages at or below the last committed sequence, acknowledged and dropped.
+    /// Sink: publishes JetStream acknowledged as duplicates (stored before, by an earlier
+    /// delivery or a killed run) and so stored once. Source: messages at or below the
+    /// last committed sequence, acknowledged and dropped.
     pub deduplicated: AtomicU64,
     /// Sink: publishes awaiting their acknowledgement. Source: committed, not yet acknowledged.
     pub in_flight: AtomicU64,
@@ -615,6 +637,16 @@ mod tests {
             .expect("valid");
         assert_eq!(ok.servers.len(), 2);
         assert_eq!((ok.batch, ok.max_in_flight, ok.duplicate_window), (256, 1024, Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn the_type_header_gives_the_record_type() {
+        assert_eq!(record_type_from_header(None), Ok(0));
+        assert_eq!(record_type_from_header(Some("7")), Ok(7));
+        assert_eq!(record_type_from_header(Some("4294901759")), Ok(0xFFFE_FFFF));
+        for bad in ["4294901760", "-1", "x", ""] {
+            assert!(record_type_from_header(Some(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]
