@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::daemons::free_tcp_port;
+use crate::daemons::{free_tcp_port, http_get};
 use crate::fixture::{Fixture, Proc, wait_until};
 
 /// Where Debian installs the server, and the name on `PATH` otherwise.
@@ -29,11 +29,17 @@ pub fn binary() -> PathBuf {
     })
 }
 
-/// One JetStream server on `127.0.0.1:port`.
+/// One JetStream server on `127.0.0.1:port`, alone or a node of a [`NatsCluster`].
 pub struct NatsServer {
     /// Its client port.
     pub port: u16,
+    /// Its name (`n0`, `n1`, ... in a cluster).
+    pub name: String,
+    /// Its monitoring port (`/jsz`).
+    pub http_port: u16,
     store: PathBuf,
+    /// In a cluster: its route port and the routes to the others.
+    cluster: Option<(u16, String)>,
     proc: Option<Proc>,
 }
 
@@ -42,9 +48,20 @@ impl NatsServer {
     /// until it accepts connections.
     #[track_caller]
     pub fn start(fx: &Fixture) -> NatsServer {
-        let mut server = NatsServer { port: free_tcp_port(), store: fx.path("nats-store"), proc: None };
+        let mut server = NatsServer::new(fx, "n0", None);
         server.restart(fx);
         server
+    }
+
+    fn new(fx: &Fixture, name: &str, cluster: Option<(u16, String)>) -> NatsServer {
+        NatsServer {
+            port: free_tcp_port(),
+            name: name.to_owned(),
+            http_port: free_tcp_port(),
+            store: fx.path(&format!("nats-store-{name}")),
+            cluster,
+            proc: None,
+        }
     }
 
     /// The URL the daemons' `[nats] servers` list takes.
@@ -52,15 +69,25 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Starts it (again, on the same port and store).
+    /// Starts it (again, on the same ports and store).
     #[track_caller]
     pub fn restart(&mut self, fx: &Fixture) {
-        let proc = fx.spawn(
-            "nats-server",
-            Command::new(binary())
-                .args(["--jetstream", "--addr", "127.0.0.1", "--port", &self.port.to_string(), "--store_dir"])
-                .arg(&self.store),
-        );
+        let mut command = Command::new(binary());
+        command
+            .args(["--jetstream", "--addr", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--name", &self.name, "--http_port", &self.http_port.to_string(), "--store_dir"])
+            .arg(&self.store);
+        if let Some((route_port, routes)) = &self.cluster {
+            command.args([
+                "--cluster_name",
+                "shmring",
+                "--cluster",
+                &format!("nats://127.0.0.1:{route_port}"),
+                "--routes",
+                routes,
+            ]);
+        }
+        let proc = fx.spawn("nats-server", &mut command);
         let port = self.port;
         wait_until(Duration::from_secs(10), "nats-server accepts connections", || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -73,5 +100,58 @@ impl NatsServer {
         if let Some(proc) = self.proc.take() {
             fx.kill(&proc);
         }
+    }
+
+    /// The name of the leader of `stream` as this server's `/jsz` reports it (`None`
+    /// when it knows none, or does not answer).
+    pub fn stream_leader(&self, stream: &str) -> Option<String> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.http_port));
+        let response = std::panic::catch_unwind(|| http_get(addr, "/jsz?accounts=true&streams=true")).ok()?;
+        let body = response.split_once("\r\n\r\n")?.1;
+        let jsz: serde_json::Value = serde_json::from_str(body).ok()?;
+        let accounts = jsz["account_details"].as_array()?;
+        accounts
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+            .find(|s| s["name"] == stream)
+            .and_then(|s| s["cluster"]["leader"].as_str().map(str::to_owned))
+    }
+}
+
+/// Three JetStream servers routed to each other on loopback (cluster `shmring`), for
+/// streams with `replicas = 3`.
+pub struct NatsCluster {
+    /// The nodes, `n0` to `n2`.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts the three nodes and waits until each accepts connections.
+    #[track_caller]
+    pub fn start(fx: &Fixture) -> NatsCluster {
+        let route_ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
+        let routes: Vec<String> = route_ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let mut nodes: Vec<NatsServer> = (0..3)
+            .map(|i| {
+                let others: Vec<&str> = (0..3).filter(|&j| j != i).map(|j| routes[j].as_str()).collect();
+                NatsServer::new(fx, &format!("n{i}"), Some((route_ports[i], others.join(","))))
+            })
+            .collect();
+        for node in &mut nodes {
+            node.restart(fx);
+        }
+        NatsCluster { nodes }
+    }
+
+    /// The client URLs of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// The index among `nodes` of the one that leads `stream`, as the running nodes
+    /// report it.
+    pub fn leader_of(nodes: &[NatsServer], stream: &str) -> Option<usize> {
+        let name = nodes.iter().filter(|n| n.proc.is_some()).find_map(|n| n.stream_leader(stream))?;
+        nodes.iter().position(|n| n.name == name)
     }
 }

@@ -3,7 +3,10 @@
 //!
 //! The heartbeat (which the service loop turns into `WATCHDOG=1`) advances only when
 //! records move or the ring is really empty: a sink that refuses records, however
-//! healthy the thread, stops it, so systemd's watchdog sees the wedge. A sink error
+//! healthy the thread, stops it, so systemd's watchdog sees the wedge. The exception is
+//! a sink whose destination is away (`sinks::DestinationDown`, the nats sink while its
+//! server does not acknowledge): it bounds each wait, and waiting for the destination
+//! is then the daemon's job, so the thread beats while it retries. A sink error
 //! that retrying cannot cure (see `sinks::Unrecoverable`) ends the thread with it.
 //!
 //! [`RingConsumer`] is the segment's consumer, of its kind; every kind reads through the
@@ -251,11 +254,16 @@ pub fn run(
                     return Err(anyhow::Error::new(error).context("the sink failed"));
                 }
                 abandoned.context("the sink cannot return to its last acknowledged state")?;
-                if accepted > 0 {
-                    back_off = STEP;
+                // A destination that is away (the sink bounded its wait and logs the
+                // outage itself): the thread is healthy and waits, so it keeps beating.
+                let waiting = sinks::is_destination_down(&error);
+                if accepted > 0 || waiting {
+                    if accepted > 0 {
+                        back_off = STEP;
+                    }
                     beat();
                 }
-                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                if !waiting && last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
                     warn!(error = %error, retry_in = %humantime::format_duration(back_off), "sink refused records, retrying (they stay in the ring)");
                     last_warning = Some(Instant::now());
                 }
@@ -263,6 +271,9 @@ pub fn run(
                 let resume = Instant::now() + back_off;
                 loop {
                     std::thread::sleep(STEP.min(resume.saturating_duration_since(Instant::now())));
+                    if waiting {
+                        beat();
+                    }
                     // Relaxed: a flag; nothing else is read through it.
                     let stop_asked = drain.is_none() && shared.stop.load(Ordering::Relaxed);
                     if stop_asked || Instant::now() >= resume {

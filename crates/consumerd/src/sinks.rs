@@ -70,6 +70,24 @@ pub fn is_unrecoverable(error: &io::Error) -> bool {
     error.get_ref().is_some_and(|e| e.is::<Unrecoverable>())
 }
 
+/// A sink whose destination is away (a NATS server down, a cluster electing a leader):
+/// the sink bounded its wait and keeps nothing back, so the ring loop retries the batch
+/// with back-off, and keeps the heartbeat (the watchdog) and its stop handling, since
+/// waiting for the destination is then the daemon's job, as waiting for a segment is.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DestinationDown(pub String);
+
+/// An error that says the destination is away (see [`DestinationDown`]).
+pub fn destination_down(message: String) -> io::Error {
+    io::Error::other(DestinationDown(message))
+}
+
+/// Whether `error` came from [`destination_down`].
+pub fn is_destination_down(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|e| e.is::<DestinationDown>())
+}
+
 /// How long a datagram send may block (a receiver that stopped reading): then the
 /// record stays in the ring and the ring loop gets to check its stop and drain deadlines.
 const SEND_TIMEOUT: Duration = Duration::from_millis(100);

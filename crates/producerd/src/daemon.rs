@@ -200,11 +200,29 @@ impl RingProducer {
         }
     }
 
-    fn publish(&mut self, data: &[u8], timeout: Option<Duration>) -> Result<(), ClaimError> {
+    /// Copies `data` in as one record of `record_type` (below the reserved types).
+    fn publish(&mut self, data: &[u8], record_type: u32, timeout: Option<Duration>) -> Result<(), ClaimError> {
         match self {
-            RingProducer::Spsc(p) => p.publish(data, timeout),
-            RingProducer::Mpsc(p) => p.publish(data, timeout),
-            RingProducer::Broadcast(p, _) => p.publish(data, timeout),
+            RingProducer::Spsc(p) => {
+                let mut claim = p.claim(data.len(), timeout)?;
+                claim.copy_from_slice(data);
+                claim.set_record_type(record_type);
+                Ok(claim.commit()?)
+            }
+            RingProducer::Mpsc(p) => {
+                let mut claim = p.claim(data.len(), timeout)?;
+                claim.copy_from_slice(data);
+                claim.set_record_type(record_type);
+                claim.commit();
+                Ok(())
+            }
+            RingProducer::Broadcast(p, _) => {
+                let mut claim = p.claim(data.len(), timeout)?;
+                claim.copy_from_slice(data);
+                claim.set_record_type(record_type);
+                claim.commit();
+                Ok(())
+            }
         }
     }
 
@@ -702,13 +720,18 @@ fn fill_batch(
     Ok(filled)
 }
 
-/// Commits one record, waiting for space in steps; gives up only when stopping and the
-/// grace period has passed (the record is then reported lost).
-pub(crate) fn commit_waiting(producer: &mut RingProducer, data: &[u8], shared: &Shared) -> Result<bool> {
+/// Commits one record of `record_type`, waiting for space in steps; gives up only when
+/// stopping and the grace period has passed (the record is then reported lost).
+pub(crate) fn commit_waiting(
+    producer: &mut RingProducer,
+    data: &[u8],
+    record_type: u32,
+    shared: &Shared,
+) -> Result<bool> {
     let mut stop_deadline: Option<Instant> = None;
     loop {
         shared.beat();
-        match producer.publish(data, Some(STEP)) {
+        match producer.publish(data, record_type, Some(STEP)) {
             Ok(()) => {
                 shared.committed.fetch_add(1, Ordering::Relaxed);
                 return Ok(true);
@@ -855,7 +878,7 @@ fn read_stream(
             match next_record(&mut buffer.discarding, buffer.binary, &buffer.pending[used..], eof, max_record) {
                 Next::Record { start, len, used: n } => {
                     let at = used + start;
-                    if !commit_waiting(producer, &buffer.pending[at..at + len], shared)? {
+                    if !commit_waiting(producer, &buffer.pending[at..at + len], 0, shared)? {
                         committed_all = false;
                         break;
                     }

@@ -38,7 +38,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::message::Acker;
 use futures_util::StreamExt;
 use shm_core::Segment;
-use shm_daemon::nats::{BridgeCounters, NatsSettings};
+use shm_daemon::nats::{BridgeCounters, NatsSettings, TYPE_HEADER, record_type_from_header};
 use shm_daemon::record::fnv1a;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -54,6 +54,8 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 struct Delivery {
     stream_sequence: u64,
     delivered: i64,
+    /// From the sink's `Shmring-Type` header (0 without one).
+    record_type: u32,
     payload: bytes::Bytes,
     acker: Acker,
 }
@@ -127,7 +129,7 @@ impl NatsSource {
                     sequence: delivery.stream_sequence,
                     previous: last.unwrap_or(0),
                 })?;
-                if !commit_waiting(producer, &delivery.payload, shared)? {
+                if !commit_waiting(producer, &delivery.payload, delivery.record_type, shared)? {
                     // Stopping with the ring full: not committed, not acknowledged.
                     break;
                 }
@@ -157,7 +159,7 @@ async fn fetch_loop(
     counters: Arc<BridgeCounters>,
 ) {
     if let Err(e) = fetch(&settings, start, &deliveries, &mut to_ack, &counters).await {
-        tracing::error!("nats source: {e:#}");
+        tracing::error!(error = format!("{e:#}"), "nats source: the puller stopped");
     }
 }
 
@@ -174,7 +176,7 @@ async fn fetch(
         match shm_daemon::nats::ensure_stream(&js, settings).await {
             Ok(stream) => break stream,
             Err(e) if !said => {
-                warn!("nats source: the stream is not ready yet, retrying: {e:#}");
+                warn!(error = format!("{e:#}"), "nats source: the stream is not ready yet, retrying");
                 said = true;
             }
             Err(_) => {}
@@ -241,7 +243,18 @@ async fn fetch(
                 };
                 let (message, acker) = message.split();
                 counters.published.fetch_add(1, Ordering::Relaxed);
-                let delivery = Delivery { stream_sequence: info.0, delivered: info.1, payload: message.payload, acker };
+                let header = message.headers.as_ref().and_then(|h| h.get(TYPE_HEADER)).map(|v| v.as_str());
+                let record_type = record_type_from_header(header).unwrap_or_else(|e| {
+                    warn!(stream_sequence = info.0, error = %e, "nats source: bad Shmring-Type header; the record is written with type 0");
+                    0
+                });
+                let delivery = Delivery {
+                    stream_sequence: info.0,
+                    delivered: info.1,
+                    record_type,
+                    payload: message.payload,
+                    acker,
+                };
                 if deliveries.send(delivery).await.is_err() {
                     return;
                 }

@@ -256,11 +256,32 @@ impl RawNats {
                 src.error(&format!("nats.{key}"), Some(n), format!("{} is not between 1 and {max}", n.get_ref()))
             }),
         };
+        // Read at every connect: one that cannot be read is a config error now (exit 78
+        // naming the key), not a connection that retries until the watchdog stops it.
+        let tls_ca = path("tls_ca", &self.tls_ca)?;
+        let (tls_cert, tls_key) = tls_client.as_ref().map(|(c, k)| (Some(c), Some(k))).unwrap_or_default();
+        for (key, file, given) in [
+            ("creds", creds.as_ref(), &self.creds),
+            ("nkey", nkey.as_ref(), &self.nkey),
+            ("tls_ca", tls_ca.as_ref(), &self.tls_ca),
+            ("tls_cert", tls_cert, &self.tls_cert),
+            ("tls_key", tls_key, &self.tls_key),
+        ] {
+            if let Some(file) = file
+                && let Err(e) = std::fs::File::open(file)
+            {
+                return Err(src.error(
+                    &format!("nats.{key}"),
+                    given.as_ref(),
+                    format!("cannot read {}: {e}", file.display()),
+                ));
+            }
+        }
         Ok(NatsSettings {
             servers,
             creds,
             nkey,
-            tls_ca: path("tls_ca", &self.tls_ca)?,
+            tls_ca,
             tls_client,
             stream,
             subject,
@@ -281,6 +302,26 @@ impl RawNats {
 /// characters without spaces.
 fn valid_subject(subject: &str) -> bool {
     !subject.is_empty() && subject.split('.').all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
+}
+
+/// The header that carries a record's ring type across the bridge: the sink sets it,
+/// the source commits the record with it.
+pub const TYPE_HEADER: &str = "Shmring-Type";
+/// The header that carries a generator record's producer id (0 for other records).
+pub const PRODUCER_HEADER: &str = "Shmring-Producer";
+
+/// The ring record type of a message whose [`TYPE_HEADER`] is `value`: 0 without the
+/// header (a message another publisher wrote); an error for a value that is no record
+/// type (not a number, or in the ring's reserved range from `0xFFFF_0000`).
+pub fn record_type_from_header(value: Option<&str>) -> Result<u32, String> {
+    let Some(value) = value else { return Ok(0) };
+    match value.trim().parse::<u32>() {
+        Ok(t) if t < shm_core::ring::frame::RESERVED_TYPES => Ok(t),
+        _ => Err(format!(
+            "{TYPE_HEADER}: {value:?} is not a record type (0 to {})",
+            shm_core::ring::frame::RESERVED_TYPES - 1
+        )),
+    }
 }
 
 /// The sink's subject template: literal text with `{producer}` (the generator record's
@@ -380,10 +421,12 @@ pub struct BridgeCounters {
     pub published: AtomicU64,
     /// Sink: publishes JetStream acknowledged. Source: messages acknowledged after commit.
     pub acked: AtomicU64,
-    /// Sink: acknowledgements that said "duplicate" (a republish after a restart).
+    /// Sink: records published again after a refused batch (this run's retries).
     /// Source: messages the server delivered more than once.
     pub redelivered: AtomicU64,
-    /// Source: messages at or below the last committed sequence, acknowledged and dropped.
+    /// Sink: publishes JetStream acknowledged as duplicates (stored before, by an earlier
+    /// delivery or a killed run) and so stored once. Source: messages at or below the
+    /// last committed sequence, acknowledged and dropped.
     pub deduplicated: AtomicU64,
     /// Sink: publishes awaiting their acknowledgement. Source: committed, not yet acknowledged.
     pub in_flight: AtomicU64,
@@ -495,7 +538,10 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<jetstream::C
         .connect(servers)
         .await
         .context("connecting to nats")?;
-    Ok(jetstream::new(client))
+    // The sink keeps up to `max_in_flight` publishes unacknowledged and settles the
+    // oldest before it sends another, so the context must allow that many: with
+    // async-nats's default of 5000, a larger setting made the 5001st publish fail.
+    Ok(jetstream::context::ContextBuilder::new().max_ack_inflight(settings.max_in_flight).build(client))
 }
 
 /// The stream, created with the configured retention, window and replicas when it is
@@ -580,6 +626,9 @@ mod tests {
         said(BridgeEnd::Sink, "retention = \"forever\"", "nats.retention (line 1)");
         said(BridgeEnd::Sink, "creds = \"a\"\nnkey = \"b\"", "nats.nkey (line 2)");
         said(BridgeEnd::Sink, "tls_cert = \"a\"", "nats.tls_key");
+        said(BridgeEnd::Sink, "creds = \"/nonexistent/shmring.creds\"", "nats.creds (line 1): cannot read");
+        said(BridgeEnd::Sink, "nkey = \"/nonexistent/shmring.nk\"", "nats.nkey (line 1): cannot read");
+        said(BridgeEnd::Sink, "tls_ca = \"/nonexistent/ca.pem\"", "nats.tls_ca (line 1): cannot read");
         said(BridgeEnd::Sink, "stream = \"a b\"", "nats.stream (line 1)");
         said(BridgeEnd::Sink, "batch = 5", "nats.batch: does not apply to the sink");
         said(BridgeEnd::Source, "subject = \"a\"", "nats.state: is required");
@@ -589,6 +638,16 @@ mod tests {
             .expect("valid");
         assert_eq!(ok.servers.len(), 2);
         assert_eq!((ok.batch, ok.max_in_flight, ok.duplicate_window), (256, 1024, Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn the_type_header_gives_the_record_type() {
+        assert_eq!(record_type_from_header(None), Ok(0));
+        assert_eq!(record_type_from_header(Some("7")), Ok(7));
+        assert_eq!(record_type_from_header(Some("4294901759")), Ok(0xFFFE_FFFF));
+        for bad in ["4294901760", "-1", "x", ""] {
+            assert!(record_type_from_header(Some(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]
