@@ -319,31 +319,59 @@ check_daemon_reload() {
     flowing $RING
 }
 
-# The ring full (consumer paused short of its watchdog), then one `systemctl stop` of both:
-# the producer stops first, the consumer drains everything after it, within TimeoutStopSec.
-check_stop_order_full_ring() {
-    show=(producerd consumerd)
-    local c t0 took produced consumed p_stop c_drained unread
-    c=$(prop consumerd MainPID)
-    # 4 s paused, well short of the shipped WatchdogSec=10s: the producer fills the ring.
+# stop_in_order PRODUCER CONSUMER SEGMENT: the consumer paused until the producer has
+# filled the ring, then one `systemctl stop` of both (one transaction, as at shutdown and in
+# prerm). What must hold, each a part named in stop_failed when it does not:
+# - full: the ring was full (used bytes within 4 KiB of capacity) when the stop began;
+# - order: the consumer's stop began (it left "active") only after the producer's main
+#   process had exited and the producer was inactive: the order its Before= declares, read
+#   from one `systemctl show` of each (without Before= both get SIGTERM at once);
+# - clean: both exited 0/success, each within its TimeoutStopSec=20s;
+# - drained: the consumer drained everything (total_consumed == total_produced).
+# Both units must be wanted by an active target, so that systemd keeps their timestamps
+# after they stop (an unreferenced inactive unit is garbage-collected).
+stop_in_order() {
+    local pu=$1 cu=$2 seg=$3 c used=0 cap=1 deadline t0 took produced consumed unread
+    local p_exit p_inactive c_began
+    stop_failed=()
+    c=$(prop "$cu" MainPID)
+    # Paused well short of the shipped WatchdogSec=10s: the producer fills the ring and
+    # blocks; at most 6 s.
     kill -STOP "$c"
-    sleep 4
+    deadline=$(($(now_ms) + 6000))
+    while read -r used cap < <(shmctl stat "$seg" --json | jq -r '"\(.ring.used_bytes) \(.ring.capacity)"') &&
+        ((used < cap - 4096 && $(now_ms) < deadline)); do
+        sleep 0.1
+    done
     kill -CONT "$c"
     t0=$(now_ms)
-    timeout 60 systemctl stop producerd consumerd || { why="systemctl stop failed"; return 1; }
+    timeout 60 systemctl stop "$pu" "$cu" || { why="systemctl stop $pu $cu failed"; stop_failed=(clean); return 1; }
     took=$(($(now_ms) - t0))
-    info "systemctl stop producerd consumerd took $took ms"
-    # Each unit within its TimeoutStopSec=20s (a timeout would show as its result), one after the other.
-    ((took < 40000)) || { why="stopping took $took ms, over twice TimeoutStopSec=20s"; return 1; }
-    exited_cleanly producerd && exited_cleanly consumerd || return 1
-    p_stop=$(journal_json producerd MESSAGE=stop\ requested | tail -n1 | jq -r '.__MONOTONIC_TIMESTAMP')
-    c_drained=$(journal_json consumerd MESSAGE=drained | tail -n1 | jq -r '.__MONOTONIC_TIMESTAMP')
-    produced=$(counter $RING total_produced) consumed=$(counter $RING total_consumed)
-    unread=$(journal_json consumerd MESSAGE=draining | tail -n1 | jq -r '.UNREAD_BYTES')
-    info "producer stop requested at ${p_stop} us; consumer began draining $unread unread bytes, drained at ${c_drained} us; produced $produced, consumed $consumed"
-    ((${unread:-0} > 0)) || { why="nothing was left to drain (unread bytes '${unread}')"; return 1; }
-    [[ -n $p_stop && -n $c_drained ]] && ((c_drained > p_stop)) || { why="the consumer did not drain after the producer stopped"; return 1; }
-    ((produced == consumed)) || { why="left in the ring after stop: produced $produced, consumed $consumed"; return 1; }
+    props "$pu" ExecMainExitTimestampMonotonic,InactiveEnterTimestampMonotonic
+    p_exit=${P[ExecMainExitTimestampMonotonic]} p_inactive=${P[InactiveEnterTimestampMonotonic]}
+    props "$cu" ActiveExitTimestampMonotonic
+    c_began=${P[ActiveExitTimestampMonotonic]}
+    produced=$(counter "$seg" total_produced) consumed=$(counter "$seg" total_consumed)
+    unread=$(journal_json "$cu" MESSAGE=draining | tail -n1 | jq -r '.UNREAD_BYTES')
+    info "$seg: $used of $cap bytes used when the stop began; systemctl stop $pu $cu took $took ms"
+    info "$pu: main process exited at $p_exit us, inactive at $p_inactive us; $cu: stop began at $c_began us, $unread bytes unread when it began draining; produced $produced, consumed $consumed"
+    ((used >= cap - 4096)) || { stop_failed+=(full); why="the ring was not full when the stop began: $used of $cap bytes used"; }
+    if ((p_exit == 0 || p_inactive == 0 || c_began == 0)); then
+        stop_failed+=(order); why="no stop timestamps (garbage-collected?): $pu exit $p_exit, inactive $p_inactive; $cu stop began $c_began"
+    elif ((c_began < p_exit || c_began < p_inactive)); then
+        stop_failed+=(order); why="$cu began stopping at $c_began us, before $pu had exited ($p_exit us) and was inactive ($p_inactive us): the stop order is not declared"
+    fi
+    # Each unit within its TimeoutStopSec=20s (a timeout would show as its result).
+    ((took < 40000)) || { stop_failed+=(clean); why="stopping took $took ms, over twice TimeoutStopSec=20s"; }
+    local saved=$why
+    exited_cleanly "$pu" && exited_cleanly "$cu" && why=$saved || stop_failed+=(clean)
+    ((produced == consumed)) || { stop_failed+=(drained); why="left in the ring after stop: produced $produced, consumed $consumed"; }
+    ((${#stop_failed[@]} == 0))
+}
+
+check_stop_order_full_ring() {
+    show=(producerd consumerd)
+    stop_in_order producerd consumerd $RING
 }
 
 # consumerd's verify state (/var/lib/shmring) spans the kill -9 and watchdog restarts:
@@ -426,6 +454,44 @@ mutate() {
     exits-1) sed 's|^ExecStart=.*|ExecStart=/bin/false|' ;;
     esac
 }
+# The stop order's mutant: a copy of consumerd.service that precedes a copy of
+# producerd.service (Before=producerd-mutant-order.service), less its Before= line, the
+# pair on a segment of its own, started by a target that wants both (as boot does, and so
+# that systemd keeps their timestamps). stop_in_order must fail it on the order.
+stop_order_mutant() {
+    local src=/lib/systemd/system/consumerd.service base out u
+    base=$(sed -e 's|^Before=producerd.service$|Before=producerd-mutant-order.service|' \
+        -e 's|/etc/shmring/consumerd.toml|/etc/shmring/mutant-order-consumerd.toml|' "$src")
+    grep -qx 'Before=producerd-mutant-order.service' <<<"$base" || { echo "MUTANT consumerd-no-before: no Before=producerd.service in $src to remove"; return 1; }
+    sed '/^Before=/d' <<<"$base" >/etc/systemd/system/consumerd-mutant-no-before.service
+    sed 's|/etc/shmring/producerd.toml|/etc/shmring/mutant-order-producerd.toml|' /lib/systemd/system/producerd.service \
+        >/etc/systemd/system/producerd-mutant-order.service
+    for u in producerd consumerd; do
+        sed -e 's|^name = "/high_perf_ring"|name = "/mutant_order"|' -e '/^state = /d' "/etc/shmring/$u.toml" >"/etc/shmring/mutant-order-$u.toml"
+    done
+    for u in producerd-mutant-order consumerd-mutant-no-before; do
+        cp -r /etc/systemd/system/producerd.service.d "/etc/systemd/system/$u.service.d"
+    done
+    printf '[Unit]\nDescription=the stop-order mutant pair\nWants=producerd-mutant-order.service consumerd-mutant-no-before.service\n' \
+        >/etc/systemd/system/shmring-vm-mutant-order.target
+    systemctl daemon-reload
+    out=$(timeout 60 systemctl start shmring-vm-mutant-order.target 2>&1)
+    if ! must_run producerd-mutant-order consumerd-mutant-no-before; then
+        echo "MUTANT consumerd-no-before: did not start ($why): $out"
+        return 1
+    fi
+    why=""
+    stop_in_order producerd-mutant-order consumerd-mutant-no-before /mutant_order
+    info "stop-order-full-ring on the mutant pair: failed parts: ${stop_failed[*]:-none}${why:+ ($why)}"
+    systemctl stop shmring-vm-mutant-order.target producerd-mutant-order consumerd-mutant-no-before 2>/dev/null
+    shmctl unlink /mutant_order >/dev/null 2>&1
+    if [[ " ${stop_failed[*]} " == *" order "* ]]; then
+        echo "MUTANT consumerd-no-before caught by: stop-order-full-ring"
+    else
+        echo "MUTANT consumerd-no-before SURVIVED stop-order-full-ring's order check"
+        return 1
+    fi
+}
 check_mutants() {
     local m unit survived=() src=/lib/systemd/system/producerd.service
     for m in "${MUTANTS[@]}"; do
@@ -446,9 +512,11 @@ check_mutants() {
         systemctl reset-failed "$unit" 2>/dev/null
         shmctl unlink "/mutant_${m//-/_}" >/dev/null 2>&1
     done
+    stop_order_mutant || survived+=(consumerd-no-before)
     # The mutants are this test's, not the package's: gone before the purge check looks
-    # for any producerd* unit left behind.
-    rm -f /etc/systemd/system/producerd-mutant-*.service /etc/shmring/mutant-*.toml
+    # for any producerd* or consumerd* unit left behind.
+    rm -rf /etc/systemd/system/{producerd,consumerd}-mutant-*.service* /etc/systemd/system/shmring-vm-mutant-order.target \
+        /etc/shmring/mutant-*.toml
     systemctl daemon-reload
     ((${#survived[@]} == 0)) || { why="mutants not caught by any check: ${survived[*]}"; return 1; }
 }
