@@ -537,12 +537,17 @@ check_package_install() {
     for f in /usr/bin/shmctl /usr/bin/producerd /usr/bin/consumerd; do [[ -x $f ]] || missing+=("$f"); done
     for f in producerd consumerd producerd@ consumerd@; do [[ -f /lib/systemd/system/$f.service ]] || missing+=("/lib/systemd/system/$f.service"); done
     for f in "${MAN_PAGES[@]}"; do
-        head -n 5 "/usr/share/man/man1/$f.1" 2>/dev/null | grep -q "^\.TH $f 1" || missing+=("man page $f.1")
+        zcat "/usr/share/man/man1/$f.1.gz" 2>/dev/null | head -n 5 | grep -q "^\.TH $f 1" || missing+=("man page $f.1.gz")
     done
     for f in shmctl producerd consumerd; do
         [[ -s /usr/share/bash-completion/completions/$f ]] || missing+=("bash completion $f")
         [[ -s /usr/share/zsh/vendor-completions/_$f ]] || missing+=("zsh completion _$f")
         [[ -s /usr/share/fish/vendor_completions.d/$f.fish ]] || missing+=("fish completion $f.fish")
+    done
+    # The configs not installed in /etc/shmring, as examples: every one under config/
+    # in the source is in /etc/shmring or here.
+    for f in mpsc broadcast mpmc bridge-out bridge-in; do
+        grep -q '^\[segment\]' "/usr/share/doc/shmring/examples/$f.toml" 2>/dev/null || missing+=("example /usr/share/doc/shmring/examples/$f.toml")
     done
     ((${#missing[@]} == 0)) || { why="the package did not install: ${missing[*]}"; return 1; }
     # bash loads the completion where bash-completion looks for it, and completes a subcommand.
@@ -606,7 +611,7 @@ check_package_purge() {
     out=$(dpkg --purge shmring 2>&1) || { why="dpkg --purge shmring failed: $(tail -n 5 <<<"$out")"; return 1; }
     info "dpkg --purge: $(grep -v '^(Reading' <<<"$out" | tr '\n' ' ')"
     for f in /usr/bin/shmctl /usr/bin/producerd /usr/bin/consumerd /lib/systemd/system/producerd.service \
-        /lib/systemd/system/consumerd@.service /usr/share/man/man1/shmctl.1 /usr/share/bash-completion/completions/shmctl \
+        /lib/systemd/system/consumerd@.service /usr/share/man/man1/shmctl.1.gz /usr/share/bash-completion/completions/shmctl \
         /usr/share/zsh/vendor-completions/_shmctl /usr/share/fish/vendor_completions.d/shmctl.fish /var/lib/shmring \
         /etc/systemd/system/multi-user.target.wants/producerd.service /etc/systemd/system/multi-user.target.wants/consumerd.service \
         /etc/systemd/system/producerd.service /etc/systemd/system/consumerd.service; do
