@@ -12,7 +12,7 @@ set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SYSTEMD_COLORS=0 SYSTEMD_PAGER=
 
 # Every check, in the order it runs; run.sh reads this line to know what must PASS.
-CHECKS=(package-install users-and-dirs start-order-and-handshake unit-checks records-flow journal-fields reload-waits reload-refused-warns kill9-producer kill9-consumer watchdog-producer watchdog-consumer daemon-reload stop-order-full-ring verify-across-restarts unlink broken-config-once templates-three-backends mutants enable-and-reboot enabled-after-reboot package-purge)
+CHECKS=(package-install users-and-dirs start-order-and-handshake unit-checks records-flow journal-fields reload-waits reload-refused-warns kill9-producer kill9-consumer watchdog-producer watchdog-consumer daemon-reload stop-order-full-ring verify-across-restarts unlink broken-config-once templates-three-backends mutants enable-and-reboot enabled-after-reboot package-remove package-reinstall package-purge)
 
 # The package under test, put here by run.sh.
 DEB=/root/shmring.deb
@@ -87,6 +87,22 @@ both_alive() {
     alive=$(shmctl stat "$1" --json | jq -r '[.participants[] | select(.liveness == "alive") | .role] | sort | join(",")')
     info "$1 live participants: $alive"
     [[ $alive == consumer,producer ]] || { why="$1: live participants '$alive', want consumer,producer"; return 1; }
+}
+
+# no_daemon_runs WHEN: no producerd or consumerd process is left, as systemd sees its units
+# (`systemctl list-units`, which lists a masked unit that still runs) and as /proc does.
+# The /proc scan alone (all the purge check had before) found nothing in the guest while
+# systemd showed consumerd running as PID 204 after a removal without a stop (2026-12-04,
+# not understood yet): systemd's view is the one seen catching it.
+no_daemon_runs() {
+    local units d comm procs=()
+    units=$(systemctl list-units --no-legend --plain 'producerd*' 'consumerd*' | awk '$4 == "running" { print $1 }' | tr '\n' ' ')
+    for d in /proc/[0-9]*; do
+        comm=$(cat "$d/comm" 2>/dev/null) || continue
+        [[ $comm == producerd || $comm == consumerd ]] && procs+=("$comm ${d#/proc/}")
+    done
+    info "$1: units running: ${units:-none}; processes: ${procs[*]:-none}"
+    [[ -z $units && ${#procs[@]} == 0 ]] || { why="daemons still run $1: units ${units:-none}, processes ${procs[*]:-none}"; return 1; }
 }
 
 # The line the exit-status drop-in logs for a unit's last run (see the end of this file).
@@ -598,8 +614,91 @@ check_enabled_after_reboot() {
     [[ $created != "$(cat "$ACROSS_REBOOT/created")" ]] || { why="the ring survived the reboot: a posix segment should not"; return 1; }
     [[ $(stat -c '%U:%G %a' /dev/shm$RING) == "shmring:shmring 600" ]] || { why="/dev/shm$RING is not shmring:shmring 600"; return 1; }
     flowing $RING && both_alive $RING || return 1
+    # The counters, as the README's "Boot" says: the new ring counts from 0, the generator
+    # starts again at 0 (it resumes only from a ring that holds its records), and the verify
+    # sink starts afresh (its state names the old segment) at that first record.
+    local before first resumed produced
+    before=$(cat "$ACROSS_REBOOT/produced")
+    produced=$(counter $RING total_produced)
+    first=$(journal_json consumerd -b MESSAGE="verify: first sequence number" | jq -r '.FIRST' | tr '\n' ' ')
+    resumed=$(journalctl -b -u producerd -o cat --no-pager | grep -c '^resuming\|resuming from')
+    info "before the reboot the ring had produced $before; now $produced (producerd NRestarts $(prop producerd NRestarts)); verify's first sequence numbers this boot: ${first:-none}; producerd resumed $resumed time(s)"
+    ((produced > 0)) || { why="the new ring has produced nothing"; return 1; }
+    [[ $first == "0 " ]] ||
+        { why="the verify sink's first record this boot is '${first:-none}', want sequence 0 (the old ring had produced $before)"; return 1; }
+    ((resumed == 0)) || { why="producerd resumed an old sequence at boot (the old ring had produced $before): $(journalctl -b -u producerd -o cat --no-pager | grep resuming)"; return 1; }
     ! journalctl -b -u consumerd -o cat --no-pager | grep -q 'verify: continuing from its state file' ||
         { why="the verify sink continued the old ring's state on a new ring"; return 1; }
+}
+
+# dpkg -r, as documented: prerm stops the daemons in one `systemctl stop` (the producer
+# first, then the consumer drains the ring); the unit files go and postrm masks the two
+# enabled units (`systemctl list-unit-files` shows only those masks); the conffiles stay in
+# /etc/shmring with the operator's edits, the package "deinstall ok config-files"; the
+# segments stay: the posix ring (memory, until a reboot) and /var/lib/shmring with the
+# verify state. The verify sink's last summary counts this boot's ring only, all of it.
+check_package_remove() {
+    show=(producerd consumerd)
+    local out f left=() files produced consumed summary cpid shmctl=$ACROSS_REBOOT/shmctl
+    # dpkg -r takes shmctl: a copy reads the ring afterwards.
+    cp /usr/bin/shmctl "$shmctl"
+    # The consumer's last lines, logged as it exits, may reach the journal without the unit
+    # (journald finds a unit through the process, gone by then): its PID finds them.
+    cpid=$(prop consumerd MainPID)
+    out=$(dpkg -r shmring 2>&1) || { why="dpkg -r shmring failed: $(tail -n 5 <<<"$out")"; return 1; }
+    info "dpkg -r: $(grep -v '^(Reading' <<<"$out" | tr '\n' ' ')"
+    info "status: $(dpkg-query -W -f='${Status}' shmring)"
+    [[ $(dpkg-query -W -f='${Status}' shmring) == "deinstall ok config-files" ]] || { why="after dpkg -r shmring is '$(dpkg-query -W -f='${Status}' shmring)', want 'deinstall ok config-files'"; return 1; }
+    no_daemon_runs "after dpkg -r" || return 1
+    # Stopped by prerm, each cleanly (not, say, killed by its watchdog once postrm's
+    # daemon-reload left a running unit masked): the exit line of this boot's run.
+    for f in consumerd producerd; do
+        out=$(journalctl -b -u $f -o cat --no-pager | grep '^shmring-vm-test: exit ' | tail -n1)
+        info "$f's run this boot ended: ${out:-no exit line}"
+        [[ $out == "shmring-vm-test: exit SERVICE_RESULT=success EXIT_CODE=exited EXIT_STATUS=0" ]] ||
+            { why="$f did not stop cleanly at dpkg -r: ${out:-no exit line this boot}"; return 1; }
+    done
+    for f in /usr/bin/shmctl /usr/bin/producerd /usr/bin/consumerd /lib/systemd/system/{producerd,consumerd,producerd@,consumerd@}.service \
+        /usr/share/man/man1/shmctl.1.gz; do
+        [[ -e $f ]] && left+=("$f")
+    done
+    ((${#left[@]} == 0)) || { why="left after dpkg -r: ${left[*]}"; return 1; }
+    files=$(systemctl list-unit-files --no-legend 'producerd*' 'consumerd*' | awk '{ print $1, $2 }' | LC_ALL=C sort | tr '\n' ' ')
+    info "systemctl list-unit-files: ${files:-none}"
+    [[ $files == "consumerd.service masked producerd.service masked " ]] ||
+        { why="after dpkg -r list-unit-files shows '$files', want only consumerd.service and producerd.service, masked"; return 1; }
+    for f in producerd consumerd pair; do [[ -f /etc/shmring/$f.toml ]] || left+=("/etc/shmring/$f.toml"); done
+    ((${#left[@]} == 0)) || { why="conffiles gone after dpkg -r: ${left[*]}"; return 1; }
+    grep -q '^state = ' /etc/shmring/consumerd.toml || { why="the operator's edit of /etc/shmring/consumerd.toml is gone"; return 1; }
+    info "segments: $(stat -c '%n %U:%G %a %s' /dev/shm$RING /var/lib/shmring /var/lib/shmring/verify.state 2>&1 | tr '\n' ';')"
+    [[ -f /dev/shm$RING && -f /var/lib/shmring/verify.state ]] ||
+        { why="dpkg -r took /dev/shm$RING or /var/lib/shmring/verify.state: documented to stay"; return 1; }
+    # The consumer drained after the producer stopped, and verified this boot's ring alone.
+    read -r produced consumed < <("$shmctl" stat $RING --json | jq -r '"\(.counters.total_produced) \(.counters.total_consumed)"')
+    summary=$(journalctl -b _PID="$cpid" MESSAGE=stopped -o json --no-pager | tail -n1 | jq -r '.SUMMARY // empty')
+    info "the ring after dpkg -r: produced $produced, consumed $consumed; consumerd's ($cpid) verify summary: $summary"
+    ((produced == consumed)) || { why="after dpkg -r: produced $produced, consumed $consumed: not drained"; return 1; }
+    [[ -n $summary ]] || { why="no 'stopped' entry with a SUMMARY from consumerd's process $cpid in this boot's journal"; return 1; }
+    jq -e --argjson p "$produced" '.lost == 0 and .duplicated == 0 and .received == $p' <<<"$summary" >/dev/null ||
+        { why="consumerd's verify summary is not lost 0, duplicated 0, received $produced (this ring's records only): $summary"; return 1; }
+}
+
+# dpkg -i again after the removal: postinst lifts the masks and enables again what was
+# enabled before (the units are back, enabled, not started), the kept conffiles unchanged.
+check_package_reinstall() {
+    show=(producerd consumerd)
+    local out files
+    out=$(dpkg -i "$DEB" 2>&1) || { why="dpkg -i $DEB failed: $(tail -n 5 <<<"$out")"; return 1; }
+    [[ $(dpkg-query -W -f='${Status}' shmring) == "install ok installed" ]] || { why="shmring is not 'install ok installed'"; return 1; }
+    files=$(systemctl list-unit-files --no-legend 'producerd*' 'consumerd*' | awk '{ print $1, $2 }' | LC_ALL=C sort | tr '\n' ' ')
+    info "systemctl list-unit-files: $files"
+    [[ $files == "consumerd.service enabled consumerd@.service "*" producerd.service enabled producerd@.service "* ]] ||
+        { why="after the reinstall list-unit-files shows '$files', want consumerd.service and producerd.service enabled (as before the removal), and the templates"; return 1; }
+    props producerd FragmentPath,ActiveState
+    info "producerd: ${P[FragmentPath]}, ${P[ActiveState]}; consumerd $(prop consumerd ActiveState)"
+    [[ ${P[FragmentPath]} == /lib/systemd/system/producerd.service ]] || { why="producerd.service is loaded from '${P[FragmentPath]}'"; return 1; }
+    [[ ${P[ActiveState]}/$(prop consumerd ActiveState) == inactive/inactive ]] || { why="the reinstall started the daemons (documented: not started)"; return 1; }
+    grep -q '^state = ' /etc/shmring/consumerd.toml || { why="the reinstall replaced the edited /etc/shmring/consumerd.toml"; return 1; }
 }
 
 # dpkg --purge, as documented: the daemons stopped (the consumer drained), the units, the
@@ -621,9 +720,7 @@ check_package_purge() {
     out=$(systemctl list-unit-files --no-legend 'producerd*' 'consumerd*' 2>&1)
     info "unit files left: ${out:-none}; running: $(systemctl list-units --no-legend 'producerd*' 'consumerd*' | tr '\n' ' ')"
     [[ -z $out ]] || { why="unit files left after purge: $out"; return 1; }
-    for f in /proc/[0-9]*/comm; do
-        grep -qx 'producerd\|consumerd' "$f" 2>/dev/null && { why="a daemon still runs after purge: ${f%/comm}"; return 1; }
-    done
+    no_daemon_runs "after purge" || return 1
     info "user: $(getent passwd shmring); segment: $(stat -c '%U:%G %a %s' /dev/shm$RING 2>&1)"
     getent passwd shmring >/dev/null || { why="the system user shmring was removed"; return 1; }
     [[ -f /dev/shm$RING ]] || { why="/dev/shm$RING is gone: documented to stay until a reboot"; return 1; }
