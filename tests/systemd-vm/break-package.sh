@@ -7,16 +7,20 @@
 #
 # | check                   | the break                                                      |
 # |-------------------------|----------------------------------------------------------------|
-# | package-install         | the man page of `shmctl peek` left out                         |
+# | package-install         | the man page of `shmctl peek` and the example mpmc.toml left out |
 # | reload-refused-warns    | the units' ExecReload= without the `refused` case (exits 0)    |
 # | enabled-after-reboot    | producerd.service without its [Install] section (enable fails) |
+# | package-remove          | prerm without its `systemctl stop` (the daemons keep running)  |
+# | package-reinstall       | postinst without `deb-systemd-helper unmask` (stays masked)    |
 # | package-purge           | postrm without `rm -rf /var/lib/shmring` on purge              |
 set -euo pipefail
 [[ $# == 2 ]] || { echo "usage: $0 GOOD.deb BROKEN.deb" >&2; exit 64; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 dpkg-deb -R "$1" "$work/pkg"
-rm "$work/pkg/usr/share/man/man1/shmctl-peek.1"
+rm "$work/pkg/usr/share/man/man1/shmctl-peek.1.gz" "$work/pkg/usr/share/doc/shmring/examples/mpmc.toml"
+sed -i 's/^    systemctl --system stop .*/    : # break-package.sh: no stop/' "$work/pkg/DEBIAN/prerm"
+sed -i '/deb-systemd-helper unmask "$unit"/d' "$work/pkg/DEBIAN/postinst"
 sed -i 's/; case "$(cat "$f")" in \*refused) .*;; esac'"'"'$/'"'"'/' "$work"/pkg/lib/systemd/system/*.service
 sed -i '/^\[Install\]$/,$d' "$work/pkg/lib/systemd/system/producerd.service"
 sed -i '/^    rm -rf \/var\/lib\/shmring$/d' "$work/pkg/DEBIAN/postrm"
@@ -24,5 +28,9 @@ sed -i '/^    rm -rf \/var\/lib\/shmring$/d' "$work/pkg/DEBIAN/postrm"
 ! grep -q 'refused)' "$work"/pkg/lib/systemd/system/*.service
 ! grep -q '^\[Install\]' "$work/pkg/lib/systemd/system/producerd.service"
 ! grep -q 'rm -rf /var/lib/shmring' "$work/pkg/DEBIAN/postrm"
+! grep -q 'systemctl --system stop' "$work/pkg/DEBIAN/prerm"
+! grep -q 'deb-systemd-helper unmask "$unit"' "$work/pkg/DEBIAN/postinst"
+# ... and left the maintainer scripts valid: each check must fail for its own break.
+for script in prerm postinst postrm; do sh -n "$work/pkg/DEBIAN/$script"; done
 dpkg-deb --root-owner-group -b "$work/pkg" "$2" >/dev/null
 echo "$2"
