@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use shm_core::Segment;
 
-use crate::daemons::{Daemon, Kind, Launch, wait_produced};
+use crate::daemons::{Daemon, Kind, Launch, PATIENCE};
 use crate::fixture::Fixture;
 use crate::records::splitmix64;
 
@@ -164,7 +164,35 @@ pub fn kill_and_restart(fx: &Fixture, victims: &mut [Victim], wanted: u64, seed:
 /// the ring still holds, and the consumers stop cleanly.
 #[track_caller]
 pub fn run_on_and_stop(fx: &Fixture, ring: &Segment, victims: &[Victim], more: u64, drained: impl FnOnce()) {
-    wait_produced(ring, ring.stats().total_produced + more);
+    let target = ring.stats().total_produced + more;
+    let deadline = Instant::now() + PATIENCE;
+    while ring.stats().total_produced < target {
+        if Instant::now() >= deadline {
+            // A stream that stopped after the kills: say where, for whoever reads the failure.
+            let daemons: String = victims
+                .iter()
+                .map(|v| {
+                    let state = if fx.is_running(v.daemon.proc()) { "running" } else { "NOT running" };
+                    let log = v.daemon.log();
+                    let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                    format!(
+                        "--- {} ({state}, killed {} times), last log lines (newest first):\n{}\n",
+                        v.role,
+                        v.kills,
+                        tail.join("\n")
+                    )
+                })
+                .collect();
+            panic!(
+                "timed out after {PATIENCE:?} waiting until {target} records are produced\n{:#?}\nmpsc: {:#?}\nmpmc: {:#?}\nbroadcast: {:#?}\n{daemons}",
+                ring.stats(),
+                ring.mpsc_status(),
+                ring.mpmc_status(),
+                ring.broadcast_status()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let stop = |kind: Kind| {
         for victim in victims.iter().filter(|v| v.kind() == kind) {
             victim.daemon.stop(fx).assert_success();
