@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use shm_core::ring::{broadcast, mpmc, mpsc};
-use shm_core::{BatchError, Consumer, ReadError, Record, Segment};
+use shm_core::{BatchError, Consumer, Liveness, ReadError, Record, Role, Segment};
 use shm_daemon::config::CpuAffinity;
 use shm_daemon::service::Reloads;
 use tracing::{info, warn};
@@ -53,6 +53,9 @@ const MAX_BACK_OFF: Duration = Duration::from_secs(1);
 pub struct Shared {
     /// Set by the service loop to stop (after draining).
     pub stop: Arc<AtomicBool>,
+    /// Set when the segment was found unlinked: the drain then lasts until no producer is
+    /// attached (one may publish until it notices too), within the drain timeout.
+    pub unlinked: AtomicBool,
     /// Bumped when records move or the ring is empty (not while the sink refuses them).
     pub heartbeat: Arc<AtomicU64>,
     /// SIGHUPs: the ring thread re-opens the sink's outputs and takes the new drain timeout.
@@ -179,6 +182,11 @@ fn take_durable<E>(
     }
 }
 
+/// Whether a producer (of any kind) is attached to `segment`, by its kernel lock.
+fn producer_attached(segment: &Segment) -> bool {
+    segment.participants().iter().any(|p| p.role == Some(Role::Producer) && p.liveness == Liveness::Alive)
+}
+
 /// Moves records until stopped, then drains what the ring held at that moment for at
 /// most `drain_timeout`, on the calling thread (pinned to `cpus` first, when
 /// configured). Returns the sink for its summary.
@@ -212,9 +220,19 @@ pub fn run(
         }
         if let Some((target, deadline)) = drain {
             if consumer.position() >= target {
-                info!("drained");
-                beat();
-                break;
+                // On an unlinked segment, a producer still attached publishes until it
+                // notices too (twice a second): what it publishes is read now or never.
+                // Its liveness first, then the cursor: once it is gone, the cursor is final.
+                let unlinked = shared.unlinked.load(Ordering::Relaxed);
+                let attached = unlinked && producer_attached(&segment);
+                let tail = segment.stats().write_cursor;
+                if unlinked && (attached || tail > consumer.position()) && Instant::now() < deadline {
+                    drain = Some((tail, deadline));
+                } else {
+                    info!("drained");
+                    beat();
+                    break;
+                }
             }
             if Instant::now() >= deadline {
                 warn!(

@@ -91,6 +91,7 @@ fn run(args: &Args, settings: config::Settings, log: logging::LogHandle) -> Resu
             }
         };
         shared.stop.store(false, Ordering::Relaxed);
+        shared.unlinked.store(false, Ordering::Relaxed);
         info!(
             segment = %segment.location(),
             config = %settings.origin,
@@ -281,8 +282,13 @@ fn service(
         })
     };
     let unlinked = {
-        let segment = segment.clone();
-        Box::new(move || segment.is_unlinked())
+        let (segment, shared) = (segment.clone(), shared.clone());
+        Box::new(move || {
+            let unlinked = segment.is_unlinked();
+            // Before the service stops the ring thread: its drain waits for the producers.
+            shared.unlinked.store(unlinked, Ordering::Relaxed);
+            unlinked
+        })
     };
     Service {
         stop: shared.stop.clone(),
