@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shm_core::{Location, Segment};
 use shmring_tests::daemons::{Daemon, Kind, observe, observe_when_created, segment_section, wait_consumed};
-use shmring_tests::ledger::{Figures, GeneratorStream};
+use shmring_tests::ledger::{Figures, GeneratorStream, read_ledger};
 use shmring_tests::{Backend, Fixture, reliability, wait_until};
 
 /// The exit code of a daemon whose segment was unlinked (`shm_daemon::exit::UNLINKED`).
@@ -60,6 +60,59 @@ fn by_default_both_daemons_exit_75_soon_after_the_unlink() {
         evidence.assert_exact();
         assert!(evidence.delivered >= 1000, "{backend:?}: {evidence:?}");
     }
+}
+
+/// The consumer notices the unlink first while the producer, stopped (SIGSTOP), has not:
+/// the producer publishes again when it is continued, until it notices too, and those
+/// records are acknowledged. consumerd's drain must last until no producer is attached
+/// (within its drain timeout), or they are lost: a clean-clone CI run once lost 56 this
+/// way, when the consumer's unlink check came first by chance.
+#[test]
+fn the_consumer_that_notices_the_unlink_first_waits_for_the_producer_still_attached() {
+    use nix::sys::signal::Signal;
+    let fx = Fixture::new("unlinked-first");
+    let location = fx.location(Backend::Posix);
+    let stream = GeneratorStream::new(&fx, "stream");
+    let config = format!("{}[shutdown]\ndrain_timeout = \"10s\"\n", consumer(&location, &[], &stream.sink()));
+    let consumerd = Daemon::launch(&fx, Kind::Consumer, &config).start(&fx);
+    let mut producerd = stream.producer(Daemon::launch(&fx, Kind::Producer, &producer(&location, &[]))).start(&fx);
+    producerd.wait_for(&fx, "READY=1");
+    wait_consumed(&observe(&location), 1000);
+
+    producerd.signal(&fx, Signal::SIGSTOP);
+    let before = read_ledger(&stream.ledger).len();
+    Segment::unlink(&location).expect("unlink the running segment");
+    // It noticed the unlink (nothing else stops it): its drain has begun.
+    consumerd.wait_log(&fx, "draining");
+    // The stopped producer is still attached: the consumer must not finish its drain.
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(1) {
+        assert!(
+            fx.is_running(consumerd.proc()),
+            "consumerd exited while a producer was still attached to the unlinked segment\nlog:\n{}",
+            consumerd.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    producerd.signal(&fx, Signal::SIGCONT);
+    for (name, daemon) in [("producerd", &producerd), ("consumerd", &consumerd)] {
+        let finished = daemon.wait(&fx);
+        assert_eq!(finished.status.code(), Some(UNLINKED), "{name}: {finished:?}");
+    }
+    let after = read_ledger(&stream.ledger).len();
+    let evidence = stream.evidence();
+    reliability::report(
+        "unlinked_exit_consumer_first",
+        "segment unlinked with the producer stopped (SIGSTOP), so the consumer notices first; SIGCONT 1 s later",
+        1,
+        &format!(
+            "both exited 75; consumerd waited for the producer, which published {} records after it was continued",
+            after - before
+        ),
+        &Figures::Counted(evidence.clone()),
+        Value::Null,
+    );
+    evidence.assert_exact();
 }
 
 #[test]

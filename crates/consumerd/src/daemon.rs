@@ -226,13 +226,20 @@ pub fn run(
                 let unlinked = shared.unlinked.load(Ordering::Relaxed);
                 let attached = unlinked && producer_attached(&segment);
                 let tail = segment.stats().write_cursor;
-                if unlinked && (attached || tail > consumer.position()) && Instant::now() < deadline {
-                    drain = Some((tail, deadline));
-                } else {
+                if !(unlinked && (attached || tail > consumer.position())) {
                     info!("drained");
                     beat();
                     break;
                 }
+                if Instant::now() >= deadline {
+                    warn!(
+                        unread_bytes = tail.saturating_sub(consumer.position()),
+                        "drain deadline passed with a producer still attached to the unlinked segment; \
+                         what it publishes from now on is never read"
+                    );
+                    break;
+                }
+                drain = Some((tail, deadline));
             }
             if Instant::now() >= deadline {
                 warn!(
