@@ -62,6 +62,7 @@ pub struct Launch {
     env: Vec<(String, String)>,
     stdin: Option<PathBuf>,
     nofile: Option<u32>,
+    before_exec: Option<String>,
 }
 
 impl Launch {
@@ -74,6 +75,13 @@ impl Launch {
     /// Sets an environment variable for the daemon.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Runs `script` in the shell that then `exec`s the daemon, so `$$` there is the
+    /// daemon's pid (to leave a file named after it, as an earlier process would have).
+    pub fn before_exec(mut self, script: &str) -> Self {
+        self.before_exec = Some(script.to_owned());
         self
     }
 
@@ -110,13 +118,16 @@ impl Launch {
         let notify = Notifications::bind(fx);
         let binary = fixture::binary(self.kind.binary());
         let summary = (self.kind == Kind::Consumer).then(|| fx.path("summary.json"));
-        let mut cmd = if self.stdin.is_some() || self.nofile.is_some() {
+        let mut cmd = if self.stdin.is_some() || self.nofile.is_some() || self.before_exec.is_some() {
             // The fixture gives every child `/dev/null` as stdin; `exec` keeps the pid, so
             // signals and the exit status are the daemon's own.
-            let limit = self.nofile.map(|n| format!("ulimit -n {n}; ")).unwrap_or_default();
+            let mut prefix = self.nofile.map(|n| format!("ulimit -n {n}; ")).unwrap_or_default();
+            if let Some(script) = &self.before_exec {
+                prefix = format!("{script}; {prefix}");
+            }
             let stdin = if self.stdin.is_some() { " <\"$SHMRING_TEST_STDIN\"" } else { "" };
             let mut sh = Command::new("/bin/sh");
-            sh.args(["-c", &format!("{limit}exec \"$0\" \"$@\"{stdin}")]).arg(&binary);
+            sh.args(["-c", &format!("{prefix}exec \"$0\" \"$@\"{stdin}")]).arg(&binary);
             if let Some(stdin) = &self.stdin {
                 sh.env("SHMRING_TEST_STDIN", stdin);
             }
@@ -159,7 +170,7 @@ impl Daemon {
     pub fn launch(fx: &Fixture, kind: Kind, config: &str) -> Launch {
         let path = fx.path(&format!("{}.toml", kind.binary()));
         fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        Launch { kind, config: path, env: Vec::new(), stdin: None, nofile: None }
+        Launch { kind, config: path, env: Vec::new(), stdin: None, nofile: None, before_exec: None }
     }
 
     /// Starts a daemon of `kind` with `config` and waits for its `READY=1`.

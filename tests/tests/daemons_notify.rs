@@ -154,6 +154,36 @@ fn reload_notifies_then_acknowledges() {
     }
 }
 
+/// A `reloaded.<pid>` left by an earlier process with the same pid (killed with -9, so it
+/// never removed its own) holds the very text the first reload writes: `ExecReload=` would
+/// wait for a change until its timeout. Each daemon removes it before `READY=1`, and its
+/// own when it stops.
+#[test]
+fn a_reload_acknowledgement_left_under_a_reused_pid_is_removed() {
+    let fx = Fixture::new("reload-stale");
+    let location = fx.location(Backend::Posix);
+    let runtime = fx.path("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    let runtime_text = runtime.to_str().unwrap();
+    let stale = "printf '1 applied\\n' >\"$RUNTIME_DIRECTORY/reloaded.$$\"";
+    let launches = [
+        Daemon::launch(&fx, Kind::Producer, &generator(&location, 20_000)),
+        Daemon::launch(&fx, Kind::Consumer, &verify(&location, "")),
+    ];
+    for launch in launches {
+        let mut daemon = launch.env("RUNTIME_DIRECTORY", runtime_text).before_exec(stale).start(&fx);
+        let acknowledged = runtime.join(format!("reloaded.{}", daemon.pid()));
+        daemon.wait_for(&fx, "READY=1");
+        assert!(!acknowledged.exists(), "{}: the stale acknowledgement is still there", acknowledged.display());
+        daemon.signal(&fx, nix::sys::signal::Signal::SIGHUP);
+        wait_until(daemons::PATIENCE, "the reload acknowledged", || {
+            std::fs::read_to_string(&acknowledged).is_ok_and(|text| text == "1 applied\n")
+        });
+        daemon.stop(&fx).assert_success();
+        assert!(!acknowledged.exists(), "{}: it outlived its daemon", acknowledged.display());
+    }
+}
+
 #[test]
 fn metrics_exposition_parses_with_names_types_labels_and_moving_values() {
     let fx = Fixture::new("metrics");

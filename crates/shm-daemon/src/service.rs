@@ -46,9 +46,7 @@ static RELOADS_HANDLED: AtomicU64 = AtomicU64::new(0);
 fn acknowledge_reload(outcome: Reloaded) {
     // Relaxed: only this thread counts; the file is the message, not the counter.
     let handled = RELOADS_HANDLED.fetch_add(1, Ordering::Relaxed) + 1;
-    let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") else { return };
-    // Several directories are separated by ':'; the units name one.
-    let dir = std::path::PathBuf::from(dir.to_string_lossy().split(':').next().unwrap_or_default());
+    let Some(dir) = runtime_directory() else { return };
     let path = dir.join(format!("reloaded.{}", std::process::id()));
     // Written whole under another name, then renamed: a reader never sees half a number.
     let partial = dir.join(format!(".reloaded.{}", std::process::id()));
@@ -62,6 +60,31 @@ fn acknowledge_reload(outcome: Reloaded) {
         warn!(path = %path.display(), error = %e, "cannot tell ExecReload= the reload is over");
     }
 }
+
+/// The first of `$RUNTIME_DIRECTORY`'s directories (several are separated by ':'; the
+/// units name one), where [`acknowledge_reload`] writes.
+fn runtime_directory() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("RUNTIME_DIRECTORY")?;
+    Some(std::path::PathBuf::from(dir.to_string_lossy().split(':').next().unwrap_or_default()))
+}
+
+/// Removes this process's `reloaded.<pid>`. Before the first `READY=1`: one left by an
+/// earlier process with the same pid (killed with -9, so it never removed it; pids are
+/// reused, soonest in a container) may hold the very text the first reload writes, and
+/// `ExecReload=` would then wait for a change until its timeout. When the process ends:
+/// so that `/run/shmring` (kept across restarts) does not fill with them.
+fn forget_reload_acknowledgement() {
+    let Some(dir) = runtime_directory() else { return };
+    let path = dir.join(format!("reloaded.{}", std::process::id()));
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(path = %path.display(), error = %e, "cannot remove a reload acknowledgement"),
+    }
+}
+
+/// Whether [`forget_reload_acknowledgement`] ran before this process's first `READY=1`.
+static STALE_ACKNOWLEDGEMENT_FORGOTTEN: std::sync::Once = std::sync::Once::new();
 
 /// What the loop needs from a daemon.
 pub struct Service {
@@ -122,6 +145,7 @@ impl Service {
                 info!(%addr, "serving metrics");
                 tokio::spawn(metrics::serve(listener, render));
             }
+            STALE_ACKNOWLEDGEMENT_FORGOTTEN.call_once(forget_reload_acknowledgement);
             notifier.ready(&(self.status)());
             // The reload waiting for the ring thread to take it in, and how it ended.
             let mut reload_pending = None;
@@ -219,6 +243,11 @@ impl Service {
         }
         let result = ring.join().map_err(|_| anyhow::anyhow!("the ring thread panicked"))?;
         notifier.status(if ended == Ended::Unlinked { "segment unlinked" } else { "stopped" });
+        if ended != Ended::Unlinked {
+            // The process ends (on an unlinked segment it may go round again, and a
+            // reload waiting on the file must not see it vanish).
+            forget_reload_acknowledgement();
+        }
         Ok((ended, result))
     }
 }
