@@ -216,6 +216,7 @@ pub(crate) fn check_claim_cursor(tail: u64, head: u64, capacity: u64) -> Result<
     Ok(())
 }
 
+#[inline]
 pub(crate) fn area(ring: &RingRefs) -> &MpscArea {
     ring.mpsc_area().expect("every mpsc ring has its area")
 }
@@ -358,6 +359,7 @@ impl ReleaseLedger {
     }
 
     /// Counts a released record of producer `k`.
+    #[inline]
     pub(crate) fn count_record(&mut self, k: usize, len: u32) {
         self.records += 1;
         self.bytes += u64::from(len);
@@ -551,6 +553,7 @@ impl Producer {
         })
     }
 
+    #[inline]
     fn slot(&self) -> &MpscProducerSlot {
         &area(&self.ring).producers[self.id].0
     }
