@@ -839,6 +839,7 @@ impl Claim<'_> {
 }
 
 impl Drop for Claim<'_> {
+    #[inline]
     fn drop(&mut self) {
         if !self.done {
             let (start, len) = (self.start, self.len);
@@ -951,7 +952,7 @@ impl Consumer {
             (ledger.records, ledger.bytes) =
                 (counters.get(Counter::TotalConsumed), counters.get(Counter::BytesConsumed));
         }
-        let consumer = Consumer {
+        let mut consumer = Consumer {
             strategy,
             pos: head,
             released: head,
@@ -1213,8 +1214,7 @@ impl Consumer {
         }
         self.pos = f.next;
         self.read_to = f.next;
-        self.counters.add(Counter::TotalConsumed, 1);
-        self.counters.add(Counter::BytesConsumed, u64::from(f.len));
+        // The consumed counters are the ledger's figures, copied at each release.
         self.ledger.count_record(f.producer, f.len);
         let quarter = self.ring.capacity / 4;
         if f.next == self.cached_tail || f.next - self.released >= quarter {
@@ -1259,7 +1259,9 @@ impl Consumer {
     }
 
     /// Copies the exact figures to where `shmctl stat` reads them (after the cursor).
-    fn store_displayed(&self) {
+    fn store_displayed(&mut self) {
+        let (records, bytes) = (self.ledger.records, self.ledger.bytes);
+        self.counters.set_exact(&[(Counter::TotalConsumed, records), (Counter::BytesConsumed, bytes)]);
         self.counters.store(&self.ring, Counter::TotalConsumed);
         self.counters.store(&self.ring, Counter::BytesConsumed);
         self.ledger.store_displayed(&self.ring);
