@@ -112,6 +112,7 @@
 //! between the two shows one record fewer than the consumer's exact ledger).
 
 use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use super::frame::{self, FRAME_HEADER, PADDING, RESERVED_TYPES};
@@ -482,6 +483,8 @@ pub(crate) fn write_hole(ring: &RingRefs, pos: u64, producer: usize, end: u64) -
 pub struct Producer {
     ring: RingRefs,
     id: usize,
+    /// Its slot in the mpsc area, found once at attach (every claim and commit writes it).
+    slot: NonNull<MpscProducerSlot>,
     strategy: WaitStrategy,
     /// Last `read_cursor` seen.
     cached_head: u64,
@@ -541,6 +544,7 @@ impl Producer {
         };
         Ok(Producer {
             id,
+            slot: NonNull::from(slot),
             strategy,
             cached_head: head,
             orphan_end,
@@ -555,7 +559,9 @@ impl Producer {
 
     #[inline]
     fn slot(&self) -> &MpscProducerSlot {
-        &area(&self.ring).producers[self.id].0
+        // SAFETY: `slot` points at this producer's slot in the mpsc area of `ring` (set in
+        // `attach`), kept mapped by `ring._keep`; shared memory is accessed only through atomics.
+        unsafe { self.slot.as_ref() }
     }
 
     /// This producer's id.
