@@ -890,6 +890,9 @@ impl Consumer {
     }
 
     /// Copies the next data frame into `buf`: `(type, seq, missed)`, `None` when empty.
+    // Always inlined: a call returns the found frame through memory and saves six
+    // registers, about a tenth of a read (callgrind, `ring_loop broadcast`).
+    #[inline(always)]
     fn next_frame(&mut self) -> Result<Option<(u32, u64, u64)>, Corruption> {
         let cap = self.ring.capacity;
         loop {
