@@ -627,9 +627,17 @@ impl Producer {
     /// Copies `data` in as one record of type 0, without waiting.
     #[inline]
     pub fn try_publish(&mut self, data: &[u8]) -> Result<(), TryClaimError> {
-        let mut claim = self.try_claim(data.len())?;
-        claim.copy_from_slice(data);
-        claim.commit();
+        // `try_claim`, copy, `commit`, without a `Claim` handed around in between.
+        let Some(r) = self.claim_once(data.len())? else {
+            self.count_block();
+            return Err(TryClaimError::Full);
+        };
+        self.mark_claimed(&r);
+        let index = self.ring.data.index(r.start) + FRAME_HEADER;
+        // SAFETY: as in `Claim::deref_mut`: the claim owns `index .. index + len` (`len`
+        // is `data.len()`), inside the region; no other process touches it until the commit.
+        unsafe { self.ring.data.slice_mut(index, data.len()) }.copy_from_slice(data);
+        self.finish(r.start, r.len, 0, r.len, true);
         Ok(())
     }
 
@@ -705,9 +713,16 @@ impl Producer {
         }
     }
 
-    /// Step 3 of "Claim": marks the frame in flight, writes any wrap padding, lends it out.
+    /// Step 3 of "Claim", lending the frame out.
     #[inline]
     fn claim_at(&mut self, r: Reserved) -> Claim<'_> {
+        self.mark_claimed(&r);
+        Claim { producer: self, start: r.start, len: r.len, record_type: 0, done: false }
+    }
+
+    /// Step 3 of "Claim": marks the frame in flight and writes any wrap padding.
+    #[inline]
+    fn mark_claimed(&self, r: &Reserved) {
         let data = &self.ring.data;
         let index = data.index(r.start);
         // Relaxed: only names the owner for a hole check; the commit store publishes data.
@@ -720,7 +735,6 @@ impl Producer {
                 .store(frame::encode((to_end - FRAME_HEADER) as u32, PADDING), Ordering::Release);
         }
         data.track(index + FRAME_HEADER, u64::from(r.len), true);
-        Claim { producer: self, start: r.start, len: r.len, record_type: 0, done: false }
     }
 
     fn count_block(&mut self) {
