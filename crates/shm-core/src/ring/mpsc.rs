@@ -177,6 +177,17 @@ pub(crate) fn decode_word(ring: &RingRefs, pos: u64, word: u64) -> Result<Word, 
     let bad = |what| Corruption { what, value: word, position: pos };
     let to_end = ring.capacity - ring.data.index(pos);
     let framed = frame::framed_len_u32(len);
+    if ty < RESERVED_TYPES {
+        // A committed record: what a busy consumer finds, so tested first.
+        let owner = (ty >> 16) as usize;
+        if owner == 0 || owner > MPSC_PRODUCERS {
+            return Err(bad("committed frame names no producer"));
+        }
+        if u64::from(len) > ring.max_record || framed > to_end {
+            return Err(bad("record longer than the ring's maximum or straddling its end"));
+        }
+        return Ok(Word::Committed { producer: owner - 1, record_type: ty & MAX_RECORD_TYPE, len });
+    }
     let producer = (ty & 0xFF) as usize;
     if ty == PADDING {
         return if framed == to_end {
@@ -185,28 +196,18 @@ pub(crate) fn decode_word(ring: &RingRefs, pos: u64, word: u64) -> Result<Word, 
             Err(bad("padding frame does not end at the ring's end"))
         };
     }
-    if ty >= RESERVED_TYPES {
-        let kind = ty & !0xFF;
-        if producer >= MPSC_PRODUCERS {
-            return Err(bad("producer id out of range in a frame"));
-        }
-        if framed > to_end {
-            return Err(bad("frame straddles the end of the ring"));
-        }
-        return match kind {
-            IN_FLIGHT if u64::from(len) <= ring.max_record => Ok(Word::InFlight { producer, len }),
-            SKIP | UNBLOCKED => Ok(Word::Pass { producer, framed, unblocked: kind == UNBLOCKED }),
-            _ => Err(bad("reserved frame type")),
-        };
+    let kind = ty & !0xFF;
+    if producer >= MPSC_PRODUCERS {
+        return Err(bad("producer id out of range in a frame"));
     }
-    let owner = (ty >> 16) as usize;
-    if owner == 0 || owner > MPSC_PRODUCERS {
-        return Err(bad("committed frame names no producer"));
+    if framed > to_end {
+        return Err(bad("frame straddles the end of the ring"));
     }
-    if u64::from(len) > ring.max_record || framed > to_end {
-        return Err(bad("record longer than the ring's maximum or straddling its end"));
+    match kind {
+        IN_FLIGHT if u64::from(len) <= ring.max_record => Ok(Word::InFlight { producer, len }),
+        SKIP | UNBLOCKED => Ok(Word::Pass { producer, framed, unblocked: kind == UNBLOCKED }),
+        _ => Err(bad("reserved frame type")),
     }
-    Ok(Word::Committed { producer: owner - 1, record_type: ty & MAX_RECORD_TYPE, len })
 }
 
 /// Checks a claim cursor read from the segment against the consumer's `head`.
