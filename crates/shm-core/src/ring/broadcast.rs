@@ -942,8 +942,7 @@ impl Consumer {
                 continue;
             }
             let framed = frame::framed_len_u32(len) + 8;
-            let fits =
-                u64::from(len) <= self.max_len && framed <= to_end && pos + framed <= self.cached_tail;
+            let fits = u64::from(len) <= self.max_len && framed <= to_end && pos + framed <= self.cached_tail;
             let seq = if fits { self.ring.data.read_word(index + FRAME_HEADER) } else { 0 };
             if fits {
                 // The buffer only grows (to the largest record's words) and keeps its
