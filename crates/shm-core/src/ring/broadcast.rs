@@ -605,6 +605,9 @@ pub struct Consumer {
     /// Tallies of what was handed, not yet released.
     pending: ConsumerTallies,
     flip: usize,
+    /// The longest payload a frame may hold ([`max_payload`]), from local figures only:
+    /// computed once, checked against every frame.
+    max_len: u64,
     /// The copy of the record handed out last: its first `buf_len` bytes.
     buf: Vec<u8>,
     buf_len: usize,
@@ -651,6 +654,7 @@ impl Consumer {
         attachment: Option<crate::participant::Attachment>,
     ) -> Result<Self, Corruption> {
         let mut c = Consumer {
+            max_len: max_payload(&ring),
             ring,
             strategy,
             k,
@@ -886,6 +890,9 @@ impl Consumer {
     }
 
     /// Copies the next data frame into `buf`: `(type, seq, missed)`, `None` when empty.
+    // Always inlined: a call returns the found frame through memory and saves six
+    // registers, about a tenth of a read (callgrind, `ring_loop broadcast`).
+    #[inline(always)]
     fn next_frame(&mut self) -> Result<Option<(u32, u64, u64)>, Corruption> {
         let cap = self.ring.capacity;
         loop {
@@ -935,8 +942,7 @@ impl Consumer {
                 continue;
             }
             let framed = frame::framed_len_u32(len) + 8;
-            let fits =
-                u64::from(len) <= max_payload(&self.ring) && framed <= to_end && pos + framed <= self.cached_tail;
+            let fits = u64::from(len) <= self.max_len && framed <= to_end && pos + framed <= self.cached_tail;
             let seq = if fits { self.ring.data.read_word(index + FRAME_HEADER) } else { 0 };
             if fits {
                 // The buffer only grows (to the largest record's words) and keeps its

@@ -112,6 +112,7 @@
 //! between the two shows one record fewer than the consumer's exact ledger).
 
 use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use super::frame::{self, FRAME_HEADER, PADDING, RESERVED_TYPES};
@@ -176,6 +177,17 @@ pub(crate) fn decode_word(ring: &RingRefs, pos: u64, word: u64) -> Result<Word, 
     let bad = |what| Corruption { what, value: word, position: pos };
     let to_end = ring.capacity - ring.data.index(pos);
     let framed = frame::framed_len_u32(len);
+    if ty < RESERVED_TYPES {
+        // A committed record: what a busy consumer finds, so tested first.
+        let owner = (ty >> 16) as usize;
+        if owner == 0 || owner > MPSC_PRODUCERS {
+            return Err(bad("committed frame names no producer"));
+        }
+        if u64::from(len) > ring.max_record || framed > to_end {
+            return Err(bad("record longer than the ring's maximum or straddling its end"));
+        }
+        return Ok(Word::Committed { producer: owner - 1, record_type: ty & MAX_RECORD_TYPE, len });
+    }
     let producer = (ty & 0xFF) as usize;
     if ty == PADDING {
         return if framed == to_end {
@@ -184,28 +196,18 @@ pub(crate) fn decode_word(ring: &RingRefs, pos: u64, word: u64) -> Result<Word, 
             Err(bad("padding frame does not end at the ring's end"))
         };
     }
-    if ty >= RESERVED_TYPES {
-        let kind = ty & !0xFF;
-        if producer >= MPSC_PRODUCERS {
-            return Err(bad("producer id out of range in a frame"));
-        }
-        if framed > to_end {
-            return Err(bad("frame straddles the end of the ring"));
-        }
-        return match kind {
-            IN_FLIGHT if u64::from(len) <= ring.max_record => Ok(Word::InFlight { producer, len }),
-            SKIP | UNBLOCKED => Ok(Word::Pass { producer, framed, unblocked: kind == UNBLOCKED }),
-            _ => Err(bad("reserved frame type")),
-        };
+    let kind = ty & !0xFF;
+    if producer >= MPSC_PRODUCERS {
+        return Err(bad("producer id out of range in a frame"));
     }
-    let owner = (ty >> 16) as usize;
-    if owner == 0 || owner > MPSC_PRODUCERS {
-        return Err(bad("committed frame names no producer"));
+    if framed > to_end {
+        return Err(bad("frame straddles the end of the ring"));
     }
-    if u64::from(len) > ring.max_record || framed > to_end {
-        return Err(bad("record longer than the ring's maximum or straddling its end"));
+    match kind {
+        IN_FLIGHT if u64::from(len) <= ring.max_record => Ok(Word::InFlight { producer, len }),
+        SKIP | UNBLOCKED => Ok(Word::Pass { producer, framed, unblocked: kind == UNBLOCKED }),
+        _ => Err(bad("reserved frame type")),
     }
-    Ok(Word::Committed { producer: owner - 1, record_type: ty & MAX_RECORD_TYPE, len })
 }
 
 /// Checks a claim cursor read from the segment against the consumer's `head`.
@@ -216,6 +218,7 @@ pub(crate) fn check_claim_cursor(tail: u64, head: u64, capacity: u64) -> Result<
     Ok(())
 }
 
+#[inline]
 pub(crate) fn area(ring: &RingRefs) -> &MpscArea {
     ring.mpsc_area().expect("every mpsc ring has its area")
 }
@@ -358,6 +361,7 @@ impl ReleaseLedger {
     }
 
     /// Counts a released record of producer `k`.
+    #[inline]
     pub(crate) fn count_record(&mut self, k: usize, len: u32) {
         self.records += 1;
         self.bytes += u64::from(len);
@@ -480,6 +484,8 @@ pub(crate) fn write_hole(ring: &RingRefs, pos: u64, producer: usize, end: u64) -
 pub struct Producer {
     ring: RingRefs,
     id: usize,
+    /// Its slot in the mpsc area, found once at attach (every claim and commit writes it).
+    slot: NonNull<MpscProducerSlot>,
     strategy: WaitStrategy,
     /// Last `read_cursor` seen.
     cached_head: u64,
@@ -539,6 +545,7 @@ impl Producer {
         };
         Ok(Producer {
             id,
+            slot: NonNull::from(slot),
             strategy,
             cached_head: head,
             orphan_end,
@@ -551,8 +558,11 @@ impl Producer {
         })
     }
 
+    #[inline]
     fn slot(&self) -> &MpscProducerSlot {
-        &area(&self.ring).producers[self.id].0
+        // SAFETY: `slot` points at this producer's slot in the mpsc area of `ring` (set in
+        // `attach`), kept mapped by `ring._keep`; shared memory is accessed only through atomics.
+        unsafe { self.slot.as_ref() }
     }
 
     /// This producer's id.
@@ -618,9 +628,17 @@ impl Producer {
     /// Copies `data` in as one record of type 0, without waiting.
     #[inline]
     pub fn try_publish(&mut self, data: &[u8]) -> Result<(), TryClaimError> {
-        let mut claim = self.try_claim(data.len())?;
-        claim.copy_from_slice(data);
-        claim.commit();
+        // `try_claim`, copy, `commit`, without a `Claim` handed around in between.
+        let Some(r) = self.claim_once(data.len())? else {
+            self.count_block();
+            return Err(TryClaimError::Full);
+        };
+        self.mark_claimed(&r);
+        let index = self.ring.data.index(r.start) + FRAME_HEADER;
+        // SAFETY: as in `Claim::deref_mut`: the claim owns `index .. index + len` (`len`
+        // is `data.len()`), inside the region; no other process touches it until the commit.
+        unsafe { self.ring.data.slice_mut(index, data.len()) }.copy_from_slice(data);
+        self.finish(r.start, r.len, 0, r.len, true);
         Ok(())
     }
 
@@ -696,9 +714,16 @@ impl Producer {
         }
     }
 
-    /// Step 3 of "Claim": marks the frame in flight, writes any wrap padding, lends it out.
+    /// Step 3 of "Claim", lending the frame out.
     #[inline]
     fn claim_at(&mut self, r: Reserved) -> Claim<'_> {
+        self.mark_claimed(&r);
+        Claim { producer: self, start: r.start, len: r.len, record_type: 0, done: false }
+    }
+
+    /// Step 3 of "Claim": marks the frame in flight and writes any wrap padding.
+    #[inline]
+    fn mark_claimed(&self, r: &Reserved) {
         let data = &self.ring.data;
         let index = data.index(r.start);
         // Relaxed: only names the owner for a hole check; the commit store publishes data.
@@ -711,7 +736,6 @@ impl Producer {
                 .store(frame::encode((to_end - FRAME_HEADER) as u32, PADDING), Ordering::Release);
         }
         data.track(index + FRAME_HEADER, u64::from(r.len), true);
-        Claim { producer: self, start: r.start, len: r.len, record_type: 0, done: false }
     }
 
     fn count_block(&mut self) {
@@ -836,6 +860,7 @@ impl Claim<'_> {
 }
 
 impl Drop for Claim<'_> {
+    #[inline]
     fn drop(&mut self) {
         if !self.done {
             let (start, len) = (self.start, self.len);
@@ -948,7 +973,7 @@ impl Consumer {
             (ledger.records, ledger.bytes) =
                 (counters.get(Counter::TotalConsumed), counters.get(Counter::BytesConsumed));
         }
-        let consumer = Consumer {
+        let mut consumer = Consumer {
             strategy,
             pos: head,
             released: head,
@@ -1210,8 +1235,7 @@ impl Consumer {
         }
         self.pos = f.next;
         self.read_to = f.next;
-        self.counters.add(Counter::TotalConsumed, 1);
-        self.counters.add(Counter::BytesConsumed, u64::from(f.len));
+        // The consumed counters are the ledger's figures, copied at each release.
         self.ledger.count_record(f.producer, f.len);
         let quarter = self.ring.capacity / 4;
         if f.next == self.cached_tail || f.next - self.released >= quarter {
@@ -1256,7 +1280,9 @@ impl Consumer {
     }
 
     /// Copies the exact figures to where `shmctl stat` reads them (after the cursor).
-    fn store_displayed(&self) {
+    fn store_displayed(&mut self) {
+        let (records, bytes) = (self.ledger.records, self.ledger.bytes);
+        self.counters.set_exact(&[(Counter::TotalConsumed, records), (Counter::BytesConsumed, bytes)]);
         self.counters.store(&self.ring, Counter::TotalConsumed);
         self.counters.store(&self.ring, Counter::BytesConsumed);
         self.ledger.store_displayed(&self.ring);

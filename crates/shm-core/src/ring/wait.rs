@@ -154,6 +154,7 @@ impl LocalCounters {
     }
 
     /// Adds locally; [`store`](Self::store) makes it visible.
+    #[inline]
     pub(crate) fn add(&mut self, c: Counter, n: u64) {
         self.0[c.slot()] = self.0[c.slot()].saturating_add(n);
     }
@@ -182,6 +183,7 @@ pub(crate) fn stream_backoff() {
 /// The waker half of the wake-up protocol (module docs), called right after storing
 /// this side's cursor: wakes the other side if it announced that it sleeps. Returns
 /// whether it did; a busy ring returns `false` without a syscall.
+#[inline]
 pub(crate) fn wake_sleeper(wake: &WakeWord) -> bool {
     // SeqCst fence: orders our cursor store before the load of the word, against the
     // sleeper's announcement and re-check. (Left out only by the loom mutation
