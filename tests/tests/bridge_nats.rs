@@ -136,6 +136,77 @@ struct Run {
     /// The last bridging consumerd's `nats_redelivered` and `nats_deduplicated` (its
     /// summary: a run killed earlier leaves none).
     sink_counts: (Option<u64>, Option<u64>),
+    /// When records were lost, duplicated or reordered: where (see [`where_it_went_wrong`]).
+    diagnosis: Option<String>,
+}
+
+/// `seqs` (sorted, distinct) as ranges of consecutive numbers.
+fn ranges(seqs: &[u64]) -> Vec<std::ops::RangeInclusive<u64>> {
+    let mut out: Vec<std::ops::RangeInclusive<u64>> = Vec::new();
+    for &seq in seqs {
+        match out.last_mut() {
+            Some(last) if *last.end() + 1 == seq => *last = *last.start()..=seq,
+            _ => out.push(seq..=seq),
+        }
+    }
+    out
+}
+
+/// Which generator sequence numbers were lost (ranges), and whether the stream holds
+/// them (read directly from the server at `url`) and at which stream sequences; the
+/// stream's own order and duplicates; the bridging producerd's log lines about the
+/// stream's sequence. Says where records vanished: before the stream (sink, server) or
+/// after it (source).
+fn where_it_went_wrong(bridge: &Bridge, url: &str, source_log: &str) -> String {
+    let mut acknowledged = shmring_tests::ledger::read_ledger(&bridge.stream.ledger);
+    acknowledged.sort_unstable();
+    acknowledged.dedup();
+    let mut delivered = shmring_tests::ledger::read_generator_file(&bridge.stream.out);
+    delivered.sort_unstable();
+    delivered.dedup();
+    let lost: Vec<u64> = acknowledged.iter().copied().filter(|s| delivered.binary_search(s).is_err()).collect();
+    let mut out = format!("lost generator sequence numbers: {} in {} ranges\n", lost.len(), ranges(&lost).len());
+    let stream = match shmring_tests::nats_server::read_stream(url, "BRIDGE") {
+        Ok(stream) => stream,
+        Err(e) => return out + &format!("the stream could not be read: {e}\n"),
+    };
+    let mut at: std::collections::BTreeMap<u64, Vec<u64>> = std::collections::BTreeMap::new();
+    for &(stream_seq, generator_seq) in &stream {
+        at.entry(generator_seq.unwrap_or(u64::MAX)).or_default().push(stream_seq);
+    }
+    let in_stream_order: Vec<u64> = stream.iter().filter_map(|(_, g)| *g).collect();
+    let reordered = in_stream_order.windows(2).filter(|w| w[1] <= w[0]).count();
+    let twice = at.values().filter(|v| v.len() > 1).count();
+    out += &format!(
+        "the stream holds {} messages (stream sequences {:?} to {:?}); {} of them out of generator order, {} generator records stored more than once, {} not generator records\n",
+        stream.len(),
+        stream.first().map(|m| m.0),
+        stream.last().map(|m| m.0),
+        reordered,
+        twice,
+        at.get(&u64::MAX).map_or(0, Vec::len),
+    );
+    for range in ranges(&lost).iter().take(20) {
+        let stored: Vec<u64> = range.clone().filter_map(|g| at.get(&g).map(|v| v[0])).collect();
+        let where_ = if stored.is_empty() {
+            "NOT in the stream (lost before JetStream stored it: sink or server)".to_owned()
+        } else {
+            format!(
+                "{} of them IN the stream, at stream sequences {:?} (lost after the stream: the source)",
+                stored.len(),
+                ranges(&{
+                    let mut s = stored.clone();
+                    s.sort_unstable();
+                    s
+                })
+            )
+        };
+        out += &format!("  lost {}..={} ({}): {where_}\n", range.start(), range.end(), range.end() - range.start() + 1);
+    }
+    let lines: Vec<&str> =
+        source_log.lines().filter(|l| l.contains("nats source") && !l.contains("pulling")).take(40).collect();
+    out += &format!("the last bridging producerd said:\n{}\n", lines.join("\n"));
+    out
 }
 
 /// The longest stretch without `WATCHDOG=1` from `daemon` between `from` and `to`.
@@ -238,8 +309,13 @@ fn run_bridge(test: &str, count: u64, fault: Fault) -> Run {
     let summary = sink.summary();
     let sink_counts = (summary.0["nats_redelivered"].as_u64(), summary.0["nats_deduplicated"].as_u64());
     let found = bridge.stream.evidence();
+    let diagnosis = (!found.exact() || found.delivered != count).then(|| {
+        let diagnosis = where_it_went_wrong(&bridge, &urls[0], &source.log());
+        eprintln!("{test}: {found:?}\n{diagnosis}");
+        diagnosis
+    });
     assert_eq!(ring_b.stats().total_produced, found.delivered, "ring B holds what the file holds");
-    Run { found, took, outage, killed, sink_counts }
+    Run { found, took, outage, killed, sink_counts, diagnosis }
 }
 
 #[test]
@@ -318,7 +394,7 @@ fn bridge_carries_record_types() {
 /// Checks and reports a server-fault run.
 fn server_fault(test: &str, fault: Fault, what: &str) {
     let count = records();
-    let Run { found, took, outage, killed, sink_counts } = run_bridge(test, count, fault);
+    let Run { found, took, outage, killed, sink_counts, diagnosis } = run_bridge(test, count, fault);
     let (silence, said) = outage.expect("a server fault");
     let fed = silence < Duration::from_micros(WATCHDOG_USEC);
     // With one server the sink's connection drops and STATUS must say so; in a cluster
@@ -348,7 +424,7 @@ fn server_fault(test: &str, fault: Fault, what: &str) {
             "seconds": took.as_secs_f64(),
         }),
     );
-    found.assert_exact();
+    assert!(diagnosis.is_none(), "{found:?}\n{}", diagnosis.unwrap_or_default());
     assert_eq!((found.acknowledged, found.delivered), (count, count), "{found:?}");
     assert!(fed, "a bridging daemon sent no WATCHDOG=1 for {silence:?} while the server was down");
     assert!(said, "STATUS never said \"nats disconnected\" while the server was down");
