@@ -189,3 +189,34 @@ pub fn read_stream(url: &str, stream: &str) -> Result<Vec<(u64, Option<u64>)>, S
         Ok(found)
     })
 }
+
+/// Takes up to `count` messages from the durable pull consumer `consumer` of `stream`
+/// (on the server at `url`) and drops them unacknowledged: to the consumer's puller
+/// these deliveries are lost on their way, as with a node that dies holding them. The
+/// server delivers them again only after the consumer's `ack_wait`. Returns the stream
+/// sequences taken.
+pub fn take_deliveries(url: &str, stream: &str, consumer: &str, count: usize) -> Result<Vec<u64>, String> {
+    use async_nats::jetstream::consumer::PullConsumer;
+    use futures_util::StreamExt;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.map_err(|e| format!("connect {url}: {e}"))?;
+        let js = async_nats::jetstream::new(client);
+        let handle = js.get_stream(stream).await.map_err(|e| format!("stream {stream}: {e}"))?;
+        let puller: PullConsumer =
+            handle.get_consumer(consumer).await.map_err(|e| format!("consumer {consumer}: {e}"))?;
+        let mut messages = puller
+            .fetch()
+            .max_messages(count)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| format!("pulling from {consumer}: {e}"))?;
+        let mut taken = Vec::with_capacity(count);
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| format!("pulling from {consumer}: {e}"))?;
+            taken.push(message.info().map_err(|e| format!("message metadata: {e}"))?.stream_sequence);
+        }
+        Ok(taken)
+    })
+}

@@ -18,6 +18,13 @@
 //!   then started again on its port and store; `..._of_the_stream_leader`: the same for
 //!   the stream's leader (found through the nodes' `/jsz`) in a three-node cluster with
 //!   stream replicas 3. Both: 0 lost, 0 duplicated, 0 reordered; RELIABILITY rows.
+//! - `bridge_survives_deliveries_lost_on_their_way`: mid-stream the test itself pulls 300
+//!   messages from the source's durable consumer and drops them, so that the source sees
+//!   the consumer skip them (what a node dying with deliveries in its buffers does, but
+//!   every time): the source must read them from the stream, not commit past the hole.
+//!
+//! A run that loses records says which (ranges), whether the stream holds them, and the
+//! bridging producerd's log lines about the stream (`where_it_went_wrong`).
 //!
 //! Lost and duplicated are counted from the ledger and the file, never from the
 //! daemons' counters. `nats-server` must be installed (CI installs it): without it the
@@ -116,7 +123,14 @@ enum Fault {
     /// A three-node cluster (stream replicas 3): the stream's leader is SIGKILLed once
     /// a third of the records reached ring B, and started again after [`OUTAGE`].
     Leader,
+    /// Once a third of the records reached ring B, the test pulls [`TAKEN`] messages from
+    /// the source's durable consumer and drops them: deliveries lost on their way, as
+    /// when a node dies holding them, which the server sends again only after `ack_wait`.
+    Taken,
 }
+
+/// How many deliveries [`Fault::Taken`] takes from the source's consumer.
+const TAKEN: usize = 300;
 
 /// How long a killed server stays down: longer than the daemons' watchdog period
 /// ([`WATCHDOG_USEC`]), which they must keep feeding meanwhile.
@@ -133,6 +147,8 @@ struct Run {
     outage: Option<(Duration, bool)>,
     /// Leader: the node killed.
     killed: Option<String>,
+    /// Taken: the stream sequences taken from the source's consumer.
+    taken: Vec<u64>,
     /// The last bridging consumerd's `nats_redelivered` and `nats_deduplicated` (its
     /// summary: a run killed earlier leaves none).
     sink_counts: (Option<u64>, Option<u64>),
@@ -243,7 +259,7 @@ fn run_bridge(test: &str, count: u64, fault: Fault) -> Run {
     let ring_a = observe_when_created(&bridge.ring_a);
     let ring_b = observe_when_created(&bridge.ring_b);
     let mut rng = seed(test);
-    let (mut outage, mut killed) = (None, None);
+    let (mut outage, mut killed, mut taken) = (None, None, Vec::new());
     let kills = if let Fault::Daemons(kills) = fault { kills } else { 0 };
     for kill in 0..2 * kills {
         // A kill at a random point of the stream, once records move through ring B.
@@ -286,6 +302,17 @@ fn run_bridge(test: &str, count: u64, fault: Fault) -> Run {
         let said = sink.notifications().iter().any(|(t, m)| *t > down && m.contains("nats disconnected"));
         outage = Some((silence, said));
     }
+    if fault == Fault::Taken {
+        wait_until(patience(count), "a third of the records reach ring B", || {
+            ring_b.stats().total_produced >= count / 3
+        });
+        // Only what the server has for the consumer now comes: taken until there are enough.
+        wait_until(Duration::from_secs(30), "deliveries taken from the source's consumer", || {
+            let more = shmring_tests::nats_server::take_deliveries(&urls[0], "BRIDGE", "in", TAKEN - taken.len());
+            taken.extend(more.unwrap_or_else(|e| panic!("taking deliveries: {e}")));
+            taken.len() >= TAKEN
+        });
+    }
     wait_until(patience(count), "the generator has published every record", || ring_a.stats().total_produced >= count);
     generator.wait(&fx).assert_success();
     // Every record left ring A; then ring B gets all of them, or stops growing (records
@@ -309,13 +336,15 @@ fn run_bridge(test: &str, count: u64, fault: Fault) -> Run {
     let summary = sink.summary();
     let sink_counts = (summary.0["nats_redelivered"].as_u64(), summary.0["nats_deduplicated"].as_u64());
     let found = bridge.stream.evidence();
+    let holes = source.log().lines().filter(|l| l.contains("the consumer skipped messages")).count();
+    eprintln!("{test}: the last bridging producerd read {holes} holes of its consumer's deliveries from the stream");
     let diagnosis = (!found.exact() || found.delivered != count).then(|| {
         let diagnosis = where_it_went_wrong(&bridge, &urls[0], &source.log());
         eprintln!("{test}: {found:?}\n{diagnosis}");
         diagnosis
     });
     assert_eq!(ring_b.stats().total_produced, found.delivered, "ring B holds what the file holds");
-    Run { found, took, outage, killed, sink_counts, diagnosis }
+    Run { found, took, outage, killed, taken, sink_counts, diagnosis }
 }
 
 #[test]
@@ -394,7 +423,7 @@ fn bridge_carries_record_types() {
 /// Checks and reports a server-fault run.
 fn server_fault(test: &str, fault: Fault, what: &str) {
     let count = records();
-    let Run { found, took, outage, killed, sink_counts, diagnosis } = run_bridge(test, count, fault);
+    let Run { found, took, outage, killed, sink_counts, diagnosis, .. } = run_bridge(test, count, fault);
     let (silence, said) = outage.expect("a server fault");
     let fed = silence < Duration::from_micros(WATCHDOG_USEC);
     // With one server the sink's connection drops and STATUS must say so; in a cluster
@@ -428,9 +457,15 @@ fn server_fault(test: &str, fault: Fault, what: &str) {
     assert_eq!((found.acknowledged, found.delivered), (count, count), "{found:?}");
     assert!(fed, "a bridging daemon sent no WATCHDOG=1 for {silence:?} while the server was down");
     assert!(said, "STATUS never said \"nats disconnected\" while the server was down");
-    // The sink had records throughout the outage (ring A full behind it), so it refused
-    // batches and published their records again.
-    assert!(sink_counts.0.is_some_and(|n| n > 0), "the sink republished nothing: {sink_counts:?}");
+    // The one server: the sink had records throughout the outage (ring A full behind it),
+    // so it refused batches and published their records again. In a cluster the sink may
+    // be connected to a node that lives on with nothing in flight to the dead leader (the
+    // stream may hold every record before the kill), or a new leader may answer within the
+    // batch's deadline: nothing to publish again (seen once in 5 runs: 0 lost, 0
+    // duplicated, the sink's counts 0 and 0).
+    if fault == Fault::Server {
+        assert!(sink_counts.0.is_some_and(|n| n > 0), "the sink republished nothing: {sink_counts:?}");
+    }
 }
 
 #[test]
@@ -443,13 +478,35 @@ fn bridge_survives_kill9_of_the_nats_server() {
 }
 
 #[test]
-#[ignore = "known defect, under investigation: one run of 2026-12-04 lost 399 of 100000 records across a stream leader kill (README, Across hosts); run it with --ignored"]
 fn bridge_survives_kill9_of_the_stream_leader() {
     server_fault(
         "bridge_survives_kill9_of_the_stream_leader",
         Fault::Leader,
         "three-node cluster, stream replicas 3: the stream leader SIGKILLed mid-stream, down 7 s, restarted",
     );
+}
+
+#[test]
+fn bridge_survives_deliveries_lost_on_their_way() {
+    let test = "bridge_survives_deliveries_lost_on_their_way";
+    let count = records();
+    let Run { found, took, taken, diagnosis, .. } = run_bridge(test, count, Fault::Taken);
+    let mut sorted = taken.clone();
+    sorted.sort_unstable();
+    report(
+        test,
+        "300 deliveries of the nats source's durable consumer taken mid-stream by another puller and dropped (lost on their way, as with a node dying holding them)",
+        1,
+        &format!(
+            "{}: stream sequences {:?} taken",
+            if found.exact() && found.delivered == count { "pass" } else { "FAIL" },
+            ranges(&sorted),
+        ),
+        &Figures::Counted(found.clone()),
+        json!({ "records": count, "reordered": found.reordered, "taken": taken.len(), "seconds": took.as_secs_f64() }),
+    );
+    assert!(diagnosis.is_none(), "{found:?}\n{}", diagnosis.unwrap_or_default());
+    assert_eq!((found.acknowledged, found.delivered), (count, count), "{found:?}");
 }
 
 #[test]
