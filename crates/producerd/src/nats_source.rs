@@ -318,8 +318,12 @@ fn record_type_of(headers: Option<&async_nats::HeaderMap>, stream_sequence: u64)
 /// later ones were committed (the redelivery would be dropped as at or below the last
 /// committed sequence) and acknowledged (`ack_policy = all` covers the skipped ones:
 /// they would never come again). A three-node cluster whose stream leader was killed
-/// lost a whole pull batch (512 records) that way. The stream is asked, through its
-/// leader, until it answers; `Err` when the ring thread is gone.
+/// lost a whole pull batch (512 records) that way.
+///
+/// Each read asks the stream's leader for the first message of `filter` at or after a
+/// sequence (`next_by_subj`), so sequences of other subjects or deleted ones cost
+/// nothing: one read per skipped message, and one that finds `next`. A failed read is
+/// retried until it works; `Err` when the ring thread is gone.
 async fn fill_gap(
     stream: &async_nats::jetstream::stream::Stream,
     filter: &str,
@@ -329,16 +333,17 @@ async fn fill_gap(
 ) -> Result<(), ()> {
     use async_nats::jetstream::stream::RawMessageErrorKind;
     let mut filled = 0u64;
-    for sequence in after + 1..next {
+    let mut from = after + 1;
+    while from < next {
         let mut said = false;
         let message = loop {
-            match stream.get_raw_message(sequence).await {
+            match stream.get_first_raw_message_by_subject(filter, from).await {
                 Ok(message) => break Some(message),
-                // Deleted, or never stored (a failed publish may burn a sequence).
+                // Nothing of `filter` from there on: `next` itself was deleted since.
                 Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => break None,
                 Err(e) => {
                     if !said {
-                        warn!(sequence, error = %e, "nats source: reading a skipped message from the stream failed, retrying");
+                        warn!(from, error = %e, "nats source: reading a skipped message from the stream failed, retrying");
                         said = true;
                     }
                     if deliveries.is_closed() {
@@ -348,13 +353,14 @@ async fn fill_gap(
                 }
             }
         };
-        let Some(message) = message.filter(|m| subject_matches(filter, &m.subject)) else {
-            continue;
+        let Some(message) = message.filter(|m| m.sequence < next) else {
+            break;
         };
+        from = message.sequence + 1;
         let delivery = Delivery {
-            stream_sequence: sequence,
+            stream_sequence: message.sequence,
             delivered: 0,
-            record_type: record_type_of(Some(&message.headers), sequence),
+            record_type: record_type_of(Some(&message.headers), message.sequence),
             payload: message.payload,
             acker: None,
         };
@@ -370,20 +376,6 @@ async fn fill_gap(
         );
     }
     Ok(())
-}
-
-/// Whether `subject` matches the filter `filter` (`*`: one token, `>`: the rest).
-fn subject_matches(filter: &str, subject: &str) -> bool {
-    let mut tokens = subject.split('.');
-    for want in filter.split('.') {
-        match (want, tokens.next()) {
-            (">", Some(_)) => return true,
-            ("*", Some(_)) => {}
-            (want, Some(token)) if want == token => {}
-            _ => return false,
-        }
-    }
-    tokens.next().is_none()
 }
 
 /// The intent written before each commit (see the module docs).
@@ -463,18 +455,6 @@ impl Intent {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn filters_match_subjects_token_by_token() {
-        assert!(subject_matches("bridge.*", "bridge.7"));
-        assert!(!subject_matches("bridge.*", "bridge.7.x"));
-        assert!(!subject_matches("bridge.*", "bridge"));
-        assert!(!subject_matches("bridge.*", "other.7"));
-        assert!(subject_matches("bridge.>", "bridge.7.x"));
-        assert!(!subject_matches("bridge.>", "bridge"));
-        assert!(subject_matches("bridge.7", "bridge.7"));
-        assert!(!subject_matches("bridge.7", "bridge.8"));
-    }
 
     #[test]
     fn the_write_cursor_decides_whether_the_intended_commit_happened() {
