@@ -202,6 +202,22 @@ fn where_it_went_wrong(bridge: &Bridge, url: &str, source_log: &str) -> String {
         twice,
         at.get(&u64::MAX).map_or(0, Vec::len),
     );
+    // Where the stream's order breaks: the stream sequence, and the generator sequence
+    // numbers before and at it.
+    let breaks: Vec<String> = stream
+        .windows(2)
+        .filter_map(|w| match (w[0].1, w[1].1) {
+            (Some(a), Some(b)) if b <= a => Some(format!("stream {}: {a} then {b}", w[1].0)),
+            _ => None,
+        })
+        .take(10)
+        .collect();
+    if !breaks.is_empty() {
+        out += &format!(
+            "  out of order in the stream itself (stored so by the sink's publishes): {}\n",
+            breaks.join("; ")
+        );
+    }
     for range in ranges(&lost).iter().take(20) {
         let stored: Vec<u64> = range.clone().filter_map(|g| at.get(&g).map(|v| v[0])).collect();
         let where_ = if stored.is_empty() {
