@@ -155,3 +155,68 @@ impl NatsCluster {
         nodes.iter().position(|n| n.name == name)
     }
 }
+
+/// Every message of `stream`, read directly from the server at `url` (an ordered
+/// consumer of its own): `(stream sequence, generator sequence number of the payload)`,
+/// in stream order (`None`: a payload that is no generator record). For a failed bridge
+/// run, this says whether the records it lost reached the stream.
+pub fn read_stream(url: &str, stream: &str) -> Result<Vec<(u64, Option<u64>)>, String> {
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    use futures_util::StreamExt;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.map_err(|e| format!("connect {url}: {e}"))?;
+        let js = async_nats::jetstream::new(client);
+        let mut handle = js.get_stream(stream).await.map_err(|e| format!("stream {stream}: {e}"))?;
+        let total = handle.info().await.map_err(|e| format!("stream info: {e}"))?.state.messages;
+        let consumer = handle
+            .create_consumer(OrderedConfig::default())
+            .await
+            .map_err(|e| format!("an ordered consumer of {stream}: {e}"))?;
+        let mut messages = consumer.messages().await.map_err(|e| format!("pulling {stream}: {e}"))?;
+        let mut found = Vec::with_capacity(total as usize);
+        while (found.len() as u64) < total {
+            let message = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(format!("reading {stream}: {e}")),
+                Ok(None) | Err(_) => {
+                    return Err(format!("{stream}: {} of its {total} messages came", found.len()));
+                }
+            };
+            let sequence = message.info().map_err(|e| format!("message metadata: {e}"))?.stream_sequence;
+            found.push((sequence, crate::daemons::generator_seq(&message.payload)));
+        }
+        Ok(found)
+    })
+}
+
+/// Takes up to `count` messages from the durable pull consumer `consumer` of `stream`
+/// (on the server at `url`) and drops them unacknowledged: to the consumer's puller
+/// these deliveries are lost on their way, as with a node that dies holding them. The
+/// server delivers them again only after the consumer's `ack_wait`. Returns the stream
+/// sequences taken.
+pub fn take_deliveries(url: &str, stream: &str, consumer: &str, count: usize) -> Result<Vec<u64>, String> {
+    use async_nats::jetstream::consumer::PullConsumer;
+    use futures_util::StreamExt;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.map_err(|e| format!("connect {url}: {e}"))?;
+        let js = async_nats::jetstream::new(client);
+        let handle = js.get_stream(stream).await.map_err(|e| format!("stream {stream}: {e}"))?;
+        let puller: PullConsumer =
+            handle.get_consumer(consumer).await.map_err(|e| format!("consumer {consumer}: {e}"))?;
+        let mut messages = puller
+            .fetch()
+            .max_messages(count)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| format!("pulling from {consumer}: {e}"))?;
+        let mut taken = Vec::with_capacity(count);
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| format!("pulling from {consumer}: {e}"))?;
+            taken.push(message.info().map_err(|e| format!("message metadata: {e}"))?.stream_sequence);
+        }
+        Ok(taken)
+    })
+}

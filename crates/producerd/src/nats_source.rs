@@ -19,6 +19,17 @@
 //! whose acknowledgement it did not get within `ack_wait`) is acknowledged and dropped,
 //! counted `deduplicated`. Acknowledgements use `ack_policy = all`: one per batch.
 //!
+//! # No message past a hole
+//! Dropping what is at or below the last committed sequence, and `ack_policy = all`, are
+//! right only if nothing is committed past a message not yet committed. A delivery lost
+//! on its way (the node this client is connected to dies with it in its buffers, or the
+//! consumer's leader dies after recording it as delivered) breaks that: the server
+//! delivers the next ones at once and the lost one only after `ack_wait`. So the puller
+//! keeps the last stream sequence it handed on, and when the consumer skips sequences
+//! after it, it reads the skipped ones of its subject from the stream and hands them on
+//! first (see [`fill_gap`]). A stream-leader kill in a three-node cluster lost a whole
+//! pull batch (512 records) before it did.
+//!
 //! Only spsc rings: the intent's proof is the ring's single write cursor. The intent file
 //! is written (not fsynced) per record: the promise holds across process crashes, as for
 //! the file sink with `fsync = "never"`.
@@ -57,7 +68,9 @@ struct Delivery {
     /// From the sink's `Shmring-Type` header (0 without one).
     record_type: u32,
     payload: bytes::Bytes,
-    acker: Acker,
+    /// `None` for a message read from the stream to fill a gap (see [`fill_gap`]): a
+    /// later delivery's acknowledgement covers it (`ack_policy = all`).
+    acker: Option<Acker>,
 }
 
 /// The source, opened before the daemon reports ready (its runtime started).
@@ -112,15 +125,21 @@ impl NatsSource {
                 }
                 Ok(_) => {}
             }
+            // The acknowledgement to send (the batch's last delivery that has one) and how
+            // many messages it covers; `covered`: messages of this batch settled so far.
             let mut to_acknowledge: Option<(Acker, u64)> = None;
+            let mut covered = 0;
             for delivery in batch.drain(..) {
-                if delivery.delivered > 1 {
+                if delivery.delivered != 1 {
+                    // Relaxed: counters for metrics. (0: read from the stream to fill a gap.)
                     self.counters.redelivered.fetch_add(1, Ordering::Relaxed);
                 }
-                let covered = to_acknowledge.as_ref().map_or(0, |(_, n)| *n) + 1;
+                covered += 1;
                 if last.is_some_and(|l| delivery.stream_sequence <= l) {
                     self.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
-                    to_acknowledge = Some((delivery.acker, covered));
+                    if let Some(acker) = delivery.acker {
+                        to_acknowledge = Some((acker, covered));
+                    }
                     continue;
                 }
                 intent.store(IntentRecord {
@@ -135,7 +154,9 @@ impl NatsSource {
                 }
                 last = Some(delivery.stream_sequence);
                 self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-                to_acknowledge = Some((delivery.acker, covered));
+                if let Some(acker) = delivery.acker {
+                    to_acknowledge = Some((acker, covered));
+                }
             }
             if let Some(ack) = to_acknowledge {
                 let _ = acks.send(ack);
@@ -219,6 +240,9 @@ async fn fetch(
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(covered)));
         }
     };
+    // The last stream sequence handed to the ring thread (in stream order): the consumer
+    // was positioned right after it, or delivered it.
+    let mut forwarded = start.map(|start| start - 1);
     let pulling = async {
         loop {
             let mut messages = match consumer.stream().max_messages_per_batch(settings.batch).messages().await {
@@ -243,17 +267,18 @@ async fn fetch(
                 };
                 let (message, acker) = message.split();
                 counters.published.fetch_add(1, Ordering::Relaxed);
-                let header = message.headers.as_ref().and_then(|h| h.get(TYPE_HEADER)).map(|v| v.as_str());
-                let record_type = record_type_from_header(header).unwrap_or_else(|e| {
-                    warn!(stream_sequence = info.0, error = %e, "nats source: bad Shmring-Type header; the record is written with type 0");
-                    0
-                });
+                if let Some(after) = forwarded.filter(|f| info.0 > f + 1) {
+                    if fill_gap(&stream, &settings.subject, after, info.0, deliveries).await.is_err() {
+                        return;
+                    }
+                }
+                forwarded = Some(forwarded.map_or(info.0, |f| f.max(info.0)));
                 let delivery = Delivery {
                     stream_sequence: info.0,
                     delivered: info.1,
-                    record_type,
+                    record_type: record_type_of(message.headers.as_ref(), info.0),
                     payload: message.payload,
-                    acker,
+                    acker: Some(acker),
                 };
                 if deliveries.send(delivery).await.is_err() {
                     return;
@@ -270,6 +295,85 @@ async fn fetch(
     tokio::select! {
         () = pulling => {}
         () = acking => {}
+    }
+    Ok(())
+}
+
+/// The record type a message's `Shmring-Type` header gives (0 without one, or a bad one).
+fn record_type_of(headers: Option<&async_nats::HeaderMap>, stream_sequence: u64) -> u32 {
+    let header = headers.and_then(|h| h.get(TYPE_HEADER)).map(|v| v.as_str());
+    record_type_from_header(header).unwrap_or_else(|e| {
+        warn!(stream_sequence, error = %e, "nats source: bad Shmring-Type header; the record is written with type 0");
+        0
+    })
+}
+
+/// The consumer delivered stream sequence `next` right after `after`, skipping the
+/// sequences between: hands the ring thread the messages among them that the consumer
+/// delivers (those of the `filter` subject), read from the stream itself, in order.
+///
+/// A skip does not prove that there was nothing to deliver: a delivery lost on its way
+/// (the connection to the node it crossed dropped, or the consumer's leader died after
+/// recording it as delivered) is delivered again only after `ack_wait`, and by then the
+/// later ones were committed (the redelivery would be dropped as at or below the last
+/// committed sequence) and acknowledged (`ack_policy = all` covers the skipped ones:
+/// they would never come again). A three-node cluster whose stream leader was killed
+/// lost a whole pull batch (512 records) that way.
+///
+/// Each read asks the stream's leader for the first message of `filter` at or after a
+/// sequence (`next_by_subj`), so sequences of other subjects or deleted ones cost
+/// nothing: one read per skipped message, and one that finds `next`. A failed read is
+/// retried until it works; `Err` when the ring thread is gone.
+async fn fill_gap(
+    stream: &async_nats::jetstream::stream::Stream,
+    filter: &str,
+    after: u64,
+    next: u64,
+    deliveries: &mpsc::Sender<Delivery>,
+) -> Result<(), ()> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    let mut filled = 0u64;
+    let mut from = after + 1;
+    while from < next {
+        let mut said = false;
+        let message = loop {
+            match stream.get_first_raw_message_by_subject(filter, from).await {
+                Ok(message) => break Some(message),
+                // Nothing of `filter` from there on: `next` itself was deleted since.
+                Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => break None,
+                Err(e) => {
+                    if !said {
+                        warn!(from, error = %e, "nats source: reading a skipped message from the stream failed, retrying");
+                        said = true;
+                    }
+                    if deliveries.is_closed() {
+                        return Err(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let Some(message) = message.filter(|m| m.sequence < next) else {
+            break;
+        };
+        from = message.sequence + 1;
+        let delivery = Delivery {
+            stream_sequence: message.sequence,
+            delivered: 0,
+            record_type: record_type_of(Some(&message.headers), message.sequence),
+            payload: message.payload,
+            acker: None,
+        };
+        deliveries.send(delivery).await.map_err(|_| ())?;
+        filled += 1;
+    }
+    if filled > 0 {
+        warn!(
+            after,
+            next,
+            filled,
+            "nats source: the consumer skipped messages (deliveries lost on their way); read them from the stream"
+        );
     }
     Ok(())
 }
