@@ -18,6 +18,13 @@ set -euo pipefail
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 dpkg-deb -R "$1" "$work/pkg"
+# gone PATTERN FILE...: the break took PATTERN out of the FILEs, so it changed something
+# (a bare `! grep` would not stop this script: set -e ignores a negated command).
+gone() {
+    local pattern=$1
+    shift
+    if grep -q -- "$pattern" "$@"; then echo "break-package.sh: '$pattern' is still in $*" >&2; exit 1; fi
+}
 rm "$work/pkg/usr/share/man/man1/shmctl-peek.1.gz" "$work/pkg/usr/share/doc/shmring/examples/mpmc.toml"
 sed -i 's/^    systemctl --system stop .*/    : # break-package.sh: no stop/' "$work/pkg/DEBIAN/prerm"
 sed -i '/deb-systemd-helper unmask "$unit"/d' "$work/pkg/DEBIAN/postinst"
@@ -25,11 +32,11 @@ sed -i 's/; case "$(cat "$f")" in \*refused) .*;; esac'"'"'$/'"'"'/' "$work"/pkg
 sed -i '/^\[Install\]$/,$d' "$work/pkg/lib/systemd/system/producerd.service"
 sed -i '/^    rm -rf \/var\/lib\/shmring$/d' "$work/pkg/DEBIAN/postrm"
 # Each break must have changed something.
-! grep -q 'refused)' "$work"/pkg/lib/systemd/system/*.service
-! grep -q '^\[Install\]' "$work/pkg/lib/systemd/system/producerd.service"
-! grep -q 'rm -rf /var/lib/shmring' "$work/pkg/DEBIAN/postrm"
-! grep -q 'systemctl --system stop' "$work/pkg/DEBIAN/prerm"
-! grep -q 'deb-systemd-helper unmask "$unit"' "$work/pkg/DEBIAN/postinst"
+gone 'refused)' "$work"/pkg/lib/systemd/system/*.service
+gone '^\[Install\]' "$work/pkg/lib/systemd/system/producerd.service"
+gone 'rm -rf /var/lib/shmring' "$work/pkg/DEBIAN/postrm"
+gone 'systemctl --system stop' "$work/pkg/DEBIAN/prerm"
+gone 'deb-systemd-helper unmask "$unit"' "$work/pkg/DEBIAN/postinst"
 # ... and left the maintainer scripts valid: each check must fail for its own break.
 for script in prerm postinst postrm; do sh -n "$work/pkg/DEBIAN/$script"; done
 dpkg-deb --root-owner-group -b "$work/pkg" "$2" >/dev/null
