@@ -5,15 +5,15 @@
 # copies it to a scratch folder, puts the shmring .deb there (scripts/build-deb, or
 # SHMRING_VM_DEB), adds the guest test (guest/test.sh, run by guest/shmring-vm-test.service
 # after boot: it installs the package with dpkg -i and checks it), packs the folder into an
-# ext4 image without mounting anything, boots it under qemu (twice: the test reboots the
-# VM once) and reads the PASS/FAIL lines the guest prints on its serial console. Exit 0
+# ext4 image without mounting anything, boots it under qemu (three times: the test reboots
+# the VM twice) and reads the PASS/FAIL lines the guest prints on its serial console. Exit 0
 # only if every check passed.
 #
 # systemd, systemd-tmpfiles and systemd-sysusers run only inside the VM, never here.
 #
 # Environment: SHMRING_VM_CACHE (default /var/cache/shmring-vm), SHMRING_VM_MIRROR
 # (default: the bookworm mirror of this machine's apt sources), SHMRING_VM_TIMEOUT (seconds
-# for both boots and the test, default 900), SHMRING_VM_ACCEL (default tcg: nested KVM
+# for the boots and the test, default 900), SHMRING_VM_ACCEL (default tcg: nested KVM
 # hangs on our machines), SHMRING_VM_DEB=PATH (test this .deb; by default
 # scripts/build-deb builds one), SHMRING_VM_KEEP=1 (keep the scratch folder), SHMRING_VM_SHELL=1 (after the checks, keep
 # the VM up with a root shell on the serial console, which is this terminal; no timeout),
@@ -173,16 +173,17 @@ rm -rf --one-file-system "$guest"
 # --- boot ----------------------------------------------------------------------------
 log="$scratch/serial.log"
 run_log="$cache/serial-$(date -u +%Y%m%dT%H%M%S)-$$.log"
-say "booting (qemu -accel $accel, timeout ${timeout_s} s for both boots; serial log $run_log)"
+say "booting (qemu -accel $accel, timeout ${timeout_s} s for all boots; serial log $run_log)"
 boot_started=$(date +%s)
 qemu=(qemu-system-x86_64 -accel "$accel" -m 1024 -smp 1 -nographic -no-reboot -nic none
     -kernel "$kernel" -initrd "$initrd"
     -append "root=/dev/vda rw console=ttyS0 init=/lib/systemd/systemd quiet panic=1"
     -drive "file=$image,format=raw,if=virtio")
-# The guest prints SHMRING-VM-REBOOT and reboots once (enable-and-reboot); under
-# -no-reboot qemu exits then, and the same disk boots again. At most two boots.
+# The guest prints SHMRING-VM-REBOOT and reboots (after enable-and-reboot and after
+# package-remove); under -no-reboot qemu exits then, and the same disk boots again. At most
+# three boots.
 set +e
-for boot in 1 2; do
+for boot in 1 2 3; do
     left=$((timeout_s - ($(date +%s) - boot_started)))
     ((left > 0)) || { qemu_status=124; break; }
     if [[ $shell == 1 ]]; then
@@ -193,7 +194,7 @@ for boot in 1 2; do
             tee -a "$log" | sed -un 's/\r$//; /^\(PASS\|FAIL\|MUTANT\|SHMRING-VM-\)/p'
     fi
     qemu_status=${PIPESTATUS[0]}
-    ((qemu_status == 0 && boot == 1)) && tr -d '\r' <"$log" | grep -qx 'SHMRING-VM-REBOOT' || break
+    ((qemu_status == 0 && $(tr -d '\r' <"$log" | grep -cx 'SHMRING-VM-REBOOT') == boot)) || break
     say "the guest rebooted: booting it again ($(($(date +%s) - boot_started)) s so far)"
 done
 set -e

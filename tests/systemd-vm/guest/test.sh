@@ -12,11 +12,14 @@ set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SYSTEMD_COLORS=0 SYSTEMD_PAGER=
 
 # Every check, in the order it runs; run.sh reads this line to know what must PASS.
-CHECKS=(package-install users-and-dirs start-order-and-handshake unit-checks records-flow journal-fields reload-waits reload-refused-warns kill9-producer kill9-consumer watchdog-producer watchdog-consumer daemon-reload stop-order-full-ring verify-across-restarts unlink broken-config-once templates-three-backends mutants enable-and-reboot enabled-after-reboot package-remove package-reinstall package-purge)
+CHECKS=(package-install users-and-dirs start-order-and-handshake unit-checks records-flow journal-fields reload-waits reload-refused-warns kill9-producer kill9-consumer watchdog-producer watchdog-consumer daemon-reload stop-order-full-ring verify-across-restarts unlink broken-config-once templates-three-backends mutants enable-and-reboot enabled-after-reboot package-remove removed-after-reboot package-reinstall package-purge)
+# The checks after which the guest reboots (run.sh boots it again): the test goes on with
+# the next check at the next boot. Three boots: the package installed, enabled, removed.
+REBOOT_AFTER=(enable-and-reboot package-remove)
 
 # The package under test, put here by run.sh.
 DEB=/root/shmring.deb
-# Where the test keeps what it carries across the reboot (the package purge keeps /root).
+# Where the test keeps what it carries across the reboots (the package purge keeps /root).
 ACROSS_REBOOT=/root/shmring-vm-test
 
 # Checked against each shipped unit and each mutant, in this order.
@@ -107,6 +110,22 @@ no_daemon_runs() {
     done
     info "$1: units running: ${units:-none}; processes: ${procs[*]:-none}"
     [[ -z $units && ${#procs[@]} == 0 ]] || { why="daemons still run $1: units ${units:-none}, processes ${procs[*]:-none}"; return 1; }
+}
+
+# shmring_segments: the memory segments the user shmring owns, one a line: files in /dev/shm
+# (posix) and SysV keys (/proc/sysvipc/shm, whose 8th column is the owner's uid).
+shmring_segments() {
+    local uid
+    uid=$(id -u shmring) || return 1
+    find /dev/shm -user shmring -printf 'posix /%P\n' | LC_ALL=C sort
+    awk -v uid="$uid" 'NR > 1 && $8 == uid { printf "sysv 0x%08x\n", $1 }' /proc/sysvipc/shm | LC_ALL=C sort
+}
+
+# var_lib_shmring: what /var/lib/shmring holds: each path with its owner, mode and size, then
+# each file's sha256.
+var_lib_shmring() {
+    find /var/lib/shmring -printf '%p %u:%g %m %s\n' 2>&1 | LC_ALL=C sort
+    find /var/lib/shmring -type f -exec sha256sum {} + 2>&1 | LC_ALL=C sort -k2
 }
 
 # The line the exit-status drop-in logs for a unit's last run (see the end of this file).
@@ -653,6 +672,7 @@ check_enabled_after_reboot() {
 # /etc/shmring with the operator's edits, the package "deinstall ok config-files"; the
 # segments stay: the posix ring (memory, until a reboot) and /var/lib/shmring with the
 # verify state. The verify sink's last summary counts this boot's ring only, all of it.
+# Then the guest reboots: removed-after-reboot checks the next boot.
 check_package_remove() {
     show=(producerd consumerd)
     local out f left=() files produced consumed summary cpid shmctl=$ACROSS_REBOOT/shmctl
@@ -663,6 +683,11 @@ check_package_remove() {
     cpid=$(prop consumerd MainPID)
     out=$(dpkg -r shmring 2>&1) || { why="dpkg -r shmring failed: $(tail -n 5 <<<"$out")"; return 1; }
     info "dpkg -r: $(grep -v '^(Reading' <<<"$out" | tr '\n' ' ')"
+    # For the next boot, whatever this check finds: the boot id, the segments, what
+    # /var/lib/shmring holds (prerm has stopped the daemons: nothing writes there now).
+    cat /proc/sys/kernel/random/boot_id >"$ACROSS_REBOOT/removed_boot_id"
+    shmring_segments >"$ACROSS_REBOOT/removed_segments"
+    var_lib_shmring >"$ACROSS_REBOOT/removed_var_lib"
     info "status: $(dpkg-query -W -f='${Status}' shmring)"
     [[ $(dpkg-query -W -f='${Status}' shmring) == "deinstall ok config-files" ]] || { why="after dpkg -r shmring is '$(dpkg-query -W -f='${Status}' shmring)', want 'deinstall ok config-files'"; return 1; }
     no_daemon_runs "after dpkg -r" || return 1
@@ -699,8 +724,61 @@ check_package_remove() {
         { why="consumerd's verify summary is not lost 0, duplicated 0, received $produced (this ring's records only): $summary"; return 1; }
 }
 
-# dpkg -i again after the removal: postinst lifts the masks and enables again what was
-# enabled before (the units are back, enabled, not started), the kept conffiles unchanged.
+# failed_part PART WHY: for a check that names every part of it that failed (in failed
+# and whys), not only the first.
+failed_part() { failed+=("$1"); whys+=("$1: $2"); }
+
+# The boot after dpkg -r, as documented. Each part that fails is named in why (all of them,
+# so one broken run shows every part it breaks):
+# - nothing-started: no daemon runs, and no shmring unit left "inactive" this boot;
+# - masked: both units masked (postrm's mask: the enablement links, which stay for a
+#   reinstall, start nothing), and those links still there;
+# - segments: shmring owns no posix or SysV segment (they were memory, and none was
+#   created this boot);
+# - var-lib: /var/lib/shmring (file segments, the verify state) as the removal left it,
+#   byte for byte;
+# - kept: the package "deinstall ok config-files", the conffiles with the operator's edit,
+#   the user shmring.
+check_removed_after_reboot() {
+    show=(producerd consumerd)
+    local u out f before now left=()
+    local failed=() whys=()
+    [[ -s $ACROSS_REBOOT/removed_boot_id && $(cat /proc/sys/kernel/random/boot_id) != "$(cat "$ACROSS_REBOOT/removed_boot_id")" ]] ||
+        { why="not a new boot since dpkg -r (boot id unchanged or not recorded)"; return 1; }
+    out=$(systemctl list-units --all --no-legend --plain 'producerd*' 'consumerd*' | awk '{ print $1, $2, $3, $4 }' | tr '\n' ';')
+    info "systemctl list-units --all: ${out:-none}"
+    no_daemon_runs "at the boot after dpkg -r" || failed_part nothing-started "$why"
+    out=$(systemctl list-units --all --no-legend --plain 'producerd*' 'consumerd*' | awk '$3 != "inactive" { print $1, $3 }' | tr '\n' ' ')
+    [[ -z $out ]] || failed_part nothing-started "units not inactive: $out"
+    for u in producerd consumerd; do
+        props $u LoadState,UnitFileState,ActiveState,InactiveExitTimestampMonotonic
+        info "$u: ${P[LoadState]}, ${P[UnitFileState]}, ${P[ActiveState]}, left inactive at ${P[InactiveExitTimestampMonotonic]} us; multi-user.target.wants: $(readlink /etc/systemd/system/multi-user.target.wants/$u.service || echo none)"
+        ((${P[InactiveExitTimestampMonotonic]:-0} == 0)) || failed_part nothing-started "$u was started this boot (left inactive at ${P[InactiveExitTimestampMonotonic]} us)"
+        [[ ${P[LoadState]}/${P[UnitFileState]} == masked/masked ]] || failed_part masked "$u is ${P[LoadState]}/${P[UnitFileState]}, want masked/masked"
+        [[ -L /etc/systemd/system/multi-user.target.wants/$u.service ]] || failed_part masked "$u's enablement link is gone (documented to stay until a purge)"
+    done
+    before=$(cat "$ACROSS_REBOOT/removed_segments") now=$(shmring_segments)
+    info "shmring's memory segments before the reboot: $(tr '\n' ' ' <<<"$before"); now: $(tr '\n' ' ' <<<"${now:-none}")"
+    [[ -z $now ]] || failed_part segments "shmring owns $(tr '\n' ' ' <<<"$now")(none survives a reboot, and nothing may create one)"
+    before=$(cat "$ACROSS_REBOOT/removed_var_lib") now=$(var_lib_shmring)
+    info "/var/lib/shmring: $(grep -c . <<<"$now") lines of listing and sha256, $(if [[ $now == "$before" ]]; then echo "as dpkg -r left it"; else echo "changed"; fi)"
+    [[ -f /var/lib/shmring/verify.state ]] || failed_part var-lib "/var/lib/shmring/verify.state is gone"
+    [[ $now == "$before" ]] || failed_part var-lib "changed across the boot: $(diff <(echo "$before") <(echo "$now") | grep '^[<>]' | tr '\n' ' ')"
+    info "status: $(dpkg-query -W -f='${Status}' shmring 2>&1)"
+    [[ $(dpkg-query -W -f='${Status}' shmring 2>&1) == "deinstall ok config-files" ]] || failed_part kept "shmring is '$(dpkg-query -W -f='${Status}' shmring 2>&1)', want 'deinstall ok config-files'"
+    for f in producerd consumerd pair; do [[ -f /etc/shmring/$f.toml ]] || left+=("/etc/shmring/$f.toml"); done
+    ((${#left[@]} == 0)) || failed_part kept "conffiles gone: ${left[*]}"
+    grep -q '^state = ' /etc/shmring/consumerd.toml || failed_part kept "the operator's edit of /etc/shmring/consumerd.toml is gone"
+    getent passwd shmring >/dev/null || failed_part kept "the system user shmring is gone"
+    ((${#failed[@]} == 0)) && return 0
+    info "failed parts: $(printf '%s\n' "${failed[@]}" | awk '!seen[$0]++' | tr '\n' ' ')"
+    why="at the boot after dpkg -r: $(printf '%s; ' "${whys[@]}")"
+    return 1
+}
+
+# dpkg -i again after the removal and a boot: postinst lifts the masks and enables again
+# what was enabled before (the units are back, enabled, not started), the kept conffiles
+# unchanged.
 check_package_reinstall() {
     show=(producerd consumerd)
     local out files
@@ -719,10 +797,13 @@ check_package_reinstall() {
 
 # dpkg --purge, as documented: the daemons stopped (the consumer drained), the units, the
 # programs, man pages and completions gone, no enablement links left, /var/lib/shmring
-# gone; the system user stays, and so does the posix segment (memory, until a reboot).
+# gone; the system user stays, and so does the posix segment (memory, until a reboot). The
+# reboot after the removal took the ring, and the reinstall starts nothing: the segment is
+# one shmctl creates as shmring before the purge.
 check_package_purge() {
     show=(producerd consumerd)
     local out left=() f
+    out=$(runuser -u shmring -- shmctl create $RING --capacity 4KiB 2>&1) || { why="shmctl create $RING as shmring failed: $out"; return 1; }
     out=$(dpkg --purge shmring 2>&1) || { why="dpkg --purge shmring failed: $(tail -n 5 <<<"$out")"; return 1; }
     info "dpkg --purge: $(grep -v '^(Reading' <<<"$out" | tr '\n' ' ')"
     for f in /usr/bin/shmctl /usr/bin/producerd /usr/bin/consumerd /lib/systemd/system/producerd.service \
@@ -793,27 +874,23 @@ if [[ -s /etc/shmring-vm-only ]]; then
     done
     CHECKS=("${selected[@]}")
 fi
-# The checks up to enable-and-reboot run at the first boot, the rest at the second.
-if [[ -e $ACROSS_REBOOT/rebooting ]]; then
-    rm -f "$ACROSS_REBOOT/rebooting"
-    after_reboot=0
-    for check in "${CHECKS[@]}"; do
-        ((after_reboot)) && run_check "$check"
-        [[ $check == enable-and-reboot ]] && after_reboot=1
-    done
-else
-    for check in "${CHECKS[@]}"; do
-        run_check "$check"
-        if [[ $check == enable-and-reboot ]]; then
-            mkdir -p "$ACROSS_REBOOT" && touch "$ACROSS_REBOOT/rebooting"
-            # run.sh boots the VM again when it sees this line (qemu runs with -no-reboot).
-            echo "SHMRING-VM-REBOOT"
-            touch /run/shmring-vm-rebooting
-            systemctl reboot --no-block
-            exit 0
-        fi
-    done
-fi
+# Boot N runs the checks after the (N-1)th of REBOOT_AFTER, up to and including the Nth,
+# then reboots; the last boot runs the rest. $ACROSS_REBOOT/reboots counts the reboots.
+boot=$(($(cat "$ACROSS_REBOOT/reboots" 2>/dev/null || echo 0) + 1))
+part=1
+for check in "${CHECKS[@]}"; do
+    ((part == boot)) && run_check "$check"
+    [[ " ${REBOOT_AFTER[*]} " == *" $check "* ]] || continue
+    if ((part == boot)); then
+        mkdir -p "$ACROSS_REBOOT" && echo "$boot" >"$ACROSS_REBOOT/reboots"
+        # run.sh boots the VM again when it sees this line (qemu runs with -no-reboot).
+        echo "SHMRING-VM-REBOOT"
+        touch /run/shmring-vm-rebooting
+        systemctl reboot --no-block
+        exit 0
+    fi
+    part=$((part + 1))
+done
 echo "SHMRING-VM-TEST-END"
 if [[ -e /etc/shmring-vm-keep ]]; then
     echo "SHMRING-VM-SHELL: a root shell on this console; 'poweroff' ends the VM"
