@@ -13,7 +13,7 @@
 #
 # Environment: SHMRING_VM_CACHE (default /var/cache/shmring-vm), SHMRING_VM_MIRROR
 # (default: the bookworm mirror of this machine's apt sources), SHMRING_VM_TIMEOUT (seconds
-# for the boots and the test, default 900), SHMRING_VM_ACCEL (default tcg: nested KVM
+# for the boots and the test, default 1200), SHMRING_VM_ACCEL (default tcg: nested KVM
 # hangs on our machines), SHMRING_VM_DEB=PATH (test this .deb; by default
 # scripts/build-deb builds one), SHMRING_VM_KEEP=1 (keep the scratch folder), SHMRING_VM_SHELL=1 (after the checks, keep
 # the VM up with a root shell on the serial console, which is this terminal; no timeout),
@@ -26,7 +26,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${SHMRING_VM_CACHE:-/var/cache/shmring-vm}
-timeout_s=${SHMRING_VM_TIMEOUT:-900}
+timeout_s=${SHMRING_VM_TIMEOUT:-1200}
 shell=${SHMRING_VM_SHELL:-0}
 accel=${SHMRING_VM_ACCEL:-tcg}
 suite=bookworm
