@@ -89,7 +89,8 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<PeekError>() {
             return match e {
-                PeekError::UnsupportedKind { .. } => UNAVAILABLE,
+                PeekError::NamedConsumerUnsupported { .. } => USAGE,
+                PeekError::NoSuchConsumer { .. } => NO_INPUT,
                 PeekError::Corrupt { .. } => DATA,
             };
         }
