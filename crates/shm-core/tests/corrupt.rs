@@ -1455,7 +1455,7 @@ fn peek_words() -> Vec<usize> {
 #[test]
 fn hostile_words_under_peek_of_every_new_kind_give_errors_never_panics() {
     let words = peek_words();
-    let mut rng = SplitMix64(0x9EEC_0F_4B1D);
+    let mut rng = SplitMix64(0x9EEC_0F4B_1D00);
     let mut corrupt = 0;
     for case in 0..240 {
         let kind = [RingKind::Mpsc, RingKind::Broadcast, RingKind::Mpmc][case % 3];
