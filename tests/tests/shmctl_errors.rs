@@ -455,17 +455,25 @@ mod file {
     every_backend!(File);
 }
 
-/// `peek` reads spsc rings only, for now: on a healthy mpsc, broadcast or mpmc ring it
-/// says so and exits 69 (unavailable), never 65 "corrupt" about a ring that is fine.
+/// `peek` reads every kind of ring: on a healthy, empty mpsc, broadcast or mpmc ring it
+/// says nothing is waiting and exits 0, never 65 "corrupt" about a ring that is fine. A
+/// consumer name is a usage error (64) on a ring whose consumers have no names, and a
+/// name no broadcast consumer holds is 66.
 #[test]
-fn peek_on_another_kind_of_ring_says_it_is_not_supported() {
+fn peek_reads_every_kind_and_refuses_a_consumer_name_it_cannot_use() {
     let fx = shmring_tests::Fixture::new("peek-kinds");
     for kind in ["mpsc", "broadcast", "mpmc"] {
         let ring = fx.location(shmring_tests::Backend::File);
         create(&fx, &ring, &["--capacity", "4KiB", "--kind", kind]);
         let f = shmctl_on(&fx, "peek", &ring, &[]);
-        assert_fails(&f, UNAVAILABLE, &["peek is not supported for", kind, "rings yet"]);
-        assert!(!f.stderr.contains("corrupt"), "{kind}: {}", f.stderr);
+        f.assert_code(0);
+        assert!(f.stdout.contains("no records waiting"), "{kind}: {}", f.stdout);
+        let named = shmctl_on(&fx, "peek", &ring, &["--consumer", "recorder"]);
+        if kind == "broadcast" {
+            assert_fails(&named, NO_INPUT, &["no broadcast consumer is named", "recorder"]);
+        } else {
+            assert_fails(&named, USAGE, &[kind, "has no named consumers"]);
+        }
         // The ring was only looked at: stat still reads it as healthy.
         shmctl_on(&fx, "stat", &ring, &[]).assert_code(0);
     }

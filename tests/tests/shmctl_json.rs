@@ -7,6 +7,11 @@
 //! - `gc_json`: `{"dry_run", "segments": [{"name", "action", "reason"}]}`.
 //! - `publish_json`: `{"segment", "bytes", "record_type", "position"}`.
 //! - `peek_json`: payloads as UTF-8 text or base64, as `encoding` says.
+//! - `peek_json_of_an_mpsc_ring_...`: records of real producer processes in claim order
+//!   with their `producer`, and `stopped_at` naming the producer whose claim holds it up,
+//!   alive then dead.
+//! - `peek_json_of_broadcast_and_mpmc_rings`: `seq` from a named consumer's cursor or the
+//!   oldest record; `state` `taken` with its `worker`, then `waiting`.
 //! - `list_json_and_lsipc_options`: `--json`; `-o` columns, `--noheadings`, `--raw`,
 //!   `-b`, and widths that fit the longest name.
 //! - `stat_json_and_watch_ndjson`: `--json` is one object; `--watch --json` one object a
@@ -18,7 +23,7 @@ mod shmctl_support;
 
 use base64::Engine as _;
 use serde_json::Value;
-use shm_core::Location;
+use shm_core::{Location, RingKind};
 use shmctl_support::{PATIENCE, args_on, command, create, json, name, num, publish, shmctl, shmctl_on, text};
 use shmring_tests::{Backend, Fixture, wait_until};
 
@@ -99,6 +104,97 @@ fn peek_json() {
     assert_eq!(text(&records[1], "/encoding"), "base64", "{peeked:#}");
     let decoded = base64::engine::general_purpose::STANDARD.decode(text(&records[1], "/data")).expect("base64");
     assert_eq!(decoded, bytes);
+    // The fields other kinds fill are there, empty, for an spsc ring.
+    assert_eq!((&records[0]["producer"], &records[0]["seq"]), (&Value::Null, &Value::Null), "{peeked:#}");
+    assert_eq!((text(&records[0], "/state"), &peeked["stopped_at"]), ("waiting", &Value::Null), "{peeked:#}");
+}
+
+const MPSC_PEER: &str = env!("CARGO_BIN_EXE_mpsc-peer");
+
+/// `(producer, seq)` of each record of `peek --json`, from its `producer` field and from
+/// its payload (`mpsc-peer`'s layout: `seq` then the producer id, both u64 LE).
+fn mpsc_records(peeked: &Value) -> Vec<(u64, u64)> {
+    let records = peeked["records"].as_array().unwrap_or_else(|| panic!("records: {peeked:#}"));
+    records
+        .iter()
+        .map(|r| {
+            let data = match text(r, "/encoding") {
+                "utf8" => text(r, "/data").as_bytes().to_vec(),
+                _ => base64::engine::general_purpose::STANDARD.decode(text(r, "/data")).expect("base64"),
+            };
+            let word = |i: usize| u64::from_le_bytes(data[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+            assert_eq!(num(r, "/producer"), word(1), "{r:#}");
+            (word(1), word(0))
+        })
+        .collect()
+}
+
+#[test]
+fn peek_json_of_an_mpsc_ring_stops_at_a_claim_and_names_its_producer() {
+    let fx = Fixture::new("json-peek-mpsc");
+    let (segment, name) = fx.create_posix_ring(RingKind::Mpsc, CAPACITY);
+    let location = Location::posix(&name).expect("a name");
+    fx.wait(&fx.spawn_mpsc_producer(MPSC_PEER, &name, 0, 3, None), PATIENCE).assert_success();
+    let go = fx.path("never");
+    let hanging = fx.spawn_mpsc_producer(MPSC_PEER, &name, 1, 5, Some((2, &go)));
+    wait_until(PATIENCE, "producer 1 holds its claim", || fx.stdout_so_far(&hanging).contains("claimed=2"));
+
+    let peeked = json(&shmctl_on(&fx, "peek", &location, &["--json"]));
+    assert_eq!(text(&peeked, "/kind"), "mpsc", "{peeked:#}");
+    assert_eq!(mpsc_records(&peeked), [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)], "{peeked:#}");
+    let waiting_for = &peeked["stopped_at"]["waiting_for"];
+    assert_eq!(*waiting_for, serde_json::json!({ "state": "waiting_for", "producer": 1 }), "{peeked:#}");
+
+    fx.kill(&hanging);
+    let peeked = json(&shmctl_on(&fx, "peek", &location, &["--json", "-n", "2"]));
+    assert_eq!(mpsc_records(&peeked), [(0, 0), (0, 1)], "-n 2: {peeked:#}");
+    let peeked = json(&shmctl_on(&fx, "peek", &location, &["--json"]));
+    let waiting_for = &peeked["stopped_at"]["waiting_for"];
+    assert_eq!((text(waiting_for, "/state"), num(waiting_for, "/producer")), ("dead", 1), "{peeked:#}");
+    let plain = shmctl_on(&fx, "peek", &location, &[]);
+    plain.assert_success();
+    assert!(plain.stdout.contains("stopped") && plain.stdout.contains("producer 1 is dead"), "{}", plain.stdout);
+    // Peek moved nothing: the consumer has all five records still to read.
+    let stats = segment.stats();
+    assert_eq!((stats.total_consumed, segment.mpsc_consumer().expect("consumer").position()), (0, 0));
+}
+
+#[test]
+fn peek_json_of_broadcast_and_mpmc_rings() {
+    let fx = Fixture::new("json-peek-kinds");
+    let (segment, name) = fx.create_posix_ring(RingKind::Broadcast, CAPACITY);
+    let location = Location::posix(&name).expect("a name");
+    let mut producer = segment.broadcast_producer().expect("producer");
+    let mut a = segment.broadcast_consumer("a").expect("consumer a");
+    for record in ["zero", "one", "two"] {
+        producer.try_publish(record.as_bytes()).expect("publish");
+    }
+    assert_eq!(a.try_read().expect("a record").data, b"zero");
+    a.release();
+    let seqs = |peeked: &Value| -> Vec<(u64, String)> {
+        let records = peeked["records"].as_array().unwrap_or_else(|| panic!("records: {peeked:#}"));
+        records.iter().map(|r| (num(r, "/seq"), text(r, "/data").to_owned())).collect()
+    };
+    let from_a = json(&shmctl_on(&fx, "peek", &location, &["--json", "--consumer", "a"]));
+    assert_eq!(seqs(&from_a), [(1, "one".into()), (2, "two".into())], "{from_a:#}");
+    assert_eq!((text(&from_a, "/consumer"), &from_a["consumer_lapped"]), ("a", &Value::Bool(false)));
+    let oldest = json(&shmctl_on(&fx, "peek", &location, &["--json"]));
+    assert_eq!(seqs(&oldest).len(), 3, "from the oldest record: {oldest:#}");
+
+    let (segment, name) = fx.create_posix_ring(RingKind::Mpmc, CAPACITY);
+    let location = Location::posix(&name).expect("a name");
+    let mut producer = segment.mpsc_producer(3).expect("producer");
+    for record in ["first", "second"] {
+        producer.try_publish(record.as_bytes()).expect("publish");
+    }
+    let mut worker = segment.mpmc_worker(2).expect("worker");
+    let job = worker.try_take().expect("a job");
+    let peeked = json(&shmctl_on(&fx, "peek", &location, &["--json"]));
+    let records = peeked["records"].as_array().unwrap_or_else(|| panic!("records: {peeked:#}"));
+    let got: Vec<_> = records.iter().map(|r| (text(r, "/data"), text(r, "/state"), r["worker"].clone())).collect();
+    assert_eq!(got, [("first", "taken", Value::from(2)), ("second", "waiting", Value::Null)], "{peeked:#}");
+    assert!(records.iter().all(|r| num(r, "/producer") == 3), "{peeked:#}");
+    drop(job);
 }
 
 #[test]

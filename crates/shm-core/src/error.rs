@@ -302,17 +302,25 @@ pub enum AttachError {
     },
 }
 
-/// Why [`crate::Segment::peek`] failed.
+/// Why [`crate::Segment::peek`] or [`crate::Segment::peek_view`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeekError {
-    /// `peek` reads spsc rings only so far; the segment holds another kind, which is no
-    /// sign of damage.
-    #[error("{location}: peek is not supported for {kind} rings yet")]
-    UnsupportedKind {
+    /// A consumer name was given for a ring whose consumers have no names (only
+    /// broadcast consumers do).
+    #[error("{location}: a {kind} ring has no named consumers (a consumer name is for broadcast rings)")]
+    NamedConsumerUnsupported {
         /// The segment.
         location: Location,
         /// The segment's kind.
         kind: &'static str,
+    },
+    /// No consumer slot of the broadcast ring holds that name (or it is not a valid name).
+    #[error("{location}: no broadcast consumer is named {name:?}")]
+    NoSuchConsumer {
+        /// The segment.
+        location: Location,
+        /// The name asked for.
+        name: String,
     },
     /// The ring's cursors or frames are impossible.
     #[error("{location}")]

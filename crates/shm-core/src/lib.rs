@@ -31,9 +31,10 @@
 //!   by another process while a ring runs (`crates/shm-core/tests/corrupt.rs`). Out of
 //!   reach: a process allowed to write a posix or file segment can truncate it, and any
 //!   access to the pages cut off is `SIGBUS` (see the backend docs in [`segment`]).
-//! - [`Segment::peek`] copies records without a reference to bytes another process may
-//!   be writing, and re-checks the read cursor after each copy: on a busy ring it never
-//!   reports corruption that is not there.
+//! - [`Segment::peek`] (every ring kind) copies records without a reference to bytes
+//!   another process may be writing, and re-checks the cursor (and, where consumers zero
+//!   what they pass, the header word) after each copy: on a busy ring it never reports
+//!   corruption that is not there, nor a record torn by a racing writer.
 //! - Each producer and consumer holds a kernel lock the OS drops when it dies;
 //!   [`Segment::participants`] reports who is alive.
 //!
@@ -91,8 +92,11 @@ pub use error::{AttachError, CreateError, OpenError, OpenOrCreateError, PeekErro
 pub use layout::{HeaderError, RingKind};
 pub use name::{Location, NameError, SegmentName, SysvKey};
 pub use participant::{Liveness, Participant, Role};
-pub use ring::spsc::{Batch, Claim, Consumer, PeekedRecord, PowerLossRepair, Producer, ReadGuard, Record};
-pub use ring::{BatchError, ClaimError, Corruption, FlushError, ReadError, TryClaimError, TryReadError, WaitStrategy};
+pub use ring::spsc::{Batch, Claim, Consumer, PeekedRecord, PeekedState, PowerLossRepair, Producer, ReadGuard, Record};
+pub use ring::{
+    BatchError, ClaimError, Corruption, FlushError, PeekStop, PeekView, ReadError, SkippedFrame, TryClaimError,
+    TryReadError, WaitStrategy,
+};
 pub use segment::{
     BroadcastConsumerStatus, FlushPolicy, MpmcStatus, MpmcWorkerStatus, MpscProducerStatus, MpscStatus, Segment,
     SegmentBuilder, SegmentInfo, SysvStat,

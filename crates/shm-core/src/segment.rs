@@ -1190,17 +1190,57 @@ impl Segment {
         })
     }
 
-    /// Copies up to `max` records that are committed and not yet released, oldest
-    /// first, without consuming them or writing anything (works read-only).
-    /// Other kinds of rings are [`PeekError::UnsupportedKind`] for now.
+    /// Copies up to `max` records that a consumer would read next, in the order it reads
+    /// them, without consuming them or writing anything (works read-only): the records of
+    /// [`peek_view`](Self::peek_view) without a consumer name.
     pub fn peek(&self, max: usize) -> Result<Vec<crate::ring::spsc::PeekedRecord>, PeekError> {
+        self.peek_view(max, None).map(|view| view.records)
+    }
+
+    /// Copies up to `max` records that a consumer would read next, without consuming them
+    /// or writing anything (works read-only), with what lies between and around them. Per
+    /// kind (the "Peek" section of each ring module says how a racing writer is detected):
+    /// - spsc: committed records from the read cursor.
+    /// - mpsc: committed records from the read cursor in claim order (with their producer
+    ///   ids), padding and holes as skipped frames, stopping at the first claim not yet
+    ///   committed, with whom it waits for.
+    /// - broadcast: from the cursor of the consumer named `consumer`, or without a name
+    ///   (or when that consumer was lapped) from the oldest record still in the ring, with
+    ///   sequence numbers.
+    /// - mpmc: records not yet acknowledged from the release cursor, those a worker took
+    ///   marked [`PeekedState::Taken`](crate::ring::spsc::PeekedState), stopping at a claim
+    ///   as mpsc does.
+    ///
+    /// `consumer` is for broadcast rings only ([`PeekError::NamedConsumerUnsupported`]).
+    pub fn peek_view(&self, max: usize, consumer: Option<&str>) -> Result<crate::ring::PeekView, PeekError> {
         let location = || self.inner.location.clone();
         let kind = self.inner.geometry.kind;
-        if kind != crate::layout::RingKind::Spsc {
-            return Err(PeekError::UnsupportedKind { location: location(), kind: kind.name() });
+        let ring = self.ring_refs();
+        let corrupt = |source| PeekError::Corrupt { location: location(), source };
+        if consumer.is_some() && kind != RingKind::Broadcast {
+            return Err(PeekError::NamedConsumerUnsupported { location: location(), kind: kind.name() });
         }
-        crate::ring::spsc::peek(&self.ring_refs(), max)
-            .map_err(|source| PeekError::Corrupt { location: location(), source })
+        match kind {
+            RingKind::Spsc => crate::ring::spsc::peek(&ring, max)
+                .map(|records| crate::ring::PeekView { records, ..Default::default() })
+                .map_err(corrupt),
+            RingKind::Mpsc => mpsc::peek(&ring, max, &*self.producer_liveness()).map_err(corrupt),
+            RingKind::Mpmc => mpmc::peek(&ring, max, &*self.producer_liveness()).map_err(corrupt),
+            RingKind::Broadcast => {
+                let slot = match consumer {
+                    None => None,
+                    Some(name) => {
+                        let missing = || PeekError::NoSuchConsumer { location: location(), name: name.into() };
+                        let name = broadcast::ConsumerName::new(name).map_err(|_| missing())?;
+                        match broadcast::find_slot(&ring, &name) {
+                            Some((k, broadcast::Entry::Resume)) => Some(k),
+                            _ => return Err(missing()),
+                        }
+                    }
+                };
+                broadcast::peek(&ring, max, slot).map_err(corrupt)
+            }
+        }
     }
 
     /// Everyone who attached, with their liveness by kernel lock.

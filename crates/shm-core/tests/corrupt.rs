@@ -1433,3 +1433,127 @@ proptest! {
         let _ = seg.stats();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// peek of mpsc, broadcast and mpmc rings: hostile words give errors, never panics.
+// ---------------------------------------------------------------------------------------
+
+/// Data words of the first records (where every kind's frames start) and the words each
+/// kind's peek reads: both cursors, the take cursor, the broadcast horizon and the first
+/// consumer slots, the mpmc holding words.
+fn peek_words() -> Vec<usize> {
+    let mut words: Vec<usize> = (0..16).map(|w| DATA_AT + 8 * w).collect();
+    words.extend(mpmc_words());
+    words.extend(broadcast_words());
+    words
+}
+
+/// A ring of `kind` with records in every state its peek shows (committed, taken,
+/// acknowledged, a claim in flight), then hostile values in the words peek reads: peek
+/// with and without a consumer name returns a view or an error, never a panic, and never
+/// a record longer than the ring allows.
+#[test]
+fn hostile_words_under_peek_of_every_new_kind_give_errors_never_panics() {
+    let words = peek_words();
+    let mut rng = SplitMix64(0x9EEC_0F4B_1D00);
+    let mut corrupt = 0;
+    for case in 0..240 {
+        let kind = [RingKind::Mpsc, RingKind::Broadcast, RingKind::Mpmc][case % 3];
+        let seg = TestSegment::new();
+        let segment = Segment::builder(seg.location.clone()).kind(kind).capacity(CAP).create().expect("create");
+        let raw = seg.raw();
+        // Handles stay alive through the damage, as they would in other processes.
+        let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
+        match kind {
+            RingKind::Mpsc | RingKind::Mpmc => {
+                let mut a = segment.mpsc_producer(0).expect("producer 0");
+                let mut b = segment.mpsc_producer(1).expect("producer 1");
+                for i in 0..rng.below(40) {
+                    let _ = [&mut a, &mut b][(i % 2) as usize].try_publish(&vec![i as u8 + 1; (i % 70) as usize]);
+                }
+                if kind == RingKind::Mpmc {
+                    let mut w = segment.mpmc_worker(0).expect("worker");
+                    if let Ok(job) = w.try_take() {
+                        job.hold_for_retry();
+                    }
+                    keep.push(Box::new(w));
+                }
+                std::mem::forget(b.try_claim(16));
+                keep.push(Box::new((a, b)));
+            }
+            _ => {
+                let mut p = segment.broadcast_producer().expect("producer");
+                let mut c = segment.broadcast_consumer("c").expect("consumer");
+                for i in 0..rng.below(200) {
+                    let _ = p.try_publish(&vec![i as u8; (i % 90) as usize]);
+                    if i % 4 == 0 {
+                        let _ = c.try_read();
+                    }
+                }
+                keep.push(Box::new((p, c)));
+            }
+        }
+        for _ in 0..1 + rng.below(3) {
+            let at = words[rng.below(words.len() as u64) as usize];
+            let value = match rng.below(4) {
+                0 => rng.next(),
+                1 => rng.below(4 * CAP) & !7,
+                2 => u64::MAX - rng.below(16),
+                _ => raw.word(at).load(Ordering::Relaxed).wrapping_add(8 * rng.below(64)),
+            };
+            raw.set(at, value);
+        }
+        for consumer in [None, Some("c"), Some("nobody")] {
+            let result = segment.peek_view(64, consumer);
+            corrupt += usize::from(matches!(result, Err(shm_core::PeekError::Corrupt { .. })));
+            if let Ok(view) = result {
+                assert!(view.records.len() <= 64 && view.skipped.len() <= 64, "case {case}: more than asked");
+                for r in &view.records {
+                    assert!(r.data.len() as u64 <= CAP / 2, "case {case} ({kind:?}): a record larger than the ring");
+                }
+            }
+        }
+        drop(keep);
+    }
+    // The damage reaches the peeks: many cases are reported corrupt (the rest land on
+    // values a ring can hold, or on words peek does not read).
+    assert!(corrupt > 20, "only {corrupt} peeks found the damage");
+}
+
+/// Crafted frames at the read cursor that no writer makes: each kind's peek says corrupt.
+#[test]
+fn impossible_frames_at_the_head_make_peek_of_every_new_kind_corrupt() {
+    use shm_core::PeekError;
+    use shm_core::ring::mpsc::committed;
+    for kind in [RingKind::Mpsc, RingKind::Broadcast, RingKind::Mpmc] {
+        let seg = TestSegment::new();
+        let segment = Segment::builder(seg.location.clone()).kind(kind).capacity(CAP).create().expect("create");
+        let raw = seg.raw();
+        if kind == RingKind::Broadcast {
+            segment.broadcast_producer().expect("producer").try_publish(b"hello").expect("publish");
+        } else {
+            segment.mpsc_producer(0).expect("producer").try_publish(b"hello").expect("publish");
+        }
+        // (header word at the read cursor, write cursor to set, what is wrong)
+        let committed0 = if kind == RingKind::Broadcast { 0 } else { committed(0, 0) };
+        let mut cases = vec![
+            (encode(CAP as u32, committed0), None, "longer than the ring"),
+            (encode(8, PADDING), None, "padding not ending the lap"),
+            (encode(64, committed0), None, "running past the write (claim) cursor"),
+        ];
+        if kind == RingKind::Broadcast {
+            // Inside the ring and below the write cursor, but longer than a record can be.
+            cases.push((encode(3000, 0), Some(CAP), "longer than the largest record"));
+        } else {
+            cases.push((encode(1, 0xFFFF_0000), None, "a reserved type"));
+        }
+        for (header, write_cursor, what) in cases {
+            raw.set(DATA_AT, header);
+            if let Some(w) = write_cursor {
+                raw.set(WRITE_CURSOR_AT, w);
+            }
+            let result = segment.peek_view(10, None);
+            assert!(matches!(result, Err(PeekError::Corrupt { .. })), "{kind:?}, a frame {what}: {result:?}");
+        }
+    }
+}

@@ -47,7 +47,20 @@ shmctl stat 0x53480001 --watch 250ms")]
 shmctl publish /high_perf_ring --file record.bin --type 7")]
     Publish(PublishArgs),
     /// Show records waiting in a ring without consuming them (moves no cursor).
-    #[command(after_help = "Examples:\n  shmctl peek /high_perf_ring\n  shmctl peek /high_perf_ring -n 3 --hex")]
+    #[command(after_help = "Examples:\n  shmctl peek /high_perf_ring\n  shmctl peek /high_perf_ring -n 3 --hex\n  \
+shmctl peek /logs --consumer recorder\n\n\
+What each kind shows (nothing is consumed, no cursor moves):\n  \
+spsc       committed records from the consumer's read cursor\n  \
+mpsc       committed records from the consumer's read cursor in claim order, each with its\n             \
+producer; padding and holes as skipped lines; it stops at the first claim not yet\n             \
+committed and says whom it waits for (a live producer, or a dead one whose hole the\n             \
+consumer will unblock)\n  \
+broadcast  from the read cursor of the consumer named by --consumer, or without one (or\n             \
+when that consumer was lapped) from the oldest record still in the ring; each with\n             \
+its sequence number\n  \
+mpmc       records not yet acknowledged, from the release cursor: taken ones marked with\n             \
+the worker holding them, then waiting ones in the order workers take them; stops at\n             \
+a claim not yet committed as mpsc does")]
     Peek(PeekArgs),
     /// Run both daemons on the default config (generator -> ring -> verify), show live
     /// statistics, stop them cleanly and print a summary.
@@ -254,6 +267,9 @@ pub struct PeekArgs {
     /// JSON instead of text (payloads as UTF-8 text or base64, as `encoding` says).
     #[arg(long, conflicts_with = "hex")]
     pub json: bool,
+    /// Broadcast rings: start at this named consumer's read cursor (what it reads next).
+    #[arg(long, value_name = "NAME")]
+    pub consumer: Option<String>,
 }
 
 /// `shmctl demo`.

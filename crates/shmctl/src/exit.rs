@@ -4,9 +4,9 @@
 //! |------|---------|
 //! | 0  | success |
 //! | 1  | any other failure |
-//! | 64 | usage: bad arguments, invalid name, size or options |
+//! | 64 | usage: bad arguments, invalid name, size or options (`peek --consumer` on a ring without named consumers) |
 //! | 65 | data: not a shmring segment, unsupported version, corrupt header or ring |
-//! | 66 | no such segment |
+//! | 66 | no such segment (or, for `peek --consumer`, no such broadcast consumer) |
 //! | 69 | unavailable: in use by a live participant, not initialised, role taken, not supported for this kind of ring yet |
 //! | 73 | cannot create: the name already exists |
 //! | 74 | I/O error, or no space to reserve the segment |
@@ -89,7 +89,8 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<PeekError>() {
             return match e {
-                PeekError::UnsupportedKind { .. } => UNAVAILABLE,
+                PeekError::NamedConsumerUnsupported { .. } => USAGE,
+                PeekError::NoSuchConsumer { .. } => NO_INPUT,
                 PeekError::Corrupt { .. } => DATA,
             };
         }

@@ -77,6 +77,17 @@
 //! so a consumer is lapped when it is more than fifteen sixteenths of a ring behind, and
 //! counts what it missed as above.
 //!
+//! # Peek
+//! [`crate::Segment::peek_view`] copies records with their sequence numbers, writing
+//! nothing, checked exactly as a consumer's copies are (the horizon after an Acquire
+//! fence; a lapped copy is dropped, and the records before it are returned, or the walk
+//! starts again). With a consumer's name it starts at that consumer's cursor: what it
+//! reads next. Without one, or when that consumer was lapped (then the view says so), it
+//! starts at the oldest record still in the ring that a walk can find: the first frame
+//! boundary at or above `horizon - capacity` (no byte there can be overwritten before the
+//! producer announces a new horizon), which is the lowest consumer cursor there or the
+//! start of a lap (frames never straddle the ring's end).
+//!
 //! # Waking
 //! As in spsc ("Waking"), with two differences: the consumers share `data_wake`, which is
 //! therefore an event count rather than a flag (`sleep_among_many` in `ring::wait` says
@@ -86,9 +97,11 @@
 use std::time::Duration;
 
 use super::frame::{self, FRAME_HEADER, PADDING, RESERVED_TYPES};
-use super::spsc::{CurrentSlot, current_slot};
+use super::spsc::{CurrentSlot, PEEK_ATTEMPTS, PeekedRecord, PeekedState, current_slot};
 use super::wait::{LocalCounters, Waiting, sleep_among_many, sleep_unless_moved, wake_all_sleepers, wake_sleeper};
-use super::{ClaimError, Corruption, ReadError, RingRefs, TryClaimError, TryReadError, WaitStrategy};
+use super::{
+    ClaimError, Corruption, PeekView, ReadError, RingRefs, SkippedFrame, TryClaimError, TryReadError, WaitStrategy,
+};
 use crate::layout::{BROADCAST_CONSUMERS, CONSUMER_NAME_LEN, CursorSlot, Line, ProducerLine, max_payload_for};
 use crate::stats::Counter;
 use crate::sync::{Ordering, fence};
@@ -1103,6 +1116,94 @@ impl Drop for Consumer {
     }
 }
 
+/// Copies up to `max` records without writing anything (see "Peek"): from the read
+/// cursor of the consumer in slot `slot`, or, with `None` (or a lapped consumer), from
+/// the oldest record still in the ring.
+pub(crate) fn peek(ring: &RingRefs, max: usize, slot: Option<usize>) -> Result<PeekView, Corruption> {
+    for _ in 0..PEEK_ATTEMPTS {
+        if let Some(view) = peek_once(ring, max, slot)? {
+            return Ok(view);
+        }
+    }
+    Ok(PeekView::default())
+}
+
+/// The horizon as a reader checks it: after its copies, past `fence(Acquire)`.
+fn horizon_after_copy(ring: &RingRefs) -> u64 {
+    // Acquire fence, then Relaxed load: the reader's half of "Reading without trusting
+    // the bytes to stay put".
+    fence(Ordering::Acquire);
+    ring.producer_line().horizon.load(Ordering::Relaxed)
+}
+
+/// One pass of [`peek`]; `None` when the producer lapped it before it copied a record.
+fn peek_once(ring: &RingRefs, max: usize, slot: Option<usize>) -> Result<Option<PeekView>, Corruption> {
+    let cap = ring.capacity;
+    // Acquire: pairs with the consumers' Release stores of their cursors.
+    let named = slot.map(|k| slot_of(ring, k.min(CONSUMER_SLOTS - 1)).read_cursor.load(Ordering::Acquire));
+    // Acquire: pairs with the producer's Release store of write_cursor.
+    let tail = position(ring.producer_line().write_cursor.load(Ordering::Acquire), "write cursor out of range", 0)?;
+    // Relaxed: a first look; every copy is checked against a later load (`horizon_after_copy`).
+    let horizon = ring.producer_line().horizon.load(Ordering::Relaxed);
+    // Bytes below `oldest` may be overwritten already. Every multiple of the capacity is a
+    // frame boundary (frames never straddle the ring's end; padding fills it), and so is
+    // every consumer cursor: the oldest record still in the ring that peek can find starts
+    // at the first of those at or above `oldest`.
+    let oldest = horizon.saturating_sub(cap);
+    let in_ring = |c: u64| c >= oldest && c <= tail && c <= POSITION_LIMIT && c % 8 == 0;
+    let mut view = PeekView::default();
+    let start = match named {
+        Some(c) if in_ring(c) => c,
+        _ => {
+            view.consumer_lapped = named.is_some();
+            let lap_start = oldest.div_ceil(cap).saturating_mul(cap);
+            (0..CONSUMER_SLOTS)
+                // Acquire: as above.
+                .map(|k| slot_of(ring, k).read_cursor.load(Ordering::Acquire))
+                .filter(|&c| in_ring(c))
+                .chain(std::iter::once(lap_start.min(tail)))
+                .min()
+                .unwrap_or(tail)
+        }
+    };
+    // Each step moves `pos` forward by at least 8 bytes and never past `tail`; a walk
+    // longer than a ring is lapped (checked below): at most capacity / 8 + 1 steps.
+    let mut pos = start;
+    while pos < tail && view.records.len() < max {
+        if tail - pos > cap {
+            return Ok((!view.records.is_empty()).then_some(view));
+        }
+        let index = ring.data.index(pos);
+        let to_end = cap - index;
+        let (len, record_type) = frame::decode(ring.data.read_word(index));
+        let framed = if record_type == PADDING { to_end } else { frame::framed_len_u32(len) + 8 };
+        let fits = if record_type == PADDING {
+            u64::from(len) + FRAME_HEADER == to_end
+        } else {
+            u64::from(len) <= max_payload(ring) && framed <= to_end && pos + framed <= tail
+        };
+        let copy = fits && record_type != PADDING;
+        let seq = if copy { ring.data.read_word(index + FRAME_HEADER) } else { 0 };
+        let data = if copy { ring.data.copy_words(index + BROADCAST_HEADER, len as usize) } else { Vec::new() };
+        if horizon_after_copy(ring) > pos.saturating_add(cap) {
+            return Ok((!view.records.is_empty()).then_some(view));
+        }
+        if !fits {
+            return Err(Corruption { what: "frame length outside the ring", value: len.into(), position: pos });
+        }
+        if record_type == PADDING {
+            if view.skipped.len() < max {
+                view.skipped.push(SkippedFrame { position: pos, bytes: framed, what: "padding", producer: None });
+            }
+        } else {
+            let state = PeekedState::Waiting;
+            view.records.push(PeekedRecord { position: pos, record_type, data, producer: None, seq: Some(seq), state });
+        }
+        pos += framed;
+    }
+    Ok(Some(view))
+}
+
 /// One consumer as `shmctl stat` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConsumerRow {
@@ -1551,5 +1652,98 @@ mod tests {
         let delivered = 1 + rest.len() as u64;
         assert_eq!(delivered + missed, 311, "every record delivered or counted missed");
         assert_eq!((c.tallies().delivered, c.tallies().missed), (delivered, missed));
+    }
+
+    #[test]
+    fn peek_starts_at_a_named_consumers_cursor_or_at_the_oldest_record_in_the_ring() {
+        let ring = heap_ring(4096, false);
+        let mut p = ring.producer();
+        let mut a = ring.consumer("a");
+        for i in 0..3u8 {
+            p.try_publish(&[i + 1; 5]).unwrap();
+        }
+        let r = a.try_read().unwrap();
+        assert_eq!(r.seq, 0);
+        a.release();
+        let seqs = |view: &PeekView| view.records.iter().map(|r| (r.seq, r.data[0])).collect::<Vec<_>>();
+        let from_a = peek(&ring.refs(), 10, Some(a.slot())).unwrap();
+        assert_eq!(seqs(&from_a), [(Some(1), 2), (Some(2), 3)]);
+        assert!(!from_a.consumer_lapped);
+        let oldest = peek(&ring.refs(), 10, None).unwrap();
+        assert_eq!(seqs(&oldest), [(Some(0), 1), (Some(1), 2), (Some(2), 3)]);
+        assert_eq!(seqs(&peek(&ring.refs(), 1, None).unwrap()), [(Some(0), 1)]);
+        // Nothing moved: `a` reads on from where it was.
+        assert_eq!(read_all(&mut a).iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn peek_of_a_lapped_consumer_says_so_and_starts_at_the_oldest_record_still_in_the_ring() {
+        let ring = heap_ring(4096, true);
+        let mut p = ring.producer();
+        let slow = ring.consumer("slow");
+        for i in 0..1000u64 {
+            p.try_publish(&i.to_le_bytes()).unwrap();
+        }
+        let view = peek(&ring.refs(), 1000, Some(slow.slot())).unwrap();
+        assert!(view.consumer_lapped);
+        let seqs: Vec<u64> = view.records.iter().map(|r| r.seq.unwrap()).collect();
+        assert!(seqs.len() > 1 && seqs[0] > 0 && *seqs.last().unwrap() == 999, "{seqs:?}");
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "consecutive records: {seqs:?}");
+        for r in &view.records {
+            assert_eq!(r.data, r.seq.unwrap().to_le_bytes());
+        }
+    }
+
+    /// A producer that laps a peek while it copies: every record peek returns is whole.
+    #[test]
+    fn a_peek_lapped_by_the_producer_never_returns_a_torn_record() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let ring = heap_ring(4096, true);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let mut p = ring.producer();
+            let done = &done;
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            s.spawn(move || {
+                for i in 0u32.. {
+                    if i % 1024 == 0 && std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    let _ = p.try_publish(&[(i % 255) as u8 + 1; 1000]);
+                }
+                done.store(true, SeqCst);
+            });
+            let mut seen = 0;
+            while !done.load(SeqCst) {
+                for r in peek(&ring.refs(), 64, None).unwrap().records {
+                    seen += 1;
+                    assert!(r.data.iter().all(|&b| b == r.data[0]), "a torn record was peeked");
+                }
+            }
+            assert!(seen > 0, "no record peeked");
+        });
+    }
+
+    #[test]
+    fn peek_of_hostile_frames_and_cursors_is_an_error_or_nothing_never_a_panic() {
+        let ring = heap_ring(4096, false);
+        let mut p = ring.producer();
+        let c = ring.consumer("c");
+        p.try_publish(b"hello").unwrap();
+        let refs = ring.refs();
+        let bad_frames = [frame::encode(5000, 0), frame::encode(100, PADDING), frame::encode(u32::MAX, 7)];
+        for word in bad_frames {
+            refs.data.write_word(0, word);
+            assert!(peek(&refs, 10, Some(c.slot())).is_err(), "{word:#x}");
+        }
+        refs.data.write_word(0, frame::encode(5, 0));
+        for (cursor, write) in [(u64::MAX, 24), (3, 24), (0, u64::MAX), (0, 5), (4096 * 3, 24)] {
+            slot_of(&refs, c.slot()).read_cursor.store(cursor, Ordering::Relaxed);
+            refs.producer_line().write_cursor.store(write, Ordering::Relaxed);
+            let _ = peek(&refs, 10, Some(c.slot()));
+            let _ = peek(&refs, 10, None);
+        }
+        refs.producer_line().horizon.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(peek(&refs, 10, None).unwrap(), PeekView::default(), "everything may be overwritten");
     }
 }

@@ -343,6 +343,12 @@ impl BroadcastHeapRing {
         super::broadcast::Consumer::attach(refs, k, name, entry, self.wait, self.lossy, None).expect("consistent ring")
     }
 
+    /// The ring's references, for reads that need no handle (peek).
+    #[cfg(test)]
+    pub(crate) fn refs(&self) -> RingRefs {
+        memory::refs_of_heap(&self.seg)
+    }
+
     /// Kills `consumer` as `kill -9` would: its lock is gone, and nothing it would have
     /// done on the way out (release, detach) happens.
     pub fn kill(&self, consumer: super::broadcast::Consumer) {

@@ -101,6 +101,46 @@ pub struct Corruption {
     pub position: u64,
 }
 
+/// What [`crate::Segment::peek_view`] saw: the records a consumer would read next, the
+/// frames between them that no consumer is handed, and where the walk stopped early.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PeekView {
+    /// Copies of the records, in the order a consumer reads them.
+    pub records: Vec<spsc::PeekedRecord>,
+    /// Frames passed without a record (wrap padding, abandoned claims, dead producers'
+    /// holes, acknowledged mpmc records), in ring order: at most as many as `max` asked.
+    pub skipped: Vec<SkippedFrame>,
+    /// Set when the walk stopped before `max` records at a claim not yet committed (mpsc
+    /// and mpmc): nothing after it is visible to a consumer until it is.
+    pub stopped_at: Option<PeekStop>,
+    /// Broadcast: the named consumer was lapped (its next records were overwritten), so
+    /// the view starts at the oldest record still in the ring instead.
+    pub consumer_lapped: bool,
+}
+
+/// A frame a peek passed without a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedFrame {
+    /// Its ring position.
+    pub position: u64,
+    /// Its length in the ring, header included.
+    pub bytes: u64,
+    /// What it is: `padding`, `abandoned` (a claim its live producer dropped),
+    /// `unblocked` (a dead producer's hole) or `acknowledged` (an mpmc record done with).
+    pub what: &'static str,
+    /// The producer id it belongs to (`None` for padding).
+    pub producer: Option<usize>,
+}
+
+/// Where a peek stopped: a claim not yet committed, and who it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PeekStop {
+    /// Ring position of the claim's frame.
+    pub position: u64,
+    /// Who holds it up, as [`crate::Segment::mpsc_status`] says it.
+    pub waiting_for: mpsc::HeadClaim,
+}
+
 /// A file segment's flush policy could not write ring bytes back to the file: the
 /// `msync` of segment bytes `start..end` failed, so they are not known to be on disk.
 ///

@@ -89,6 +89,18 @@
 //! dropped or killed while it keeps one has it handed to another worker, as any held
 //! record ("Redelivery").
 //!
+//! # Peek
+//! [`crate::Segment::peek_view`] shows every record not yet acknowledged, writing nothing:
+//! from the release cursor to the claim cursor, in ring order, records below the take
+//! cursor marked taken (with the worker whose holding word names it, if one does: none
+//! for a dead worker's record posted for hand-off), records at or past it waiting (the
+//! next takes return them in that order), and acknowledged records not yet released,
+//! padding and holes as skipped frames. It stops at a claim not yet committed, as the
+//! take cursor does, saying whom it waits for (mpsc's [`head_claim`](super::mpsc)). The
+//! copy is validated as mpsc's peek is: after `fence(Acquire)`, the header word must be
+//! unchanged (a payload is zeroed only after its record was acknowledged) and the release
+//! cursor must not have passed the frame (space is reused only after that).
+//!
 //! # What is exact
 //! The release ledger (records and bytes released, per producer, and holes passed) is
 //! exact across kill -9 of any worker, as mpsc's consumer's. Per worker, `taken` and
@@ -100,9 +112,9 @@ use std::time::{Duration, Instant};
 
 use super::frame::{self, FRAME_HEADER};
 use super::mpsc::{ProducerLiveness, ReleaseLedger, Stuck, Word, check_claim_cursor, decode_word, head_claim};
-use super::spsc::CURSOR_LIMIT;
+use super::spsc::{CURSOR_LIMIT, PEEK_ATTEMPTS, PeekedRecord, PeekedState};
 use super::wait::{Waiting, sleep_unless_moved, wake_sleeper};
-use super::{Corruption, ReadError, RingRefs, TryReadError, WaitStrategy};
+use super::{Corruption, PeekStop, PeekView, ReadError, RingRefs, SkippedFrame, TryReadError, WaitStrategy};
 use crate::layout::{MPMC_WORKERS, MPSC_PRODUCERS, MpmcArea, MpmcWorkerSlot};
 use crate::sync::{AtomicU64, Ordering, fence};
 
@@ -179,6 +191,90 @@ fn load_cursors(ring: &RingRefs) -> Result<Cursors, Corruption> {
         crate::sync::spin_loop();
     }
     Err(failure.expect("at least one try"))
+}
+
+/// Copies up to `max` records not yet acknowledged, from the release cursor, writing
+/// nothing (see "Peek"). `producer_alive` names whom a stop at a claim waits for.
+pub(crate) fn peek(
+    ring: &RingRefs,
+    max: usize,
+    producer_alive: &dyn Fn(usize) -> bool,
+) -> Result<PeekView, Corruption> {
+    for _ in 0..PEEK_ATTEMPTS {
+        if let Some(view) = peek_once(ring, max, producer_alive)? {
+            return Ok(view);
+        }
+    }
+    Ok(PeekView::default())
+}
+
+/// One pass of [`peek`]; `None` when the release walk overtook it before it copied a record.
+fn peek_once(
+    ring: &RingRefs,
+    max: usize,
+    producer_alive: &dyn Fn(usize) -> bool,
+) -> Result<Option<PeekView>, Corruption> {
+    let c = load_cursors(ring)?;
+    let release = &ring.cursor().read_cursor;
+    let holder_of = |pos: u64| {
+        // Relaxed: a display answer; a stale one names a worker that has just moved on.
+        (0..MPMC_WORKERS).find(|&w| area(ring).workers[w].0.holding.load(Ordering::Relaxed) == pos | HELD)
+    };
+    // As in mpsc's peek: each step moves forward by at least 8 bytes, never past the
+    // claim cursor, at most a ring above the release cursor.
+    let mut view = PeekView::default();
+    let mut pos = c.release;
+    while pos < c.claim && view.records.len() < max {
+        let index = ring.data.index(pos);
+        let to_end = ring.capacity - index;
+        // Acquire: pairs with the Release store of the word (commit, acknowledgement,
+        // padding, markers), so a committed record's payload is visible.
+        let word = ring.data.atomic_word(index).load(Ordering::Acquire);
+        let decoded = decode(ring, pos, word);
+        let data = match decoded {
+            Ok(Frame::Mpsc(Word::Committed { len, .. })) => ring.data.copy_words(index + FRAME_HEADER, len as usize),
+            _ => Vec::new(),
+        };
+        // Acquire fence, then Relaxed loads: a payload is zeroed only after its record was
+        // acknowledged (the token holder acquired that word first), and reused only after the
+        // release cursor passed it; a copied byte from either shows as a changed word or a
+        // moved cursor here (x86-64 is TSO; AArch64 is other-multi-copy-atomic).
+        fence(Ordering::Acquire);
+        if release.load(Ordering::Relaxed) > pos || ring.data.atomic_word(index).load(Ordering::Relaxed) != word {
+            let copied = !view.records.is_empty();
+            return Ok(copied.then_some(view));
+        }
+        let (framed, skipped) = match decoded? {
+            Frame::Mpsc(Word::Committed { producer, record_type, len }) => {
+                let state =
+                    if pos < c.take { PeekedState::Taken { worker: holder_of(pos) } } else { PeekedState::Waiting };
+                let (producer, seq) = (Some(producer), None);
+                view.records.push(PeekedRecord { position: pos, record_type, data, producer, seq, state });
+                (frame::framed_len_u32(len), None)
+            }
+            Frame::Acked { producer, len } => (frame::framed_len_u32(len), Some(("acknowledged", Some(producer)))),
+            Frame::Mpsc(Word::Padding) => (to_end, Some(("padding", None))),
+            Frame::Mpsc(Word::Pass { producer, framed, unblocked }) => {
+                (framed, Some((if unblocked { "unblocked" } else { "abandoned" }, Some(producer))))
+            }
+            Frame::Mpsc(Word::Unwritten | Word::InFlight { .. }) => {
+                let waiting_for = head_claim(ring, pos, c.claim, producer_alive);
+                view.stopped_at = Some(PeekStop { position: pos, waiting_for });
+                break;
+            }
+        };
+        let next = pos + framed;
+        if next > c.claim {
+            return Err(Corruption { what: "frame extends past the claim cursor", value: word, position: pos });
+        }
+        if let Some((what, producer)) = skipped {
+            if view.skipped.len() < max {
+                view.skipped.push(SkippedFrame { position: pos, bytes: framed, what, producer });
+            }
+        }
+        pos = next;
+    }
+    Ok(Some(view))
 }
 
 /// A record a worker holds.
@@ -1058,5 +1154,58 @@ mod tests {
         area.take.0.handoff.store(0, Ordering::SeqCst);
         ring.refs.data.atomic_word(0).store(frame::encode(5000, ACKED), Ordering::SeqCst);
         assert!(matches!(w.try_take(), Err(TryReadError::Corrupt(_))));
+    }
+
+    #[test]
+    fn peek_marks_taken_records_skips_acknowledged_ones_and_shows_waiting_ones_in_take_order() {
+        let ring = ring(4096);
+        let (mut p, mut a, mut b) = (ring.producer(0), ring.worker(0), ring.worker(1));
+        for r in [&b"first"[..], b"second", b"third"] {
+            p.try_publish(r).unwrap();
+        }
+        let first = a.try_take().unwrap();
+        b.try_take().unwrap().ack().unwrap();
+        let view = peek(&ring.refs, 10, &|_| true).unwrap();
+        let got: Vec<_> = view.records.iter().map(|r| (r.data.clone(), r.state, r.producer)).collect();
+        assert_eq!(
+            got,
+            [
+                (b"first".to_vec(), PeekedState::Taken { worker: Some(0) }, Some(0)),
+                (b"third".to_vec(), PeekedState::Waiting, Some(0)),
+            ]
+        );
+        assert_eq!(view.skipped.iter().map(|s| s.what).collect::<Vec<_>>(), ["acknowledged"]);
+        first.ack().unwrap();
+        // Nothing moved: the next take is the waiting record.
+        assert_eq!(&*b.try_take().unwrap(), b"third");
+    }
+
+    #[test]
+    fn peek_stops_at_an_uncommitted_claim_and_says_whose() {
+        let ring = ring(4096);
+        let (mut p, mut q) = (ring.producer(0), ring.producer(1));
+        let claim = q.try_claim(4).unwrap();
+        p.try_publish(b"later").unwrap();
+        let view = peek(&ring.refs, 10, &|id| ring.is_alive(id)).unwrap();
+        assert!(view.records.is_empty());
+        let stop = view.stopped_at.expect("a stop");
+        assert_eq!((stop.position, stop.waiting_for), (0, super::super::mpsc::HeadClaim::WaitingFor { producer: 1 }));
+        drop(claim);
+    }
+
+    #[test]
+    fn peek_of_hostile_words_is_an_error_never_a_panic() {
+        let ring = ring(4096);
+        let mut p = ring.producer(0);
+        p.try_publish(b"ok").unwrap();
+        for word in [frame::encode(5000, ACKED), frame::encode(64, ACKED), frame::encode(1, 0xFFFF_0000)] {
+            ring.refs.data.atomic_word(0).store(word, Ordering::Relaxed);
+            assert!(peek(&ring.refs, 10, &|_| true).is_err(), "{word:#x}");
+        }
+        ring.refs.data.atomic_word(0).store(frame::encode(2, super::super::mpsc::committed(0, 0)), Ordering::Relaxed);
+        for take in [u64::MAX, 3, 4096 * 2] {
+            area(&ring.refs).take.0.take_cursor.store(take, Ordering::Relaxed);
+            assert!(peek(&ring.refs, 10, &|_| true).is_err(), "take cursor {take}");
+        }
     }
 }

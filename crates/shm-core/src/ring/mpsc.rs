@@ -110,15 +110,34 @@
 //! reclaiming reclaims (or passes) it again and counts it once. A producer's own
 //! `records` count is stored after its commit: it is display only (a producer killed
 //! between the two shows one record fewer than the consumer's exact ledger).
+//!
+//! # Peek
+//! [`crate::Segment::peek_view`] shows what the consumer reads next, writing nothing: from
+//! the read cursor, in claim order, each committed record (with its producer id), and the
+//! padding, abandoned claims and unblocked holes between them as skipped frames. It stops
+//! at the first claim not yet committed, as the consumer does, and says whom that claim
+//! waits for ([`HeadClaim`]: a live producer, or a dead one whose hole the consumer will
+//! unblock); it never reclaims anything. Each frame is copied (volatile word reads), then
+//! `fence(Acquire)`, then the read cursor and the header word are loaded again: a changed
+//! word or a cursor past the frame means the consumer passed it meanwhile (it zeroes the
+//! header word, then issues a Release fence, then zeroes the payload: `zero_record`), or a
+//! producer reused the space it released, so the copy is dropped and the records before it
+//! are returned, or the walk starts again (at most `PEEK_ATTEMPTS` times). A consumer
+//! releases lazily (a quarter of the ring at a time while busy), so on a busy ring the read
+//! cursor may lag behind records it has already zeroed: peek then stops there as at a claim
+//! in progress. Idle or stuck consumers release first, so the view is exact then.
 
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use super::frame::{self, FRAME_HEADER, PADDING, RESERVED_TYPES};
-use super::spsc::CURSOR_LIMIT;
+use super::spsc::{CURSOR_LIMIT, PEEK_ATTEMPTS, PeekedRecord, PeekedState};
 use super::wait::{LocalCounters, Slept, Waiting, sleep_unless_moved, wake_sleeper};
-use super::{ClaimError, Corruption, ReadError, RingRefs, TryClaimError, TryReadError, WaitStrategy};
+use super::{
+    ClaimError, Corruption, PeekStop, PeekView, ReadError, RingRefs, SkippedFrame, TryClaimError, TryReadError,
+    WaitStrategy,
+};
 use crate::layout::{MPSC_PRODUCERS, MpscArea, MpscProducerSlot};
 use crate::stats::Counter;
 use crate::sync::{Ordering, fence};
@@ -477,6 +496,103 @@ pub(crate) fn write_hole(ring: &RingRefs, pos: u64, producer: usize, end: u64) -
             .store(frame::encode((stop - start - FRAME_HEADER) as u32, kind | producer as u32), Ordering::Release);
     }
     Ok(())
+}
+
+/// Zeroes the header word of the frame at `index` before its payload, which the caller
+/// zeroes next: then a [`peek`] that copied a payload byte already zeroed sees the
+/// header word changed when it looks again after its Acquire fence (see "Peek").
+fn zero_record(ring: &RingRefs, index: u64) {
+    // Relaxed, then the Release fence: a peek's payload read that sees a later zero
+    // synchronises with this fence, so its next load of the word sees this zero.
+    ring.data.atomic_word(index).store(0, Ordering::Relaxed);
+    fence(Ordering::Release);
+}
+
+/// Copies up to `max` committed records from the consumer's read cursor, in claim order,
+/// without writing anything (see "Peek"). `alive` says whether a producer id holds its
+/// kernel lock, for naming whom a stop waits for.
+pub(crate) fn peek(ring: &RingRefs, max: usize, alive: &dyn Fn(usize) -> bool) -> Result<PeekView, Corruption> {
+    for _ in 0..PEEK_ATTEMPTS {
+        if let Some(view) = peek_once(ring, max, alive)? {
+            return Ok(view);
+        }
+    }
+    Ok(PeekView::default())
+}
+
+/// One pass of [`peek`]; `None` when the consumer overtook it before it copied a record.
+fn peek_once(ring: &RingRefs, max: usize, alive: &dyn Fn(usize) -> bool) -> Result<Option<PeekView>, Corruption> {
+    let cursor = &ring.cursor().read_cursor;
+    // Acquire: pairs with the consumer's Release store of read_cursor (its zeroing of
+    // everything below is done before it).
+    let head = cursor.load(Ordering::Acquire);
+    // Acquire: pairs with the producers' compare-and-swaps (their intents, for `head_claim`).
+    let tail = ring.producer_line().write_cursor.load(Ordering::Acquire);
+    if head > CURSOR_LIMIT || head % 8 != 0 {
+        return Err(Corruption { what: "read cursor outside the ring", value: head, position: head });
+    }
+    if let Err(corrupt) = check_claim_cursor(tail, head, ring.capacity) {
+        // A busy ring may have moved on by more than a ring between the two loads.
+        // Relaxed: only whether the value changed matters.
+        return if cursor.load(Ordering::Relaxed) != head { Ok(None) } else { Err(corrupt) };
+    }
+    // Each step moves `pos` forward by at least 8 bytes and never past `tail`, at most a
+    // ring above `head`: at most capacity / 8 steps, whatever the words say.
+    let mut view = PeekView::default();
+    let mut pos = head;
+    while pos < tail && view.records.len() < max {
+        let index = ring.data.index(pos);
+        let to_end = ring.capacity - index;
+        // Acquire: pairs with the Release store of the word (commit, padding, markers), so
+        // a committed record's payload is visible.
+        let word = ring.data.atomic_word(index).load(Ordering::Acquire);
+        let decoded = decode_word(ring, pos, word);
+        let data = match decoded {
+            Ok(Word::Committed { len, .. }) => ring.data.copy_words(index + FRAME_HEADER, len as usize),
+            _ => Vec::new(),
+        };
+        // Acquire fence, then Relaxed loads: a copied byte that the consumer zeroed (or a
+        // producer rewrote after the consumer released it) shows as a changed header word
+        // (`zero_record`) or a read cursor past `pos` (the producer claims only released
+        // space). Either way the pass is stale.
+        fence(Ordering::Acquire);
+        if cursor.load(Ordering::Relaxed) > pos || ring.data.atomic_word(index).load(Ordering::Relaxed) != word {
+            let copied = !view.records.is_empty();
+            return Ok(copied.then_some(view));
+        }
+        let (framed, skipped) = match decoded? {
+            Word::Committed { producer, record_type, len } => {
+                view.records.push(PeekedRecord {
+                    position: pos,
+                    record_type,
+                    data,
+                    producer: Some(producer),
+                    seq: None,
+                    state: PeekedState::Waiting,
+                });
+                (frame::framed_len_u32(len), None)
+            }
+            Word::Padding => (to_end, Some(("padding", None))),
+            Word::Pass { producer, framed, unblocked } => {
+                (framed, Some((if unblocked { "unblocked" } else { "abandoned" }, Some(producer))))
+            }
+            Word::Unwritten | Word::InFlight { .. } => {
+                view.stopped_at = Some(PeekStop { position: pos, waiting_for: head_claim(ring, pos, tail, alive) });
+                break;
+            }
+        };
+        let next = pos + framed;
+        if next > tail {
+            return Err(Corruption { what: "frame extends past the claim cursor", value: word, position: pos });
+        }
+        if let Some((what, producer)) = skipped {
+            if view.skipped.len() < max {
+                view.skipped.push(SkippedFrame { position: pos, bytes: framed, what, producer });
+            }
+        }
+        pos = next;
+    }
+    Ok(Some(view))
 }
 
 /// A producer of an mpsc ring. Several may write one ring, each with its own id, in as
@@ -1229,8 +1345,10 @@ impl Consumer {
     #[inline]
     fn pass_record(&mut self, f: DataFrame) {
         if !self.holding {
-            // SAFETY: as in `pass`; the record's borrow has ended.
-            unsafe { self.ring.data.zero(f.index, f.next - f.position) };
+            zero_record(&self.ring, f.index);
+            // SAFETY: as in `pass`; the record's borrow has ended. Its header word is zero
+            // already (`zero_record`), the order a racing peek relies on.
+            unsafe { self.ring.data.zero(f.index + FRAME_HEADER, f.next - f.position - FRAME_HEADER) };
             self.zeroed_to = f.next;
         }
         self.pos = f.next;
@@ -1264,6 +1382,23 @@ impl Consumer {
     fn zero_deferred(&mut self, pos: u64) {
         if self.zeroed_to >= pos {
             return;
+        }
+        // Header words first, frame by frame (each was validated when it was read: a word
+        // that no longer decodes ends the walk, and the plain zeroing below still covers
+        // the range); see "Peek".
+        let mut at = self.zeroed_to;
+        while at < pos {
+            let index = self.ring.data.index(at);
+            // Relaxed: only this consumer writes these words now (the batch passed them).
+            let word = self.ring.data.atomic_word(index).load(Ordering::Relaxed);
+            let framed = match decode_word(&self.ring, at, word) {
+                Ok(Word::Committed { len, .. }) => frame::framed_len_u32(len),
+                Ok(Word::Padding) => self.ring.capacity - index,
+                Ok(Word::Pass { framed, .. }) => framed,
+                _ => break,
+            };
+            zero_record(&self.ring, index);
+            at += framed;
         }
         let data = &self.ring.data;
         let index = data.index(self.zeroed_to);
@@ -1799,6 +1934,102 @@ mod tests {
         for word in [frame::encode(5000, committed(0, 0)), frame::encode(1, 0xFFFF_0000), frame::encode(1, 99 << 16)] {
             ring.refs.data.atomic_word(0).store(word, Ordering::Relaxed);
             assert!(matches!(c.try_read(), Err(TryReadError::Corrupt(_))), "{word:#x}");
+        }
+    }
+
+    fn peek_of(ring: &MpscHeapRing, max: usize) -> PeekView {
+        peek(&ring.refs, max, &|id| ring.is_alive(id)).unwrap()
+    }
+
+    #[test]
+    fn peek_shows_committed_records_in_claim_order_and_stops_at_a_claim_naming_its_producer() {
+        let ring = ring(4096);
+        let (mut a, mut b, mut c) = (ring.producer(0), ring.producer(1), ring.consumer());
+        a.try_publish(b"a1").unwrap();
+        drop(b.try_claim(5).unwrap());
+        b.try_publish(b"b1").unwrap();
+        let claim = a.try_claim(3).unwrap();
+        b.try_publish(b"after").unwrap();
+        let view = peek_of(&ring, 10);
+        let got: Vec<_> = view.records.iter().map(|r| (r.producer, r.data.clone())).collect();
+        assert_eq!(got, [(Some(0), b"a1".to_vec()), (Some(1), b"b1".to_vec())]);
+        assert_eq!(view.skipped.iter().map(|s| (s.what, s.producer)).collect::<Vec<_>>(), [("abandoned", Some(1))]);
+        let stop = view.stopped_at.expect("a stop at a's claim");
+        assert_eq!((stop.position, stop.waiting_for), (claim.position(), HeadClaim::WaitingFor { producer: 0 }));
+        assert_eq!(peek_of(&ring, 1).records.len(), 1, "max bounds the records");
+        // Nothing moved: the consumer reads the same records.
+        assert_eq!(drain(&mut c), [(0, b"a1".to_vec()), (1, b"b1".to_vec())]);
+        std::mem::forget(claim);
+        ring.kill(0);
+        let stop = peek_of(&ring, 10).stopped_at.expect("still stopped");
+        assert!(matches!(stop.waiting_for, HeadClaim::Dead { producer: 0, .. }), "{stop:?}");
+        assert_eq!(drain(&mut c), [(1, b"after".to_vec())]);
+        assert_eq!(peek_of(&ring, 10), PeekView::default(), "everything read");
+    }
+
+    /// A consumer zeroes each record it passes before it releases it (lazily, a quarter
+    /// of the ring at a time when the producer is ahead): a peek racing it must drop a copy
+    /// whose bytes it zeroed, never return a torn record. The consumer holds each record a
+    /// moment, so that peek's copy of the record at the read cursor often overlaps the
+    /// consumer's zeroing of it while the read cursor stays where it was.
+    #[test]
+    fn a_peek_racing_the_consumer_never_returns_a_torn_record() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let ring = ring(64 * 1024);
+        let done = AtomicBool::new(false);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        std::thread::scope(|s| {
+            let (mut p, mut c) = (ring.producer(0), ring.consumer());
+            let done = &done;
+            s.spawn(move || {
+                for i in 0u32.. {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    let byte = (i % 255) as u8 + 1;
+                    let _ = p.publish(&vec![byte; 8 * 1024], Some(Duration::from_secs(5)));
+                }
+                done.store(true, SeqCst);
+            });
+            s.spawn(move || {
+                while !done.load(SeqCst) {
+                    if let Ok(record) = c.try_read() {
+                        let held = Instant::now();
+                        while held.elapsed() < Duration::from_micros(2) {
+                            std::hint::spin_loop();
+                        }
+                        drop(record);
+                    }
+                }
+                drop(c);
+            });
+            let mut seen = 0;
+            while !done.load(SeqCst) {
+                for r in peek_of(&ring, 1).records {
+                    seen += 1;
+                    assert!(r.data.iter().all(|&b| b == r.data[0]) && r.data[0] != 0, "a torn record was peeked");
+                }
+            }
+            assert!(seen > 0, "no record peeked");
+        });
+    }
+
+    #[test]
+    fn peek_of_hostile_words_is_an_error_or_a_stop_never_a_panic() {
+        let ring = ring(4096);
+        let mut a = ring.producer(0);
+        a.try_publish(b"ok").unwrap();
+        for word in [frame::encode(5000, committed(0, 0)), frame::encode(1, 0xFFFF_0000), frame::encode(1, 99 << 16)] {
+            ring.refs.data.atomic_word(0).store(word, Ordering::Relaxed);
+            assert!(peek(&ring.refs, 10, &|_| true).is_err(), "{word:#x}");
+        }
+        // A frame that claims to run past the claim cursor.
+        ring.refs.data.atomic_word(0).store(frame::encode(64, committed(0, 0)), Ordering::Relaxed);
+        assert!(peek(&ring.refs, 10, &|_| true).is_err());
+        for (read, write) in [(8, 0), (0, 3), (0, 8192), (u64::MAX - 7, u64::MAX)] {
+            ring.refs.cursor().read_cursor.store(read, Ordering::Relaxed);
+            ring.refs.producer_line().write_cursor.store(write, Ordering::Relaxed);
+            assert!(peek(&ring.refs, 10, &|_| true).is_err(), "cursors {read} {write}");
         }
     }
 }

@@ -1183,12 +1183,33 @@ pub struct PeekedRecord {
     pub record_type: u32,
     /// A copy of the payload.
     pub data: Vec<u8>,
+    /// The producer id that committed it (mpsc and mpmc rings; `None` for the others).
+    pub producer: Option<usize>,
+    /// Its sequence number (broadcast rings: records committed before it; `None` for the others).
+    pub seq: Option<u64>,
+    /// Where it is in its delivery (only mpmc rings have records taken and not yet acknowledged).
+    pub state: PeekedState,
+}
+
+/// Where a peeked record is in its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum PeekedState {
+    /// No consumer has it yet: it is what the next read (or take) returns.
+    Waiting,
+    /// An mpmc worker took it and has not acknowledged it. `worker` is the id whose
+    /// holding word names it (`None` when none does: a dead worker's record posted for
+    /// hand-off, or a take that moved on meanwhile).
+    Taken {
+        /// The worker id.
+        worker: Option<usize>,
+    },
 }
 
 /// How many times [`peek`] starts again when the consumer overtook it before it had
 /// copied anything: enough for any real stream, and a bound on what a hostile cursor
 /// that keeps moving can cost.
-const PEEK_ATTEMPTS: u32 = 1000;
+pub(crate) const PEEK_ATTEMPTS: u32 = 1000;
 
 /// Copies up to `max` committed, unreleased records, oldest first, without writing to
 /// the ring (it works on a read-only mapping).
@@ -1253,7 +1274,14 @@ fn peek_once(ring: &RingRefs, max: usize) -> Result<Option<Vec<PeekedRecord>>, C
         match frame? {
             Frame::Padding { next } => pos = next,
             Frame::Data(f) => {
-                out.push(PeekedRecord { position: pos, record_type: f.record_type, data });
+                out.push(PeekedRecord {
+                    position: pos,
+                    record_type: f.record_type,
+                    data,
+                    producer: None,
+                    seq: None,
+                    state: PeekedState::Waiting,
+                });
                 pos = f.next;
             }
         }
