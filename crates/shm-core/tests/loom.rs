@@ -309,6 +309,44 @@ fn mpsc_a_dead_producers_claim_becomes_padding_exactly_once() {
     });
 }
 
+/// mpsc (d): a loser's stale intent. In a 32-byte ring that holds two 16-byte frames and
+/// already holds one record, producers 0 and 1 race for the last frame. Producer 1 tries
+/// once: when it loses the race, the ring is full and it gives up, leaving an intent that
+/// names the frame producer 0 won; then it dies. While producer 0 is still between its
+/// claim and its commit, the consumer must find producer 0's own intent (published by the
+/// Release half of its compare-and-swap) and wait for it. Without it, the dead loser's
+/// intent alone names the frame and the consumer reclaims a live producer's claim: it
+/// zeroes bytes producer 0 is writing (a race on their cells) and loses its record.
+#[test]
+fn mpsc_a_dead_losers_stale_intent_never_reclaims_a_live_claim() {
+    use shm_core::TryClaimError;
+    use shm_core::ring::heap::MpscHeapRing;
+    check_bounded("mpsc_a_dead_losers_stale_intent_never_reclaims_a_live_claim", MPSC_PREEMPTIONS, || {
+        let ring = MpscHeapRing::new(32, 8, WaitStrategy::Spin).unwrap();
+        let (mut a, mut b, mut consumer) = (ring.producer(0), ring.producer(1), ring.consumer());
+        a.publish(b"first", None).unwrap();
+        let living = thread::spawn(move || a.publish(b"second", None).unwrap());
+        let dying = thread::spawn(move || match b.try_claim(8) {
+            Ok(claim) => {
+                std::mem::forget(claim);
+                true
+            }
+            Err(TryClaimError::Full) => false,
+            Err(e) => panic!("{e}"),
+        });
+        let claimed = dying.join().unwrap();
+        ring.kill(1);
+        for want in [&b"first"[..], b"second"] {
+            let r = consumer.read(None).unwrap();
+            assert_eq!((r.producer(), &*r), (0, want));
+        }
+        living.join().unwrap();
+        assert!(consumer.try_read().is_err(), "a record delivered twice or invented");
+        assert_eq!(consumer.unblocked(1), u64::from(claimed), "a hole counted only for a claim producer 1 made");
+        assert_eq!(consumer.unblocked(0), 0, "a live producer's claim reclaimed");
+    });
+}
+
 /// Preemption bound of the broadcast models when `LOOM_MAX_PREEMPTIONS` is not set: three
 /// threads (a producer, two consumers) each with a wait loop ran for more than twenty
 /// minutes at 2 here; 1 still interleaves each side's announce/re-check with the other's
