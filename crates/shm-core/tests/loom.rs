@@ -50,12 +50,19 @@ fn check(name: &str, body: impl Fn() + Sync + Send + 'static) {
 /// side with the other's, and found the lost wake-up these models were written for.
 const MPSC_PREEMPTIONS: usize = 2;
 
+/// Branches one execution may take (see `check_bounded`).
+const MAX_BRANCHES: usize = 10_000;
+
 /// [`check`] with its own default preemption bound.
 fn check_bounded(name: &str, preemptions: usize, body: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     // The model's bound caps `LOOM_MAX_PREEMPTIONS` (CI sets 3 for the two-thread spsc
     // models): past it, these three-thread models run for hours.
     builder.preemption_bound = Some(builder.preemption_bound.map_or(preemptions, |env| env.min(preemptions)));
+    // Loom's default of 1,000 branches (atomic operations and switches in one execution)
+    // is too few for three mpmc workers, each scanning every holding word when it takes;
+    // a spin that never ends still fails, at this bound.
+    builder.max_branches = builder.max_branches.max(MAX_BRANCHES);
     let executions = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&executions);
     builder.check(move || {
@@ -526,5 +533,48 @@ fn mpmc_a_dead_workers_record_is_handed_over_exactly_once() {
         all.sort();
         assert_eq!(all, [b"one".to_vec(), b"two".to_vec()]);
         assert_eq!(ring.release_cursor(), 32);
+    });
+}
+
+/// mpmc (c): workers 0 and 1 race for the only record; worker 1 takes once and dies,
+/// holding the record if it won. A third worker, taking after that death, and worker 0
+/// (taking concurrently, before or after it) hand over a record worker 1 died holding
+/// exactly once, flagged redelivered, and never one a live worker holds or acknowledged.
+/// It found two faults: a loser of the race kept its intent naming the record, so a scan
+/// counted it as a live holder and the dead winner's record was never handed over while
+/// the loser found nothing else to take; and a worker that read a hand-off another worker
+/// had already taken, acknowledged and released called the ring corrupt.
+#[test]
+fn mpmc_a_dead_winners_record_is_handed_over_once_past_a_live_loser() {
+    use shm_core::ring::heap::MpscHeapRing;
+    check_bounded("mpmc_a_dead_winners_record_is_handed_over_once_past_a_live_loser", MPSC_PREEMPTIONS, || {
+        let ring = std::sync::Arc::new(MpscHeapRing::new(64, 24, WaitStrategy::Spin).unwrap());
+        ring.producer(0).try_publish(b"one").unwrap();
+        let take = |w: &mut shm_core::ring::mpmc::Worker, ack: bool| match w.try_take() {
+            Ok(job) => {
+                let got = (job.to_vec(), job.redelivered());
+                if ack {
+                    job.ack().unwrap()
+                } else {
+                    std::mem::forget(job)
+                }
+                Some(got)
+            }
+            Err(TryReadError::Empty) => None,
+            Err(e) => panic!("{e}"),
+        };
+        let (mut living, mut dying) = (ring.worker(0), ring.worker(1));
+        let lives = thread::spawn(move || take(&mut living, true));
+        let dies = thread::spawn(move || take(&mut dying, false).is_some());
+        let died_holding = dies.join().unwrap();
+        ring.kill_worker(1);
+        let mut late = ring.worker(2);
+        let late_got = take(&mut late, true);
+        let mut got: Vec<_> = late_got.into_iter().chain(lives.join().unwrap()).collect();
+        // Whatever the late worker found handed over and left, once the living one is done.
+        got.extend(take(&mut late, true));
+        assert_eq!(got.len(), 1, "delivered to live workers {} times: {got:?}", got.len());
+        assert_eq!(got[0], (b"one".to_vec(), died_holding), "redelivered exactly when its taker died holding it");
+        assert!(take(&mut late, true).is_none(), "a record delivered twice or invented");
     });
 }
