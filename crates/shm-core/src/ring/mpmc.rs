@@ -110,6 +110,12 @@ use super::{Corruption, ReadError, RingRefs, TryReadError, WaitStrategy};
 use crate::layout::{MPMC_WORKERS, MPSC_PRODUCERS, MpmcArea, MpmcWorkerSlot};
 use crate::sync::{AtomicU64, Ordering, fence};
 
+/// The ordering of the acknowledgement's store of the header word: `Release`. The loom
+/// mutation `mutation-mpmc-ack-relaxed` (a feature only CI's loom step turns on, to show
+/// that the models fail without it) weakens it to `Relaxed`.
+const ACK_ORDERING: Ordering =
+    if cfg!(feature = "mutation-mpmc-ack-relaxed") { Ordering::Relaxed } else { Ordering::Release };
+
 /// Frame type of an acknowledged record: `ACKED | producer id`.
 pub const ACKED: u32 = 0xFFFF_FB00;
 /// Low bits of a holding word: a take in progress (before its compare-and-swap).
@@ -502,7 +508,7 @@ impl Worker {
         data.track(t.index + FRAME_HEADER, u64::from(t.len), false);
         // Release: pairs with the token holder's Acquire load of the word; we are done with
         // the payload before it zeroes it.
-        data.atomic_word(t.index).store(frame::encode(t.len, ACKED | t.producer as u32), Ordering::Release);
+        data.atomic_word(t.index).store(frame::encode(t.len, ACKED | t.producer as u32), ACK_ORDERING);
         self.acknowledged += 1;
         let slot = self.slot();
         // Relaxed: a display counter with one writer.
