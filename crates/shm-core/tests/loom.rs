@@ -1,4 +1,4 @@
-//! Loom models of the spsc ring and of its futex wake-up protocol.
+//! Loom models of the rings (spsc, mpsc, broadcast, mpmc) and of the futex wake-up protocol.
 //!
 //! Under `--cfg loom` the heap ring runs over loom's atomics and its wake words are a
 //! loom `Mutex` + `Condvar` model of the futex that ignores timeouts, so a lost wake-up
@@ -15,7 +15,13 @@
 //!
 //! That they can fail is checked, not assumed: CI runs them again with each of shm-core's
 //! `mutation-*` features and requires each mutation to fail at least one model (the
-//! broadcast models run apart, see `.ci/run`). Not every model can see each mutation:
+//! broadcast models run apart, see `.ci/run`). The mutations of one kind's own orderings
+//! run only that kind's models (`.ci/run` has the groups). Measured when they were added:
+//! `mutation-mpsc-commit-relaxed` (the commit store) failed the four mpsc models,
+//! `mutation-mpsc-claim-relaxed` (the claim's compare-and-swap) only the dead loser's,
+//! `mutation-broadcast-publish-relaxed` (the publishing store and the fence before it) both
+//! broadcast models, and `mutation-mpmc-ack-relaxed` (the acknowledgement) the three mpmc
+//! models. Not every model can see each mutation:
 //! measured at 0e1c743, `mutation-publish-relaxed` (the write cursor's publishing store
 //! weakened to Relaxed) failed 6 of the 13 models, and `mutation-no-wake-fence` (the
 //! waker's SeqCst fence left out) 8 of the 13 plus the dead-consumer broadcast model,
@@ -23,8 +29,8 @@
 //!
 //! Run (a separate target dir keeps the normal build warm):
 //! `CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p shm-core --release --test loom`
-//! (add `--features mutation-publish-relaxed` or `--features mutation-no-wake-fence` to see
-//! them fail).
+//! (add `--features mutation-publish-relaxed`, or another `mutation-*` feature of shm-core,
+//! to see them fail).
 #![cfg(loom)]
 
 use std::sync::Arc;
