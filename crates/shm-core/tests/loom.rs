@@ -1,4 +1,4 @@
-//! Loom models of the spsc ring and of its futex wake-up protocol.
+//! Loom models of the rings (spsc, mpsc, broadcast, mpmc) and of the futex wake-up protocol.
 //!
 //! Under `--cfg loom` the heap ring runs over loom's atomics and its wake words are a
 //! loom `Mutex` + `Condvar` model of the futex that ignores timeouts, so a lost wake-up
@@ -15,7 +15,13 @@
 //!
 //! That they can fail is checked, not assumed: CI runs them again with each of shm-core's
 //! `mutation-*` features and requires each mutation to fail at least one model (the
-//! broadcast models run apart, see `.ci/run`). Not every model can see each mutation:
+//! broadcast models run apart, see `.ci/run`). The mutations of one kind's own orderings
+//! run only that kind's models (`.ci/run` has the groups). Measured when they were added:
+//! `mutation-mpsc-commit-relaxed` (the commit store) failed the four mpsc models,
+//! `mutation-mpsc-claim-relaxed` (the claim's compare-and-swap) only the dead loser's,
+//! `mutation-broadcast-publish-relaxed` (the publishing store and the fence before it) both
+//! broadcast models, and `mutation-mpmc-ack-relaxed` (the acknowledgement) the three mpmc
+//! models. Not every model can see each mutation:
 //! measured at 0e1c743, `mutation-publish-relaxed` (the write cursor's publishing store
 //! weakened to Relaxed) failed 6 of the 13 models, and `mutation-no-wake-fence` (the
 //! waker's SeqCst fence left out) 8 of the 13 plus the dead-consumer broadcast model,
@@ -23,8 +29,8 @@
 //!
 //! Run (a separate target dir keeps the normal build warm):
 //! `CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p shm-core --release --test loom`
-//! (add `--features mutation-publish-relaxed` or `--features mutation-no-wake-fence` to see
-//! them fail).
+//! (add `--features mutation-publish-relaxed`, or another `mutation-*` feature of shm-core,
+//! to see them fail).
 #![cfg(loom)]
 
 use std::sync::Arc;
@@ -50,12 +56,19 @@ fn check(name: &str, body: impl Fn() + Sync + Send + 'static) {
 /// side with the other's, and found the lost wake-up these models were written for.
 const MPSC_PREEMPTIONS: usize = 2;
 
+/// Branches one execution may take (see `check_bounded`).
+const MAX_BRANCHES: usize = 10_000;
+
 /// [`check`] with its own default preemption bound.
 fn check_bounded(name: &str, preemptions: usize, body: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     // The model's bound caps `LOOM_MAX_PREEMPTIONS` (CI sets 3 for the two-thread spsc
     // models): past it, these three-thread models run for hours.
     builder.preemption_bound = Some(builder.preemption_bound.map_or(preemptions, |env| env.min(preemptions)));
+    // Loom's default of 1,000 branches (atomic operations and switches in one execution)
+    // is too few for three mpmc workers, each scanning every holding word when it takes;
+    // a spin that never ends still fails, at this bound.
+    builder.max_branches = builder.max_branches.max(MAX_BRANCHES);
     let executions = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&executions);
     builder.check(move || {
@@ -309,6 +322,44 @@ fn mpsc_a_dead_producers_claim_becomes_padding_exactly_once() {
     });
 }
 
+/// mpsc (d): a loser's stale intent. In a 32-byte ring that holds two 16-byte frames and
+/// already holds one record, producers 0 and 1 race for the last frame. Producer 1 tries
+/// once: when it loses the race, the ring is full and it gives up, leaving an intent that
+/// names the frame producer 0 won; then it dies. While producer 0 is still between its
+/// claim and its commit, the consumer must find producer 0's own intent (published by the
+/// Release half of its compare-and-swap) and wait for it. Without it, the dead loser's
+/// intent alone names the frame and the consumer reclaims a live producer's claim: it
+/// zeroes bytes producer 0 is writing (a race on their cells) and loses its record.
+#[test]
+fn mpsc_a_dead_losers_stale_intent_never_reclaims_a_live_claim() {
+    use shm_core::TryClaimError;
+    use shm_core::ring::heap::MpscHeapRing;
+    check_bounded("mpsc_a_dead_losers_stale_intent_never_reclaims_a_live_claim", MPSC_PREEMPTIONS, || {
+        let ring = MpscHeapRing::new(32, 8, WaitStrategy::Spin).unwrap();
+        let (mut a, mut b, mut consumer) = (ring.producer(0), ring.producer(1), ring.consumer());
+        a.publish(b"first", None).unwrap();
+        let living = thread::spawn(move || a.publish(b"second", None).unwrap());
+        let dying = thread::spawn(move || match b.try_claim(8) {
+            Ok(claim) => {
+                std::mem::forget(claim);
+                true
+            }
+            Err(TryClaimError::Full) => false,
+            Err(e) => panic!("{e}"),
+        });
+        let claimed = dying.join().unwrap();
+        ring.kill(1);
+        for want in [&b"first"[..], b"second"] {
+            let r = consumer.read(None).unwrap();
+            assert_eq!((r.producer(), &*r), (0, want));
+        }
+        living.join().unwrap();
+        assert!(consumer.try_read().is_err(), "a record delivered twice or invented");
+        assert_eq!(consumer.unblocked(1), u64::from(claimed), "a hole counted only for a claim producer 1 made");
+        assert_eq!(consumer.unblocked(0), 0, "a live producer's claim reclaimed");
+    });
+}
+
 /// Preemption bound of the broadcast models when `LOOM_MAX_PREEMPTIONS` is not set: three
 /// threads (a producer, two consumers) each with a wait loop ran for more than twenty
 /// minutes at 2 here; 1 still interleaves each side's announce/re-check with the other's
@@ -488,5 +539,48 @@ fn mpmc_a_dead_workers_record_is_handed_over_exactly_once() {
         all.sort();
         assert_eq!(all, [b"one".to_vec(), b"two".to_vec()]);
         assert_eq!(ring.release_cursor(), 32);
+    });
+}
+
+/// mpmc (c): workers 0 and 1 race for the only record; worker 1 takes once and dies,
+/// holding the record if it won. A third worker, taking after that death, and worker 0
+/// (taking concurrently, before or after it) hand over a record worker 1 died holding
+/// exactly once, flagged redelivered, and never one a live worker holds or acknowledged.
+/// It found two faults: a loser of the race kept its intent naming the record, so a scan
+/// counted it as a live holder and the dead winner's record was never handed over while
+/// the loser found nothing else to take; and a worker that read a hand-off another worker
+/// had already taken, acknowledged and released called the ring corrupt.
+#[test]
+fn mpmc_a_dead_winners_record_is_handed_over_once_past_a_live_loser() {
+    use shm_core::ring::heap::MpscHeapRing;
+    check_bounded("mpmc_a_dead_winners_record_is_handed_over_once_past_a_live_loser", MPSC_PREEMPTIONS, || {
+        let ring = std::sync::Arc::new(MpscHeapRing::new(64, 24, WaitStrategy::Spin).unwrap());
+        ring.producer(0).try_publish(b"one").unwrap();
+        let take = |w: &mut shm_core::ring::mpmc::Worker, ack: bool| match w.try_take() {
+            Ok(job) => {
+                let got = (job.to_vec(), job.redelivered());
+                if ack {
+                    job.ack().unwrap()
+                } else {
+                    std::mem::forget(job)
+                }
+                Some(got)
+            }
+            Err(TryReadError::Empty) => None,
+            Err(e) => panic!("{e}"),
+        };
+        let (mut living, mut dying) = (ring.worker(0), ring.worker(1));
+        let lives = thread::spawn(move || take(&mut living, true));
+        let dies = thread::spawn(move || take(&mut dying, false).is_some());
+        let died_holding = dies.join().unwrap();
+        ring.kill_worker(1);
+        let mut late = ring.worker(2);
+        let late_got = take(&mut late, true);
+        let mut got: Vec<_> = late_got.into_iter().chain(lives.join().unwrap()).collect();
+        // Whatever the late worker found handed over and left, once the living one is done.
+        got.extend(take(&mut late, true));
+        assert_eq!(got.len(), 1, "delivered to live workers {} times: {got:?}", got.len());
+        assert_eq!(got[0], (b"one".to_vec(), died_holding), "redelivered exactly when its taker died holding it");
+        assert!(take(&mut late, true).is_none(), "a record delivered twice or invented");
     });
 }

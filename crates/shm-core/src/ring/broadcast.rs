@@ -106,6 +106,13 @@ use crate::layout::{BROADCAST_CONSUMERS, CONSUMER_NAME_LEN, CursorSlot, Line, Pr
 use crate::stats::Counter;
 use crate::sync::{Ordering, fence};
 
+/// The ordering of the producer's store of `write_cursor` that publishes frames:
+/// `Release`. The loom mutation `mutation-broadcast-publish-relaxed` (a feature only CI's
+/// loom step turns on, to show that the models fail without it) weakens it to `Relaxed`,
+/// and leaves out the publish slot's Release fence before it, which orders the frame too.
+const PUBLISH_ORDERING: Ordering =
+    if cfg!(feature = "mutation-broadcast-publish-relaxed") { Ordering::Relaxed } else { Ordering::Release };
+
 /// Consumer slots the ring code scans: every one in a segment; two in the loom models,
 /// whose heap rings hold only that many cursor lines.
 pub(crate) const CONSUMER_SLOTS: usize = if cfg!(loom) { 2 } else { BROADCAST_CONSUMERS };
@@ -491,7 +498,12 @@ impl Producer {
         // Invalidate, Release fence, then the fields: the seqlock writer's half (see
         // `published_records`). Relaxed: ordered by the fence and by the final Release.
         slot.position.store(u64::MAX, Ordering::Relaxed);
-        fence(Ordering::Release);
+        // (Left out with the loom mutation `mutation-broadcast-publish-relaxed`: this fence
+        // also orders the frame's bytes before `write_cursor`, so weakening that store
+        // alone weakens nothing.)
+        if !cfg!(feature = "mutation-broadcast-publish-relaxed") {
+            fence(Ordering::Release);
+        }
         slot.records.store(self.seq, Ordering::Relaxed);
         slot.bytes.store(self.bytes, Ordering::Relaxed);
         slot.last_frame.store(last_start, Ordering::Relaxed);
@@ -499,7 +511,7 @@ impl Producer {
         slot.position.store(self.pos, Ordering::Release);
         // Release: pairs with the consumers' Acquire load of write_cursor; the frame and
         // the publish slot are visible to a consumer that sees it.
-        line.write_cursor.store(self.pos, Ordering::Release);
+        line.write_cursor.store(self.pos, PUBLISH_ORDERING);
         self.flip ^= 1;
         if wake_all_sleepers(self.ring.data_wake()) {
             self.counters.bump(&self.ring, Counter::ProducerWakes);

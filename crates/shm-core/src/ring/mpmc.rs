@@ -33,12 +33,15 @@
 //! # Take
 //! 1. A posted hand-off first: store `holding = p | INTENT`, compare-and-swap `handoff`
 //!    from `p | 1` to `0`; the winner holds `p` (`p | HELD`) and counts it `redelivered`.
+//!    `p` is checked against the cursors only after the swap: the hand-off loaded before it
+//!    may be one another worker has taken, acknowledged and released since.
 //! 2. Load the take cursor `t` (Acquire) and the header word at `t` (Acquire: pairs with
 //!    the commit's Release store, so the payload is visible). Committed: store
 //!    `holding = t | INTENT` (Relaxed), then `compare_exchange(t, t + framed, AcqRel)` on
 //!    the take cursor; its Release half publishes the intent to whoever acquires a take
 //!    cursor past `t` (the token holder looking for dead holders). Won: `holding = t | HELD`,
-//!    the record is lent out in place. Lost: retry at the new cursor.
+//!    the record is lent out in place. Lost: clear the holding word (Relaxed), retry at the
+//!    new cursor.
 //!    Padding, skipped or unblocked frames are passed by the same compare-and-swap, holding
 //!    nothing (there is nothing to deliver; the release walk passes them).
 //! 3. An uncommitted frame at `t` is a claim in progress: nothing to take. When the take
@@ -76,7 +79,8 @@
 //! at or past the release cursor and below the take cursor, whose header word is still a
 //! committed record (not acknowledged), was taken and not acknowledged. It is *held* if any
 //! worker whose holding word names `p` is alive (the winner of the take, or a loser of that
-//! compare-and-swap that has not yet moved on: then the wait lasts until it does). Otherwise
+//! compare-and-swap that has not yet cleared its intent, which it does as soon as it lost:
+//! then the wait lasts until it does). Otherwise
 //! the winner is dead: the holder clears every word naming `p` by compare-and-swap (one
 //! failing means a successor adopted it: try later), then posts `handoff = p | 1`. One
 //! hand-off at a time. A worker killed after winning a hand-off holds `p` in its holding
@@ -117,6 +121,12 @@ use super::wait::{Waiting, sleep_unless_moved, wake_sleeper};
 use super::{Corruption, PeekStop, PeekView, ReadError, RingRefs, SkippedFrame, TryReadError, WaitStrategy};
 use crate::layout::{MPMC_WORKERS, MPSC_PRODUCERS, MpmcArea, MpmcWorkerSlot};
 use crate::sync::{AtomicU64, Ordering, fence};
+
+/// The ordering of the acknowledgement's store of the header word: `Release`. The loom
+/// mutation `mutation-mpmc-ack-relaxed` (a feature only CI's loom step turns on, to show
+/// that the models fail without it) weakens it to `Relaxed`.
+const ACK_ORDERING: Ordering =
+    if cfg!(feature = "mutation-mpmc-ack-relaxed") { Ordering::Relaxed } else { Ordering::Release };
 
 /// Frame type of an acknowledged record: `ACKED | producer id`.
 pub const ACKED: u32 = 0xFFFF_FB00;
@@ -505,6 +515,11 @@ impl Worker {
                         let taken = Taken { position: c.take, index, len, record_type, producer, redelivered: false };
                         return Ok(Some(taken));
                     }
+                    // Lost: our intent names a record another worker took. Cleared at once, or a
+                    // scan would count it as a live holder of that record for as long as we find
+                    // nothing else to take, and never hand it over if its taker died.
+                    // Relaxed: a scan that still sees the intent only waits for us meanwhile.
+                    slot.holding.store(0, Ordering::Relaxed);
                     continue;
                 }
                 Frame::Mpsc(Word::Padding) => self.ring.capacity - index,
@@ -549,10 +564,7 @@ impl Worker {
         if posted == 0 {
             return Ok(None);
         }
-        let c = load_cursors(&self.ring)?;
-        let Some(pos) = pending_position(posted, c).filter(|_| posted & 7 == 1) else {
-            return Err(Corruption { what: "hand-off outside the taken range", value: posted, position: c.release });
-        };
+        let pos = posted & !7;
         let slot = self.slot();
         // Relaxed: published by the Release half of the compare-and-swap below.
         slot.holding.store(pos | INTENT, Ordering::Relaxed);
@@ -561,6 +573,14 @@ impl Worker {
             // Relaxed: we hold nothing; a scan that saw the intent waited for us, harmlessly.
             slot.holding.store(0, Ordering::Relaxed);
             return Ok(None);
+        }
+        // Checked only once won: the load above may return a hand-off that another worker
+        // has since taken, acknowledged and released (a stale value, not corruption), and the
+        // compare-and-swap reads the newest. The cursors loaded after it are at least as new
+        // as the post, and the release cursor cannot pass a record posted and not yet taken.
+        let c = load_cursors(&self.ring)?;
+        if pending_position(posted, c).is_none() || posted & 7 != 1 {
+            return Err(Corruption { what: "hand-off outside the taken range", value: posted, position: c.release });
         }
         let index = self.ring.data.index(pos);
         // Acquire: pairs with the commit's Release store (the payload is visible).
@@ -584,7 +604,7 @@ impl Worker {
         data.track(t.index + FRAME_HEADER, u64::from(t.len), false);
         // Release: pairs with the token holder's Acquire load of the word; we are done with
         // the payload before it zeroes it.
-        data.atomic_word(t.index).store(frame::encode(t.len, ACKED | t.producer as u32), Ordering::Release);
+        data.atomic_word(t.index).store(frame::encode(t.len, ACKED | t.producer as u32), ACK_ORDERING);
         self.acknowledged += 1;
         let slot = self.slot();
         // Relaxed: a display counter with one writer.

@@ -142,6 +142,16 @@ use crate::layout::{MPSC_PRODUCERS, MpscArea, MpscProducerSlot};
 use crate::stats::Counter;
 use crate::sync::{Ordering, fence};
 
+/// The ordering of the commit store of a frame's header word: `Release`. The loom mutation
+/// `mutation-mpsc-commit-relaxed` (a feature only CI's loom step turns on, to show that
+/// the models fail without it) weakens it to `Relaxed`.
+const COMMIT_ORDERING: Ordering =
+    if cfg!(feature = "mutation-mpsc-commit-relaxed") { Ordering::Relaxed } else { Ordering::Release };
+/// The success ordering of the claim's compare-and-swap: `AcqRel`. The loom mutation
+/// `mutation-mpsc-claim-relaxed` weakens it to `Relaxed` (the intent is no longer published).
+const CLAIM_ORDERING: Ordering =
+    if cfg!(feature = "mutation-mpsc-claim-relaxed") { Ordering::Relaxed } else { Ordering::AcqRel };
+
 /// Frame type of a claim in flight: `IN_FLIGHT | producer id`.
 pub const IN_FLIGHT: u32 = 0xFFFF_FE00;
 /// Frame type of a dead producer's hole turned into padding: `UNBLOCKED | producer id`.
@@ -819,7 +829,7 @@ impl Producer {
             slot.intent_end.store(tail + total, Ordering::Relaxed);
             // AcqRel: Release publishes the intent (pairs with the consumer's Acquire load of
             // the claim cursor in a hole check); Acquire orders us after the claims before ours.
-            match line.write_cursor.compare_exchange_weak(tail, tail + total, Ordering::AcqRel, Ordering::Relaxed) {
+            match line.write_cursor.compare_exchange_weak(tail, tail + total, CLAIM_ORDERING, Ordering::Relaxed) {
                 Ok(_) => {
                     let start = if framed <= to_end { tail } else { tail + to_end };
                     let padding = (framed > to_end).then_some(tail);
@@ -886,7 +896,7 @@ impl Producer {
         };
         // Release: pairs with the consumer's Acquire load of this word; the payload written
         // through the claim is visible to a consumer that sees the commit.
-        data.atomic_word(index).store(word, Ordering::Release);
+        data.atomic_word(index).store(word, COMMIT_ORDERING);
         if commit {
             self.records += 1;
             self.bytes += u64::from(len);
