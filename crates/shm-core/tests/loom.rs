@@ -21,7 +21,9 @@
 //! `mutation-mpsc-claim-relaxed` (the claim's compare-and-swap) only the dead loser's,
 //! `mutation-broadcast-publish-relaxed` (the publishing store and the fence before it) both
 //! broadcast models, and `mutation-mpmc-ack-relaxed` (the acknowledgement) the three mpmc
-//! models. Not every model can see each mutation:
+//! models; `mutation-broadcast-no-lap-fence` (a lossy consumer's fence before its lap check)
+//! the lossy broadcast model, which also failed with the check after the copy left out.
+//! Not every model can see each mutation:
 //! measured at 0e1c743, `mutation-publish-relaxed` (the write cursor's publishing store
 //! weakened to Relaxed) failed 6 of the 13 models, and `mutation-no-wake-fence` (the
 //! waker's SeqCst fence left out) 8 of the 13 plus the dead-consumer broadcast model,
@@ -441,6 +443,53 @@ fn broadcast_a_dead_consumer_is_passed_and_told_what_it_missed() {
         let r = back.read(None).unwrap();
         assert_eq!((r.seq, r.missed), (4, 4), "told it missed records 0..4");
     });
+}
+
+/// broadcast (c), lossy: the producer never waits, and laps a consumer that reads while it
+/// publishes five records into a ring of four. Every record the consumer is handed is whole
+/// (its payload is its own sequence number: a copy the producer overwrote in the middle
+/// fails), in order, and the records it skipped are exactly what it is told it missed; at
+/// the end it has passed all six. (Loom runs the producer's writes between the words of a
+/// copy: see `Region::overwritten_under_copies`.)
+#[test]
+fn broadcast_lossy_a_lapped_consumer_gets_whole_records_and_counts_what_it_missed() {
+    use shm_core::ring::heap::BroadcastHeapRing;
+    const RECORDS: u64 = 5;
+    check_bounded(
+        "broadcast_lossy_a_lapped_consumer_gets_whole_records_and_counts_what_it_missed",
+        BROADCAST_PREEMPTIONS,
+        || {
+            // 64 bytes: four 16-byte frames (8-byte header, 8-byte payload) per lap.
+            let ring = BroadcastHeapRing::new(64, true, WaitStrategy::Spin).unwrap();
+            let mut consumer = ring.consumer("lapped");
+            let mut producer = ring.producer();
+            // Record 0 is there when the consumer starts; record 4 is written where it was.
+            producer.publish(&0u64.to_le_bytes(), None).unwrap();
+            let producing = thread::spawn(move || {
+                for i in 1..RECORDS {
+                    producer.publish(&i.to_le_bytes(), None).unwrap();
+                }
+            });
+            // (next sequence number expected, records handed, records told missed)
+            let mut seen = (0u64, 0u64, 0u64);
+            let mut take = |consumer: &mut shm_core::ring::broadcast::Consumer| match consumer.try_read() {
+                Ok(r) => {
+                    assert_eq!(r.data, &r.seq.to_le_bytes()[..], "record {} handed torn or another's", r.seq);
+                    assert_eq!(r.seq, seen.0 + r.missed, "record {} after {}: missed {}", r.seq, seen.0, r.missed);
+                    seen = (r.seq + 1, seen.1 + 1, seen.2 + r.missed);
+                    true
+                }
+                Err(TryReadError::Empty) => false,
+                Err(e) => panic!("{e}"),
+            };
+            // One read while the producer runs, then the rest.
+            take(&mut consumer);
+            producing.join().unwrap();
+            while take(&mut consumer) {}
+            assert_eq!(seen.1 + seen.2, seen.0, "handed {} and missed {} of {}", seen.1, seen.2, seen.0);
+            assert_eq!(consumer.next_seq(), RECORDS, "the consumer did not pass every record");
+        },
+    );
 }
 
 /// mpmc (a): two workers race for two committed records. Each record goes to exactly one

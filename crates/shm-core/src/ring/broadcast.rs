@@ -283,6 +283,14 @@ impl Producer {
         };
         let counters = LocalCounters::load(&ring, &Counter::PRODUCER_SIDE);
         let dead_passes = line.dead_passes.load(Ordering::Relaxed);
+        #[cfg(loom)]
+        let ring = {
+            let mut ring = ring;
+            if lossy {
+                ring.data.overwritten_under_copies();
+            }
+            ring
+        };
         let mut p = Producer {
             ring,
             strategy,
@@ -480,6 +488,8 @@ impl Producer {
     /// Writes the frame header and sequence number, then publishes.
     fn commit_frame(&mut self, start: u64, len: u32, record_type: u32) {
         let index = self.ring.data.index(start);
+        #[cfg(loom)]
+        self.ring.data.mirror(index + BROADCAST_HEADER, u64::from(len).next_multiple_of(8));
         self.ring.data.write_word(index, frame::encode(len, record_type));
         self.ring.data.write_word(index + FRAME_HEADER, self.seq);
         self.pos = start + frame::framed_len_u32(len) + 8;
@@ -699,6 +709,10 @@ impl Consumer {
             in_batch: false,
             _attachment: attachment,
         };
+        #[cfg(loom)]
+        if lossy {
+            c.ring.data.overwritten_under_copies();
+        }
         // Relaxed: displayed only.
         c.cursor_slot().pid.store(std::process::id(), Ordering::Relaxed);
         match entry {
@@ -889,8 +903,11 @@ impl Consumer {
     /// Whether bytes at `pos` may have been overwritten (call after copying them).
     fn lapped_at(&self, pos: u64) -> bool {
         // Acquire fence, then Relaxed load: the reader's half of "Reading without
-        // trusting the bytes to stay put".
-        fence(Ordering::Acquire);
+        // trusting the bytes to stay put". (Left out with the loom mutation
+        // `mutation-broadcast-no-lap-fence`, which the lossy model must catch.)
+        if !cfg!(feature = "mutation-broadcast-no-lap-fence") {
+            fence(Ordering::Acquire);
+        }
         let horizon = self.ring.producer_line().horizon.load(Ordering::Relaxed);
         horizon > pos.saturating_add(self.ring.capacity)
     }

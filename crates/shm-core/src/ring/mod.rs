@@ -399,6 +399,10 @@ pub(crate) struct Region {
     mask: u64,
     #[cfg(loom)]
     cells: Arc<[LoomWord]>,
+    /// Loom only: the words are overwritten under readers' copies (see
+    /// [`Region::overwritten_under_copies`]).
+    #[cfg(loom)]
+    overwritten_under_copies: bool,
 }
 
 impl Region {
@@ -412,6 +416,8 @@ impl Region {
             mask: capacity - 1,
             #[cfg(loom)]
             cells: loom_cells(capacity),
+            #[cfg(loom)]
+            overwritten_under_copies: false,
         }
     }
 
@@ -423,7 +429,23 @@ impl Region {
     #[cfg(loom)]
     pub(crate) unsafe fn with_cells(base: NonNull<u8>, capacity: u64, cells: Arc<[LoomWord]>) -> Self {
         debug_assert!(cells.len() as u64 == capacity / 8);
-        Region { base, mask: capacity - 1, cells }
+        Region { base, mask: capacity - 1, cells, overwritten_under_copies: false }
+    }
+
+    /// Loom only, on both sides of a lossy broadcast ring: the producer laps a consumer
+    /// without waiting and may overwrite the words it is copying; the consumer discards
+    /// a copy whose position was lapped meanwhile (`lapped_at` after the copy, a seqlock).
+    /// Those reads race by design, so loom's race detector cannot judge them. Instead the
+    /// words are modelled as what a seqlock needs them to be, Relaxed atomics: the
+    /// producer's word writes (and, at its commit, [`Region::mirror`] of the payload it
+    /// wrote through its claim) store each word's value into that word's loom atomic, and
+    /// the consumer's reads take the values from there. Loom then runs the producer's
+    /// stores between the words of a copy, with the memory model's answer to what the
+    /// consumer may see, and the models judge the outcome (no torn or foreign record
+    /// handed over).
+    #[cfg(loom)]
+    pub(crate) fn overwritten_under_copies(&mut self) {
+        self.overwritten_under_copies = true;
     }
 
     /// Index in the data region of ring position `pos`.
@@ -459,6 +481,10 @@ impl Region {
     pub(crate) fn read_word(&self, index: u64) -> u64 {
         let index = self.word_index(index);
         self.track(index, 8, false);
+        #[cfg(loom)]
+        if self.overwritten_under_copies {
+            return u64::from_le(self.cells[(index / 8) as usize].atomic.load(crate::sync::Ordering::Relaxed));
+        }
         // SAFETY: `word_index` masks the index to an 8-aligned one below capacity, and
         // `base` is 8-aligned and valid for `capacity` bytes, so the 8 bytes are inside
         // the region and aligned.
@@ -473,6 +499,27 @@ impl Region {
         // SAFETY: in bounds and aligned, as in `read_word`. Only the producer writes the
         // data region, and only at positions the protocol has handed to it.
         unsafe { self.ptr(index).cast::<u64>().write_volatile(word.to_le()) }
+        #[cfg(loom)]
+        if self.overwritten_under_copies {
+            self.cells[(index / 8) as usize].atomic.store(word.to_le(), crate::sync::Ordering::Relaxed);
+        }
+    }
+
+    /// Loom only: stores the words of `index .. index + len` (8-aligned, inside the region),
+    /// as they are in memory, into their loom atomics, for a region whose words are
+    /// [`overwritten under copies`](Self::overwritten_under_copies) (nothing otherwise):
+    /// the payload the producer wrote through its claim, at its commit.
+    #[cfg(loom)]
+    pub(crate) fn mirror(&self, index: u64, len: u64) {
+        if !self.overwritten_under_copies {
+            return;
+        }
+        for word in (index..index + len).step_by(8) {
+            let word = self.word_index(word);
+            // SAFETY: in bounds and aligned, as in `read_word`.
+            let value = unsafe { self.ptr(word).cast::<u64>().read_volatile() };
+            self.cells[(word / 8) as usize].atomic.store(value, crate::sync::Ordering::Relaxed);
+        }
     }
 
     /// Copies `len` bytes from `index` (8-aligned) with volatile word reads, for bytes
@@ -497,6 +544,14 @@ impl Region {
         let start = self.word_index(index);
         let words = (out.len() / 8).min(((self.mask + 1 - start) / 8) as usize);
         self.track(start, 8 * words as u64, false);
+        #[cfg(loom)]
+        if self.overwritten_under_copies {
+            for word in 0..words {
+                let value = self.cells[(start / 8) as usize + word].atomic.load(crate::sync::Ordering::Relaxed);
+                out[8 * word..8 * word + 8].copy_from_slice(&value.to_ne_bytes());
+            }
+            return;
+        }
         let (src, dst) = (self.ptr(start).cast::<u64>(), out.as_mut_ptr());
         for word in 0..words {
             // SAFETY: `start` is 8-aligned and below capacity, and `start + 8 * word` is
@@ -578,7 +633,11 @@ impl Region {
             let first = (index / 8) as usize;
             let last = ((index + len.max(1) - 1) / 8) as usize;
             for cell in &self.cells[first..=last] {
-                if write { cell.cell.with_mut(|_| ()) } else { cell.cell.with(|_| ()) }
+                if write {
+                    cell.cell.with_mut(|_| ());
+                } else if !self.overwritten_under_copies {
+                    cell.cell.with(|_| ());
+                }
             }
         }
         #[cfg(not(loom))]
